@@ -1,0 +1,195 @@
+use uuid::Uuid;
+
+use crate::{ExpectedPosition, ExpectedVersion};
+
+/// A boxed error from a user handler or an infrastructure layer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A stream or category name that does not follow the `category-id` grammar.
+///
+/// Handle it by rejecting the input that carried the name; nothing was read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid stream name {name:?}: {reason}")]
+#[non_exhaustive]
+pub struct StreamNameError {
+    /// The rejected name.
+    pub name: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+}
+
+/// A value could not be encoded to, or decoded from, [`EventData`](crate::EventData).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The codec expected JSON data and got binary, or the other way round: the event was written
+    /// with another codec; read it with that one.
+    #[error("event data is {found}, the codec expects {expected}")]
+    WrongDataKind {
+        /// What the codec reads.
+        expected: &'static str,
+        /// What the event holds.
+        found: &'static str,
+    },
+    /// Serialisation or deserialisation failed: the data does not match the Rust type.
+    #[error("{codec} codec failed")]
+    Serde {
+        /// The codec's name.
+        codec: &'static str,
+        /// The serde error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A recorded event could not be turned into the user's event type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The event type is not one of the registered types: skip it or register it.
+    #[error("unknown event type {event_type:?}")]
+    UnknownEventType {
+        /// The stored event type.
+        event_type: String,
+    },
+    /// The event was written with a schema version newer than this program knows: upgrade.
+    #[error("event type {event_type:?} has schema version {found}, this program knows up to {current}")]
+    UnsupportedSchemaVersion {
+        /// The stored event type.
+        event_type: String,
+        /// The stored schema version.
+        found: u32,
+        /// The newest version this program knows.
+        current: u32,
+    },
+    /// An upcaster refused the old data: fix the upcaster or the data.
+    #[error("upcasting {event_type:?} from schema version {from} failed")]
+    Upcast {
+        /// The stored event type.
+        event_type: String,
+        /// The version the upcaster started from.
+        from: u32,
+        /// The upcaster's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The data does not deserialise into the event type.
+    #[error("decoding event type {event_type:?} failed")]
+    Codec {
+        /// The stored event type.
+        event_type: String,
+        /// The codec's error.
+        #[source]
+        source: CodecError,
+    },
+}
+
+/// What a processor answers when it refuses an append or fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessorError {
+    /// The processor refuses the events (a business rule): the append is rolled back and the
+    /// caller gets [`StoreError::Vetoed`].
+    #[error("vetoed: {0}")]
+    Veto(String),
+    /// The processor failed for another reason: the append is rolled back and the caller gets
+    /// [`StoreError::Processor`].
+    #[error("processor failed")]
+    Failed(#[source] BoxError),
+}
+
+impl ProcessorError {
+    /// A veto with a reason the caller can show.
+    pub fn veto(reason: impl Into<String>) -> Self {
+        Self::Veto(reason.into())
+    }
+
+    /// Wraps any error as a processor failure.
+    pub fn failed(error: impl Into<BoxError>) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+/// Errors of [`EventStore`](crate::EventStore) operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream's version is not what the caller expected: reload the stream and decide again.
+    #[error("wrong expected version for {stream}: expected {expected}, actual {}", display_version(*.actual))]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version at the time of the check (`None`: no stream).
+        actual: Option<u64>,
+    },
+    /// An event matching the caller's position precondition was appended after the caller's
+    /// position: catch up to `head` and decide again (see [`append_consistent`](crate::append_consistent)).
+    #[error("events were appended after position {}: head is {head}", display_version(.expected.after))]
+    PositionConflict {
+        /// The caller's precondition.
+        expected: ExpectedPosition,
+        /// The newest global position matching the precondition's scope.
+        head: u64,
+    },
+    /// An event with this id is already stored: the append is a retry of one that succeeded, or
+    /// ids collide. Nothing was written.
+    #[error("event id {} is already stored", .event_id.map_or_else(|| "(unnamed)".to_owned(), |id| id.to_string()))]
+    DuplicateEventId {
+        /// The duplicate id, when the database named it.
+        event_id: Option<Uuid>,
+    },
+    /// A processor refused the append: nothing was written; show the reason to the user.
+    #[error("append vetoed by {by}: {reason}")]
+    Vetoed {
+        /// The processor's name.
+        by: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// A processor failed: nothing was written; the source says why.
+    #[error("processor {by} failed")]
+    Processor {
+        /// The processor's name.
+        by: String,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+    /// The request itself is malformed (no events, an out-of-range value): fix the caller.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Encoding or decoding event data failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The database or the connection failed: retry later or report.
+    #[error("event store backend failed")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// Wraps an infrastructure error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Self::Backend(error.into())
+    }
+
+    /// Maps a processor's answer to the store error a caller sees.
+    #[must_use]
+    pub fn from_processor(by: &str, error: ProcessorError) -> Self {
+        match error {
+            ProcessorError::Veto(reason) => Self::Vetoed {
+                by: by.to_owned(),
+                reason,
+            },
+            ProcessorError::Failed(source) => Self::Processor {
+                by: by.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+fn display_version(version: Option<u64>) -> String {
+    version.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
+}

@@ -1,0 +1,48 @@
+//! Vocabulary and traits of eventrail.
+//!
+//! This crate has no PostgreSQL dependency: it defines what an event, a stream, an expected
+//! version and a processor are, so that stores (PostgreSQL, in-memory) and runtimes (worker,
+//! outbox, sagas) speak the same language.
+//!
+//! - [`StreamName`] parses and validates Message DB style names (`category-id`, `category:type-id`).
+//! - [`NewEvent`] goes in, [`RecordedEvent`] comes out; [`EventData`] is JSON or binary.
+//! - [`ExpectedVersion`] and [`ExpectedPosition`] are the optimistic concurrency checks.
+//! - [`Codec`] turns values into [`EventData`]; [`Event`] and [`EventRegistry`] give typed events
+//!   with schema versions and upcasters.
+//! - [`EventStore`] is the store trait; [`StatelessProcessor`], [`StatefulProcessor`] and
+//!   [`Reactor`] are the three module kinds.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod codec;
+mod error;
+mod event;
+mod processor;
+mod registry;
+mod store;
+mod stream_name;
+mod version;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
+#[cfg(feature = "test-util")]
+mod memory;
+
+#[cfg(feature = "bincode")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
+pub use codec::BincodeCodec;
+pub use codec::{Codec, JsonCodec};
+pub use error::{BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError};
+pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use memory::InMemoryStore;
+pub use processor::{
+    NoStatefulProcessor, Reactor, StatefulProcessor, StatelessProcessor, append_consistent, catch_up,
+};
+pub use registry::{Event, EventRegistry, Upcaster};
+pub use store::{
+    AppendOutcome, AppendRequest, Direction, EventStore, ReadAllOptions, ReadStreamOptions,
+};
+pub use stream_name::{Category, StreamName};
+pub use version::{ExpectedPosition, ExpectedVersion, PositionScope};
