@@ -1,1 +1,218 @@
-//! x
+//! Finds or starts a PostgreSQL for eventrail's tests, examples and benchmarks.
+//!
+//! [`database_url`] answers, in order:
+//! 1. `DATABASE_URL`, when set;
+//! 2. PostgreSQL on `127.0.0.1:5432` as user `postgres`, when it accepts a connection;
+//! 3. a throwaway cluster it starts itself under `$TMPDIR/eventrail-dev-pg` on port 54329, with
+//!    `initdb`/`pg_ctl` from `PATH` or `/usr/lib/postgresql/*/bin`, run as the `postgres` user when
+//!    this process is root (PostgreSQL refuses to run as root). The cluster is reused by later
+//!    processes; a file lock keeps two processes from starting it at once.
+//!
+//! When no PostgreSQL binaries exist, the error names the command that installs them.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tracing::info;
+
+/// Port of the throwaway cluster.
+pub const THROWAWAY_PORT: u16 = 54329;
+
+/// Why no database could be found or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevDbError {
+    /// No PostgreSQL server binaries on this machine: install them with the named command.
+    #[error("no PostgreSQL found: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432, and no initdb/pg_ctl is installed; install it with `{install}` or set DATABASE_URL")]
+    NoPostgres {
+        /// The command that installs PostgreSQL.
+        install: &'static str,
+    },
+    /// `DATABASE_URL` does not parse.
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
+    BadUrl(#[source] tokio_postgres::Error),
+    /// A command that starts the cluster failed.
+    #[error("`{command}` failed: {output}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
+    /// A file operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The started cluster does not accept connections.
+    #[error("the throwaway cluster at {0} did not accept connections")]
+    NotReady(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevDbError {
+    let what = what.into();
+    move |source| DevDbError::Io { what, source }
+}
+
+/// The URL of a PostgreSQL to work with (see the crate docs for the order of choices).
+///
+/// # Errors
+/// [`DevDbError`] when none is reachable and none can be started.
+pub async fn database_url() -> Result<String, DevDbError> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        tokio_postgres::Config::from_str(&url).map_err(DevDbError::BadUrl)?;
+        return Ok(url);
+    }
+    let local = "postgres://postgres@127.0.0.1:5432/postgres";
+    if accepts_connections(local).await {
+        return Ok(local.to_owned());
+    }
+    let dir = std::env::temp_dir().join("eventrail-dev-pg");
+    start_throwaway_cluster(&dir, THROWAWAY_PORT).await
+}
+
+/// Whether `url` accepts a connection within two seconds.
+pub async fn accepts_connections(url: &str) -> bool {
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return false;
+    };
+    let attempt = async {
+        let (client, connection) = config.connect(NoTls).await.ok()?;
+        tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(_)))
+}
+
+/// A pool on `url` (fast recycling: no query per checkout).
+///
+/// # Errors
+/// [`DevDbError::BadUrl`] when the URL does not parse.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, DevDbError> {
+    let config = tokio_postgres::Config::from_str(url).map_err(DevDbError::BadUrl)?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(Pool::builder(manager).max_size(max_size).build().expect("a pool without a runtime setting always builds"))
+}
+
+/// Finds `initdb` and `pg_ctl`: on `PATH`, else the newest `/usr/lib/postgresql/<version>/bin`.
+#[must_use]
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL binary, as `postgres` through `runuser` when we are root.
+fn run_pg(bin: &Path, args: &[&str]) -> Result<(), DevDbError> {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    command.args(args);
+    let shown = format!("{} {}", bin.display(), args.join(" "));
+    let output = command.output().map_err(io(format!("running {shown}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(DevDbError::Command {
+            command: shown,
+            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+        })
+    }
+}
+
+/// Starts (or reuses) a throwaway cluster in `dir` listening on `127.0.0.1:port` with trust
+/// authentication, and returns its URL.
+///
+/// # Errors
+/// [`DevDbError::NoPostgres`] when no binaries are installed, [`DevDbError::Command`] when
+/// `initdb` or `pg_ctl` fails.
+pub async fn start_throwaway_cluster(dir: &Path, port: u16) -> Result<String, DevDbError> {
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    if accepts_connections(&url).await {
+        return Ok(url);
+    }
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })?;
+    let dir = dir.to_path_buf();
+    let url_for_task = url.clone();
+    tokio::task::spawn_blocking(move || start_blocking(&bin, &dir, port))
+        .await
+        .map_err(|e| DevDbError::Io { what: "joining the start task".into(), source: std::io::Error::other(e) })??;
+    if accepts_connections(&url_for_task).await {
+        Ok(url)
+    } else {
+        Err(DevDbError::NotReady(url))
+    }
+}
+
+fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
+    let parent = dir.parent().unwrap_or(Path::new("/tmp"));
+    fs::create_dir_all(parent).map_err(io("creating the cluster's parent folder"))?;
+    // One process starts the cluster; the others wait here, then find it running.
+    let lock_path = parent.join(format!(".eventrail-dev-pg-{port}.lock"));
+    let lock = File::create(&lock_path).map_err(io(format!("creating {}", lock_path.display())))?;
+    lock.lock().map_err(io("locking the cluster start"))?;
+    let root = is_root();
+    if !dir.join("PG_VERSION").exists() {
+        fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        if root {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().map_err(io("chown"))?;
+            if !status.success() {
+                return Err(DevDbError::Command { command: "chown".into(), output: format!("exit {status}") });
+            }
+        }
+        info!(dir = %dir.display(), "initialising a throwaway PostgreSQL cluster");
+        let dir_s = dir.to_string_lossy();
+        run_pg(&bin.join("initdb"), &["-D", &dir_s, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])?;
+    }
+    let dir_s = dir.to_string_lossy();
+    let log = dir.join("server.log");
+    // The socket goes in the data folder: it belongs to the server's user.
+    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=200 -c fsync=off");
+    info!(port, "starting the throwaway PostgreSQL cluster");
+    let started = run_pg(&bin.join("pg_ctl"), &["-D", &dir_s, "-o", &options, "-l", &log.to_string_lossy(), "-w", "-t", "60", "start"]);
+    drop(lock);
+    started
+}
+
+/// Stops a throwaway cluster started by [`start_throwaway_cluster`].
+///
+/// # Errors
+/// [`DevDbError::Command`] when `pg_ctl stop` fails.
+pub fn stop_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres { install: "apt-get install -y postgresql" })?;
+    run_pg(&bin.join("pg_ctl"), &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"])
+}

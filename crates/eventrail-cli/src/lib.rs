@@ -1,0 +1,202 @@
+//! The `eventrail` operator command, as a library so that its commands can be tested.
+//!
+//! ```text
+//! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX]
+//! eventrail stream read <stream> [--from VERSION] [--backward] [--limit N]
+//! eventrail category read <category> [--from POSITION] [--limit N]
+//! ```
+//! The database comes from `--database-url` or `DATABASE_URL`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use eventrail_core::{Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName};
+use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// eventrail: operate a PostgreSQL event store.
+#[derive(Debug, Parser)]
+#[command(name = "eventrail", version, about)]
+pub struct Cli {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Schema of the event store.
+    #[arg(long, default_value = "eventrail", global = true)]
+    pub schema: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded migrations (or print them).
+    Migrate {
+        /// Print the SQL instead of applying it, for your own migration tool.
+        #[arg(long)]
+        print_sql: bool,
+        /// Also create least-privilege roles <PREFIX>_reader, _writer and _admin.
+        #[arg(long, value_name = "PREFIX")]
+        roles: Option<String>,
+    },
+    /// Inspect a stream.
+    Stream {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: StreamAction,
+    },
+    /// Inspect a category.
+    Category {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: CategoryAction,
+    },
+}
+
+/// Stream commands.
+#[derive(Debug, Subcommand)]
+pub enum StreamAction {
+    /// Print a stream's events as a table.
+    Read {
+        /// The stream, e.g. account-42.
+        name: String,
+        /// First version to show.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first.
+        #[arg(long)]
+        backward: bool,
+        /// Most events to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Category commands.
+#[derive(Debug, Subcommand)]
+pub enum CategoryAction {
+    /// Print a category's events as a table.
+    Read {
+        /// The category, e.g. account.
+        name: String,
+        /// First global position to show.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most events to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Runs one command, writing its output to `out`.
+///
+/// # Errors
+/// Bad input (a stream name, a schema), an unreachable database, a failed migration.
+pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate { print_sql: true, roles } => {
+            let migrator = Migrator::new(&cli.schema)?;
+            writeln!(out, "{}", migrator.print_sql())?;
+            if let Some(prefix) = roles {
+                writeln!(out, "{}", migrator.roles_sql(&prefix)?)?;
+            }
+        }
+        Command::Migrate { print_sql: false, roles } => {
+            let migrator = Migrator::new(&cli.schema)?;
+            let url = require_url(cli.database_url.as_deref())?;
+            let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to the database")?;
+            tokio::spawn(connection);
+            let applied = migrator.run(&mut client).await?;
+            if applied.is_empty() {
+                writeln!(out, "schema {} is up to date", cli.schema)?;
+            } else {
+                writeln!(out, "applied migrations {applied:?} to schema {}", cli.schema)?;
+            }
+            if let Some(prefix) = roles {
+                migrator.install_roles(&mut client, &prefix).await?;
+                writeln!(out, "roles {prefix}_reader, {prefix}_writer, {prefix}_admin are in place")?;
+            }
+        }
+        Command::Stream { action: StreamAction::Read { name, from, backward, limit } } => {
+            let stream: StreamName = name.parse()?;
+            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let mut options = ReadStreamOptions::default().max_count(limit);
+            if backward {
+                options = options.backward();
+            }
+            if let Some(v) = from {
+                options = options.from_version(v);
+            }
+            print_events(out, &store.read_stream(&stream, options).await?)?;
+        }
+        Command::Category { action: CategoryAction::Read { name, from, limit } } => {
+            let category: Category = name.parse()?;
+            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let options = ReadAllOptions::default().from_position(from).max_count(limit);
+            print_events(out, &store.read_category(&category, options).await?)?;
+        }
+    }
+    Ok(())
+}
+
+fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
+    url.context("no database: pass --database-url or set DATABASE_URL")
+}
+
+fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> {
+    let config: tokio_postgres::Config = require_url(url)?.parse().context("parsing the database URL")?;
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager).max_size(2).build()?;
+    Ok(PgEventStore::with_options(pool, PgStoreOptions::new().schema(schema))?)
+}
+
+const DATA_WIDTH: usize = 60;
+
+fn data_cell(data: &EventData) -> String {
+    let text = match data {
+        EventData::Json(v) => v.to_string(),
+        EventData::Binary(b) => format!("<{} bytes>", b.len()),
+    };
+    if text.chars().count() > DATA_WIDTH {
+        let cut: String = text.chars().take(DATA_WIDTH - 1).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// Prints events as an aligned table.
+fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    let header = ["POSITION", "STREAM", "VERSION", "TYPE", "RECORDED AT", "DATA"].map(str::to_owned);
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|e| {
+            [
+                e.global_position.to_string(),
+                e.stream.to_string(),
+                e.stream_version.to_string(),
+                e.event_type.clone(),
+                OffsetDateTime::from(e.recorded_at).format(&Rfc3339).unwrap_or_default(),
+                data_cell(&e.data),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    writeln!(out, "({} events)", events.len())?;
+    Ok(())
+}

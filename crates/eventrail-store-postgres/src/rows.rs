@@ -1,0 +1,54 @@
+//! Row ↔ Rust conversions shared by every read.
+
+use std::time::SystemTime;
+
+use eventrail_core::{EventData, Metadata, RecordedEvent, StoreError, StreamName};
+use postgres_types::Json;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// The columns every event read selects, in the order [`recorded_event`] expects.
+pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_name, stream_version, event_id, \
+    event_type, schema_version, data, data_binary, metadata, recorded_at, transaction_id::text";
+
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::InvalidRequest(format!("{what} {value} is out of range")))
+}
+
+pub(crate) fn to_u64(value: i64) -> u64 {
+    // Positions and versions are never negative: the schema checks them.
+    u64::try_from(value).unwrap_or_default()
+}
+
+pub(crate) fn parse_xid(text: &str) -> Result<u64, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::backend(format!("unexpected transaction id {text:?}")))
+}
+
+pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let stream: &str = row.try_get(1).map_err(StoreError::backend)?;
+    let stream: StreamName = stream.parse().map_err(StoreError::backend)?;
+    let data: Option<serde_json::Value> = row.try_get(6).map_err(StoreError::backend)?;
+    let data = match data {
+        Some(json) => EventData::Json(json),
+        None => EventData::Binary(row.try_get::<_, Option<Vec<u8>>>(7).map_err(StoreError::backend)?.unwrap_or_default()),
+    };
+    let Json(metadata): Json<Metadata> = row.try_get(8).map_err(StoreError::backend)?;
+    let schema_version: i32 = row.try_get(5).map_err(StoreError::backend)?;
+    Ok(RecordedEvent {
+        global_position: to_u64(row.try_get(0).map_err(StoreError::backend)?),
+        stream,
+        stream_version: to_u64(row.try_get(2).map_err(StoreError::backend)?),
+        id: row.try_get::<_, Uuid>(3).map_err(StoreError::backend)?,
+        event_type: row.try_get(4).map_err(StoreError::backend)?,
+        schema_version: u32::try_from(schema_version).unwrap_or_default(),
+        data,
+        metadata,
+        recorded_at: row.try_get::<_, SystemTime>(9).map_err(StoreError::backend)?,
+        transaction_id: parse_xid(row.try_get(10).map_err(StoreError::backend)?)?,
+    })
+}
+
+pub(crate) fn recorded_events(rows: &[Row]) -> Result<Vec<RecordedEvent>, StoreError> {
+    rows.iter().map(recorded_event).collect()
+}

@@ -1,0 +1,763 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use eventrail_core::{
+    AppendOutcome, AppendRequest, Category, Direction, EventData, EventStore, ExpectedVersion,
+    NoStatefulProcessor, PositionScope, ProcessorError, ReadAllOptions, ReadStreamOptions,
+    RecordedEvent, StatefulProcessor, StatelessProcessor, StoreError, StreamName,
+};
+use futures::future::BoxFuture;
+use futures::{Stream, TryStreamExt};
+use postgres_types::{Json, ToSql, Type};
+use tokio_postgres::{GenericClient, Row, Transaction};
+use tracing::{debug, instrument, warn};
+use uuid::Uuid;
+
+use crate::error::is_unique_violation;
+use crate::frontier::{BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance};
+use crate::rows::{EVENT_COLUMNS, parse_xid, recorded_events, to_i64, to_u64};
+use crate::{ConfigError, PgStoreOptions};
+
+/// A [`StatelessProcessor`] that runs in a PostgreSQL append transaction.
+///
+/// Implement `StatelessProcessor<tokio_postgres::Transaction<'t>>` for every `'t`; this trait is
+/// then implemented for you.
+pub trait PgStatelessProcessor: for<'t> StatelessProcessor<Transaction<'t>> {}
+
+impl<P> PgStatelessProcessor for P where P: for<'t> StatelessProcessor<Transaction<'t>> {}
+
+// The store keeps processors of different types in one list, so their futures are boxed.
+trait DynProcessor: Send + Sync {
+    fn name(&self) -> &str;
+    fn process<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>>;
+}
+
+impl<P: PgStatelessProcessor> DynProcessor for P {
+    fn name(&self) -> &str {
+        StatelessProcessor::name(self)
+    }
+
+    fn process<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>> {
+        Box::pin(StatelessProcessor::process(self, tx, events))
+    }
+}
+
+/// Advisory lock classes shared with `append_events` (see the migration).
+const SCOPE_ALL_LOCK: i32 = 1_701_147_137;
+const SCOPE_CATEGORY_LOCK: i32 = 1_701_147_138;
+
+const APPEND_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TEXT,
+];
+
+/// SQL text with the schema filled in once.
+#[derive(Debug)]
+struct Sql {
+    append: String,
+    read_stream_forward: String,
+    read_stream_backward: String,
+    read_category: String,
+    read_all: String,
+    read_range: String,
+    read_scope_all: String,
+    read_scope_category: String,
+    stream_version: String,
+    probe: String,
+    existing_ids: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let events = format!("{schema}.events");
+        let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
+        Self {
+            append: format!("SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            read_stream_forward: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
+                 AND {} ORDER BY stream_version LIMIT $4",
+                types.replace("$TYPES", "$3")
+            ),
+            read_stream_backward: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version <= $2 \
+                 AND {} ORDER BY stream_version DESC LIMIT $4",
+                types.replace("$TYPES", "$3")
+            ),
+            read_category: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $1 AND global_position >= $2 \
+                 AND {} ORDER BY global_position LIMIT $4",
+                types.replace("$TYPES", "$3")
+            ),
+            read_all: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE global_position >= $1 \
+                 AND {} ORDER BY global_position LIMIT $3",
+                types.replace("$TYPES", "$2")
+            ),
+            read_range: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE global_position > $1 AND global_position <= $2 \
+                 AND ($3::text[] IS NULL OR category = ANY($3)) AND {} ORDER BY global_position",
+                types.replace("$TYPES", "$4")
+            ),
+            read_scope_all: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+            ),
+            read_scope_category: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $3 AND global_position > $1 \
+                 ORDER BY global_position LIMIT $2"
+            ),
+            stream_version: format!("SELECT max(stream_version) FROM {events} WHERE stream_name = $1"),
+            probe: format!(
+                "SELECT pg_current_snapshot()::text, ARRAY(SELECT global_position FROM {events} \
+                 WHERE global_position > $1 ORDER BY global_position LIMIT $2)"
+            ),
+            existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
+        }
+    }
+}
+
+struct Inner {
+    options: PgStoreOptions,
+    sql: Sql,
+    processors: Vec<Arc<dyn DynProcessor>>,
+}
+
+/// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.
+///
+/// Run [`Migrator`](crate::Migrator) on the schema first.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pool: Pool,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("options", &self.inner.options)
+            .field("processors", &self.inner.processors.iter().map(|p| p.name().to_owned()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The append's parameters, owned so that a caller's future can borrow them.
+struct AppendParams<'r> {
+    stream: &'r str,
+    expected_kind: i16,
+    expected_version: i64,
+    scope: Option<&'r str>,
+    after: i64,
+    ids: Vec<Uuid>,
+    types: Vec<&'r str>,
+    schema_versions: Vec<i32>,
+    data: Vec<Option<&'r serde_json::Value>>,
+    data_binary: Vec<Option<&'r [u8]>>,
+    metadata: Vec<Json<&'r eventrail_core::Metadata>>,
+    channel: Option<&'r str>,
+}
+
+impl<'r> AppendParams<'r> {
+    fn new(request: &'r AppendRequest, channel: Option<&'r str>) -> Result<Self, StoreError> {
+        let (expected_kind, expected_version) = match request.expected_version {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, to_i64(v, "expected version")?),
+        };
+        let (scope, after) = match &request.expected_position {
+            None => (None, 0),
+            Some(p) => (
+                Some(match &p.scope {
+                    PositionScope::Category(c) => c.as_str(),
+                    _ => "",
+                }),
+                to_i64(p.after.unwrap_or(0), "expected position")?,
+            ),
+        };
+        let events = &request.events;
+        Ok(Self {
+            stream: request.stream.as_str(),
+            expected_kind,
+            expected_version,
+            scope,
+            after,
+            ids: events.iter().map(|e| e.id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events
+                .iter()
+                .map(|e| i32::try_from(e.schema_version).map_err(|_| StoreError::InvalidRequest("schema version out of range".into())))
+                .collect::<Result<_, _>>()?,
+            data: events
+                .iter()
+                .map(|e| match &e.data {
+                    EventData::Json(v) => Some(v),
+                    EventData::Binary(_) => None,
+                })
+                .collect(),
+            data_binary: events
+                .iter()
+                .map(|e| match &e.data {
+                    EventData::Json(_) => None,
+                    EventData::Binary(b) => Some(b.as_slice()),
+                })
+                .collect(),
+            metadata: events.iter().map(|e| Json(&e.metadata)).collect(),
+            channel,
+        })
+    }
+
+    fn typed(&self) -> [(&(dyn ToSql + Sync), Type); 12] {
+        let values: [&(dyn ToSql + Sync); 12] = [
+            &self.stream,
+            &self.expected_kind,
+            &self.expected_version,
+            &self.scope,
+            &self.after,
+            &self.ids,
+            &self.types,
+            &self.schema_versions,
+            &self.data,
+            &self.data_binary,
+            &self.metadata,
+            &self.channel,
+        ];
+        let mut i = 0;
+        values.map(|v| {
+            let t = APPEND_TYPES[i].clone();
+            i += 1;
+            (v, t)
+        })
+    }
+
+    fn untyped(&self) -> [&(dyn ToSql + Sync); 12] {
+        self.typed().map(|(v, _)| v)
+    }
+}
+
+fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
+    StoreError::Backend(error.into())
+}
+
+/// Turns `append_events` rows into the outcome and the recorded events.
+fn interpret(request: &AppendRequest, rows: &[Row]) -> Result<(AppendOutcome, Vec<RecordedEvent>), StoreError> {
+    let first = rows.first().ok_or_else(|| backend("append_events returned no row"))?;
+    let outcome: i16 = first.try_get(0).map_err(backend)?;
+    let actual: Option<i64> = first.try_get(1).map_err(backend)?;
+    match outcome {
+        1 => {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: request.stream.to_string(),
+                expected: request.expected_version,
+                actual: actual.map(to_u64),
+            });
+        }
+        2 => {
+            return Err(StoreError::PositionConflict {
+                expected: request.expected_position.clone().ok_or_else(|| backend("conflict without precondition"))?,
+                head: actual.map(to_u64).unwrap_or_default(),
+            });
+        }
+        0 => {}
+        other => return Err(backend(format!("append_events returned outcome {other}"))),
+    }
+    if rows.len() != request.events.len() {
+        return Err(backend("append_events returned fewer rows than events"));
+    }
+    let mut recorded = Vec::with_capacity(rows.len());
+    for (row, event) in rows.iter().zip(&request.events) {
+        recorded.push(RecordedEvent {
+            id: event.id,
+            stream: request.stream.clone(),
+            stream_version: to_u64(row.try_get(3).map_err(backend)?),
+            global_position: to_u64(row.try_get(2).map_err(backend)?),
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+            recorded_at: row.try_get::<_, SystemTime>(4).map_err(backend)?,
+            transaction_id: parse_xid(row.try_get(5).map_err(backend)?)?,
+        });
+    }
+    let outcome = AppendOutcome {
+        stream_version: recorded.last().map(|e| e.stream_version).unwrap_or_default(),
+        positions: recorded.iter().map(|e| e.global_position).collect(),
+    };
+    Ok((outcome, recorded))
+}
+
+/// Outcome rows without recorded events, for the path with no processor (avoids cloning data).
+fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOutcome, StoreError> {
+    let first = rows.first().ok_or_else(|| backend("append_events returned no row"))?;
+    if first.try_get::<_, i16>(0).map_err(backend)? != 0 {
+        return interpret(request, rows).map(|(o, _)| o);
+    }
+    let positions = rows
+        .iter()
+        .map(|r| r.try_get::<_, i64>(2).map(to_u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let last = rows.last().map(|r| r.try_get::<_, i64>(3)).transpose().map_err(backend)?;
+    Ok(AppendOutcome {
+        stream_version: last.map(to_u64).unwrap_or_default(),
+        positions,
+    })
+}
+
+const SAVEPOINT: &str = "eventrail_append";
+
+impl PgEventStore {
+    /// A store on `pool` with default options (schema `eventrail`).
+    #[must_use]
+    pub fn new(pool: Pool) -> Self {
+        Self::with_options(pool, PgStoreOptions::default()).expect("default options are valid")
+    }
+
+    /// A store on `pool` with `options`.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidIdentifier`] for a schema or channel that is not a plain identifier.
+    pub fn with_options(pool: Pool, options: PgStoreOptions) -> Result<Self, ConfigError> {
+        let schema = options.validate()?;
+        Ok(Self {
+            pool,
+            inner: Arc::new(Inner {
+                sql: Sql::new(&schema),
+                options,
+                processors: Vec::new(),
+            }),
+        })
+    }
+
+    /// Adds a stateless processor, run in every append transaction, in the order added.
+    #[must_use]
+    pub fn with_processor(mut self, processor: impl PgStatelessProcessor) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).map(|i| {
+            i.processors.push(Arc::new(processor));
+        });
+        debug_assert!(inner.is_some(), "processors are added before the store is cloned");
+        self
+    }
+
+    /// The pool.
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn options(&self) -> &PgStoreOptions {
+        &self.inner.options
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(backend)
+    }
+
+    async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
+        let event_id = match client.query_opt(&self.inner.sql.existing_ids, &[&ids]).await {
+            Ok(row) => row.and_then(|r| r.try_get(0).ok()),
+            Err(e) => {
+                warn!(error = %e, "could not name the duplicate event id");
+                None
+            }
+        };
+        StoreError::DuplicateEventId { event_id }
+    }
+
+    async fn append_impl<P: StatefulProcessor + ?Sized>(
+        &self,
+        request: AppendRequest,
+        staged: Option<&P>,
+    ) -> Result<AppendOutcome, StoreError> {
+        request.validate()?;
+        let params = AppendParams::new(&request, self.inner.options.channel())?;
+        let mut client = self.client().await?;
+        let statement = client
+            .prepare_typed_cached(&self.inner.sql.append, &APPEND_TYPES)
+            .await
+            .map_err(backend)?;
+        if self.inner.processors.is_empty() && staged.is_none() {
+            // One statement in autocommit: one round trip.
+            return match client.query(&statement, &params.untyped()).await {
+                Ok(rows) => interpret_positions(&request, &rows),
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => Err(self.duplicate_id(&**client, &params.ids).await),
+                Err(e) => Err(backend(e)),
+            };
+        }
+        let tx = client.transaction().await.map_err(backend)?;
+        let rows = match tx.query(&statement, &params.untyped()).await {
+            Ok(rows) => rows,
+            Err(e) if is_unique_violation(&e, "events_event_id_key") => {
+                drop(tx);
+                return Err(self.duplicate_id(&**client, &params.ids).await);
+            }
+            Err(e) => return Err(backend(e)),
+        };
+        let (outcome, recorded) = interpret(&request, &rows)?;
+        for p in &self.inner.processors {
+            p.process(&tx, &recorded)
+                .await
+                .map_err(|e| StoreError::from_processor(p.name(), e))?;
+        }
+        if let Some(p) = staged {
+            if let Err(e) = p.prepare(&recorded).await {
+                p.rollback().await;
+                return Err(StoreError::from_processor(p.name(), e));
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                if let Some(p) = staged {
+                    p.commit().await;
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                if let Some(p) = staged {
+                    p.rollback().await;
+                }
+                Err(backend(e))
+            }
+        }
+    }
+
+    /// Appends inside the caller's open transaction, so business writes, events, outbox rows and
+    /// checkpoints commit or roll back together. Stateless processors run in that transaction.
+    ///
+    /// When processors are registered, the append runs under a savepoint: on any error (a veto
+    /// included) the events and the processors' writes are undone and the caller's transaction
+    /// stays usable. Without processors, a failed statement (a duplicate event id) leaves the
+    /// caller's transaction aborted, as PostgreSQL does: roll it back.
+    /// [`StoreError::WrongExpectedVersion`] and [`StoreError::PositionConflict`] never abort it.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`].
+    #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
+    pub async fn append_in(&self, tx: &Transaction<'_>, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        request.validate()?;
+        let params = AppendParams::new(&request, self.inner.options.channel())?;
+        let typed = params.typed();
+        if self.inner.processors.is_empty() {
+            return match tx.query_typed(&self.inner.sql.append, &typed).await {
+                Ok(rows) => interpret_positions(&request, &rows),
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => Err(StoreError::DuplicateEventId { event_id: None }),
+                Err(e) => Err(backend(e)),
+            };
+        }
+        // The savepoint and the append are pipelined: still one round trip.
+        let savepoint = format!("SAVEPOINT {SAVEPOINT}");
+        let result = futures::try_join!(tx.batch_execute(&savepoint), tx.query_typed(&self.inner.sql.append, &typed));
+        let attempt = async {
+            let rows = match result {
+                Ok(((), rows)) => rows,
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
+                    return Err(StoreError::DuplicateEventId { event_id: None });
+                }
+                Err(e) => return Err(backend(e)),
+            };
+            let (outcome, recorded) = interpret(&request, &rows)?;
+            for p in &self.inner.processors {
+                p.process(tx, &recorded)
+                    .await
+                    .map_err(|e| StoreError::from_processor(p.name(), e))?;
+            }
+            Ok(outcome)
+        };
+        match attempt.await {
+            Ok(outcome) => {
+                tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await.map_err(backend)?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"))
+                    .await
+                    .map_err(backend)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads `$all` from a position as a stream of events, fetching pages of `max_count`.
+    pub fn stream_all(&self, options: ReadAllOptions) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
+        self.paged(None, options)
+    }
+
+    /// Reads a category from a position as a stream of events, fetching pages of `max_count`.
+    pub fn stream_category<'a>(
+        &'a self,
+        category: &'a Category,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
+        self.paged(Some(category), options)
+    }
+
+    fn paged<'a>(
+        &'a self,
+        category: Option<&'a Category>,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
+        let page = options.max_count.max(1);
+        futures::stream::try_unfold(Some(options), move |next| async move {
+            let Some(opts) = next else { return Ok::<_, StoreError>(None) };
+            let opts = opts.max_count(page);
+            let events = match category {
+                Some(c) => self.read_category(c, opts.clone()).await?,
+                None => self.read_all(opts.clone()).await?,
+            };
+            let Some(last) = events.last() else { return Ok(None) };
+            let next = (events.len() == page).then(|| opts.from_position(last.global_position + 1));
+            Ok(Some((futures::stream::iter(events.into_iter().map(Ok)), next)))
+        })
+        .try_flatten()
+    }
+
+    /// Probes how far a subscriber at `after` may read without passing a position that may still
+    /// commit, looking at most `max_positions` positions ahead. Reads positions only (an
+    /// index-only scan), outside any transaction of the caller.
+    ///
+    /// A hole seen for the first time is recorded in `watch` with its evidence, then checked once
+    /// more at once (a rolled-back hole is usually proven on the spot).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    #[instrument(skip(self, watch), level = "debug")]
+    pub async fn probe_frontier(&self, watch: &mut GapWatch, after: u64, max_positions: usize) -> Result<Frontier, StoreError> {
+        let client = self.client().await?;
+        let probe = client.prepare_cached(&self.inner.sql.probe).await.map_err(backend)?;
+        let limit = i64::try_from(max_positions.max(1)).unwrap_or(i64::MAX);
+        let after_i64 = to_i64(after, "position")?;
+        let mut observed_new = false;
+        loop {
+            let row = client.query_one(&probe, &[&after_i64, &limit]).await.map_err(backend)?;
+            let now: Snapshot = row.try_get::<_, &str>(0).map_err(backend)?.parse()?;
+            let positions: Vec<u64> = row.try_get::<_, Vec<i64>>(1).map_err(backend)?.into_iter().map(to_u64).collect();
+            let step = advance(after, &positions, &now, watch, positions.len() >= max_positions.max(1));
+            match step.new_hole {
+                Some((from, to)) if !observed_new => {
+                    // An xid assigned now is larger than that of any transaction that took a
+                    // position in the hole: they all had their xid before `now` was taken.
+                    let horizon: String = client
+                        .query_one("SELECT pg_current_xact_id()::text", &[])
+                        .await
+                        .map_err(backend)?
+                        .get(0);
+                    let evidence = HoleEvidence {
+                        observed: now,
+                        horizon: parse_xid(&horizon)?,
+                        first_seen: SystemTime::now(),
+                    };
+                    debug!(from, to, ?evidence, "observed a hole");
+                    watch.record(from, to, evidence);
+                    observed_new = true;
+                }
+                _ => {
+                    let frontier = step.frontier;
+                    watch.prune(frontier.safe);
+                    if !frontier.skipped.is_empty() {
+                        metrics::counter!("eventrail_gap_skips_total").increment(frontier.skipped.len() as u64);
+                    }
+                    if let Some(stall) = &frontier.stall {
+                        let age = stall.since.elapsed().unwrap_or_default().as_secs_f64();
+                        metrics::gauge!("eventrail_frontier_stall_seconds").set(age);
+                        debug!(from = stall.from, holders = ?stall.holders, age, "frontier waits on a hole");
+                    } else {
+                        metrics::gauge!("eventrail_frontier_stall_seconds").set(0.0);
+                    }
+                    return Ok(frontier);
+                }
+            }
+        }
+    }
+
+    /// The gap-safe subscription read: events after `after` up to the safe frontier (at most
+    /// `max_positions` positions ahead), filtered by categories and event types, with the skips
+    /// and the stall of [`PgEventStore::probe_frontier`]. Checkpoint `frontier.safe`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn read_safe(
+        &self,
+        watch: &mut GapWatch,
+        after: u64,
+        max_positions: usize,
+        categories: Option<&[String]>,
+        event_types: Option<&[String]>,
+    ) -> Result<SafeRead, StoreError> {
+        let frontier = self.probe_frontier(watch, after, max_positions).await?;
+        let events = if frontier.safe > after {
+            let client = self.client().await?;
+            self.read_range_with(&**client, after, frontier.safe, categories, event_types).await?
+        } else {
+            Vec::new()
+        };
+        Ok(SafeRead { events, frontier })
+    }
+
+    /// Events with `after < position <= up_to`, filtered, through any client or transaction (the
+    /// worker reads inside its batch transaction). Only gap-safe when `up_to` came from
+    /// [`PgEventStore::probe_frontier`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn read_range_with(
+        &self,
+        client: &impl GenericClient,
+        after: u64,
+        up_to: u64,
+        categories: Option<&[String]>,
+        event_types: Option<&[String]>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = client
+            .query(
+                &self.inner.sql.read_range,
+                &[&to_i64(after, "position")?, &to_i64(up_to, "position")?, &categories, &event_types],
+            )
+            .await
+            .map_err(backend)?;
+        recorded_events(&rows)
+    }
+
+    /// The sessions whose transactions hold a frontier stall ([`FrontierStall::holders`]).
+    ///
+    /// [`FrontierStall::holders`]: crate::FrontierStall::holders
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn blocking_sessions(&self, xids: &[u64]) -> Result<Vec<BlockingSession>, StoreError> {
+        let short: Vec<String> = xids.iter().map(|x| (x & u64::from(u32::MAX)).to_string()).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT pid, backend_xid::text, xact_start, state, application_name \
+                 FROM pg_stat_activity WHERE backend_xid::text = ANY($1)",
+                &[&short],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlockingSession {
+                    pid: r.try_get(0).map_err(backend)?,
+                    xid: r.try_get::<_, &str>(1).map_err(backend)?.parse().map_err(backend)?,
+                    transaction_start: r.try_get(2).map_err(backend)?,
+                    state: r.try_get(3).map_err(backend)?,
+                    application_name: r.try_get(4).map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn query_events(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        let rows = client.query(&statement, params).await.map_err(backend)?;
+        recorded_events(&rows)
+    }
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl EventStore for PgEventStore {
+    #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let n = request.events.len() as u64;
+        let outcome = self.append_impl::<NoStatefulProcessor>(request, None).await?;
+        metrics::counter!("eventrail_events_appended_total").increment(n);
+        Ok(outcome)
+    }
+
+    #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len(), processor = processor.name()))]
+    async fn append_staged<P: StatefulProcessor + ?Sized>(
+        &self,
+        request: AppendRequest,
+        processor: &P,
+    ) -> Result<AppendOutcome, StoreError> {
+        let n = request.events.len() as u64;
+        let outcome = self.append_impl(request, Some(processor)).await?;
+        metrics::counter!("eventrail_events_appended_total").increment(n);
+        Ok(outcome)
+    }
+
+    async fn read_stream(&self, stream: &StreamName, options: ReadStreamOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (sql, from) = match options.direction {
+            Direction::Forward => (&self.inner.sql.read_stream_forward, options.from_version.unwrap_or(0)),
+            Direction::Backward => (&self.inner.sql.read_stream_backward, options.from_version.unwrap_or(i64::MAX as u64)),
+        };
+        let from = to_i64(from, "version")?;
+        self.query_events(sql, &[&stream.as_str(), &from, &options.event_types, &limit(options.max_count)])
+            .await
+    }
+
+    async fn read_category(&self, category: &Category, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = to_i64(options.from_position, "position")?;
+        self.query_events(
+            &self.inner.sql.read_category,
+            &[&category.as_str(), &from, &options.event_types, &limit(options.max_count)],
+        )
+        .await
+    }
+
+    async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = to_i64(options.from_position, "position")?;
+        self.query_events(&self.inner.sql.read_all, &[&from, &options.event_types, &limit(options.max_count)])
+            .await
+    }
+
+    async fn read_scope_complete(
+        &self,
+        scope: &PositionScope,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let after = to_i64(after.unwrap_or(0), "position")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Waiting for the scope's exclusive lock waits out every append in flight in that scope
+        // (each holds it shared): what is read next is complete.
+        let rows = match scope {
+            PositionScope::Category(c) => {
+                tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&SCOPE_CATEGORY_LOCK, &c.as_str()])
+                    .await
+                    .map_err(backend)?;
+                tx.query(&self.inner.sql.read_scope_category, &[&after, &limit(max_count), &c.as_str()])
+                    .await
+                    .map_err(backend)?
+            }
+            _ => {
+                tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&SCOPE_ALL_LOCK]).await.map_err(backend)?;
+                tx.query(&self.inner.sql.read_scope_all, &[&after, &limit(max_count)]).await.map_err(backend)?
+            }
+        };
+        tx.commit().await.map_err(backend)?;
+        recorded_events(&rows)
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&self.inner.sql.stream_version).await.map_err(backend)?;
+        let row = client.query_one(&statement, &[&stream.as_str()]).await.map_err(backend)?;
+        Ok(row.try_get::<_, Option<i64>>(0).map_err(backend)?.map(to_u64))
+    }
+}

@@ -1,0 +1,11 @@
+//! eventrail's integration tests: one binary, every test against a real PostgreSQL.
+//!
+//! Each test gets its own database cloned from a migrated template (see [`harness`]).
+
+mod cli;
+mod devdb;
+mod gaps;
+mod harness;
+mod migrations;
+mod processors;
+mod store;

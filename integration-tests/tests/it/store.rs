@@ -1,0 +1,275 @@
+//! The event store against PostgreSQL: conformance, races, transactions, notifications, codecs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use eventrail_core::{
+    AppendRequest, BincodeCodec, Category, Event, EventRegistry, EventStore, ExpectedPosition,
+    ExpectedVersion, NewEvent, ReadAllOptions, ReadStreamOptions, StoreError, StreamName,
+};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Barrier;
+
+use crate::harness::TestDb;
+
+fn event(n: usize) -> NewEvent {
+    NewEvent::json("Happened", serde_json::json!({ "n": n }))
+}
+
+#[tokio::test]
+async fn conformance_suite() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    eventrail_core::conformance::run(&db.store()).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_in_memory_store_passes_the_same_suite() {
+    eventrail_core::conformance::run(&eventrail_core::InMemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let stream: StreamName = "race-1".parse()?;
+
+    // Round 1: all expect a new stream; exactly one wins.
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![event(n)])).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(out) => {
+                winners += 1;
+                assert_eq!(out.stream_version, 0);
+            }
+            Err(StoreError::WrongExpectedVersion { expected: ExpectedVersion::NoStream, actual: Some(0), .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one NoStream append wins");
+
+    // Round 2: each task appends 5 events with exact expectations, retrying on conflict.
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let (mut done, mut conflicts) = (0, 0);
+            while done < 5 {
+                let version = store.stream_version(&stream).await?.expect("stream exists");
+                let req = AppendRequest::new(stream.clone(), ExpectedVersion::Exact(version), vec![event(task * 100 + done)]);
+                match store.append(req).await {
+                    Ok(out) => {
+                        assert_eq!(out.stream_version, version + 1);
+                        done += 1;
+                    }
+                    Err(StoreError::WrongExpectedVersion { actual: Some(actual), .. }) => {
+                        assert!(actual > version, "a conflict reports a newer version");
+                        conflicts += 1;
+                    }
+                    Err(other) => return Err(anyhow::Error::from(other)),
+                }
+            }
+            anyhow::Ok(conflicts)
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await??;
+    }
+    let events = store.read_stream(&stream, ReadStreamOptions::default().max_count(1000)).await?;
+    let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (0..=80).collect::<Vec<_>>(), "versions are contiguous");
+    let payloads: HashSet<String> = events
+        .iter()
+        .skip(1)
+        .map(|e| match &e.data {
+            eventrail_core::EventData::Json(v) => v.to_string(),
+            eventrail_core::EventData::Binary(_) => String::new(),
+        })
+        .collect();
+    assert_eq!(payloads.len(), 80, "80 distinct payloads: no append was written twice");
+    assert!(conflicts > 0, "the race produced conflicts (losers got the typed error)");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn position_preconditions_do_not_race() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let category: Category = "ledger".parse()?;
+    for round in 0..5 {
+        let head = store
+            .read_category(&category, ReadAllOptions::default().max_count(10_000))
+            .await?
+            .last()
+            .map(|e| e.global_position);
+        let barrier = Arc::new(Barrier::new(8));
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let (store, category, barrier) = (store.clone(), category.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let stream = StreamName::new("ledger", &format!("{round}x{n}")).expect("valid");
+                store
+                    .append(
+                        AppendRequest::new(stream, ExpectedVersion::Any, vec![event(n)])
+                            .with_expected_position(ExpectedPosition::category(category, head)),
+                    )
+                    .await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await? {
+                Ok(_) => wins += 1,
+                Err(StoreError::PositionConflict { head: h, .. }) => assert!(Some(h) > head),
+                Err(other) => panic!("unexpected: {other}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}: exactly one writer may move the category past {head:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn append_in_a_caller_transaction_commits_or_rolls_back_with_it() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let mut client = db.pool.get().await?;
+    client.batch_execute("CREATE TABLE orders (id text PRIMARY KEY)").await?;
+    let stream: StreamName = "order-1".parse()?;
+
+    let tx = client.transaction().await?;
+    tx.execute("INSERT INTO orders VALUES ('1')", &[]).await?;
+    store.append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)])).await?;
+    drop(tx); // rolled back
+    assert_eq!(store.stream_version(&stream).await?, None, "events rolled back with the business write");
+    assert!(client.query_opt("SELECT 1 FROM orders", &[]).await?.is_none());
+
+    let tx = client.transaction().await?;
+    tx.execute("INSERT INTO orders VALUES ('1')", &[]).await?;
+    store.append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)])).await?;
+    // A wrong expectation is a typed error and leaves the transaction usable.
+    let err = store
+        .append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(2)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WrongExpectedVersion { actual: Some(0), .. }));
+    tx.commit().await?;
+    assert_eq!(store.stream_version(&stream).await?, Some(0));
+    assert!(client.query_opt("SELECT 1 FROM orders", &[]).await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_append_notifies_its_last_position_and_never_data() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let (client, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN eventrail_events").await?;
+    let out = store
+        .append(AppendRequest::new("note-1".parse()?, ExpectedVersion::Any, vec![event(1), event(2)]))
+        .await?;
+    let (channel, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await?
+        .expect("a notification");
+    assert_eq!(channel, "eventrail_events");
+    assert_eq!(payload, out.last_position().to_string());
+
+    // A store configured without notifications sends none: the next notification seen is
+    // the one of a store that does notify.
+    let quiet = db.store_with(eventrail_store_postgres::PgStoreOptions::new().without_notify());
+    quiet.append(AppendRequest::new("note-2".parse()?, ExpectedVersion::Any, vec![event(3)])).await?;
+    let loud = store.append(AppendRequest::new("note-3".parse()?, ExpectedVersion::Any, vec![event(4)])).await?;
+    let (_, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await?.expect("notification");
+    assert_eq!(payload, loud.last_position().to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_reads_stream_in_pages() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        let events = (0..5).map(|n| event(i * 5 + n)).collect();
+        let stream = StreamName::new(if i % 2 == 0 { "even" } else { "odd" }, &i.to_string())?;
+        positions.extend(store.append(AppendRequest::new(stream, ExpectedVersion::Any, events)).await?.positions);
+    }
+    let all: Vec<_> = store.stream_all(ReadAllOptions::default().max_count(4)).try_collect().await?;
+    assert_eq!(all.iter().map(|e| e.global_position).collect::<Vec<_>>(), positions);
+    let even: Category = "even".parse()?;
+    let evens: Vec<_> = store.stream_category(&even, ReadAllOptions::default().max_count(2)).try_collect().await?;
+    assert_eq!(evens.len(), 15);
+    assert!(evens.iter().all(|e| e.stream.category() == "even"));
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Account {
+    Opened { owner: String },
+    Deposited { cents: u64 },
+}
+
+impl Event for Account {
+    const EVENT_TYPES: &'static [&'static str] = &["Opened", "Deposited"];
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Opened { .. } => "Opened",
+            Self::Deposited { .. } => "Deposited",
+        }
+    }
+}
+
+#[tokio::test]
+async fn typed_events_round_trip_with_json_and_bincode() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let values = vec![Account::Opened { owner: "ada".into() }, Account::Deposited { cents: 250 }];
+
+    let json = EventRegistry::<Account>::new();
+    let stream: StreamName = "account-json".parse()?;
+    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, json.encode_all(&values)?)).await?;
+    let read = store.read_stream(&stream, ReadStreamOptions::default()).await?;
+    assert_eq!(read.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["Opened", "Deposited"]);
+    let back: Vec<Account> = read.iter().map(|e| json.decode(e)).collect::<Result<_, _>>()?;
+    assert_eq!(back, values);
+
+    let binary = EventRegistry::<Account, BincodeCodec>::with_codec(BincodeCodec);
+    let stream: StreamName = "account-bin".parse()?;
+    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, binary.encode_all(&values)?)).await?;
+    let read = store.read_stream(&stream, ReadStreamOptions::default()).await?;
+    assert!(read.iter().all(|e| matches!(e.data, eventrail_core::EventData::Binary(_))));
+    let back: Vec<Account> = read.iter().map(|e| binary.decode(e)).collect::<Result<_, _>>()?;
+    assert_eq!(back, values);
+    // Reading binary data with the JSON registry is a typed error.
+    assert!(matches!(json.decode(&read[0]), Err(eventrail_core::DecodeError::Codec { .. })));
+    // The stored JSON column is queryable.
+    let client = db.client().await?;
+    let row = client
+        .query_one("SELECT data->'Deposited'->>'cents' FROM eventrail.events WHERE stream_name = 'account-json' AND event_type = 'Deposited'", &[])
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "250");
+    Ok(())
+}
