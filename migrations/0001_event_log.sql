@@ -73,29 +73,24 @@ DECLARE
     v_current bigint;
     v_head bigint;
 BEGIN
-    -- The transaction takes its xid before it takes any position, so a reader that sees a hole
-    -- also sees the transaction that may still fill it (gap proof).
-    PERFORM pg_current_xact_id();
+    -- One statement (statement overhead dominates small appends). Its target list is evaluated
+    -- left to right:
+    -- 1. The transaction takes its xid before it takes any position, so a reader that sees a
+    --    hole also sees the transaction that may still fill it (gap proof).
+    -- 2. Scope locks make position preconditions race-free: every append holds its scopes
+    --    shared, a precondition holds its scope exclusively, so its check sees every append in
+    --    that scope. Always in the order: whole log, category, stream.
+    -- 3. The stream lock serialises appends to one stream, so the version check cannot race.
+    PERFORM pg_current_xact_id(),
+            CASE WHEN p_scope = '' THEN pg_advisory_xact_lock(1701147137, 0)
+                 ELSE pg_advisory_xact_lock_shared(1701147137, 0) END,
+            CASE WHEN p_scope <> '' THEN pg_advisory_xact_lock(1701147138, hashtext(p_scope)) END,
+            CASE WHEN p_scope IS NULL OR (p_scope <> '' AND p_scope <> v_category)
+                 THEN pg_advisory_xact_lock_shared(1701147138, hashtext(v_category)) END,
+            pg_advisory_xact_lock(1701147139, hashtext(p_stream));
 
-    -- Scope locks make position preconditions race-free: every append holds its scopes shared,
-    -- a precondition holds its scope exclusively, so its check sees every append in that scope.
-    -- Always in the order: whole log, category, stream.
-    IF p_scope = '' THEN
-        PERFORM pg_advisory_xact_lock(1701147137, 0);
-    ELSE
-        PERFORM pg_advisory_xact_lock_shared(1701147137, 0);
-        IF p_scope IS NOT NULL THEN
-            PERFORM pg_advisory_xact_lock(1701147138, hashtext(p_scope));
-        END IF;
-        IF p_scope IS DISTINCT FROM v_category THEN
-            PERFORM pg_advisory_xact_lock_shared(1701147138, hashtext(v_category));
-        END IF;
-    END IF;
-    -- Serialises appends to one stream, so the version check below cannot race.
-    PERFORM pg_advisory_xact_lock(1701147139, hashtext(p_stream));
-
-    SELECT max(e.stream_version) INTO v_current
-      FROM {schema}.events e WHERE e.stream_name = p_stream;
+    -- A new statement, so a new snapshot: it sees every append that held the locks before us.
+    SELECT max(e.stream_version) INTO v_current FROM {schema}.events e WHERE e.stream_name = p_stream;
     IF NOT (p_expected_kind = 0
             OR (p_expected_kind = 1 AND v_current IS NULL)
             OR (p_expected_kind = 2 AND v_current IS NOT NULL)
@@ -103,14 +98,16 @@ BEGIN
         RETURN QUERY SELECT 1::smallint, v_current, NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::text;
         RETURN;
     END IF;
-
-    IF p_scope IS NOT NULL THEN
-        SELECT max(e.global_position) INTO v_head FROM {schema}.events e
-         WHERE p_scope = '' OR e.category = p_scope;
-        IF v_head > p_after THEN
-            RETURN QUERY SELECT 2::smallint, v_head, NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::text;
-            RETURN;
-        END IF;
+    -- Separate statements per scope keep each plan a simple index probe (a combined `OR` plan
+    -- would be re-planned on every call).
+    IF p_scope = '' THEN
+        SELECT max(e.global_position) INTO v_head FROM {schema}.events e;
+    ELSIF p_scope IS NOT NULL THEN
+        SELECT max(e.global_position) INTO v_head FROM {schema}.events e WHERE e.category = p_scope;
+    END IF;
+    IF v_head > p_after THEN
+        RETURN QUERY SELECT 2::smallint, v_head, NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::text;
+        RETURN;
     END IF;
 
     RETURN QUERY

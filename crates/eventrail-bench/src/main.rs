@@ -1,1 +1,283 @@
-fn main() {}
+//! Benchmarks of eventrail against raw tokio-postgres on the same database.
+//!
+//! `cargo run --release -p eventrail-bench -- append` measures, in one run:
+//! - single-event appends with 1, 4 and 16 clients against a raw `INSERT` of the same row shape;
+//! - 100-event batches with 1 and 4 clients against a raw binary `COPY` of the same rows;
+//!
+//! and prints events/s and the ratio eventrail / raw. It works in a database of its own,
+//! `eventrail_bench`, created afresh.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
+use eventrail_store_postgres::{PgEventStore, PgStoreOptions};
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, Parser)]
+#[command(about = "eventrail benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Append throughput against raw INSERT and COPY.
+    Append {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Configure the store without the pg_notify hint.
+        #[arg(long)]
+        without_notify: bool,
+    },
+}
+
+const RAW_COLUMNS: &str =
+    "stream_name, stream_version, event_id, event_type, schema_version, data, metadata";
+
+fn payload(client: usize, n: u64) -> serde_json::Value {
+    serde_json::json!({ "client": client, "n": n, "sku": "tea-earl-grey", "qty": 2, "note": "a small event of typical size" })
+}
+
+async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Runs `clients` loops (each returns the events it wrote) and gives events per second.
+async fn measure<F, Fut>(clients: usize, work: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(work(c)));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn raw_inserts(url: Arc<String>, client_no: usize, seconds: u64) -> anyhow::Result<u64> {
+    let client = connect(&url).await?;
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO raw_events ({RAW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .await?;
+    let stream = format!("raw{client_no}-{}", uuid::Uuid::now_v7().simple());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let version = i64::try_from(n)?;
+        client
+            .execute(
+                &insert,
+                &[
+                    &stream,
+                    &version,
+                    &uuid::Uuid::now_v7(),
+                    &"BenchEvent",
+                    &1i32,
+                    &payload(client_no, n),
+                    &serde_json::json!({}),
+                ],
+            )
+            .await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+async fn eventrail_appends(
+    store: PgEventStore,
+    client_no: usize,
+    seconds: u64,
+    batch: usize,
+) -> anyhow::Result<u64> {
+    let stream: StreamName = StreamName::new(
+        &format!("er{client_no}"),
+        &uuid::Uuid::now_v7().simple().to_string(),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut n, mut expected) = (0u64, ExpectedVersion::NoStream);
+    while Instant::now() < deadline {
+        let events = (0..batch as u64)
+            .map(|i| NewEvent::json("BenchEvent", payload(client_no, n + i)))
+            .collect();
+        let out = store
+            .append(AppendRequest::new(stream.clone(), expected, events))
+            .await?;
+        expected = ExpectedVersion::Exact(out.stream_version);
+        n += batch as u64;
+    }
+    Ok(n)
+}
+
+async fn raw_copies(
+    url: Arc<String>,
+    client_no: usize,
+    seconds: u64,
+    batch: usize,
+) -> anyhow::Result<u64> {
+    let client = connect(&url).await?;
+    let stream = format!("copy{client_no}-{}", uuid::Uuid::now_v7().simple());
+    let types = [
+        Type::TEXT,
+        Type::INT8,
+        Type::UUID,
+        Type::TEXT,
+        Type::INT4,
+        Type::JSONB,
+        Type::JSONB,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    let empty = serde_json::json!({});
+    while Instant::now() < deadline {
+        let sink = client
+            .copy_in(&format!(
+                "COPY raw_events ({RAW_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        for _ in 0..batch {
+            let version = i64::try_from(n)?;
+            writer
+                .as_mut()
+                .write(&[
+                    &stream,
+                    &version,
+                    &uuid::Uuid::now_v7(),
+                    &"BenchEvent",
+                    &1i32,
+                    &payload(client_no, n),
+                    &empty,
+                ])
+                .await?;
+            n += 1;
+        }
+        writer.finish().await?;
+    }
+    Ok(n)
+}
+
+struct Row {
+    scenario: &'static str,
+    clients: usize,
+    raw: f64,
+    eventrail: f64,
+    target: f64,
+}
+
+async fn append_bench(seconds: u64, without_notify: bool) -> anyhow::Result<()> {
+    let admin_url = eventrail_devdb::database_url().await?;
+    let admin = connect(&admin_url).await?;
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS eventrail_bench WITH (FORCE)")
+        .await?;
+    admin
+        .batch_execute("CREATE DATABASE eventrail_bench")
+        .await?;
+    let url = Arc::new(eventrail_devdb::with_database(
+        &admin_url,
+        "eventrail_bench",
+    )?);
+    let pool = eventrail_devdb::pool(&url, 32)?;
+    let options = if without_notify {
+        PgStoreOptions::new().without_notify()
+    } else {
+        PgStoreOptions::new()
+    };
+    let store = PgEventStore::with_options(pool, options)?;
+    store
+        .migrate()
+        .await
+        .context("migrating the bench database")?;
+    let setup = connect(&url).await?;
+    // Same row shape, same defaults, constraints and indexes; no eventrail function or trigger.
+    setup
+        .batch_execute("CREATE TABLE raw_events (LIKE eventrail.events INCLUDING ALL)")
+        .await?;
+    let settings: Vec<String> = setup
+        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version') ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    println!(
+        "PostgreSQL: {}; {seconds} s per measurement\n",
+        settings.join(", ")
+    );
+
+    let mut rows = Vec::new();
+    for clients in [1, 4, 16] {
+        let raw = measure(clients, |c| raw_inserts(url.clone(), c, seconds)).await?;
+        let er = measure(clients, |c| eventrail_appends(store.clone(), c, seconds, 1)).await?;
+        rows.push(Row {
+            scenario: "1 event / tx  vs INSERT",
+            clients,
+            raw,
+            eventrail: er,
+            target: 0.8,
+        });
+    }
+    for clients in [1, 4] {
+        let raw = measure(clients, |c| raw_copies(url.clone(), c, seconds, 100)).await?;
+        let er = measure(clients, |c| {
+            eventrail_appends(store.clone(), c, seconds, 100)
+        })
+        .await?;
+        rows.push(Row {
+            scenario: "100 events / tx vs COPY",
+            clients,
+            raw,
+            eventrail: er,
+            target: 0.7,
+        });
+    }
+
+    println!(
+        "| scenario                | clients | raw events/s | eventrail events/s | ratio | target |"
+    );
+    println!(
+        "|-------------------------|--------:|-------------:|-------------------:|------:|-------:|"
+    );
+    for r in &rows {
+        let ratio = r.eventrail / r.raw;
+        println!(
+            "| {:<23} | {:>7} | {:>12.0} | {:>18.0} | {:>5.2} | ≥{:.1} {} |",
+            r.scenario,
+            r.clients,
+            r.raw,
+            r.eventrail,
+            ratio,
+            r.target,
+            if ratio >= r.target { "ok" } else { "MISS" }
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().bench {
+        Bench::Append {
+            seconds,
+            without_notify,
+        } => append_bench(seconds, without_notify).await,
+    }
+}

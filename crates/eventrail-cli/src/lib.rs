@@ -11,7 +11,9 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use eventrail_core::{Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName};
+use eventrail_core::{
+    Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
+};
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -98,14 +100,20 @@ pub enum CategoryAction {
 /// Bad input (a stream name, a schema), an unreachable database, a failed migration.
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     match cli.command {
-        Command::Migrate { print_sql: true, roles } => {
+        Command::Migrate {
+            print_sql: true,
+            roles,
+        } => {
             let migrator = Migrator::new(&cli.schema)?;
             writeln!(out, "{}", migrator.print_sql())?;
             if let Some(prefix) = roles {
                 writeln!(out, "{}", migrator.roles_sql(&prefix)?)?;
             }
         }
-        Command::Migrate { print_sql: false, roles } => {
+        Command::Migrate {
+            print_sql: false,
+            roles,
+        } => {
             let migrator = Migrator::new(&cli.schema)?;
             let url = require_url(cli.database_url.as_deref())?;
             let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -116,14 +124,29 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             if applied.is_empty() {
                 writeln!(out, "schema {} is up to date", cli.schema)?;
             } else {
-                writeln!(out, "applied migrations {applied:?} to schema {}", cli.schema)?;
+                writeln!(
+                    out,
+                    "applied migrations {applied:?} to schema {}",
+                    cli.schema
+                )?;
             }
             if let Some(prefix) = roles {
                 migrator.install_roles(&mut client, &prefix).await?;
-                writeln!(out, "roles {prefix}_reader, {prefix}_writer, {prefix}_admin are in place")?;
+                writeln!(
+                    out,
+                    "roles {prefix}_reader, {prefix}_writer, {prefix}_admin are in place"
+                )?;
             }
         }
-        Command::Stream { action: StreamAction::Read { name, from, backward, limit } } => {
+        Command::Stream {
+            action:
+                StreamAction::Read {
+                    name,
+                    from,
+                    backward,
+                    limit,
+                },
+        } => {
             let stream: StreamName = name.parse()?;
             let store = store(cli.database_url.as_deref(), &cli.schema)?;
             let mut options = ReadStreamOptions::default().max_count(limit);
@@ -135,10 +158,14 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             }
             print_events(out, &store.read_stream(&stream, options).await?)?;
         }
-        Command::Category { action: CategoryAction::Read { name, from, limit } } => {
+        Command::Category {
+            action: CategoryAction::Read { name, from, limit },
+        } => {
             let category: Category = name.parse()?;
             let store = store(cli.database_url.as_deref(), &cli.schema)?;
-            let options = ReadAllOptions::default().from_position(from).max_count(limit);
+            let options = ReadAllOptions::default()
+                .from_position(from)
+                .max_count(limit);
             print_events(out, &store.read_category(&category, options).await?)?;
         }
     }
@@ -150,10 +177,17 @@ fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
 }
 
 fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> {
-    let config: tokio_postgres::Config = require_url(url)?.parse().context("parsing the database URL")?;
+    let config: tokio_postgres::Config = require_url(url)?
+        .parse()
+        .context("parsing the database URL")?;
     let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-    let pool = deadpool_postgres::Pool::builder(manager).max_size(2).build()?;
-    Ok(PgEventStore::with_options(pool, PgStoreOptions::new().schema(schema))?)
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(2)
+        .build()?;
+    Ok(PgEventStore::with_options(
+        pool,
+        PgStoreOptions::new().schema(schema),
+    )?)
 }
 
 const DATA_WIDTH: usize = 60;
@@ -173,7 +207,15 @@ fn data_cell(data: &EventData) -> String {
 
 /// Prints events as an aligned table.
 fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Result<()> {
-    let header = ["POSITION", "STREAM", "VERSION", "TYPE", "RECORDED AT", "DATA"].map(str::to_owned);
+    let header = [
+        "POSITION",
+        "STREAM",
+        "VERSION",
+        "TYPE",
+        "RECORDED AT",
+        "DATA",
+    ]
+    .map(str::to_owned);
     let rows: Vec<[String; 6]> = events
         .iter()
         .map(|e| {
@@ -182,7 +224,9 @@ fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Resul
                 e.stream.to_string(),
                 e.stream_version.to_string(),
                 e.event_type.clone(),
-                OffsetDateTime::from(e.recorded_at).format(&Rfc3339).unwrap_or_default(),
+                OffsetDateTime::from(e.recorded_at)
+                    .format(&Rfc3339)
+                    .unwrap_or_default(),
                 data_cell(&e.data),
             ]
         })
@@ -194,7 +238,11 @@ fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Resul
         }
     }
     for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     writeln!(out, "({} events)", events.len())?;

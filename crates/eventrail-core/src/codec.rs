@@ -38,12 +38,10 @@ impl Codec for JsonCodec {
 
     fn decode<T: DeserializeOwned>(&self, data: &EventData) -> Result<T, CodecError> {
         match data {
-            EventData::Json(value) => {
-                T::deserialize(value).map_err(|e| CodecError::Serde {
-                    codec: "json",
-                    source: e.into(),
-                })
-            }
+            EventData::Json(value) => T::deserialize(value).map_err(|e| CodecError::Serde {
+                codec: "json",
+                source: e.into(),
+            }),
             EventData::Binary(_) => Err(CodecError::WrongDataKind {
                 expected: "json",
                 found: "binary",
@@ -72,11 +70,12 @@ impl Codec for BincodeCodec {
         match data {
             EventData::Binary(bytes) => {
                 let (value, read) =
-                    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                        .map_err(|e| CodecError::Serde {
+                    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(
+                        |e| CodecError::Serde {
                             codec: "bincode",
                             source: e.into(),
-                        })?;
+                        },
+                    )?;
                 if read == bytes.len() {
                     Ok(value)
                 } else {
@@ -147,7 +146,15 @@ mod tests {
 
     #[test]
     fn wrong_kind_is_typed() {
-        let err = JsonCodec.decode::<Sample>(&EventData::Binary(vec![1])).unwrap_err();
-        assert!(matches!(err, CodecError::WrongDataKind { expected: "json", found: "binary" }));
+        let err = JsonCodec
+            .decode::<Sample>(&EventData::Binary(vec![1]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::WrongDataKind {
+                expected: "json",
+                found: "binary"
+            }
+        ));
     }
 }

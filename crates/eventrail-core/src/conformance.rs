@@ -57,28 +57,53 @@ fn versions(events: &[RecordedEvent]) -> Vec<u64> {
 pub async fn append_and_read_stream<S: EventStore>(store: &S) {
     let stream = stream_in(&unique_category());
     let out = store
-        .append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, events(&["A", "B", "A"])))
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            events(&["A", "B", "A"]),
+        ))
         .await
         .expect("first append");
     assert_eq!(out.stream_version, 2, "version after three events");
     assert_eq!(out.positions.len(), 3);
-    assert!(out.positions.windows(2).all(|w| w[0] < w[1]), "positions increase");
+    assert!(
+        out.positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase"
+    );
 
-    let all = store.read_stream(&stream, ReadStreamOptions::default()).await.unwrap();
+    let all = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
     assert_eq!(versions(&all), [0, 1, 2]);
-    assert_eq!(all.iter().map(|e| e.global_position).collect::<Vec<_>>(), out.positions);
+    assert_eq!(
+        all.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        out.positions
+    );
     assert!(all.iter().all(|e| e.stream == stream));
-    assert_eq!(all[0].transaction_id, all[2].transaction_id, "one transaction per append");
+    assert_eq!(
+        all[0].transaction_id, all[2].transaction_id,
+        "one transaction per append"
+    );
 
-    let back = store.read_stream(&stream, ReadStreamOptions::default().backward()).await.unwrap();
+    let back = store
+        .read_stream(&stream, ReadStreamOptions::default().backward())
+        .await
+        .unwrap();
     assert_eq!(versions(&back), [2, 1, 0]);
     let back_from = store
-        .read_stream(&stream, ReadStreamOptions::default().backward().from_version(1))
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().backward().from_version(1),
+        )
         .await
         .unwrap();
     assert_eq!(versions(&back_from), [1, 0]);
     let from = store
-        .read_stream(&stream, ReadStreamOptions::default().from_version(1).max_count(1))
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().from_version(1).max_count(1),
+        )
         .await
         .unwrap();
     assert_eq!(versions(&from), [1]);
@@ -90,32 +115,72 @@ pub async fn append_and_read_stream<S: EventStore>(store: &S) {
     assert_eq!(store.stream_version(&stream).await.unwrap(), Some(2));
     let missing = stream_in(&unique_category());
     assert_eq!(store.stream_version(&missing).await.unwrap(), None);
-    assert!(store.read_stream(&missing, ReadStreamOptions::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_stream(&missing, ReadStreamOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Every expectation kind, met and unmet, with the typed conflict.
 pub async fn expected_versions<S: EventStore>(store: &S) {
     let stream = stream_in(&unique_category());
-    let append = |expected| store.append(AppendRequest::new(stream.clone(), expected, events(&["E"])));
+    let append =
+        |expected| store.append(AppendRequest::new(stream.clone(), expected, events(&["E"])));
     match append(ExpectedVersion::StreamExists).await {
-        Err(StoreError::WrongExpectedVersion { actual: None, expected: ExpectedVersion::StreamExists, .. }) => {}
+        Err(StoreError::WrongExpectedVersion {
+            actual: None,
+            expected: ExpectedVersion::StreamExists,
+            ..
+        }) => {}
         other => panic!("StreamExists on a missing stream: {other:?}"),
     }
-    append(ExpectedVersion::NoStream).await.expect("NoStream on a missing stream");
+    append(ExpectedVersion::NoStream)
+        .await
+        .expect("NoStream on a missing stream");
     match append(ExpectedVersion::NoStream).await {
-        Err(StoreError::WrongExpectedVersion { stream: s, expected: ExpectedVersion::NoStream, actual: Some(0) }) => {
+        Err(StoreError::WrongExpectedVersion {
+            stream: s,
+            expected: ExpectedVersion::NoStream,
+            actual: Some(0),
+        }) => {
             assert_eq!(s, stream.as_str());
         }
         other => panic!("NoStream on an existing stream: {other:?}"),
     }
     match append(ExpectedVersion::Exact(5)).await {
-        Err(StoreError::WrongExpectedVersion { expected: ExpectedVersion::Exact(5), actual: Some(0), .. }) => {}
+        Err(StoreError::WrongExpectedVersion {
+            expected: ExpectedVersion::Exact(5),
+            actual: Some(0),
+            ..
+        }) => {}
         other => panic!("Exact(5) at version 0: {other:?}"),
     }
-    assert_eq!(append(ExpectedVersion::Exact(0)).await.unwrap().stream_version, 1);
-    assert_eq!(append(ExpectedVersion::StreamExists).await.unwrap().stream_version, 2);
-    assert_eq!(append(ExpectedVersion::Any).await.unwrap().stream_version, 3);
-    assert_eq!(store.stream_version(&stream).await.unwrap(), Some(3), "failed appends wrote nothing");
+    assert_eq!(
+        append(ExpectedVersion::Exact(0))
+            .await
+            .unwrap()
+            .stream_version,
+        1
+    );
+    assert_eq!(
+        append(ExpectedVersion::StreamExists)
+            .await
+            .unwrap()
+            .stream_version,
+        2
+    );
+    assert_eq!(
+        append(ExpectedVersion::Any).await.unwrap().stream_version,
+        3
+    );
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        Some(3),
+        "failed appends wrote nothing"
+    );
 }
 
 /// Duplicate ids (within a batch and across appends) and empty batches are typed errors that write
@@ -125,29 +190,60 @@ pub async fn duplicate_and_invalid_requests<S: EventStore>(store: &S) {
     let first = NewEvent::json("E", serde_json::json!({}));
     let id = first.id;
     let twice = vec![first.clone(), first.clone()];
-    match store.append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, twice)).await {
+    match store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            twice,
+        ))
+        .await
+    {
         Err(StoreError::DuplicateEventId { event_id }) => assert_eq!(event_id, Some(id)),
         other => panic!("duplicate id in one batch: {other:?}"),
     }
     store
-        .append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, vec![first.clone()]))
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            vec![first.clone()],
+        ))
         .await
         .unwrap();
     let other = stream_in(&unique_category());
     match store
-        .append(AppendRequest::new(other.clone(), ExpectedVersion::Any, vec![NewEvent::json("F", serde_json::json!({})), first]))
+        .append(AppendRequest::new(
+            other.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::json("F", serde_json::json!({})), first],
+        ))
         .await
     {
         Err(StoreError::DuplicateEventId { event_id }) => assert!(event_id.is_none_or(|e| e == id)),
         other => panic!("duplicate id across appends: {other:?}"),
     }
-    assert_eq!(store.stream_version(&other).await.unwrap(), None, "nothing of the failed batch written");
+    assert_eq!(
+        store.stream_version(&other).await.unwrap(),
+        None,
+        "nothing of the failed batch written"
+    );
     assert!(matches!(
-        store.append(AppendRequest::new(other.clone(), ExpectedVersion::Any, vec![])).await,
+        store
+            .append(AppendRequest::new(
+                other.clone(),
+                ExpectedVersion::Any,
+                vec![]
+            ))
+            .await,
         Err(StoreError::InvalidRequest(_))
     ));
     assert!(matches!(
-        store.append(AppendRequest::new(other, ExpectedVersion::Any, events(&[""]))).await,
+        store
+            .append(AppendRequest::new(
+                other,
+                ExpectedVersion::Any,
+                events(&[""])
+            ))
+            .await,
         Err(StoreError::InvalidRequest(_))
     ));
 }
@@ -160,32 +256,64 @@ pub async fn category_and_all_reads<S: EventStore>(store: &S) {
     let mut positions = Vec::new();
     for (stream, types) in [(&a, ["X", "Y"]), (&elsewhere, ["X", "X"]), (&b, ["Y", "X"])] {
         let out = store
-            .append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, events(&types)))
+            .append(AppendRequest::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events(&types),
+            ))
             .await
             .unwrap();
         positions.extend(out.positions);
     }
     let cat: Category = category.parse().unwrap();
-    let read = store.read_category(&cat, ReadAllOptions::default()).await.unwrap();
-    let got: Vec<_> = read.iter().map(|e| e.global_position).collect();
-    assert_eq!(got, [positions[0], positions[1], positions[4], positions[5]]);
-    let from = store
-        .read_category(&cat, ReadAllOptions::default().from_position(positions[1]).max_count(2))
+    let read = store
+        .read_category(&cat, ReadAllOptions::default())
         .await
         .unwrap();
-    assert_eq!(from.iter().map(|e| e.global_position).collect::<Vec<_>>(), [positions[1], positions[4]]);
+    let got: Vec<_> = read.iter().map(|e| e.global_position).collect();
+    assert_eq!(
+        got,
+        [positions[0], positions[1], positions[4], positions[5]]
+    );
+    let from = store
+        .read_category(
+            &cat,
+            ReadAllOptions::default()
+                .from_position(positions[1])
+                .max_count(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        from.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        [positions[1], positions[4]]
+    );
     let xs = store
         .read_category(&cat, ReadAllOptions::default().event_types(["X"]))
         .await
         .unwrap();
-    assert_eq!(xs.iter().map(|e| e.global_position).collect::<Vec<_>>(), [positions[0], positions[5]]);
+    assert_eq!(
+        xs.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        [positions[0], positions[5]]
+    );
     let all = store
-        .read_all(ReadAllOptions::default().from_position(positions[0]).max_count(10_000))
+        .read_all(
+            ReadAllOptions::default()
+                .from_position(positions[0])
+                .max_count(10_000),
+        )
         .await
         .unwrap();
-    let mine: Vec<_> = all.iter().map(|e| e.global_position).filter(|p| positions.contains(p)).collect();
+    let mine: Vec<_> = all
+        .iter()
+        .map(|e| e.global_position)
+        .filter(|p| positions.contains(p))
+        .collect();
     assert_eq!(mine, positions, "$all holds every event in position order");
-    assert!(all.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
 }
 
 /// Metadata, schema versions and binary data come back as written.
@@ -196,17 +324,30 @@ pub async fn payloads_round_trip<S: EventStore>(store: &S) {
         .with_causation_id("cause-1")
         .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .with("tenant", "acme");
-    let json = NewEvent::json("J", serde_json::json!({"nested": {"list": [1, 2, 3]}, "s": "é"}))
-        .with_metadata(metadata.clone())
-        .with_schema_version(3);
+    let json = NewEvent::json(
+        "J",
+        serde_json::json!({"nested": {"list": [1, 2, 3]}, "s": "é"}),
+    )
+    .with_metadata(metadata.clone())
+    .with_schema_version(3);
     let binary = NewEvent::new("B", EventData::Binary(vec![0, 159, 146, 150, 255]));
     store
-        .append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![json.clone(), binary.clone()]))
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![json.clone(), binary.clone()],
+        ))
         .await
         .unwrap();
-    let read = store.read_stream(&stream, ReadStreamOptions::default()).await.unwrap();
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
     assert_eq!(read.len(), 2);
-    assert_eq!((read[0].id, &read[0].event_type, read[0].schema_version), (json.id, &json.event_type, 3));
+    assert_eq!(
+        (read[0].id, &read[0].event_type, read[0].schema_version),
+        (json.id, &json.event_type, 3)
+    );
     assert_eq!(read[0].data, json.data);
     assert_eq!(read[0].metadata, metadata);
     assert_eq!(read[1].data, binary.data);
@@ -237,7 +378,11 @@ pub async fn expected_positions<S: EventStore>(store: &S) {
     }
     // Another category moving does not conflict.
     store
-        .append(AppendRequest::new(stream_in(&unique_category()), ExpectedVersion::Any, events(&["E"])))
+        .append(AppendRequest::new(
+            stream_in(&unique_category()),
+            ExpectedVersion::Any,
+            events(&["E"]),
+        ))
         .await
         .unwrap();
     let second = store
@@ -310,7 +455,10 @@ impl CountingProjection {
     fn record(&self, events: &[RecordedEvent]) {
         let mut state = self.state.lock().expect("projection lock");
         for e in events {
-            assert!(state.position < Some(e.global_position), "applied out of order");
+            assert!(
+                state.position < Some(e.global_position),
+                "applied out of order"
+            );
             state.position = Some(e.global_position);
             state.applied.push(e.global_position);
         }
@@ -336,12 +484,13 @@ impl StatefulProcessor for CountingProjection {
     }
 
     async fn prepare(&self, events: &[RecordedEvent]) -> Result<(), ProcessorError> {
-        if let Some(t) = &self.veto_type {
-            if events.iter().any(|e| &e.event_type == t) {
-                return Err(ProcessorError::veto(format!("{t} is not allowed")));
-            }
+        if let Some(t) = &self.veto_type
+            && events.iter().any(|e| &e.event_type == t)
+        {
+            return Err(ProcessorError::veto(format!("{t} is not allowed")));
         }
-        self.state.lock().expect("projection lock").staged = events.iter().map(|e| e.global_position).collect();
+        self.state.lock().expect("projection lock").staged =
+            events.iter().map(|e| e.global_position).collect();
         Ok(())
     }
 
@@ -370,23 +519,46 @@ pub async fn stateful_processor_catches_up_and_retries<S: EventStore>(store: &S)
     let mut calls = 0;
     let out = append_consistent(store, &projection, 3, |_| {
         calls += 1;
-        Ok(AppendRequest::new(stream.clone(), ExpectedVersion::Any, events(&["E"])))
+        Ok(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events(&["E"]),
+        ))
     })
     .await
     .unwrap();
     assert_eq!(calls, 1);
-    assert_eq!(projection.state().applied, out.positions, "commit applied the staged events");
+    assert_eq!(
+        projection.state().applied,
+        out.positions,
+        "commit applied the staged events"
+    );
 
     // Another writer moves the category: the projection is now behind.
     let other = store
-        .append(AppendRequest::new(stream_in(&category), ExpectedVersion::Any, events(&["E", "E"])))
+        .append(AppendRequest::new(
+            stream_in(&category),
+            ExpectedVersion::Any,
+            events(&["E", "E"]),
+        ))
         .await
         .unwrap();
     let mut calls = 0;
     let retried = append_consistent(store, &projection, 3, |p| {
         calls += 1;
-        assert_eq!(p.state().position, if calls == 1 { Some(out.last_position()) } else { Some(other.last_position()) });
-        Ok(AppendRequest::new(stream.clone(), ExpectedVersion::Any, events(&["E"])))
+        assert_eq!(
+            p.state().position,
+            if calls == 1 {
+                Some(out.last_position())
+            } else {
+                Some(other.last_position())
+            }
+        );
+        Ok(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events(&["E"]),
+        ))
     })
     .await
     .unwrap();
@@ -394,17 +566,31 @@ pub async fn stateful_processor_catches_up_and_retries<S: EventStore>(store: &S)
     let mut expected = out.positions.clone();
     expected.extend(&other.positions);
     expected.extend(&retried.positions);
-    assert_eq!(projection.state().applied, expected, "caught up in order, then committed");
-    assert_eq!(catch_up(store, &projection).await.unwrap(), Some(retried.last_position()));
+    assert_eq!(
+        projection.state().applied,
+        expected,
+        "caught up in order, then committed"
+    );
+    assert_eq!(
+        catch_up(store, &projection).await.unwrap(),
+        Some(retried.last_position())
+    );
 }
 
 /// A veto in `prepare` writes nothing and rolls the processor back.
 pub async fn stateful_processor_veto<S: EventStore>(store: &S) {
     let category = unique_category();
-    let projection = CountingProjection::new(PositionScope::Category(category.parse().unwrap()), Some("Forbidden"));
+    let projection = CountingProjection::new(
+        PositionScope::Category(category.parse().unwrap()),
+        Some("Forbidden"),
+    );
     let stream = stream_in(&category);
     let result = append_consistent(store, &projection, 3, |_| {
-        Ok(AppendRequest::new(stream.clone(), ExpectedVersion::Any, events(&["Fine", "Forbidden"])))
+        Ok(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events(&["Fine", "Forbidden"]),
+        ))
     })
     .await;
     match result {
@@ -414,7 +600,14 @@ pub async fn stateful_processor_veto<S: EventStore>(store: &S) {
         }
         other => panic!("veto expected: {other:?}"),
     }
-    assert_eq!(store.stream_version(&stream).await.unwrap(), None, "vetoed append wrote nothing");
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        None,
+        "vetoed append wrote nothing"
+    );
     let state = projection.state();
-    assert_eq!((state.rollbacks, state.applied.len(), state.staged.len()), (1, 0, 0));
+    assert_eq!(
+        (state.rollbacks, state.applied.len(), state.staged.len()),
+        (1, 0, 0)
+    );
 }

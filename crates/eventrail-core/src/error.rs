@@ -53,7 +53,9 @@ pub enum DecodeError {
         event_type: String,
     },
     /// The event was written with a schema version newer than this program knows: upgrade.
-    #[error("event type {event_type:?} has schema version {found}, this program knows up to {current}")]
+    #[error(
+        "event type {event_type:?} has schema version {found}, this program knows up to {current}"
+    )]
     UnsupportedSchemaVersion {
         /// The stored event type.
         event_type: String,

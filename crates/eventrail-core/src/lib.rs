@@ -38,7 +38,8 @@ pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use memory::InMemoryStore;
 pub use processor::{
-    NoStatefulProcessor, Reactor, StatefulProcessor, StatelessProcessor, append_consistent, catch_up,
+    NoStatefulProcessor, Reactor, StatefulProcessor, StatelessProcessor, append_consistent,
+    catch_up,
 };
 pub use registry::{Event, EventRegistry, Upcaster};
 pub use store::{

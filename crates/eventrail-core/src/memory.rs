@@ -8,15 +8,18 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    AppendOutcome, AppendRequest, Category, Direction, EventStore, NoStatefulProcessor, PositionScope,
-    ProcessorError, ReadAllOptions, ReadStreamOptions, RecordedEvent, StatefulProcessor, StatelessProcessor,
-    StoreError, StreamName,
+    AppendOutcome, AppendRequest, Category, Direction, EventStore, NoStatefulProcessor,
+    PositionScope, ProcessorError, ReadAllOptions, ReadStreamOptions, RecordedEvent,
+    StatefulProcessor, StatelessProcessor, StoreError, StreamName,
 };
 
 // Processors are kept in a list of different types, so their futures are boxed here.
 trait DynProcessor: Send + Sync {
     fn name(&self) -> &str;
-    fn process<'a>(&'a self, events: &'a [RecordedEvent]) -> BoxFuture<'a, Result<(), ProcessorError>>;
+    fn process<'a>(
+        &'a self,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>>;
 }
 
 impl<P: StatelessProcessor<()>> DynProcessor for P {
@@ -24,7 +27,10 @@ impl<P: StatelessProcessor<()>> DynProcessor for P {
         StatelessProcessor::name(self)
     }
 
-    fn process<'a>(&'a self, events: &'a [RecordedEvent]) -> BoxFuture<'a, Result<(), ProcessorError>> {
+    fn process<'a>(
+        &'a self,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>> {
         Box::pin(StatelessProcessor::process(self, &(), events))
     }
 }
@@ -50,7 +56,14 @@ pub struct InMemoryStore {
 impl fmt::Debug for InMemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InMemoryStore")
-            .field("processors", &self.processors.iter().map(|p| p.name().to_owned()).collect::<Vec<_>>())
+            .field(
+                "processors",
+                &self
+                    .processors
+                    .iter()
+                    .map(|p| p.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +112,9 @@ impl InMemoryStore {
             }
         }
         if let Some(e) = request.events.iter().find(|e| log.ids.contains(&e.id)) {
-            return Err(StoreError::DuplicateEventId { event_id: Some(e.id) });
+            return Err(StoreError::DuplicateEventId {
+                event_id: Some(e.id),
+            });
         }
         log.transactions += 1;
         let transaction_id = log.transactions;
@@ -128,17 +143,18 @@ impl InMemoryStore {
                 .await
                 .map_err(|e| StoreError::from_processor(p.name(), e))?;
         }
-        if let Some(p) = staged {
-            if let Err(e) = p.prepare(&recorded).await {
-                p.rollback().await;
-                return Err(StoreError::from_processor(p.name(), e));
-            }
+        if let Some(p) = staged
+            && let Err(e) = p.prepare(&recorded).await
+        {
+            p.rollback().await;
+            return Err(StoreError::from_processor(p.name(), e));
         }
         let outcome = AppendOutcome {
             stream_version: first_version + recorded.len() as u64 - 1,
             positions: recorded.iter().map(|e| e.global_position).collect(),
         };
-        log.versions.insert(request.stream.to_string(), outcome.stream_version);
+        log.versions
+            .insert(request.stream.to_string(), outcome.stream_version);
         log.ids.extend(recorded.iter().map(|e| e.id));
         log.events.extend(recorded);
         drop(log);
@@ -156,7 +172,11 @@ impl InMemoryStore {
         let log = self.log.lock().await;
         log.events
             .iter()
-            .filter(|e| e.global_position >= options.from_position && keep(e) && type_ok(options.event_types.as_deref(), e))
+            .filter(|e| {
+                e.global_position >= options.from_position
+                    && keep(e)
+                    && type_ok(options.event_types.as_deref(), e)
+            })
             .take(options.max_count)
             .cloned()
             .collect()
@@ -164,7 +184,7 @@ impl InMemoryStore {
 }
 
 fn type_ok(types: Option<&[String]>, e: &RecordedEvent) -> bool {
-    types.is_none_or(|t| t.iter().any(|t| *t == e.event_type))
+    types.is_none_or(|t| t.contains(&e.event_type))
 }
 
 fn in_scope(scope: &PositionScope, e: &RecordedEvent) -> bool {
@@ -176,7 +196,8 @@ fn in_scope(scope: &PositionScope, e: &RecordedEvent) -> bool {
 
 impl EventStore for InMemoryStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        self.append_inner::<NoStatefulProcessor>(request, None).await
+        self.append_inner::<NoStatefulProcessor>(request, None)
+            .await
     }
 
     async fn append_staged<P: StatefulProcessor + ?Sized>(
@@ -218,7 +239,9 @@ impl EventStore for InMemoryStore {
         category: &Category,
         options: ReadAllOptions,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(self.scan(|e| e.stream.category() == category.as_str(), &options).await)
+        Ok(self
+            .scan(|e| e.stream.category() == category.as_str(), &options)
+            .await)
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -272,7 +295,11 @@ mod tests {
         let store = InMemoryStore::new().with_processor(NoOverdraft);
         let stream: StreamName = "account-1".parse().unwrap();
         let err = store
-            .append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, vec![NewEvent::json("Overdrawn", serde_json::json!({}))]))
+            .append(AppendRequest::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                vec![NewEvent::json("Overdrawn", serde_json::json!({}))],
+            ))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Vetoed { ref by, .. } if by == "no-overdraft"));

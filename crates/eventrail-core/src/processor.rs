@@ -49,13 +49,19 @@ pub trait StatefulProcessor: Send + Sync {
     ///
     /// # Errors
     /// [`ProcessorError::Failed`] when the projection cannot be written.
-    fn apply(&self, events: &[RecordedEvent]) -> impl Future<Output = Result<(), ProcessorError>> + Send;
+    fn apply(
+        &self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProcessorError>> + Send;
 
     /// Validates and stages events about to commit.
     ///
     /// # Errors
     /// [`ProcessorError::Veto`] refuses the append.
-    fn prepare(&self, events: &[RecordedEvent]) -> impl Future<Output = Result<(), ProcessorError>> + Send;
+    fn prepare(
+        &self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProcessorError>> + Send;
 
     /// Makes the staged events visible: the append committed.
     fn commit(&self) -> impl Future<Output = ()> + Send;
@@ -95,7 +101,9 @@ where
         .await
         .map_err(|e| StoreError::from_processor(processor.name(), e))?;
     loop {
-        let page = store.read_scope_complete(&scope, position, CATCH_UP_PAGE).await?;
+        let page = store
+            .read_scope_complete(&scope, position, CATCH_UP_PAGE)
+            .await?;
         let Some(last) = page.last() else {
             return Ok(position);
         };

@@ -5,7 +5,9 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{BoxError, Codec, CodecError, DecodeError, EventData, JsonCodec, NewEvent, RecordedEvent};
+use crate::{
+    BoxError, Codec, CodecError, DecodeError, EventData, JsonCodec, NewEvent, RecordedEvent,
+};
 
 /// A user's event type, usually an enum with one variant per event type.
 ///
@@ -270,16 +272,28 @@ mod tests {
     fn round_trip_at_current_version() {
         let r = registry();
         let new = r.encode(&Account::Deposited { cents: 7 }).unwrap();
-        assert_eq!((new.event_type.as_str(), new.schema_version), ("Deposited", 3));
-        let EventData::Json(data) = new.data else { panic!("json codec") };
+        assert_eq!(
+            (new.event_type.as_str(), new.schema_version),
+            ("Deposited", 3)
+        );
+        let EventData::Json(data) = new.data else {
+            panic!("json codec")
+        };
         let back = r.decode(&recorded("Deposited", 3, data)).unwrap();
         assert_eq!(back, Account::Deposited { cents: 7 });
     }
 
     #[test]
     fn upcasts_through_every_version() {
-        let old = recorded("Deposited", 1, serde_json::json!({"type": "Deposited", "amount": 4}));
-        assert_eq!(registry().decode(&old).unwrap(), Account::Deposited { cents: 400 });
+        let old = recorded(
+            "Deposited",
+            1,
+            serde_json::json!({"type": "Deposited", "amount": 4}),
+        );
+        assert_eq!(
+            registry().decode(&old).unwrap(),
+            Account::Deposited { cents: 400 }
+        );
     }
 
     #[test]
@@ -291,19 +305,35 @@ mod tests {
         ));
         assert!(matches!(
             r.decode(&recorded("Deposited", 4, serde_json::json!({}))),
-            Err(DecodeError::UnsupportedSchemaVersion { found: 4, current: 3, .. })
+            Err(DecodeError::UnsupportedSchemaVersion {
+                found: 4,
+                current: 3,
+                ..
+            })
         ));
         assert!(matches!(
-            r.decode(&recorded("Deposited", 1, serde_json::json!({"type": "Deposited"}))),
+            r.decode(&recorded(
+                "Deposited",
+                1,
+                serde_json::json!({"type": "Deposited"})
+            )),
             Err(DecodeError::Upcast { from: 1, .. })
         ));
         assert!(matches!(
-            r.decode(&recorded("Opened", 1, serde_json::json!({"type": "Opened"}))),
+            r.decode(&recorded(
+                "Opened",
+                1,
+                serde_json::json!({"type": "Opened"})
+            )),
             Err(DecodeError::Codec { .. })
         ));
         let no_upcaster = EventRegistry::<Account>::new().current_version("Opened", 2);
         assert!(matches!(
-            no_upcaster.decode(&recorded("Opened", 1, serde_json::json!({"type": "Opened", "owner": "a"}))),
+            no_upcaster.decode(&recorded(
+                "Opened",
+                1,
+                serde_json::json!({"type": "Opened", "owner": "a"})
+            )),
             Err(DecodeError::Upcast { from: 1, .. })
         ));
     }

@@ -21,7 +21,11 @@ pub struct AppendRequest {
 impl AppendRequest {
     /// Events for `stream`, checked against `expected_version`.
     #[must_use]
-    pub fn new(stream: StreamName, expected_version: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+    pub fn new(
+        stream: StreamName,
+        expected_version: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
         Self {
             stream,
             expected_version,
@@ -43,10 +47,15 @@ impl AppendRequest {
     /// [`StoreError::InvalidRequest`] for an empty batch, an empty event type or duplicate ids.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.events.is_empty() {
-            return Err(StoreError::InvalidRequest("an append needs at least one event".into()));
+            return Err(StoreError::InvalidRequest(
+                "an append needs at least one event".into(),
+            ));
         }
         if let Some(e) = self.events.iter().find(|e| e.event_type.is_empty()) {
-            return Err(StoreError::InvalidRequest(format!("event {} has an empty event type", e.id)));
+            return Err(StoreError::InvalidRequest(format!(
+                "event {} has an empty event type",
+                e.id
+            )));
         }
         let mut ids: Vec<_> = self.events.iter().map(|e| e.id).collect();
         ids.sort_unstable();

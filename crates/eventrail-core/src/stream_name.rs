@@ -121,7 +121,10 @@ fn validate_text(whole: &str) -> Result<(), StreamNameError> {
         return Err(invalid(whole, "name is longer than 255 bytes"));
     }
     if whole.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(whole, "name contains whitespace or a control character"));
+        return Err(invalid(
+            whole,
+            "name contains whitespace or a control character",
+        ));
     }
     Ok(())
 }
@@ -247,19 +250,38 @@ mod tests {
     #[test]
     fn rejects_bad_names_with_reason() {
         for bad in [
-            "", "account", "-1", "account-", "acc ount-1", "account-1\n", ":x-1", "a:-1", "a:x+-1",
-            "a:x:y-1", "a+b-1", "a-1++2", "a-+2",
+            "",
+            "account",
+            "-1",
+            "account-",
+            "acc ount-1",
+            "account-1\n",
+            ":x-1",
+            "a:-1",
+            "a:x+-1",
+            "a:x:y-1",
+            "a+b-1",
+            "a-1++2",
+            "a-+2",
         ] {
             let err = bad.parse::<StreamName>().unwrap_err();
             assert_eq!(err.name, bad);
             assert!(!err.reason.is_empty());
         }
-        assert!("x".repeat(256).replacen('x', "a-", 1).parse::<StreamName>().is_err());
+        assert!(
+            "x".repeat(256)
+                .replacen('x', "a-", 1)
+                .parse::<StreamName>()
+                .is_err()
+        );
     }
 
     #[test]
     fn categories() {
-        assert_eq!("account:command".parse::<Category>().unwrap().as_str(), "account:command");
+        assert_eq!(
+            "account:command".parse::<Category>().unwrap().as_str(),
+            "account:command"
+        );
         assert!("account-1".parse::<Category>().is_err());
         assert!("".parse::<Category>().is_err());
     }

@@ -28,7 +28,9 @@ pub const THROWAWAY_PORT: u16 = 54329;
 #[non_exhaustive]
 pub enum DevDbError {
     /// No PostgreSQL server binaries on this machine: install them with the named command.
-    #[error("no PostgreSQL found: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432, and no initdb/pg_ctl is installed; install it with `{install}` or set DATABASE_URL")]
+    #[error(
+        "no PostgreSQL found: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432, and no initdb/pg_ctl is installed; install it with `{install}` or set DATABASE_URL"
+    )]
     NoPostgres {
         /// The command that installs PostgreSQL.
         install: &'static str,
@@ -90,7 +92,10 @@ pub async fn accepts_connections(url: &str) -> bool {
         tokio::spawn(connection);
         client.simple_query("SELECT 1").await.ok()
     };
-    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(_))
+    )
 }
 
 /// A pool on `url` (fast recycling: no query per checkout).
@@ -99,8 +104,38 @@ pub async fn accepts_connections(url: &str) -> bool {
 /// [`DevDbError::BadUrl`] when the URL does not parse.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, DevDbError> {
     let config = tokio_postgres::Config::from_str(url).map_err(DevDbError::BadUrl)?;
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Ok(Pool::builder(manager).max_size(max_size).build().expect("a pool without a runtime setting always builds"))
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .expect("a pool without a runtime setting always builds"))
+}
+
+/// The same server as `url`, with another database name.
+///
+/// # Errors
+/// [`DevDbError::BadUrl`] when the URL does not parse.
+pub fn with_database(url: &str, dbname: &str) -> Result<String, DevDbError> {
+    let config = tokio_postgres::Config::from_str(url).map_err(DevDbError::BadUrl)?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    Ok(format!(
+        "postgres://{user}{password}@{host}:{port}/{dbname}"
+    ))
 }
 
 /// Finds `initdb` and `pg_ctl`: on `PATH`, else the newest `/usr/lib/postgresql/<version>/bin`.
@@ -147,7 +182,11 @@ fn run_pg(bin: &Path, args: &[&str]) -> Result<(), DevDbError> {
     } else {
         Err(DevDbError::Command {
             command: shown,
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
         })
     }
 }
@@ -170,7 +209,10 @@ pub async fn start_throwaway_cluster(dir: &Path, port: u16) -> Result<String, De
     let url_for_task = url.clone();
     tokio::task::spawn_blocking(move || start_blocking(&bin, &dir, port))
         .await
-        .map_err(|e| DevDbError::Io { what: "joining the start task".into(), source: std::io::Error::other(e) })??;
+        .map_err(|e| DevDbError::Io {
+            what: "joining the start task".into(),
+            source: std::io::Error::other(e),
+        })??;
     if accepts_connections(&url_for_task).await {
         Ok(url)
     } else {
@@ -189,21 +231,56 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
     if !dir.join("PG_VERSION").exists() {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         if root {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().map_err(io("chown"))?;
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()
+                .map_err(io("chown"))?;
             if !status.success() {
-                return Err(DevDbError::Command { command: "chown".into(), output: format!("exit {status}") });
+                return Err(DevDbError::Command {
+                    command: "chown".into(),
+                    output: format!("exit {status}"),
+                });
             }
         }
         info!(dir = %dir.display(), "initialising a throwaway PostgreSQL cluster");
         let dir_s = dir.to_string_lossy();
-        run_pg(&bin.join("initdb"), &["-D", &dir_s, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])?;
+        run_pg(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &dir_s,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )?;
     }
     let dir_s = dir.to_string_lossy();
     let log = dir.join("server.log");
     // The socket goes in the data folder: it belongs to the server's user.
-    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=200 -c fsync=off");
+    let options = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=200 -c fsync=off"
+    );
     info!(port, "starting the throwaway PostgreSQL cluster");
-    let started = run_pg(&bin.join("pg_ctl"), &["-D", &dir_s, "-o", &options, "-l", &log.to_string_lossy(), "-w", "-t", "60", "start"]);
+    let started = run_pg(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            &dir_s,
+            "-o",
+            &options,
+            "-l",
+            &log.to_string_lossy(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    );
     drop(lock);
     started
 }
@@ -213,6 +290,11 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
 /// # Errors
 /// [`DevDbError::Command`] when `pg_ctl stop` fails.
 pub fn stop_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres { install: "apt-get install -y postgresql" })?;
-    run_pg(&bin.join("pg_ctl"), &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"])
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })?;
+    run_pg(
+        &bin.join("pg_ctl"),
+        &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"],
+    )
 }

@@ -34,13 +34,17 @@ impl FromStr for Snapshot {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || StoreError::backend(format!("unexpected pg_snapshot {s:?}"));
         let mut parts = s.split(':');
-        let (Some(xmin), Some(xmax), Some(xip), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         let xip = if xip.is_empty() {
             Vec::new()
         } else {
-            xip.split(',').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?
+            xip.split(',')
+                .map(|x| x.parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?
         };
         Ok(Self {
             xmin: xmin.parse().map_err(|_| bad())?,
@@ -72,7 +76,12 @@ impl HoleEvidence {
     /// The transactions that may hold the hole and are still in progress in `now`.
     #[must_use]
     pub fn holders_in_progress(&self, now: &Snapshot) -> Vec<u64> {
-        let mut holders: Vec<u64> = now.xip.iter().copied().filter(|x| self.may_hold(*x)).collect();
+        let mut holders: Vec<u64> = now
+            .xip
+            .iter()
+            .copied()
+            .filter(|x| self.may_hold(*x))
+            .collect();
         // Candidates at or above `now.xmax` count as in progress too.
         if now.xmax < self.horizon {
             holders.extend(now.xmax.max(self.observed.xmax)..self.horizon);
@@ -199,7 +208,13 @@ pub(crate) struct Advance {
     pub(crate) new_hole: Option<(u64, u64)>,
 }
 
-pub(crate) fn advance(after: u64, positions: &[u64], now: &Snapshot, watch: &GapWatch, limit_hit: bool) -> Advance {
+pub(crate) fn advance(
+    after: u64,
+    positions: &[u64],
+    now: &Snapshot,
+    watch: &GapWatch,
+    limit_hit: bool,
+) -> Advance {
     let mut safe = after;
     let mut skipped = Vec::new();
     for &p in positions {
@@ -223,13 +238,23 @@ pub(crate) fn advance(after: u64, positions: &[u64], now: &Snapshot, watch: &Gap
                         holders: evidence.holders_in_progress(now),
                     };
                     return Advance {
-                        frontier: Frontier { safe, skipped, stall: Some(stall), more: false },
+                        frontier: Frontier {
+                            safe,
+                            skipped,
+                            stall: Some(stall),
+                            more: false,
+                        },
                         new_hole: None,
                     };
                 }
                 None => {
                     return Advance {
-                        frontier: Frontier { safe, skipped, stall: None, more: false },
+                        frontier: Frontier {
+                            safe,
+                            skipped,
+                            stall: None,
+                            more: false,
+                        },
                         new_hole: Some((from, to)),
                     };
                 }
@@ -238,7 +263,12 @@ pub(crate) fn advance(after: u64, positions: &[u64], now: &Snapshot, watch: &Gap
         safe = p;
     }
     Advance {
-        frontier: Frontier { safe, skipped, stall: None, more: limit_hit },
+        frontier: Frontier {
+            safe,
+            skipped,
+            stall: None,
+            more: limit_hit,
+        },
         new_hole: None,
     }
 }
@@ -258,16 +288,27 @@ mod tests {
     use super::*;
 
     fn snap(xmin: u64, xmax: u64, xip: &[u64]) -> Snapshot {
-        Snapshot { xmin, xmax, xip: xip.to_vec() }
+        Snapshot {
+            xmin,
+            xmax,
+            xip: xip.to_vec(),
+        }
     }
 
     fn evidence(observed: Snapshot, horizon: u64) -> HoleEvidence {
-        HoleEvidence { observed, horizon, first_seen: SystemTime::UNIX_EPOCH }
+        HoleEvidence {
+            observed,
+            horizon,
+            first_seen: SystemTime::UNIX_EPOCH,
+        }
     }
 
     #[test]
     fn parses_snapshots() {
-        assert_eq!("10:20:10,14".parse::<Snapshot>().unwrap(), snap(10, 20, &[10, 14]));
+        assert_eq!(
+            "10:20:10,14".parse::<Snapshot>().unwrap(),
+            snap(10, 20, &[10, 14])
+        );
         assert_eq!("7:7:".parse::<Snapshot>().unwrap(), snap(7, 7, &[]));
         for bad in ["", "1:2", "a:2:", "1:2:3:4", "1:2:x"] {
             assert!(bad.parse::<Snapshot>().is_err(), "{bad}");
@@ -277,7 +318,10 @@ mod tests {
     #[test]
     fn contiguous_positions_advance_without_evidence() {
         let a = advance(3, &[4, 5, 6], &snap(1, 1, &[]), &GapWatch::new(), true);
-        assert_eq!((a.frontier.safe, a.frontier.more, a.new_hole), (6, true, None));
+        assert_eq!(
+            (a.frontier.safe, a.frontier.more, a.new_hole),
+            (6, true, None)
+        );
     }
 
     #[test]
@@ -306,7 +350,10 @@ mod tests {
         let a = advance(4, &[6, 7], &snap(26, 30, &[26]), &watch, false);
         assert_eq!(a.frontier.safe, 7);
         assert_eq!(a.frontier.skipped.len(), 1);
-        assert_eq!((a.frontier.skipped[0].from, a.frontier.skipped[0].to), (5, 5));
+        assert_eq!(
+            (a.frontier.skipped[0].from, a.frontier.skipped[0].to),
+            (5, 5)
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ mod rows;
 mod store;
 
 pub use error::{ConfigError, MigrationError};
-pub use frontier::{BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot};
+pub use frontier::{
+    BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
+};
 pub use migrate::{Migration, Migrator};
 pub use options::{PgStoreOptions, validate_identifier};
 pub use store::{PgEventStore, PgStatelessProcessor};

@@ -98,14 +98,20 @@ impl Migrator {
                 reason: "it is longer than 56 bytes (role names add a suffix)",
             });
         }
-        Ok(self.render(ROLES_TEMPLATE).replace("{role_prefix}", role_prefix))
+        Ok(self
+            .render(ROLES_TEMPLATE)
+            .replace("{role_prefix}", role_prefix))
     }
 
     /// Creates (or updates the grants of) the optional roles.
     ///
     /// # Errors
     /// [`MigrationError::Config`] for a bad prefix, [`MigrationError::Database`] otherwise.
-    pub async fn install_roles(&self, client: &mut Client, role_prefix: &str) -> Result<(), MigrationError> {
+    pub async fn install_roles(
+        &self,
+        client: &mut Client,
+        role_prefix: &str,
+    ) -> Result<(), MigrationError> {
         let sql = self.roles_sql(role_prefix)?;
         let tx = client.transaction().await.map_err(db)?;
         tx.batch_execute(&sql).await.map_err(db)?;
@@ -123,12 +129,18 @@ impl Migrator {
     #[instrument(skip_all, fields(schema = %self.schema))]
     pub async fn run(&self, client: &mut Client) -> Result<Vec<i32>, MigrationError> {
         client
-            .execute("SELECT pg_advisory_lock($1, hashtext($2))", &[&MIGRATION_LOCK_CLASS, &self.schema])
+            .execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))",
+                &[&MIGRATION_LOCK_CLASS, &self.schema],
+            )
             .await
             .map_err(db)?;
         let result = self.run_locked(client).await;
         let unlocked = client
-            .execute("SELECT pg_advisory_unlock($1, hashtext($2))", &[&MIGRATION_LOCK_CLASS, &self.schema])
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&MIGRATION_LOCK_CLASS, &self.schema],
+            )
             .await;
         let applied = result?;
         unlocked.map_err(db)?;
@@ -170,7 +182,9 @@ impl Migrator {
                 }
                 None => {}
             }
-            tx.batch_execute(&self.render(m.template)).await.map_err(db)?;
+            tx.batch_execute(&self.render(m.template))
+                .await
+                .map_err(db)?;
             tx.execute(
                 &format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, md5($3))"),
                 &[&m.version, &m.name, &m.template],

@@ -103,9 +103,24 @@ mod tests {
 
     #[test]
     fn identifiers() {
-        assert_eq!(validate_identifier("schema", "eventrail_2").unwrap(), "\"eventrail_2\"");
-        for bad in ["", "Events", "1abc", "a-b", "a\"b", "x; DROP TABLE y", "pg_catalog", &"a".repeat(64)] {
-            assert!(validate_identifier("schema", bad).is_err(), "{bad:?} accepted");
+        assert_eq!(
+            validate_identifier("schema", "eventrail_2").unwrap(),
+            "\"eventrail_2\""
+        );
+        for bad in [
+            "",
+            "Events",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "x; DROP TABLE y",
+            "pg_catalog",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                validate_identifier("schema", bad).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 

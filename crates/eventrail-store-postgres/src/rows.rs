@@ -12,7 +12,8 @@ pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_name, stream_ver
     event_type, schema_version, data, data_binary, metadata, recorded_at, transaction_id::text";
 
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::InvalidRequest(format!("{what} {value} is out of range")))
+    i64::try_from(value)
+        .map_err(|_| StoreError::InvalidRequest(format!("{what} {value} is out of range")))
 }
 
 pub(crate) fn to_u64(value: i64) -> u64 {
@@ -31,7 +32,11 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     let data: Option<serde_json::Value> = row.try_get(6).map_err(StoreError::backend)?;
     let data = match data {
         Some(json) => EventData::Json(json),
-        None => EventData::Binary(row.try_get::<_, Option<Vec<u8>>>(7).map_err(StoreError::backend)?.unwrap_or_default()),
+        None => EventData::Binary(
+            row.try_get::<_, Option<Vec<u8>>>(7)
+                .map_err(StoreError::backend)?
+                .unwrap_or_default(),
+        ),
     };
     let Json(metadata): Json<Metadata> = row.try_get(8).map_err(StoreError::backend)?;
     let schema_version: i32 = row.try_get(5).map_err(StoreError::backend)?;
@@ -44,7 +49,9 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
         schema_version: u32::try_from(schema_version).unwrap_or_default(),
         data,
         metadata,
-        recorded_at: row.try_get::<_, SystemTime>(9).map_err(StoreError::backend)?,
+        recorded_at: row
+            .try_get::<_, SystemTime>(9)
+            .map_err(StoreError::backend)?,
         transaction_id: parse_xid(row.try_get(10).map_err(StoreError::backend)?)?,
     })
 }

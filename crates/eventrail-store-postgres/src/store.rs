@@ -16,7 +16,9 @@ use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
 use crate::error::is_unique_violation;
-use crate::frontier::{BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance};
+use crate::frontier::{
+    BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance,
+};
 use crate::rows::{EVENT_COLUMNS, parse_xid, recorded_events, to_i64, to_u64};
 use crate::{ConfigError, PgStoreOptions};
 
@@ -92,7 +94,9 @@ impl Sql {
         let events = format!("{schema}.events");
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
         Self {
-            append: format!("SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            append: format!(
+                "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
             read_stream_forward: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
                  AND {} ORDER BY stream_version LIMIT $4",
@@ -125,7 +129,9 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $3 AND global_position > $1 \
                  ORDER BY global_position LIMIT $2"
             ),
-            stream_version: format!("SELECT max(stream_version) FROM {events} WHERE stream_name = $1"),
+            stream_version: format!(
+                "SELECT max(stream_version) FROM {events} WHERE stream_name = $1"
+            ),
             probe: format!(
                 "SELECT pg_current_snapshot()::text, ARRAY(SELECT global_position FROM {events} \
                  WHERE global_position > $1 ORDER BY global_position LIMIT $2)"
@@ -154,7 +160,15 @@ impl fmt::Debug for PgEventStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgEventStore")
             .field("options", &self.inner.options)
-            .field("processors", &self.inner.processors.iter().map(|p| p.name().to_owned()).collect::<Vec<_>>())
+            .field(
+                "processors",
+                &self
+                    .inner
+                    .processors
+                    .iter()
+                    .map(|p| p.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -204,7 +218,11 @@ impl<'r> AppendParams<'r> {
             types: events.iter().map(|e| e.event_type.as_str()).collect(),
             schema_versions: events
                 .iter()
-                .map(|e| i32::try_from(e.schema_version).map_err(|_| StoreError::InvalidRequest("schema version out of range".into())))
+                .map(|e| {
+                    i32::try_from(e.schema_version).map_err(|_| {
+                        StoreError::InvalidRequest("schema version out of range".into())
+                    })
+                })
                 .collect::<Result<_, _>>()?,
             data: events
                 .iter()
@@ -258,8 +276,13 @@ fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
 }
 
 /// Turns `append_events` rows into the outcome and the recorded events.
-fn interpret(request: &AppendRequest, rows: &[Row]) -> Result<(AppendOutcome, Vec<RecordedEvent>), StoreError> {
-    let first = rows.first().ok_or_else(|| backend("append_events returned no row"))?;
+fn interpret(
+    request: &AppendRequest,
+    rows: &[Row],
+) -> Result<(AppendOutcome, Vec<RecordedEvent>), StoreError> {
+    let first = rows
+        .first()
+        .ok_or_else(|| backend("append_events returned no row"))?;
     let outcome: i16 = first.try_get(0).map_err(backend)?;
     let actual: Option<i64> = first.try_get(1).map_err(backend)?;
     match outcome {
@@ -272,7 +295,10 @@ fn interpret(request: &AppendRequest, rows: &[Row]) -> Result<(AppendOutcome, Ve
         }
         2 => {
             return Err(StoreError::PositionConflict {
-                expected: request.expected_position.clone().ok_or_else(|| backend("conflict without precondition"))?,
+                expected: request
+                    .expected_position
+                    .clone()
+                    .ok_or_else(|| backend("conflict without precondition"))?,
                 head: actual.map(to_u64).unwrap_or_default(),
             });
         }
@@ -298,7 +324,10 @@ fn interpret(request: &AppendRequest, rows: &[Row]) -> Result<(AppendOutcome, Ve
         });
     }
     let outcome = AppendOutcome {
-        stream_version: recorded.last().map(|e| e.stream_version).unwrap_or_default(),
+        stream_version: recorded
+            .last()
+            .map(|e| e.stream_version)
+            .unwrap_or_default(),
         positions: recorded.iter().map(|e| e.global_position).collect(),
     };
     Ok((outcome, recorded))
@@ -306,7 +335,9 @@ fn interpret(request: &AppendRequest, rows: &[Row]) -> Result<(AppendOutcome, Ve
 
 /// Outcome rows without recorded events, for the path with no processor (avoids cloning data).
 fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOutcome, StoreError> {
-    let first = rows.first().ok_or_else(|| backend("append_events returned no row"))?;
+    let first = rows
+        .first()
+        .ok_or_else(|| backend("append_events returned no row"))?;
     if first.try_get::<_, i16>(0).map_err(backend)? != 0 {
         return interpret(request, rows).map(|(o, _)| o);
     }
@@ -315,7 +346,11 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
         .map(|r| r.try_get::<_, i64>(2).map(to_u64))
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    let last = rows.last().map(|r| r.try_get::<_, i64>(3)).transpose().map_err(backend)?;
+    let last = rows
+        .last()
+        .map(|r| r.try_get::<_, i64>(3))
+        .transpose()
+        .map_err(backend)?;
     Ok(AppendOutcome {
         stream_version: last.map(to_u64).unwrap_or_default(),
         positions,
@@ -347,13 +382,55 @@ impl PgEventStore {
         })
     }
 
+    /// A store on a new pool (16 connections) for `url`, with default options.
+    ///
+    /// Nothing connects yet: the first operation does.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] when the URL does not parse.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::InvalidRequest(format!("invalid database URL: {e}")))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(backend)?;
+        Ok(Self::new(pool))
+    }
+
+    /// Applies the embedded migrations to this store's schema (see [`Migrator`](crate::Migrator)).
+    ///
+    /// # Errors
+    /// [`MigrationError`](crate::MigrationError).
+    pub async fn migrate(&self) -> Result<Vec<i32>, crate::MigrationError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::MigrationError::Database(e.into()))?;
+        crate::Migrator::new(self.inner.options.schema_name())?
+            .run(&mut client)
+            .await
+    }
+
     /// Adds a stateless processor, run in every append transaction, in the order added.
     #[must_use]
     pub fn with_processor(mut self, processor: impl PgStatelessProcessor) -> Self {
         let inner = Arc::get_mut(&mut self.inner).map(|i| {
             i.processors.push(Arc::new(processor));
         });
-        debug_assert!(inner.is_some(), "processors are added before the store is cloned");
+        debug_assert!(
+            inner.is_some(),
+            "processors are added before the store is cloned"
+        );
         self
     }
 
@@ -364,7 +441,6 @@ impl PgEventStore {
     }
 
     /// The options.
-    #[must_use]
     pub fn options(&self) -> &PgStoreOptions {
         &self.inner.options
     }
@@ -374,7 +450,10 @@ impl PgEventStore {
     }
 
     async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
-        let event_id = match client.query_opt(&self.inner.sql.existing_ids, &[&ids]).await {
+        let event_id = match client
+            .query_opt(&self.inner.sql.existing_ids, &[&ids])
+            .await
+        {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()),
             Err(e) => {
                 warn!(error = %e, "could not name the duplicate event id");
@@ -400,7 +479,9 @@ impl PgEventStore {
             // One statement in autocommit: one round trip.
             return match client.query(&statement, &params.untyped()).await {
                 Ok(rows) => interpret_positions(&request, &rows),
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => Err(self.duplicate_id(&**client, &params.ids).await),
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
+                    Err(self.duplicate_id(&**client, &params.ids).await)
+                }
                 Err(e) => Err(backend(e)),
             };
         }
@@ -419,11 +500,11 @@ impl PgEventStore {
                 .await
                 .map_err(|e| StoreError::from_processor(p.name(), e))?;
         }
-        if let Some(p) = staged {
-            if let Err(e) = p.prepare(&recorded).await {
-                p.rollback().await;
-                return Err(StoreError::from_processor(p.name(), e));
-            }
+        if let Some(p) = staged
+            && let Err(e) = p.prepare(&recorded).await
+        {
+            p.rollback().await;
+            return Err(StoreError::from_processor(p.name(), e));
         }
         match tx.commit().await {
             Ok(()) => {
@@ -453,20 +534,29 @@ impl PgEventStore {
     /// # Errors
     /// As [`EventStore::append`].
     #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
-    pub async fn append_in(&self, tx: &Transaction<'_>, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+    pub async fn append_in(
+        &self,
+        tx: &Transaction<'_>,
+        request: AppendRequest,
+    ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
         let params = AppendParams::new(&request, self.inner.options.channel())?;
         let typed = params.typed();
         if self.inner.processors.is_empty() {
             return match tx.query_typed(&self.inner.sql.append, &typed).await {
                 Ok(rows) => interpret_positions(&request, &rows),
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => Err(StoreError::DuplicateEventId { event_id: None }),
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
+                    Err(StoreError::DuplicateEventId { event_id: None })
+                }
                 Err(e) => Err(backend(e)),
             };
         }
         // The savepoint and the append are pipelined: still one round trip.
         let savepoint = format!("SAVEPOINT {SAVEPOINT}");
-        let result = futures::try_join!(tx.batch_execute(&savepoint), tx.query_typed(&self.inner.sql.append, &typed));
+        let result = futures::try_join!(
+            tx.batch_execute(&savepoint),
+            tx.query_typed(&self.inner.sql.append, &typed)
+        );
         let attempt = async {
             let rows = match result {
                 Ok(((), rows)) => rows,
@@ -485,20 +575,27 @@ impl PgEventStore {
         };
         match attempt.await {
             Ok(outcome) => {
-                tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}")).await.map_err(backend)?;
+                tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
+                    .await
+                    .map_err(backend)?;
                 Ok(outcome)
             }
             Err(e) => {
-                tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"))
-                    .await
-                    .map_err(backend)?;
+                tx.batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"
+                ))
+                .await
+                .map_err(backend)?;
                 Err(e)
             }
         }
     }
 
     /// Reads `$all` from a position as a stream of events, fetching pages of `max_count`.
-    pub fn stream_all(&self, options: ReadAllOptions) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
+    pub fn stream_all(
+        &self,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
         self.paged(None, options)
     }
 
@@ -518,15 +615,22 @@ impl PgEventStore {
     ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
         let page = options.max_count.max(1);
         futures::stream::try_unfold(Some(options), move |next| async move {
-            let Some(opts) = next else { return Ok::<_, StoreError>(None) };
+            let Some(opts) = next else {
+                return Ok::<_, StoreError>(None);
+            };
             let opts = opts.max_count(page);
             let events = match category {
                 Some(c) => self.read_category(c, opts.clone()).await?,
                 None => self.read_all(opts.clone()).await?,
             };
-            let Some(last) = events.last() else { return Ok(None) };
+            let Some(last) = events.last() else {
+                return Ok(None);
+            };
             let next = (events.len() == page).then(|| opts.from_position(last.global_position + 1));
-            Ok(Some((futures::stream::iter(events.into_iter().map(Ok)), next)))
+            Ok(Some((
+                futures::stream::iter(events.into_iter().map(Ok)),
+                next,
+            )))
         })
         .try_flatten()
     }
@@ -541,17 +645,39 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     #[instrument(skip(self, watch), level = "debug")]
-    pub async fn probe_frontier(&self, watch: &mut GapWatch, after: u64, max_positions: usize) -> Result<Frontier, StoreError> {
+    pub async fn probe_frontier(
+        &self,
+        watch: &mut GapWatch,
+        after: u64,
+        max_positions: usize,
+    ) -> Result<Frontier, StoreError> {
         let client = self.client().await?;
-        let probe = client.prepare_cached(&self.inner.sql.probe).await.map_err(backend)?;
+        let probe = client
+            .prepare_cached(&self.inner.sql.probe)
+            .await
+            .map_err(backend)?;
         let limit = i64::try_from(max_positions.max(1)).unwrap_or(i64::MAX);
         let after_i64 = to_i64(after, "position")?;
         let mut observed_new = false;
         loop {
-            let row = client.query_one(&probe, &[&after_i64, &limit]).await.map_err(backend)?;
+            let row = client
+                .query_one(&probe, &[&after_i64, &limit])
+                .await
+                .map_err(backend)?;
             let now: Snapshot = row.try_get::<_, &str>(0).map_err(backend)?.parse()?;
-            let positions: Vec<u64> = row.try_get::<_, Vec<i64>>(1).map_err(backend)?.into_iter().map(to_u64).collect();
-            let step = advance(after, &positions, &now, watch, positions.len() >= max_positions.max(1));
+            let positions: Vec<u64> = row
+                .try_get::<_, Vec<i64>>(1)
+                .map_err(backend)?
+                .into_iter()
+                .map(to_u64)
+                .collect();
+            let step = advance(
+                after,
+                &positions,
+                &now,
+                watch,
+                positions.len() >= max_positions.max(1),
+            );
             match step.new_hole {
                 Some((from, to)) if !observed_new => {
                     // An xid assigned now is larger than that of any transaction that took a
@@ -574,7 +700,8 @@ impl PgEventStore {
                     let frontier = step.frontier;
                     watch.prune(frontier.safe);
                     if !frontier.skipped.is_empty() {
-                        metrics::counter!("eventrail_gap_skips_total").increment(frontier.skipped.len() as u64);
+                        metrics::counter!("eventrail_gap_skips_total")
+                            .increment(frontier.skipped.len() as u64);
                     }
                     if let Some(stall) = &frontier.stall {
                         let age = stall.since.elapsed().unwrap_or_default().as_secs_f64();
@@ -606,7 +733,8 @@ impl PgEventStore {
         let frontier = self.probe_frontier(watch, after, max_positions).await?;
         let events = if frontier.safe > after {
             let client = self.client().await?;
-            self.read_range_with(&**client, after, frontier.safe, categories, event_types).await?
+            self.read_range_with(&**client, after, frontier.safe, categories, event_types)
+                .await?
         } else {
             Vec::new()
         };
@@ -630,7 +758,12 @@ impl PgEventStore {
         let rows = client
             .query(
                 &self.inner.sql.read_range,
-                &[&to_i64(after, "position")?, &to_i64(up_to, "position")?, &categories, &event_types],
+                &[
+                    &to_i64(after, "position")?,
+                    &to_i64(up_to, "position")?,
+                    &categories,
+                    &event_types,
+                ],
             )
             .await
             .map_err(backend)?;
@@ -643,8 +776,14 @@ impl PgEventStore {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    pub async fn blocking_sessions(&self, xids: &[u64]) -> Result<Vec<BlockingSession>, StoreError> {
-        let short: Vec<String> = xids.iter().map(|x| (x & u64::from(u32::MAX)).to_string()).collect();
+    pub async fn blocking_sessions(
+        &self,
+        xids: &[u64],
+    ) -> Result<Vec<BlockingSession>, StoreError> {
+        let short: Vec<String> = xids
+            .iter()
+            .map(|x| (x & u64::from(u32::MAX)).to_string())
+            .collect();
         let client = self.client().await?;
         let rows = client
             .query(
@@ -658,7 +797,11 @@ impl PgEventStore {
             .map(|r| {
                 Ok(BlockingSession {
                     pid: r.try_get(0).map_err(backend)?,
-                    xid: r.try_get::<_, &str>(1).map_err(backend)?.parse().map_err(backend)?,
+                    xid: r
+                        .try_get::<_, &str>(1)
+                        .map_err(backend)?
+                        .parse()
+                        .map_err(backend)?,
                     transaction_start: r.try_get(2).map_err(backend)?,
                     state: r.try_get(3).map_err(backend)?,
                     application_name: r.try_get(4).map_err(backend)?,
@@ -667,7 +810,11 @@ impl PgEventStore {
             .collect()
     }
 
-    async fn query_events(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn query_events(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(backend)?;
         let rows = client.query(&statement, params).await.map_err(backend)?;
@@ -683,7 +830,9 @@ impl EventStore for PgEventStore {
     #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let n = request.events.len() as u64;
-        let outcome = self.append_impl::<NoStatefulProcessor>(request, None).await?;
+        let outcome = self
+            .append_impl::<NoStatefulProcessor>(request, None)
+            .await?;
         metrics::counter!("eventrail_events_appended_total").increment(n);
         Ok(outcome)
     }
@@ -700,29 +849,59 @@ impl EventStore for PgEventStore {
         Ok(outcome)
     }
 
-    async fn read_stream(&self, stream: &StreamName, options: ReadStreamOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (sql, from) = match options.direction {
-            Direction::Forward => (&self.inner.sql.read_stream_forward, options.from_version.unwrap_or(0)),
-            Direction::Backward => (&self.inner.sql.read_stream_backward, options.from_version.unwrap_or(i64::MAX as u64)),
+            Direction::Forward => (
+                &self.inner.sql.read_stream_forward,
+                options.from_version.unwrap_or(0),
+            ),
+            Direction::Backward => (
+                &self.inner.sql.read_stream_backward,
+                options.from_version.unwrap_or(i64::MAX as u64),
+            ),
         };
         let from = to_i64(from, "version")?;
-        self.query_events(sql, &[&stream.as_str(), &from, &options.event_types, &limit(options.max_count)])
-            .await
+        self.query_events(
+            sql,
+            &[
+                &stream.as_str(),
+                &from,
+                &options.event_types,
+                &limit(options.max_count),
+            ],
+        )
+        .await
     }
 
-    async fn read_category(&self, category: &Category, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_category(
+        &self,
+        category: &Category,
+        options: ReadAllOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let from = to_i64(options.from_position, "position")?;
         self.query_events(
             &self.inner.sql.read_category,
-            &[&category.as_str(), &from, &options.event_types, &limit(options.max_count)],
+            &[
+                &category.as_str(),
+                &from,
+                &options.event_types,
+                &limit(options.max_count),
+            ],
         )
         .await
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
         let from = to_i64(options.from_position, "position")?;
-        self.query_events(&self.inner.sql.read_all, &[&from, &options.event_types, &limit(options.max_count)])
-            .await
+        self.query_events(
+            &self.inner.sql.read_all,
+            &[&from, &options.event_types, &limit(options.max_count)],
+        )
+        .await
     }
 
     async fn read_scope_complete(
@@ -738,16 +917,26 @@ impl EventStore for PgEventStore {
         // (each holds it shared): what is read next is complete.
         let rows = match scope {
             PositionScope::Category(c) => {
-                tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&SCOPE_CATEGORY_LOCK, &c.as_str()])
-                    .await
-                    .map_err(backend)?;
-                tx.query(&self.inner.sql.read_scope_category, &[&after, &limit(max_count), &c.as_str()])
-                    .await
-                    .map_err(backend)?
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&SCOPE_CATEGORY_LOCK, &c.as_str()],
+                )
+                .await
+                .map_err(backend)?;
+                tx.query(
+                    &self.inner.sql.read_scope_category,
+                    &[&after, &limit(max_count), &c.as_str()],
+                )
+                .await
+                .map_err(backend)?
             }
             _ => {
-                tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&SCOPE_ALL_LOCK]).await.map_err(backend)?;
-                tx.query(&self.inner.sql.read_scope_all, &[&after, &limit(max_count)]).await.map_err(backend)?
+                tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&SCOPE_ALL_LOCK])
+                    .await
+                    .map_err(backend)?;
+                tx.query(&self.inner.sql.read_scope_all, &[&after, &limit(max_count)])
+                    .await
+                    .map_err(backend)?
             }
         };
         tx.commit().await.map_err(backend)?;
@@ -756,8 +945,17 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(&self.inner.sql.stream_version).await.map_err(backend)?;
-        let row = client.query_one(&statement, &[&stream.as_str()]).await.map_err(backend)?;
-        Ok(row.try_get::<_, Option<i64>>(0).map_err(backend)?.map(to_u64))
+        let statement = client
+            .prepare_cached(&self.inner.sql.stream_version)
+            .await
+            .map_err(backend)?;
+        let row = client
+            .query_one(&statement, &[&stream.as_str()])
+            .await
+            .map_err(backend)?;
+        Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(backend)?
+            .map(to_u64))
     }
 }

@@ -1,1 +1,16 @@
-//! placeholder
+#![doc = include_str!("../../../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use eventrail_core::*;
+
+/// The PostgreSQL event store: [`PgEventStore`](postgres::PgEventStore),
+/// [`Migrator`](postgres::Migrator), the gap-safe subscription read.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    /// The connection pool the store runs on.
+    pub use deadpool_postgres;
+    pub use eventrail_store_postgres::*;
+    /// The PostgreSQL driver the store runs on.
+    pub use tokio_postgres;
+}

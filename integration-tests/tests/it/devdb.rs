@@ -1,11 +1,21 @@
 //! The dev-database helper starts a throwaway cluster when asked to.
 
-use eventrail_devdb::{accepts_connections, postgres_bin_dir, start_throwaway_cluster, stop_throwaway_cluster};
+use eventrail_devdb::{
+    accepts_connections, postgres_bin_dir, start_throwaway_cluster, stop_throwaway_cluster,
+};
 
 #[tokio::test]
 async fn starts_reuses_and_stops_a_throwaway_cluster() -> anyhow::Result<()> {
-    assert!(postgres_bin_dir().is_some(), "this machine has PostgreSQL binaries");
-    let dir = std::env::temp_dir().join(format!("eventrail-devdb-test-{}", uuid::Uuid::new_v4().simple())).join("data");
+    assert!(
+        postgres_bin_dir().is_some(),
+        "this machine has PostgreSQL binaries"
+    );
+    let dir = std::env::temp_dir()
+        .join(format!(
+            "eventrail-devdb-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .join("data");
     let port = 54_331;
     let url = start_throwaway_cluster(&dir, port).await?;
     let result = async {

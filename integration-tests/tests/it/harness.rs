@@ -5,8 +5,6 @@
 //! PostgreSQL refuses to clone a database while another session is connected to it. A test's
 //! database is dropped when the test passes and kept (with its name printed) when it fails.
 
-use std::str::FromStr;
-
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
@@ -23,24 +21,11 @@ pub(crate) struct TestDb {
 }
 
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {url}"))?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-pub(crate) fn url_for(admin_url: &str, dbname: &str) -> anyhow::Result<String> {
-    let config = tokio_postgres::Config::from_str(admin_url)?;
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    Ok(format!("postgres://{user}{password}@{host}:{port}/{dbname}"))
 }
 
 impl TestDb {
@@ -49,31 +34,52 @@ impl TestDb {
         let admin_url = eventrail_devdb::database_url().await?;
         let admin = connect(&admin_url).await?;
         let fingerprint: String = {
-            let all: String = Migrator::new("eventrail")?.migrations().iter().map(|m| m.template).collect();
-            admin.query_one("SELECT left(md5($1), 12)", &[&all]).await?.get(0)
+            let all: String = Migrator::new("eventrail")?
+                .migrations()
+                .iter()
+                .map(|m| m.template)
+                .collect();
+            admin
+                .query_one("SELECT left(md5($1), 12)", &[&all])
+                .await?
+                .get(0)
         };
         let template = format!("eventrail_tpl_{fingerprint}");
         let name = format!("eventrail_test_{}", uuid::Uuid::new_v4().simple());
-        admin.execute("SELECT pg_advisory_lock($1)", &[&HARNESS_LOCK]).await?;
+        admin
+            .execute("SELECT pg_advisory_lock($1)", &[&HARNESS_LOCK])
+            .await?;
         let created = async {
             let exists = admin
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
                 .await?
                 .is_some();
             if !exists {
-                admin.batch_execute(&format!("CREATE DATABASE {template}")).await?;
-                let mut client = connect(&url_for(&admin_url, &template)?).await?;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {template}"))
+                    .await?;
+                let mut client =
+                    connect(&eventrail_devdb::with_database(&admin_url, &template)?).await?;
                 Migrator::new("eventrail")?.run(&mut client).await?;
             }
-            admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+                .await?;
             anyhow::Ok(())
         }
         .await;
-        admin.execute("SELECT pg_advisory_unlock($1)", &[&HARNESS_LOCK]).await?;
+        admin
+            .execute("SELECT pg_advisory_unlock($1)", &[&HARNESS_LOCK])
+            .await?;
         created?;
-        let url = url_for(&admin_url, &name)?;
+        let url = eventrail_devdb::with_database(&admin_url, &name)?;
         let pool = eventrail_devdb::pool(&url, 24)?;
-        Ok(Self { name, url, pool, admin_url })
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url,
+        })
     }
 
     pub(crate) fn store(&self) -> PgEventStore {
@@ -100,10 +106,14 @@ impl Drop for TestDb {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs inside the test's runtime: do the async work on a thread of its own.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let admin = connect(&admin_url).await?;
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
                 anyhow::Ok(())
             })
         })

@@ -1,7 +1,9 @@
 //! Migrations, schemas, immutability, roles and summary views.
 
 use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
-use eventrail_store_postgres::{ConfigError, MigrationError, Migrator, PgEventStore, PgStoreOptions};
+use eventrail_store_postgres::{
+    ConfigError, MigrationError, Migrator, PgEventStore, PgStoreOptions,
+};
 use tokio_postgres::error::SqlState;
 
 use crate::harness::TestDb;
@@ -11,7 +13,8 @@ fn event(t: &str) -> NewEvent {
 }
 
 #[tokio::test]
-async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refused() -> anyhow::Result<()> {
+async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refused()
+-> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut runners = Vec::new();
     for _ in 0..4 {
@@ -25,11 +28,18 @@ async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refus
     for r in runners {
         applied.extend(r.await??);
     }
-    assert_eq!(applied, [1], "one runner applied migration 1, the others found it applied");
+    assert_eq!(
+        applied,
+        [1],
+        "one runner applied migration 1, the others found it applied"
+    );
 
     let mut client = db.client().await?;
     client
-        .execute("UPDATE tenant_a.eventrail_migrations SET checksum = 'edited' WHERE version = 1", &[])
+        .execute(
+            "UPDATE tenant_a.eventrail_migrations SET checksum = 'edited' WHERE version = 1",
+            &[],
+        )
         .await?;
     match Migrator::new("tenant_a")?.run(&mut client).await {
         Err(MigrationError::ChecksumMismatch { version: 1, .. }) => {}
@@ -37,9 +47,17 @@ async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refus
     }
     // The lock was released even though the run failed: another run does not hang.
     client
-        .execute("UPDATE tenant_a.eventrail_migrations SET checksum = md5($1) WHERE version = 1", &[&Migrator::new("tenant_a")?.migrations()[0].template])
+        .execute(
+            "UPDATE tenant_a.eventrail_migrations SET checksum = md5($1) WHERE version = 1",
+            &[&Migrator::new("tenant_a")?.migrations()[0].template],
+        )
         .await?;
-    assert!(Migrator::new("tenant_a")?.run(&mut client).await?.is_empty());
+    assert!(
+        Migrator::new("tenant_a")?
+            .run(&mut client)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
@@ -50,9 +68,19 @@ async fn a_store_in_another_schema_is_separate() -> anyhow::Result<()> {
     Migrator::new("tenant_b")?.run(&mut client).await?;
     let tenant = db.store_with(PgStoreOptions::new().schema("tenant_b"));
     let stream: StreamName = "thing-1".parse()?;
-    tenant.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event("A")])).await?;
+    tenant
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![event("A")],
+        ))
+        .await?;
     assert_eq!(tenant.stream_version(&stream).await?, Some(0));
-    assert_eq!(db.store().stream_version(&stream).await?, None, "the default schema did not see it");
+    assert_eq!(
+        db.store().stream_version(&stream).await?,
+        None,
+        "the default schema did not see it"
+    );
     Ok(())
 }
 
@@ -68,20 +96,50 @@ async fn hostile_schema_and_channel_names_are_rejected_before_any_sql() -> anyho
         "x'y",
         "ünïcode",
     ] {
-        assert!(matches!(Migrator::new(hostile), Err(ConfigError::InvalidIdentifier { .. })), "{hostile:?}");
-        assert!(PgEventStore::with_options(db.pool.clone(), PgStoreOptions::new().schema(hostile)).is_err(), "{hostile:?}");
-        assert!(PgEventStore::with_options(db.pool.clone(), PgStoreOptions::new().notify_channel(hostile)).is_err(), "{hostile:?}");
+        assert!(
+            matches!(
+                Migrator::new(hostile),
+                Err(ConfigError::InvalidIdentifier { .. })
+            ),
+            "{hostile:?}"
+        );
+        assert!(
+            PgEventStore::with_options(db.pool.clone(), PgStoreOptions::new().schema(hostile))
+                .is_err(),
+            "{hostile:?}"
+        );
+        assert!(
+            PgEventStore::with_options(
+                db.pool.clone(),
+                PgStoreOptions::new().notify_channel(hostile)
+            )
+            .is_err(),
+            "{hostile:?}"
+        );
     }
-    assert!(Migrator::new("eventrail")?.roles_sql("x; DROP ROLE postgres").is_err());
+    assert!(
+        Migrator::new("eventrail")?
+            .roles_sql("x; DROP ROLE postgres")
+            .is_err()
+    );
     // The log is intact.
-    db.client().await?.query_one("SELECT count(*) FROM eventrail.events", &[]).await?;
+    db.client()
+        .await?
+        .query_one("SELECT count(*) FROM eventrail.events", &[])
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn events_are_immutable() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    db.store().append(AppendRequest::new("fixed-1".parse()?, ExpectedVersion::Any, vec![event("A")])).await?;
+    db.store()
+        .append(AppendRequest::new(
+            "fixed-1".parse()?,
+            ExpectedVersion::Any,
+            vec![event("A")],
+        ))
+        .await?;
     let client = db.client().await?;
     for sql in [
         "UPDATE eventrail.events SET event_type = 'B'",
@@ -89,10 +147,22 @@ async fn events_are_immutable() -> anyhow::Result<()> {
         "TRUNCATE eventrail.events",
     ] {
         let err = client.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(err.code(), Some(&SqlState::from_code("ER001")), "{sql}: {err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::from_code("ER001")),
+            "{sql}: {err}"
+        );
     }
-    let row = client.query_one("SELECT count(*), min(event_type) FROM eventrail.events", &[]).await?;
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, String>(1)), (1, "A".to_owned()));
+    let row = client
+        .query_one(
+            "SELECT count(*), min(event_type) FROM eventrail.events",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (1, "A".to_owned())
+    );
     Ok(())
 }
 
@@ -101,21 +171,49 @@ async fn least_privilege_roles() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let prefix = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let mut client = db.client().await?;
-    Migrator::new("eventrail")?.install_roles(&mut client, &prefix).await?;
-    db.store().append(AppendRequest::new("role-1".parse()?, ExpectedVersion::Any, vec![event("A")])).await?;
+    Migrator::new("eventrail")?
+        .install_roles(&mut client, &prefix)
+        .await?;
+    db.store()
+        .append(AppendRequest::new(
+            "role-1".parse()?,
+            ExpectedVersion::Any,
+            vec![event("A")],
+        ))
+        .await?;
     let append = "SELECT * FROM eventrail.append_events('role-2', 0::smallint, 0, NULL, 0, \
                   ARRAY[gen_random_uuid()], ARRAY['A'], ARRAY[1], ARRAY['{}'::jsonb], ARRAY[NULL::bytea], ARRAY['{}'::jsonb], NULL)";
 
     let result = async {
-        client.batch_execute(&format!("SET ROLE {prefix}_reader")).await?;
-        client.query_one("SELECT count(*) FROM eventrail.events_by_type", &[]).await?;
-        let denied = client.batch_execute(append).await.expect_err("a reader cannot append");
-        assert_eq!(denied.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{denied}");
+        client
+            .batch_execute(&format!("SET ROLE {prefix}_reader"))
+            .await?;
+        client
+            .query_one("SELECT count(*) FROM eventrail.events_by_type", &[])
+            .await?;
+        let denied = client
+            .batch_execute(append)
+            .await
+            .expect_err("a reader cannot append");
+        assert_eq!(
+            denied.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{denied}"
+        );
 
-        client.batch_execute(&format!("RESET ROLE; SET ROLE {prefix}_writer")).await?;
+        client
+            .batch_execute(&format!("RESET ROLE; SET ROLE {prefix}_writer"))
+            .await?;
         client.batch_execute(append).await?;
-        let denied = client.batch_execute("UPDATE eventrail.events SET event_type = 'B'").await.expect_err("no update");
-        assert_eq!(denied.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{denied}");
+        let denied = client
+            .batch_execute("UPDATE eventrail.events SET event_type = 'B'")
+            .await
+            .expect_err("no update");
+        assert_eq!(
+            denied.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{denied}"
+        );
         client.batch_execute("RESET ROLE").await?;
         anyhow::Ok(())
     }
@@ -133,24 +231,58 @@ async fn least_privilege_roles() -> anyhow::Result<()> {
 async fn summary_views() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let store = db.store();
-    store.append(AppendRequest::new("shop-1".parse()?, ExpectedVersion::Any, vec![event("Added"), event("Added"), event("Paid")])).await?;
-    store.append(AppendRequest::new("shop-2".parse()?, ExpectedVersion::Any, vec![event("Added")])).await?;
-    store.append(AppendRequest::new("user-1".parse()?, ExpectedVersion::Any, vec![event("Joined")])).await?;
+    store
+        .append(AppendRequest::new(
+            "shop-1".parse()?,
+            ExpectedVersion::Any,
+            vec![event("Added"), event("Added"), event("Paid")],
+        ))
+        .await?;
+    store
+        .append(AppendRequest::new(
+            "shop-2".parse()?,
+            ExpectedVersion::Any,
+            vec![event("Added")],
+        ))
+        .await?;
+    store
+        .append(AppendRequest::new(
+            "user-1".parse()?,
+            ExpectedVersion::Any,
+            vec![event("Joined")],
+        ))
+        .await?;
     let client = db.client().await?;
     let by_type: Vec<(String, i64)> = client
-        .query("SELECT event_type, events FROM eventrail.events_by_type ORDER BY event_type", &[])
+        .query(
+            "SELECT event_type, events FROM eventrail.events_by_type ORDER BY event_type",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(by_type, [("Added".into(), 3), ("Joined".into(), 1), ("Paid".into(), 1)]);
+    assert_eq!(
+        by_type,
+        [
+            ("Added".into(), 3),
+            ("Joined".into(), 1),
+            ("Paid".into(), 1)
+        ]
+    );
     let shop: (i64, i64) = client
-        .query_one("SELECT streams, events FROM eventrail.events_by_category WHERE category = 'shop'", &[])
+        .query_one(
+            "SELECT streams, events FROM eventrail.events_by_category WHERE category = 'shop'",
+            &[],
+        )
         .await
         .map(|r| (r.get(0), r.get(1)))?;
     assert_eq!(shop, (2, 4));
     let version: i64 = client
-        .query_one("SELECT stream_version FROM eventrail.events_by_stream WHERE stream_name = 'shop-1'", &[])
+        .query_one(
+            "SELECT stream_version FROM eventrail.events_by_stream WHERE stream_name = 'shop-1'",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(version, 2);

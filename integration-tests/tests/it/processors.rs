@@ -17,9 +17,15 @@ impl<'t> StatelessProcessor<Transaction<'t>> for Balances {
         "balances"
     }
 
-    async fn process(&self, tx: &Transaction<'t>, events: &[RecordedEvent]) -> Result<(), ProcessorError> {
+    async fn process(
+        &self,
+        tx: &Transaction<'t>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProcessorError> {
         for e in events {
-            let EventData::Json(data) = &e.data else { continue };
+            let EventData::Json(data) = &e.data else {
+                continue;
+            };
             let amount = data["amount"].as_i64().unwrap_or(0);
             let row = tx
                 .query_one(
@@ -31,7 +37,10 @@ impl<'t> StatelessProcessor<Transaction<'t>> for Balances {
                 .await
                 .map_err(ProcessorError::failed)?;
             if row.get::<_, i64>(0) < 0 {
-                return Err(ProcessorError::veto(format!("account {} would be overdrawn", e.stream.id())));
+                return Err(ProcessorError::veto(format!(
+                    "account {} would be overdrawn",
+                    e.stream.id()
+                )));
             }
         }
         Ok(())
@@ -46,7 +55,11 @@ impl<'t> StatelessProcessor<Transaction<'t>> for Audit {
         "audit"
     }
 
-    async fn process(&self, tx: &Transaction<'t>, events: &[RecordedEvent]) -> Result<(), ProcessorError> {
+    async fn process(
+        &self,
+        tx: &Transaction<'t>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProcessorError> {
         for e in events {
             let position = i64::try_from(e.global_position).map_err(ProcessorError::failed)?;
             tx.execute("INSERT INTO audit (position) VALUES ($1)", &[&position])
@@ -79,16 +92,30 @@ async fn count(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
 }
 
 #[tokio::test]
-async fn read_models_commit_with_the_events_and_a_veto_rolls_everything_back() -> anyhow::Result<()> {
+async fn read_models_commit_with_the_events_and_a_veto_rolls_everything_back() -> anyhow::Result<()>
+{
     let db = setup().await?;
     let store = db.store().with_processor(Audit).with_processor(Balances);
     let account: StreamName = "account-7".parse()?;
-    store.append(AppendRequest::new(account.clone(), ExpectedVersion::NoStream, vec![amount(100), amount(-30)])).await?;
-    assert_eq!(count(&db, "SELECT balance FROM balances WHERE account = '7'").await?, 70);
+    store
+        .append(AppendRequest::new(
+            account.clone(),
+            ExpectedVersion::NoStream,
+            vec![amount(100), amount(-30)],
+        ))
+        .await?;
+    assert_eq!(
+        count(&db, "SELECT balance FROM balances WHERE account = '7'").await?,
+        70
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM audit").await?, 2);
 
     let err = store
-        .append(AppendRequest::new(account.clone(), ExpectedVersion::Exact(1), vec![amount(-50), amount(-50)]))
+        .append(AppendRequest::new(
+            account.clone(),
+            ExpectedVersion::Exact(1),
+            vec![amount(-50), amount(-50)],
+        ))
         .await
         .unwrap_err();
     match err {
@@ -98,14 +125,27 @@ async fn read_models_commit_with_the_events_and_a_veto_rolls_everything_back() -
         }
         other => panic!("expected a veto, got {other}"),
     }
-    assert_eq!(store.stream_version(&account).await?, Some(1), "vetoed events were not written");
-    assert_eq!(count(&db, "SELECT balance FROM balances WHERE account = '7'").await?, 70, "read model unchanged");
-    assert_eq!(count(&db, "SELECT count(*) FROM audit").await?, 2, "the other processor's writes rolled back too");
+    assert_eq!(
+        store.stream_version(&account).await?,
+        Some(1),
+        "vetoed events were not written"
+    );
+    assert_eq!(
+        count(&db, "SELECT balance FROM balances WHERE account = '7'").await?,
+        70,
+        "read model unchanged"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM audit").await?,
+        2,
+        "the other processor's writes rolled back too"
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_veto_inside_the_callers_transaction_undoes_the_append_and_the_caller_rolls_back_its_writes() -> anyhow::Result<()> {
+async fn a_veto_inside_the_callers_transaction_undoes_the_append_and_the_caller_rolls_back_its_writes()
+-> anyhow::Result<()> {
     let db = setup().await?;
     let store = db.store().with_processor(Audit).with_processor(Balances);
     let account: StreamName = "account-8".parse()?;
@@ -114,28 +154,62 @@ async fn a_veto_inside_the_callers_transaction_undoes_the_append_and_the_caller_
     // The usual shape: `?` propagates the veto and the dropped transaction rolls back.
     let attempt = async {
         let tx = client.transaction().await?;
-        tx.execute("INSERT INTO business VALUES ('withdrawal requested')", &[]).await?;
-        store.append_in(&tx, AppendRequest::new(account.clone(), ExpectedVersion::Any, vec![amount(-5)])).await?;
+        tx.execute("INSERT INTO business VALUES ('withdrawal requested')", &[])
+            .await?;
+        store
+            .append_in(
+                &tx,
+                AppendRequest::new(account.clone(), ExpectedVersion::Any, vec![amount(-5)]),
+            )
+            .await?;
         tx.commit().await?;
         anyhow::Ok(())
     };
     let err = attempt.await.unwrap_err();
-    assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::Vetoed { .. })), "{err:#}");
-    assert_eq!(count(&db, "SELECT count(*) FROM business").await?, 0, "business write rolled back");
+    assert!(
+        matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::Vetoed { .. })
+        ),
+        "{err:#}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM business").await?,
+        0,
+        "business write rolled back"
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM audit").await?, 0);
     assert_eq!(store.stream_version(&account).await?, None);
 
     // Even a caller that ignores the veto and commits cannot commit the vetoed events: the
     // append ran under a savepoint that was rolled back.
     let tx = client.transaction().await?;
-    tx.execute("INSERT INTO business VALUES ('kept')", &[]).await?;
-    let vetoed = store.append_in(&tx, AppendRequest::new(account.clone(), ExpectedVersion::Any, vec![amount(-5)])).await;
+    tx.execute("INSERT INTO business VALUES ('kept')", &[])
+        .await?;
+    let vetoed = store
+        .append_in(
+            &tx,
+            AppendRequest::new(account.clone(), ExpectedVersion::Any, vec![amount(-5)]),
+        )
+        .await;
     assert!(matches!(vetoed, Err(StoreError::Vetoed { .. })));
-    store.append_in(&tx, AppendRequest::new(account.clone(), ExpectedVersion::NoStream, vec![amount(9)])).await?;
+    store
+        .append_in(
+            &tx,
+            AppendRequest::new(account.clone(), ExpectedVersion::NoStream, vec![amount(9)]),
+        )
+        .await?;
     tx.commit().await?;
     assert_eq!(count(&db, "SELECT count(*) FROM business").await?, 1);
-    assert_eq!(store.stream_version(&account).await?, Some(0), "only the accepted event is stored");
-    assert_eq!(count(&db, "SELECT balance FROM balances WHERE account = '8'").await?, 9);
+    assert_eq!(
+        store.stream_version(&account).await?,
+        Some(0),
+        "only the accepted event is stored"
+    );
+    assert_eq!(
+        count(&db, "SELECT balance FROM balances WHERE account = '8'").await?,
+        9
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM audit").await?, 1);
     Ok(())
 }
@@ -146,10 +220,17 @@ async fn a_failing_processor_is_a_typed_error_and_writes_nothing() -> anyhow::Re
     let store = db.store().with_processor(Balances);
     let account: StreamName = "account-9".parse()?;
     let err = store
-        .append(AppendRequest::new(account.clone(), ExpectedVersion::Any, vec![amount(1)]))
+        .append(AppendRequest::new(
+            account.clone(),
+            ExpectedVersion::Any,
+            vec![amount(1)],
+        ))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Processor { ref by, .. } if by == "balances"), "{err}");
+    assert!(
+        matches!(err, StoreError::Processor { ref by, .. } if by == "balances"),
+        "{err}"
+    );
     assert_eq!(store.stream_version(&account).await?, None);
     Ok(())
 }

@@ -42,7 +42,13 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
         let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![event(n)])).await
+            store
+                .append(AppendRequest::new(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    vec![event(n)],
+                ))
+                .await
         }));
     }
     let mut winners = 0;
@@ -52,7 +58,11 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
                 winners += 1;
                 assert_eq!(out.stream_version, 0);
             }
-            Err(StoreError::WrongExpectedVersion { expected: ExpectedVersion::NoStream, actual: Some(0), .. }) => {}
+            Err(StoreError::WrongExpectedVersion {
+                expected: ExpectedVersion::NoStream,
+                actual: Some(0),
+                ..
+            }) => {}
             Err(other) => panic!("unexpected error: {other}"),
         }
     }
@@ -68,13 +78,20 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
             let (mut done, mut conflicts) = (0, 0);
             while done < 5 {
                 let version = store.stream_version(&stream).await?.expect("stream exists");
-                let req = AppendRequest::new(stream.clone(), ExpectedVersion::Exact(version), vec![event(task * 100 + done)]);
+                let req = AppendRequest::new(
+                    stream.clone(),
+                    ExpectedVersion::Exact(version),
+                    vec![event(task * 100 + done)],
+                );
                 match store.append(req).await {
                     Ok(out) => {
                         assert_eq!(out.stream_version, version + 1);
                         done += 1;
                     }
-                    Err(StoreError::WrongExpectedVersion { actual: Some(actual), .. }) => {
+                    Err(StoreError::WrongExpectedVersion {
+                        actual: Some(actual),
+                        ..
+                    }) => {
                         assert!(actual > version, "a conflict reports a newer version");
                         conflicts += 1;
                     }
@@ -88,9 +105,15 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
     for t in tasks {
         conflicts += t.await??;
     }
-    let events = store.read_stream(&stream, ReadStreamOptions::default().max_count(1000)).await?;
+    let events = store
+        .read_stream(&stream, ReadStreamOptions::default().max_count(1000))
+        .await?;
     let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
-    assert_eq!(versions, (0..=80).collect::<Vec<_>>(), "versions are contiguous");
+    assert_eq!(
+        versions,
+        (0..=80).collect::<Vec<_>>(),
+        "versions are contiguous"
+    );
     let payloads: HashSet<String> = events
         .iter()
         .skip(1)
@@ -99,8 +122,15 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
             eventrail_core::EventData::Binary(_) => String::new(),
         })
         .collect();
-    assert_eq!(payloads.len(), 80, "80 distinct payloads: no append was written twice");
-    assert!(conflicts > 0, "the race produced conflicts (losers got the typed error)");
+    assert_eq!(
+        payloads.len(),
+        80,
+        "80 distinct payloads: no append was written twice"
+    );
+    assert!(
+        conflicts > 0,
+        "the race produced conflicts (losers got the typed error)"
+    );
     Ok(())
 }
 
@@ -138,7 +168,10 @@ async fn position_preconditions_do_not_race() -> anyhow::Result<()> {
                 Err(other) => panic!("unexpected: {other}"),
             }
         }
-        assert_eq!(wins, 1, "round {round}: exactly one writer may move the category past {head:?}");
+        assert_eq!(
+            wins, 1,
+            "round {round}: exactly one writer may move the category past {head:?}"
+        );
     }
     Ok(())
 }
@@ -148,28 +181,63 @@ async fn append_in_a_caller_transaction_commits_or_rolls_back_with_it() -> anyho
     let db = TestDb::new().await?;
     let store = db.store();
     let mut client = db.pool.get().await?;
-    client.batch_execute("CREATE TABLE orders (id text PRIMARY KEY)").await?;
+    client
+        .batch_execute("CREATE TABLE orders (id text PRIMARY KEY)")
+        .await?;
     let stream: StreamName = "order-1".parse()?;
 
     let tx = client.transaction().await?;
     tx.execute("INSERT INTO orders VALUES ('1')", &[]).await?;
-    store.append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)])).await?;
+    store
+        .append_in(
+            &tx,
+            AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)]),
+        )
+        .await?;
     drop(tx); // rolled back
-    assert_eq!(store.stream_version(&stream).await?, None, "events rolled back with the business write");
-    assert!(client.query_opt("SELECT 1 FROM orders", &[]).await?.is_none());
+    assert_eq!(
+        store.stream_version(&stream).await?,
+        None,
+        "events rolled back with the business write"
+    );
+    assert!(
+        client
+            .query_opt("SELECT 1 FROM orders", &[])
+            .await?
+            .is_none()
+    );
 
     let tx = client.transaction().await?;
     tx.execute("INSERT INTO orders VALUES ('1')", &[]).await?;
-    store.append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)])).await?;
+    store
+        .append_in(
+            &tx,
+            AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)]),
+        )
+        .await?;
     // A wrong expectation is a typed error and leaves the transaction usable.
     let err = store
-        .append_in(&tx, AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(2)]))
+        .append_in(
+            &tx,
+            AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(2)]),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::WrongExpectedVersion { actual: Some(0), .. }));
+    assert!(matches!(
+        err,
+        StoreError::WrongExpectedVersion {
+            actual: Some(0),
+            ..
+        }
+    ));
     tx.commit().await?;
     assert_eq!(store.stream_version(&stream).await?, Some(0));
-    assert!(client.query_opt("SELECT 1 FROM orders", &[]).await?.is_some());
+    assert!(
+        client
+            .query_opt("SELECT 1 FROM orders", &[])
+            .await?
+            .is_some()
+    );
     Ok(())
 }
 
@@ -189,7 +257,11 @@ async fn every_append_notifies_its_last_position_and_never_data() -> anyhow::Res
     });
     client.batch_execute("LISTEN eventrail_events").await?;
     let out = store
-        .append(AppendRequest::new("note-1".parse()?, ExpectedVersion::Any, vec![event(1), event(2)]))
+        .append(AppendRequest::new(
+            "note-1".parse()?,
+            ExpectedVersion::Any,
+            vec![event(1), event(2)],
+        ))
         .await?;
     let (channel, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
         .await?
@@ -200,9 +272,23 @@ async fn every_append_notifies_its_last_position_and_never_data() -> anyhow::Res
     // A store configured without notifications sends none: the next notification seen is
     // the one of a store that does notify.
     let quiet = db.store_with(eventrail_store_postgres::PgStoreOptions::new().without_notify());
-    quiet.append(AppendRequest::new("note-2".parse()?, ExpectedVersion::Any, vec![event(3)])).await?;
-    let loud = store.append(AppendRequest::new("note-3".parse()?, ExpectedVersion::Any, vec![event(4)])).await?;
-    let (_, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await?.expect("notification");
+    quiet
+        .append(AppendRequest::new(
+            "note-2".parse()?,
+            ExpectedVersion::Any,
+            vec![event(3)],
+        ))
+        .await?;
+    let loud = store
+        .append(AppendRequest::new(
+            "note-3".parse()?,
+            ExpectedVersion::Any,
+            vec![event(4)],
+        ))
+        .await?;
+    let (_, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await?
+        .expect("notification");
     assert_eq!(payload, loud.last_position().to_string());
     Ok(())
 }
@@ -215,12 +301,26 @@ async fn large_reads_stream_in_pages() -> anyhow::Result<()> {
     for i in 0..5 {
         let events = (0..5).map(|n| event(i * 5 + n)).collect();
         let stream = StreamName::new(if i % 2 == 0 { "even" } else { "odd" }, &i.to_string())?;
-        positions.extend(store.append(AppendRequest::new(stream, ExpectedVersion::Any, events)).await?.positions);
+        positions.extend(
+            store
+                .append(AppendRequest::new(stream, ExpectedVersion::Any, events))
+                .await?
+                .positions,
+        );
     }
-    let all: Vec<_> = store.stream_all(ReadAllOptions::default().max_count(4)).try_collect().await?;
-    assert_eq!(all.iter().map(|e| e.global_position).collect::<Vec<_>>(), positions);
+    let all: Vec<_> = store
+        .stream_all(ReadAllOptions::default().max_count(4))
+        .try_collect()
+        .await?;
+    assert_eq!(
+        all.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        positions
+    );
     let even: Category = "even".parse()?;
-    let evens: Vec<_> = store.stream_category(&even, ReadAllOptions::default().max_count(2)).try_collect().await?;
+    let evens: Vec<_> = store
+        .stream_category(&even, ReadAllOptions::default().max_count(2))
+        .try_collect()
+        .await?;
     assert_eq!(evens.len(), 15);
     assert!(evens.iter().all(|e| e.stream.category() == "even"));
     Ok(())
@@ -246,25 +346,63 @@ impl Event for Account {
 async fn typed_events_round_trip_with_json_and_bincode() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let store = db.store();
-    let values = vec![Account::Opened { owner: "ada".into() }, Account::Deposited { cents: 250 }];
+    let values = vec![
+        Account::Opened {
+            owner: "ada".into(),
+        },
+        Account::Deposited { cents: 250 },
+    ];
 
     let json = EventRegistry::<Account>::new();
     let stream: StreamName = "account-json".parse()?;
-    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, json.encode_all(&values)?)).await?;
-    let read = store.read_stream(&stream, ReadStreamOptions::default()).await?;
-    assert_eq!(read.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["Opened", "Deposited"]);
-    let back: Vec<Account> = read.iter().map(|e| json.decode(e)).collect::<Result<_, _>>()?;
+    store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            json.encode_all(&values)?,
+        ))
+        .await?;
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(
+        read.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["Opened", "Deposited"]
+    );
+    let back: Vec<Account> = read
+        .iter()
+        .map(|e| json.decode(e))
+        .collect::<Result<_, _>>()?;
     assert_eq!(back, values);
 
     let binary = EventRegistry::<Account, BincodeCodec>::with_codec(BincodeCodec);
     let stream: StreamName = "account-bin".parse()?;
-    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, binary.encode_all(&values)?)).await?;
-    let read = store.read_stream(&stream, ReadStreamOptions::default()).await?;
-    assert!(read.iter().all(|e| matches!(e.data, eventrail_core::EventData::Binary(_))));
-    let back: Vec<Account> = read.iter().map(|e| binary.decode(e)).collect::<Result<_, _>>()?;
+    store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            binary.encode_all(&values)?,
+        ))
+        .await?;
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await?;
+    assert!(
+        read.iter()
+            .all(|e| matches!(e.data, eventrail_core::EventData::Binary(_)))
+    );
+    let back: Vec<Account> = read
+        .iter()
+        .map(|e| binary.decode(e))
+        .collect::<Result<_, _>>()?;
     assert_eq!(back, values);
     // Reading binary data with the JSON registry is a typed error.
-    assert!(matches!(json.decode(&read[0]), Err(eventrail_core::DecodeError::Codec { .. })));
+    assert!(matches!(
+        json.decode(&read[0]),
+        Err(eventrail_core::DecodeError::Codec { .. })
+    ));
     // The stored JSON column is queryable.
     let client = db.client().await?;
     let row = client

@@ -1,0 +1,18 @@
+# The same command lines as .ci/run and the README.
+
+# the whole test suite against a real PostgreSQL
+test:
+    bash scripts/test.sh
+
+# formatting and clippy, warnings as errors
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+# eventrail append against raw tokio-postgres INSERT and COPY
+bench:
+    cargo run --release --locked -p eventrail-bench -- append
+
+# the quickstart example
+demo:
+    bash scripts/demo.sh

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: doctests, then unit and integration tests against a real PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-postgres.sh
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+cargo test --doc --workspace --all-features --locked
+cargo nextest run --workspace --all-features --locked --no-fail-fast
