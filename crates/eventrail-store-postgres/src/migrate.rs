@@ -41,6 +41,8 @@ pub struct Migrator {
     schema: String,
     quoted: String,
     migrations: Vec<Migration>,
+    replacements: Vec<(String, String)>,
+    extra_schemas: Vec<String>,
 }
 
 impl Migrator {
@@ -53,6 +55,8 @@ impl Migrator {
             quoted: validate_identifier("schema", schema)?,
             schema: schema.to_owned(),
             migrations: EVENT_STORE_MIGRATIONS.to_vec(),
+            replacements: Vec::new(),
+            extra_schemas: Vec::new(),
         })
     }
 
@@ -64,6 +68,24 @@ impl Migrator {
         self
     }
 
+    /// Replaces `placeholder` (such as `{worker_nodes}`) by `sql` in every migration. `sql` must
+    /// be a validated, quoted name (see [`validate_identifier`](crate::validate_identifier)).
+    #[must_use]
+    pub fn with_replacement(mut self, placeholder: &str, sql: &str) -> Self {
+        self.replacements
+            .push((placeholder.to_owned(), sql.to_owned()));
+        self
+    }
+
+    /// Also creates this (validated, quoted) schema, for tables placed outside the main schema.
+    #[must_use]
+    pub fn with_schema(mut self, quoted_schema: &str) -> Self {
+        if quoted_schema != self.quoted && !self.extra_schemas.iter().any(|s| s == quoted_schema) {
+            self.extra_schemas.push(quoted_schema.to_owned());
+        }
+        self
+    }
+
     /// The migrations this runner applies, in order.
     #[must_use]
     pub fn migrations(&self) -> &[Migration] {
@@ -71,13 +93,24 @@ impl Migrator {
     }
 
     fn render(&self, template: &str) -> String {
-        template.replace("{schema}", &self.quoted)
+        let mut sql = template.replace("{schema}", &self.quoted);
+        for (placeholder, value) in &self.replacements {
+            sql = sql.replace(placeholder.as_str(), value);
+        }
+        sql
+    }
+
+    fn create_schemas(&self) -> String {
+        std::iter::once(&self.quoted)
+            .chain(&self.extra_schemas)
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};\n"))
+            .collect()
     }
 
     /// The whole schema as one SQL script, for users who run their own migration tool.
     #[must_use]
     pub fn print_sql(&self) -> String {
-        let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {};\n", self.quoted);
+        let mut sql = self.create_schemas();
         for m in &self.migrations {
             sql.push_str(&format!("\n-- migration {}: {}\n", m.version, m.name));
             sql.push_str(&self.render(m.template));
@@ -150,13 +183,14 @@ impl Migrator {
     async fn run_locked(&self, client: &mut Client) -> Result<Vec<i32>, MigrationError> {
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema};
+                "{create_schemas}
                  CREATE TABLE IF NOT EXISTS {schema}.eventrail_migrations (
                      version integer PRIMARY KEY,
                      name text NOT NULL,
                      checksum text NOT NULL,
                      applied_at timestamptz NOT NULL DEFAULT now()
                  );",
+                create_schemas = self.create_schemas(),
                 schema = self.quoted
             ))
             .await

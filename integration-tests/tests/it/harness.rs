@@ -8,10 +8,16 @@
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
+use eventrail_worker::{TableNames, worker_migrator};
 use tokio_postgres::{Client, NoTls};
 
 /// Advisory lock key of the harness (on the admin database).
 const HARNESS_LOCK: i64 = 0x6576_656e_7472_6c00;
+
+/// The template's migrations: the event store and the worker tables.
+fn migrator() -> anyhow::Result<Migrator> {
+    Ok(worker_migrator("eventrail", &TableNames::default())?)
+}
 
 pub(crate) struct TestDb {
     pub(crate) name: String,
@@ -31,10 +37,18 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
 impl TestDb {
     /// A fresh database with the event store migrated into schema `eventrail`.
     pub(crate) async fn new() -> anyhow::Result<Self> {
+        // Logs of the code under test, shown for failing tests: RUST_LOG=debug for more.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let admin_url = eventrail_devdb::database_url().await?;
         let admin = connect(&admin_url).await?;
         let fingerprint: String = {
-            let all: String = Migrator::new("eventrail")?
+            let all: String = migrator()?
                 .migrations()
                 .iter()
                 .map(|m| m.template)
@@ -60,7 +74,7 @@ impl TestDb {
                     .await?;
                 let mut client =
                     connect(&eventrail_devdb::with_database(&admin_url, &template)?).await?;
-                Migrator::new("eventrail")?.run(&mut client).await?;
+                migrator()?.run(&mut client).await?;
             }
             admin
                 .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
@@ -88,6 +102,11 @@ impl TestDb {
 
     pub(crate) fn store_with(&self, options: PgStoreOptions) -> PgEventStore {
         PgEventStore::with_options(self.pool.clone(), options).expect("valid options")
+    }
+
+    /// The connection settings of this database (for dedicated connections).
+    pub(crate) fn config(&self) -> tokio_postgres::Config {
+        self.url.parse().expect("valid test database URL")
     }
 
     /// A connection of its own (outside the pool).
@@ -121,5 +140,31 @@ impl Drop for TestDb {
         if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| anyhow::anyhow!("drop thread panicked")) {
             eprintln!("could not drop database {}: {e:#}", self.name);
         }
+    }
+}
+
+/// Waits until `condition` holds, looking again every 10 ms, or fails after `seconds`.
+///
+/// For state that only a query can observe (assignments, checkpoints written by other
+/// processes); not a sleep standing in for synchronisation.
+pub(crate) async fn eventually<F, Fut>(
+    seconds: u64,
+    what: &str,
+    mut condition: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -9,3 +9,4 @@ mod harness;
 mod migrations;
 mod processors;
 mod store;
+mod worker;

@@ -1,0 +1,274 @@
+//! Operator views and actions on the worker tables (what `eventrail status`, `consumer` and
+//! `gaps` print and do).
+
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+
+use crate::error::db;
+use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK};
+use crate::tables::Tables;
+use crate::{TableNames, WorkerError};
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// Its name.
+    pub name: String,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_seconds: f64,
+    /// Whether its session holds its identity lock (it is alive), in advisory-lock mode.
+    pub session_alive: bool,
+    /// Whether it is the leader.
+    pub leader: bool,
+}
+
+/// A consumer's assignment and progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerStatus {
+    /// Its name.
+    pub consumer: String,
+    /// The worker running it.
+    pub worker_id: Option<uuid::Uuid>,
+    /// Its assignment epoch.
+    pub epoch: i64,
+    /// Its checkpoint.
+    pub position: u64,
+    /// Positions between the checkpoint and the log's head.
+    pub lag_events: u64,
+    /// Age of the oldest event after the checkpoint, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// The error it is parked with, if parked.
+    pub parked_error: Option<String>,
+}
+
+/// Everything `eventrail status` shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Registered workers.
+    pub workers: Vec<WorkerStatus>,
+    /// Consumers.
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+/// An audited skip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapRecord {
+    /// The consumer that skipped.
+    pub consumer: String,
+    /// First position.
+    pub from: u64,
+    /// Last position.
+    pub to: u64,
+    /// `proven` or `timeout`.
+    pub reason: String,
+    /// The evidence: snapshot when first seen, horizon xid, proving snapshot.
+    pub evidence: String,
+    /// When it was skipped.
+    pub skipped_at: SystemTime,
+}
+
+/// Operator access to the worker tables of one schema.
+#[derive(Debug, Clone)]
+pub struct WorkerAdmin {
+    pool: Pool,
+    schema: String,
+    tables: Tables,
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+impl WorkerAdmin {
+    /// Admin over `schema` with these table names.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] for refused names.
+    pub fn new(pool: Pool, schema: &str, tables: &TableNames) -> Result<Self, WorkerError> {
+        Ok(Self {
+            pool,
+            schema: eventrail_store_postgres::validate_identifier("schema", schema)?,
+            tables: Tables::new(tables, schema)?,
+        })
+    }
+
+    /// Workers, leader, assignments, checkpoints, lag, parked errors.
+    ///
+    /// # Errors
+    /// [`WorkerError::Database`].
+    pub async fn status(&self) -> Result<Status, WorkerError> {
+        let t = &self.tables;
+        let client = self.pool.get().await.map_err(db)?;
+        let lock = |class: &str, key: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.classid = {class}::oid AND l.objid = hashtext({key})::oid AND l.objsubid = 2 {{}})"
+            )
+        };
+        let alive = lock(&IDENTITY_LOCK.to_string(), "n.worker_id::text").replace("{}", "");
+        // The leader holds the leadership lock on the same session as its identity lock.
+        let leader_lock = lock(&LEADER_LOCK.to_string(), "$1").replace(
+            "{}",
+            &format!(
+                "AND l.pid IN (SELECT i.pid FROM pg_locks i WHERE i.locktype = 'advisory' AND i.classid = {IDENTITY_LOCK}::oid AND i.objid = hashtext(n.worker_id::text)::oid AND i.objsubid = 2)"
+            ),
+        );
+        let workers = client
+            .query(
+                &format!(
+                    "SELECT n.worker_id, n.name, extract(epoch FROM now() - n.heartbeat_at)::float8, {alive},
+                            {leader_lock} OR EXISTS (SELECT 1 FROM {leader} w WHERE w.worker_id = n.worker_id AND w.expires_at > now())
+                     FROM {nodes} n ORDER BY n.started_at",
+                    leader = t.leader,
+                    nodes = t.nodes
+                ),
+                &[&t.checkpoints],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| WorkerStatus {
+                id: r.get(0),
+                name: r.get(1),
+                heartbeat_age_seconds: r.get(2),
+                session_alive: r.get(3),
+                leader: r.get(4),
+            })
+            .collect();
+        let events = format!("{}.events", self.schema);
+        let consumers = client
+            .query(
+                &format!(
+                    "SELECT c.consumer, a.worker_id, coalesce(a.epoch, 0), c.position,
+                            greatest(coalesce((SELECT max(global_position) FROM {events}), 0) - c.position, 0),
+                            coalesce(extract(epoch FROM now() - (SELECT e.recorded_at FROM {events} e
+                                WHERE e.global_position > c.position ORDER BY e.global_position LIMIT 1))::float8, 0),
+                            c.paused, CASE WHEN c.parked_at IS NOT NULL THEN c.last_error END
+                     FROM {checkpoints} c LEFT JOIN {assignments} a USING (consumer) ORDER BY c.consumer",
+                    checkpoints = t.checkpoints,
+                    assignments = t.assignments
+                ),
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| ConsumerStatus {
+                consumer: r.get(0),
+                worker_id: r.get(1),
+                epoch: r.get(2),
+                position: to_u64(r.get(3)),
+                lag_events: to_u64(r.get(4)),
+                lag_seconds: r.get(5),
+                paused: r.get(6),
+                parked_error: r.get(7),
+            })
+            .collect();
+        Ok(Status { workers, consumers })
+    }
+
+    async fn update(
+        &self,
+        consumer: &str,
+        set: &str,
+        position: Option<i64>,
+    ) -> Result<(), WorkerError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let n = client
+            .execute(
+                &format!("UPDATE {} SET {set}, updated_at = now() WHERE consumer = $1 AND ($2::bigint IS NULL OR true)", self.tables.checkpoints),
+                &[&consumer, &position],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(WorkerError::UnknownConsumer(consumer.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Moves a consumer's checkpoint back (or forward) to `position`: it handles the events after
+    /// it again. The running batch, if any, finishes first (it holds the checkpoint row).
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
+    pub async fn rewind(&self, consumer: &str, position: u64) -> Result<(), WorkerError> {
+        let position = i64::try_from(position).map_err(|_| db("position out of range"))?;
+        self.update(consumer, "position = $2", Some(position)).await
+    }
+
+    /// Rewinds to the start and clears failures.
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
+    pub async fn reset(&self, consumer: &str) -> Result<(), WorkerError> {
+        self.update(
+            consumer,
+            "position = 0, failures = 0, parked_at = NULL, last_error = NULL",
+            None,
+        )
+        .await
+    }
+
+    /// Pauses a consumer (its worker stops taking batches of it).
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
+    pub async fn pause(&self, consumer: &str) -> Result<(), WorkerError> {
+        self.update(consumer, "paused = true", None).await
+    }
+
+    /// Resumes a paused or parked consumer and clears its failures.
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
+    pub async fn resume(&self, consumer: &str) -> Result<(), WorkerError> {
+        self.update(
+            consumer,
+            "paused = false, failures = 0, parked_at = NULL, last_error = NULL",
+            None,
+        )
+        .await
+    }
+
+    /// Audited skips, newest first, optionally of one consumer.
+    ///
+    /// # Errors
+    /// [`WorkerError::Database`].
+    pub async fn gaps(
+        &self,
+        consumer: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<GapRecord>, WorkerError> {
+        let client = self.pool.get().await.map_err(db)?;
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT consumer, from_position, to_position, reason,
+                            concat_ws(' ', 'observed=' || observed_snapshot, 'horizon=' || horizon_xid, 'proven=' || proven_snapshot),
+                            skipped_at
+                     FROM {} WHERE $1::text IS NULL OR consumer = $1 ORDER BY id DESC LIMIT $2",
+                    self.tables.gap_skips
+                ),
+                &[&consumer, &limit],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| GapRecord {
+                consumer: r.get(0),
+                from: to_u64(r.get(1)),
+                to: to_u64(r.get(2)),
+                reason: r.get(3),
+                evidence: r.get(4),
+                skipped_at: r.get(5),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,365 @@
+//! One consumer's loop: probe the frontier, run a batch in one transaction, checkpoint, repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventrail_core::BoxError;
+use eventrail_store_postgres::{FrontierStall, GapSkip, GapWatch, Snapshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::consumer::DynConsumer;
+use crate::error::db;
+use crate::runtime::{CHECKPOINT_CHANNEL, Shared, sleep_or_cancel};
+use crate::{ConsumerScope, WorkerError};
+
+pub(crate) struct ConsumerContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) consumer: Arc<dyn DynConsumer>,
+    pub(crate) epoch: i64,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// What a batch attempt ended with.
+enum BatchEnd {
+    /// Committed up to this position, having handled this many events.
+    Committed { position: u64, handled: usize },
+    /// The checkpoint moved under us (rewound, or advanced by a previous owner): probe again.
+    Moved,
+    /// The assignment changed: this worker must stop running the consumer.
+    Fenced,
+    /// A handler failed; the batch was rolled back.
+    Failed(BoxError),
+}
+
+struct Checkpoint {
+    position: u64,
+    paused: bool,
+    parked: bool,
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn snapshot_text(s: &Snapshot) -> String {
+    let xip: Vec<String> = s.xip.iter().map(u64::to_string).collect();
+    format!("{}:{}:{}", s.xmin, s.xmax, xip.join(","))
+}
+
+fn optional(list: &[String]) -> Option<&[String]> {
+    (!list.is_empty()).then_some(list)
+}
+
+async fn load_checkpoint(ctx: &ConsumerContext) -> Result<Checkpoint, WorkerError> {
+    let client = ctx.shared.store.pool().get().await.map_err(db)?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT position, paused, parked_at IS NOT NULL FROM {} WHERE consumer = $1",
+                ctx.shared.tables.checkpoints
+            ),
+            &[&ctx.consumer.name()],
+        )
+        .await
+        .map_err(db)?;
+    Ok(Checkpoint {
+        position: to_u64(row.get(0)),
+        paused: row.get(1),
+        parked: row.get(2),
+    })
+}
+
+pub(crate) async fn run_consumer(ctx: ConsumerContext) {
+    let options = ctx.shared.options.clone();
+    let scope: ConsumerScope = ctx.consumer.scope();
+    let mut watch = GapWatch::new();
+    let mut head = ctx.shared.head.subscribe();
+    let mut idle = options.base_poll_interval;
+    let mut failures: u32 = 0;
+    let mut last_stall_report: Option<std::time::Instant> = None;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return;
+        }
+        let checkpoint = match load_checkpoint(&ctx).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "loading the checkpoint failed");
+                if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if checkpoint.paused || checkpoint.parked {
+            // Resumed through the table (CLI); look again at the slow pace.
+            if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
+                return;
+            }
+            continue;
+        }
+        let frontier = match ctx
+            .shared
+            .store
+            .probe_frontier(&mut watch, checkpoint.position, options.batch_size)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "probing the frontier failed");
+                if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut up_to = frontier.safe;
+        let mut escaped: Option<FrontierStall> = None;
+        if let Some(stall) = &frontier.stall {
+            let age = stall.since.elapsed().unwrap_or_default();
+            metrics::gauge!("eventrail_consumer_stall_seconds", "consumer" => ctx.consumer.name().to_owned()).set(age.as_secs_f64());
+            if up_to == checkpoint.position
+                && options.stall_escape.is_some_and(|limit| age >= limit)
+            {
+                warn!(from = stall.from, to = stall.to, ?age, holders = ?stall.holders, "skipping a hole held past the stall escape (audited)");
+                up_to = stall.to;
+                escaped = Some(stall.clone());
+            } else if last_stall_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                && age >= Duration::from_secs(1)
+            {
+                last_stall_report = Some(std::time::Instant::now());
+                let sessions = ctx
+                    .shared
+                    .store
+                    .blocking_sessions(&stall.holders)
+                    .await
+                    .unwrap_or_default();
+                let pids: Vec<i32> = sessions.iter().map(|s| s.pid).collect();
+                warn!(from = stall.from, ?age, holders = ?stall.holders, ?pids, "frontier waits on a transaction holding a lower position");
+            }
+        }
+        if up_to == checkpoint.position {
+            // Nothing readable: wait for a wakeup, hot while a hole may resolve any moment.
+            let wait = if frontier.stall.is_some() {
+                options.base_poll_interval
+            } else {
+                idle
+            };
+            tokio::select! {
+                () = ctx.cancel.cancelled() => return,
+                changed = head.changed() => {
+                    if changed.is_err() { return; }
+                    idle = options.base_poll_interval;
+                }
+                () = tokio::time::sleep(wait) => {
+                    idle = (idle * 2).min(options.max_poll_interval);
+                }
+            }
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let attempt = tokio::time::timeout(
+            options.batch_timeout,
+            run_batch(
+                &ctx,
+                &scope,
+                checkpoint.position,
+                up_to,
+                &frontier.skipped,
+                escaped.as_ref(),
+            ),
+        )
+        .await;
+        let end = match attempt {
+            Ok(Ok(end)) => end,
+            Ok(Err(e)) => {
+                warn!(error = %crate::error::chain(&e), "batch failed on the database");
+                if sleep_or_cancel(options.base_poll_interval, &ctx.cancel).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => BatchEnd::Failed(
+                format!("batch timed out after {:?}", options.batch_timeout).into(),
+            ),
+        };
+        match end {
+            BatchEnd::Committed { position, handled } => {
+                failures = 0;
+                idle = options.base_poll_interval;
+                metrics::histogram!("eventrail_consumer_batch_events").record(handled as f64);
+                metrics::histogram!("eventrail_consumer_batch_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("eventrail_consumer_position", "consumer" => ctx.consumer.name().to_owned()).set(position as f64);
+                debug!(position, handled, "batch committed");
+                if frontier.more
+                    && !options.batch_pause.is_zero()
+                    && sleep_or_cancel(options.batch_pause, &ctx.cancel).await
+                {
+                    return;
+                }
+            }
+            BatchEnd::Moved => {}
+            BatchEnd::Fenced => {
+                info!("the consumer was reassigned: stopping it here");
+                return;
+            }
+            BatchEnd::Failed(error) => {
+                failures += 1;
+                let parked = record_failure(&ctx, &error, failures).await;
+                if parked {
+                    error!(error = %error, failures, "consumer parked after repeated failures; resume it with `eventrail consumer resume`");
+                    metrics::counter!("eventrail_consumer_parked_total").increment(1);
+                    failures = 0;
+                } else {
+                    warn!(error = %error, failures, "handler failed; the batch was rolled back and will be retried");
+                    if sleep_or_cancel(options.retry.backoff(failures), &ctx.cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts a failure; parks the consumer when the policy says so. Returns whether it parked.
+async fn record_failure(ctx: &ConsumerContext, error: &BoxError, failures: u32) -> bool {
+    let max = i32::try_from(ctx.shared.options.retry.max_attempts).unwrap_or(i32::MAX);
+    let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+    let text = error.to_string();
+    let result = async {
+        let client = ctx.shared.store.pool().get().await.map_err(db)?;
+        let row = client
+            .query_one(
+                &format!(
+                    "WITH failed AS (
+                        UPDATE {} SET failures = $2::int4, last_error = $3::text,
+                            parked_at = CASE WHEN $2::int4 >= $4::int4 THEN now() END
+                        WHERE consumer = $1::text RETURNING parked_at IS NOT NULL AS parked
+                     )
+                     SELECT parked, CASE WHEN parked THEN pg_notify($5::text, $1::text || ' parked') END IS NULL FROM failed",
+                    ctx.shared.tables.checkpoints
+                ),
+                &[&ctx.consumer.name(), &failures, &text, &max, &CHECKPOINT_CHANNEL],
+            )
+            .await
+            .map_err(db)?;
+        Ok::<bool, WorkerError>(row.get(0))
+    };
+    result.await.unwrap_or_else(|e| {
+        warn!(error = %crate::error::chain(&e), "recording the failure failed");
+        false
+    })
+}
+
+async fn run_batch(
+    ctx: &ConsumerContext,
+    scope: &ConsumerScope,
+    after: u64,
+    up_to: u64,
+    skipped: &[GapSkip],
+    escaped: Option<&FrontierStall>,
+) -> Result<BatchEnd, WorkerError> {
+    let t = &ctx.shared.tables;
+    let name = ctx.consumer.name();
+    let mut client = ctx.shared.store.pool().get().await.map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
+    // The row lock serialises batches of this consumer across workers during a handover.
+    let current: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT position FROM {} WHERE consumer = $1 FOR UPDATE",
+                t.checkpoints
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if to_u64(current) != after {
+        return Ok(BatchEnd::Moved);
+    }
+    let events = ctx
+        .shared
+        .store
+        .read_range_with(
+            &*tx,
+            after,
+            up_to,
+            optional(&scope.categories),
+            optional(&scope.event_types),
+        )
+        .await?;
+    for event in &events {
+        if let Err(e) = ctx.consumer.handle(&tx, event).await {
+            return Ok(BatchEnd::Failed(e));
+        }
+    }
+    for skip in skipped.iter().filter(|s| s.from > after && s.to <= up_to) {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (consumer, from_position, to_position, reason, observed_snapshot, horizon_xid, proven_snapshot, first_seen_at)
+                 VALUES ($1, $2, $3, 'proven', $4, $5, $6, $7)",
+                t.gap_skips
+            ),
+            &[
+                &name,
+                &to_i64(skip.from),
+                &to_i64(skip.to),
+                &snapshot_text(&skip.evidence.observed),
+                &skip.evidence.horizon.to_string(),
+                &snapshot_text(&skip.proven_by),
+                &skip.evidence.first_seen,
+            ],
+        )
+        .await
+        .map_err(db)?;
+    }
+    if let Some(stall) = escaped {
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (consumer, from_position, to_position, reason, first_seen_at) VALUES ($1, $2, $3, 'timeout', $4)",
+                t.gap_skips
+            ),
+            &[&name, &to_i64(stall.from), &to_i64(stall.to), &stall.since],
+        )
+        .await
+        .map_err(db)?;
+    }
+    // Fencing: the checkpoint moves only while this worker holds the assignment at this epoch.
+    let updated = tx
+        .execute(
+            &format!(
+                "UPDATE {} SET position = $2, updated_at = now(), failures = 0, last_error = NULL
+                 WHERE consumer = $1
+                   AND EXISTS (SELECT 1 FROM {} a WHERE a.consumer = $1 AND a.worker_id = $3 AND a.epoch = $4)",
+                t.checkpoints, t.assignments
+            ),
+            &[&name, &to_i64(up_to), &ctx.shared.id, &ctx.epoch],
+        )
+        .await
+        .map_err(db)?;
+    if updated != 1 {
+        return Ok(BatchEnd::Fenced);
+    }
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHECKPOINT_CHANNEL, &format!("{name} {up_to}")],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    if !skipped.is_empty() || escaped.is_some() {
+        metrics::counter!("eventrail_consumer_gap_skips_total")
+            .increment((skipped.len() + usize::from(escaped.is_some())) as u64);
+    }
+    Ok(BatchEnd::Committed {
+        position: up_to,
+        handled: events.len(),
+    })
+}

@@ -1,0 +1,68 @@
+use eventrail_core::{BoxError, StoreError};
+use eventrail_store_postgres::ConfigError;
+
+/// Errors of the worker runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A consumer name is empty or used twice: fix the consumer list.
+    #[error("invalid consumer name {name:?}: {reason}")]
+    InvalidConsumer {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A table, schema or channel name was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The worker's registration row disappeared (an operator removed it, or it was cleaned up
+    /// as stale): the worker stopped instead of running unseen. Restart it.
+    #[error("worker {0} is no longer registered")]
+    Deregistered(uuid::Uuid),
+    /// The worker's own session connection (holding its identity and leadership locks) was lost:
+    /// the worker stopped so that others take over. Restart it.
+    #[error("the worker's session connection was lost")]
+    SessionLost(#[source] BoxError),
+    /// The consumer is parked after repeated failures: see its error, fix, then resume it.
+    #[error("consumer {consumer} is parked: {error}")]
+    ConsumerParked {
+        /// The consumer.
+        consumer: String,
+        /// Its last error.
+        error: String,
+    },
+    /// No such consumer is registered.
+    #[error("unknown consumer {0:?}")]
+    UnknownConsumer(String),
+    /// Waiting for a checkpoint took longer than allowed.
+    #[error("timed out waiting for consumer {consumer} to reach position {position}")]
+    Timeout {
+        /// The consumer.
+        consumer: String,
+        /// The awaited position.
+        position: u64,
+    },
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database or the connection failed.
+    #[error("worker database operation failed")]
+    Database(#[source] BoxError),
+}
+
+pub(crate) fn db(error: impl Into<BoxError>) -> WorkerError {
+    WorkerError::Database(error.into())
+}
+
+/// An error and its causes on one line, for logs.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

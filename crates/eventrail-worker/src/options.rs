@@ -1,0 +1,251 @@
+use std::time::Duration;
+
+/// How a worker learns that new events may be readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DispatcherStrategy {
+    /// Check the log's head every dispatcher interval.
+    Poll,
+    /// LISTEN to the store's notify channel on a dedicated connection, and still check the head
+    /// every dispatcher interval (reconciliation: a lost notification costs at most one interval).
+    Notify,
+}
+
+/// How a worker takes part in leader election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaderMode {
+    /// A session advisory lock (`pg_try_advisory_lock`) on the worker's own connection: a dead
+    /// leader's lock is released at once.
+    AdvisoryLock,
+    /// A lease row renewed every heartbeat; for PgBouncer in transaction pooling, where session
+    /// advisory locks do not work. A dead leader is replaced when its lease expires.
+    Lease,
+}
+
+/// What to do with a failing handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Failed attempts of one batch before the consumer is parked.
+    pub max_attempts: u32,
+    /// Wait after the first failure; doubled after each further failure.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub(crate) fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Names of the worker's tables; each may carry a schema (`ops.worker_nodes`). Unqualified
+/// names live in the store's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    /// Registered workers and their heartbeats.
+    pub worker_nodes: String,
+    /// Which worker runs which consumer, with an epoch.
+    pub consumer_assignments: String,
+    /// Each consumer's position, pause flag and parked error.
+    pub consumer_checkpoints: String,
+    /// Audited skips of holes.
+    pub consumer_gap_skips: String,
+    /// The leadership lease (lease mode).
+    pub worker_leader: String,
+}
+
+impl Default for TableNames {
+    fn default() -> Self {
+        Self {
+            worker_nodes: "worker_nodes".into(),
+            consumer_assignments: "consumer_assignments".into(),
+            consumer_checkpoints: "consumer_checkpoints".into(),
+            consumer_gap_skips: "consumer_gap_skips".into(),
+            worker_leader: "worker_leader".into(),
+        }
+    }
+}
+
+/// Settings of a worker, as a consuming builder. Every setting has a default.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct WorkerOptions {
+    pub(crate) name: String,
+    pub(crate) batch_size: usize,
+    pub(crate) base_poll_interval: Duration,
+    pub(crate) max_poll_interval: Duration,
+    pub(crate) dispatcher_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) rebalance_interval: Duration,
+    pub(crate) batch_pause: Duration,
+    pub(crate) batch_timeout: Duration,
+    pub(crate) dispatcher: DispatcherStrategy,
+    pub(crate) leader_mode: LeaderMode,
+    pub(crate) notify_channel: String,
+    pub(crate) tables: TableNames,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) stall_escape: Option<Duration>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            name: "worker".into(),
+            batch_size: 500,
+            base_poll_interval: Duration::from_millis(50),
+            max_poll_interval: Duration::from_secs(2),
+            dispatcher_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_secs(5),
+            rebalance_interval: Duration::from_millis(500),
+            batch_pause: Duration::ZERO,
+            batch_timeout: Duration::from_secs(30),
+            dispatcher: DispatcherStrategy::Notify,
+            leader_mode: LeaderMode::AdvisoryLock,
+            notify_channel: "eventrail_events".into(),
+            tables: TableNames::default(),
+            retry: RetryPolicy::default(),
+            stall_escape: None,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// Defaults: see each setter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A human-readable name shown by `eventrail status` (default `worker`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Most positions one batch covers (default 500).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// First wait of an idle consumer before it looks again (default 50 ms).
+    pub fn base_poll_interval(mut self, d: Duration) -> Self {
+        self.base_poll_interval = d;
+        self
+    }
+
+    /// Longest wait of an idle consumer; the wait doubles up to it (default 2 s).
+    pub fn max_poll_interval(mut self, d: Duration) -> Self {
+        self.max_poll_interval = d;
+        self
+    }
+
+    /// How often the dispatcher checks the log's head (default 500 ms).
+    pub fn dispatcher_interval(mut self, d: Duration) -> Self {
+        self.dispatcher_interval = d;
+        self
+    }
+
+    /// How often the worker renews its registration (default 500 ms).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d;
+        self
+    }
+
+    /// A worker whose heartbeat is older is dead (default 5 s).
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
+        self.heartbeat_timeout = d;
+        self
+    }
+
+    /// How often the leader recomputes assignments (default 500 ms); a join or leave is picked up
+    /// within one interval.
+    pub fn rebalance_interval(mut self, d: Duration) -> Self {
+        self.rebalance_interval = d;
+        self
+    }
+
+    /// Pause between full batches while catching up, to leave the database room (default 0).
+    pub fn batch_pause(mut self, d: Duration) -> Self {
+        self.batch_pause = d;
+        self
+    }
+
+    /// Longest a batch may take before it is rolled back and retried (default 30 s).
+    pub fn batch_timeout(mut self, d: Duration) -> Self {
+        self.batch_timeout = d;
+        self
+    }
+
+    /// Poll or LISTEN/NOTIFY with reconciliation polling (default notify).
+    pub fn dispatcher(mut self, strategy: DispatcherStrategy) -> Self {
+        self.dispatcher = strategy;
+        self
+    }
+
+    /// Advisory-lock or lease leadership (default advisory lock).
+    pub fn leader_mode(mut self, mode: LeaderMode) -> Self {
+        self.leader_mode = mode;
+        self
+    }
+
+    /// The store's notify channel (default `eventrail_events`).
+    pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
+        self.notify_channel = channel.into();
+        self
+    }
+
+    /// The worker's table names (defaults: `worker_nodes`, `consumer_assignments`,
+    /// `consumer_checkpoints`, `consumer_gap_skips`, `worker_leader`).
+    pub fn tables(mut self, tables: TableNames) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Retries of failing handlers (default 5 attempts, 100 ms doubling to 10 s).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Opt in to skipping a hole held open longer than `after` by a long-running writer. Off by
+    /// default: such a skip may lose the event if that writer commits later. Every such skip is
+    /// audited with reason `timeout`.
+    pub fn stall_escape(mut self, after: Duration) -> Self {
+        self.stall_escape = Some(after);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let r = RetryPolicy {
+            max_attempts: 9,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let waits: Vec<_> = (1..=6).map(|n| r.backoff(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(r.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,104 @@
+use eventrail_store_postgres::{ConfigError, Migration, Migrator, validate_identifier};
+
+use crate::TableNames;
+
+/// The worker's migration (number 2, after the event log).
+pub const WORKER_MIGRATION: Migration = Migration {
+    version: 2,
+    name: "worker",
+    template: include_str!("../../../migrations/0002_worker.sql"),
+};
+
+/// Validated, quoted, schema-qualified table names.
+#[derive(Debug, Clone)]
+pub(crate) struct Tables {
+    pub(crate) nodes: String,
+    pub(crate) assignments: String,
+    pub(crate) checkpoints: String,
+    pub(crate) gap_skips: String,
+    pub(crate) leader: String,
+    schemas: Vec<String>,
+}
+
+/// `name` or `schema.name`, each part validated; unqualified names go to `default_schema`.
+fn qualify(
+    what: &'static str,
+    name: &str,
+    default_schema: &str,
+) -> Result<(String, String), ConfigError> {
+    let (schema, table) = match name.split_once('.') {
+        Some((schema, table)) => (schema, table),
+        None => (default_schema, name),
+    };
+    let schema = validate_identifier("schema", schema)?;
+    let table = validate_identifier(what, table)?;
+    Ok((format!("{schema}.{table}"), schema))
+}
+
+impl Tables {
+    pub(crate) fn new(names: &TableNames, default_schema: &str) -> Result<Self, ConfigError> {
+        let mut schemas = Vec::new();
+        let mut q = |what, name: &str| {
+            let (qualified, schema) = qualify(what, name, default_schema)?;
+            schemas.push(schema);
+            Ok::<_, ConfigError>(qualified)
+        };
+        let tables = Self {
+            nodes: q("worker_nodes table", &names.worker_nodes)?,
+            assignments: q("consumer_assignments table", &names.consumer_assignments)?,
+            checkpoints: q("consumer_checkpoints table", &names.consumer_checkpoints)?,
+            gap_skips: q("consumer_gap_skips table", &names.consumer_gap_skips)?,
+            leader: q("worker_leader table", &names.worker_leader)?,
+            schemas: Vec::new(),
+        };
+        schemas.sort();
+        schemas.dedup();
+        Ok(Self { schemas, ..tables })
+    }
+}
+
+/// A migrator for the event store and the worker tables, with these names.
+///
+/// # Errors
+/// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
+pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, ConfigError> {
+    let tables = Tables::new(names, schema)?;
+    let mut migrator = Migrator::new(schema)?
+        .with_migrations(&[WORKER_MIGRATION])
+        .with_replacement("{worker_nodes}", &tables.nodes)
+        .with_replacement("{consumer_assignments}", &tables.assignments)
+        .with_replacement("{consumer_checkpoints}", &tables.checkpoints)
+        .with_replacement("{consumer_gap_skips}", &tables.gap_skips)
+        .with_replacement("{worker_leader}", &tables.leader);
+    for s in &tables.schemas {
+        migrator = migrator.with_schema(s);
+    }
+    Ok(migrator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_qualified_and_validated() {
+        let names = TableNames {
+            worker_nodes: "ops.nodes".into(),
+            ..TableNames::default()
+        };
+        let t = Tables::new(&names, "eventrail").unwrap();
+        assert_eq!(t.nodes, "\"ops\".\"nodes\"");
+        assert_eq!(t.checkpoints, "\"eventrail\".\"consumer_checkpoints\"");
+        let sql = worker_migrator("eventrail", &names).unwrap().print_sql();
+        assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"ops\""));
+        assert!(sql.contains("CREATE TABLE \"ops\".\"nodes\""));
+        assert!(!sql.contains("{worker_nodes}"));
+        for bad in ["a.b.c", "x;drop", "Ops.nodes", ".nodes", "ops."] {
+            let names = TableNames {
+                worker_nodes: bad.into(),
+                ..TableNames::default()
+            };
+            assert!(Tables::new(&names, "eventrail").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! The worker runtime against PostgreSQL: assignment, exactly-once effects, failover, fencing,
+//! gaps, failures, shutdown, dispatchers and read-your-writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventrail_core::{
+    AppendRequest, BoxError, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamName,
+};
+use eventrail_store_postgres::PgEventStore;
+use eventrail_worker::{
+    Consumer, ConsumerScope, DispatcherStrategy, LeaderMode, RetryPolicy, TableNames, Worker,
+    WorkerAdmin, WorkerError, WorkerOptions, wait_for,
+};
+use integration_tests::{HANDLED_DDL, Recorder};
+use tokio::task::JoinHandle;
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::harness::{TestDb, eventually};
+
+struct Running {
+    id: Uuid,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Running {
+    async fn stop(self) -> Result<(), WorkerError> {
+        self.stop.cancel();
+        self.task.await.expect("worker task")
+    }
+}
+
+fn fast() -> WorkerOptions {
+    WorkerOptions::new()
+        .heartbeat_interval(Duration::from_millis(100))
+        .rebalance_interval(Duration::from_millis(100))
+        .base_poll_interval(Duration::from_millis(10))
+        .max_poll_interval(Duration::from_millis(200))
+        .dispatcher_interval(Duration::from_millis(200))
+}
+
+/// Starts a worker on a pool of its own.
+fn start<C: Consumer + Clone>(
+    db: &TestDb,
+    options: WorkerOptions,
+    consumers: &[C],
+) -> anyhow::Result<Running> {
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 8)?);
+    let mut builder = Worker::builder(store, db.config()).options(options);
+    for c in consumers {
+        builder = builder.consumer(c.clone());
+    }
+    let worker = builder.build()?;
+    let id = worker.id();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    Ok(Running { id, stop, task })
+}
+
+fn recorders(worker: &str, n: usize) -> Vec<Recorder> {
+    (0..n)
+        .map(|i| Recorder::new(format!("c{i}"), worker))
+        .collect()
+}
+
+async fn setup() -> anyhow::Result<TestDb> {
+    let db = TestDb::new().await?;
+    db.client().await?.batch_execute(HANDLED_DDL).await?;
+    Ok(db)
+}
+
+async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<u64> {
+    let events = (0..n)
+        .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
+        .collect();
+    Ok(store
+        .append(AppendRequest::new(
+            stream.parse::<StreamName>()?,
+            ExpectedVersion::Any,
+            events,
+        ))
+        .await?
+        .last_position())
+}
+
+fn admin(db: &TestDb) -> anyhow::Result<WorkerAdmin> {
+    Ok(WorkerAdmin::new(
+        db.pool.clone(),
+        "eventrail",
+        &TableNames::default(),
+    )?)
+}
+
+async fn assignment_loads(admin: &WorkerAdmin) -> anyhow::Result<BTreeMap<Option<Uuid>, usize>> {
+    let mut loads = BTreeMap::new();
+    for c in admin.status().await?.consumers {
+        *loads.entry(c.worker_id).or_default() += 1;
+    }
+    Ok(loads)
+}
+
+async fn all_at(admin: &WorkerAdmin, position: u64) -> anyhow::Result<bool> {
+    Ok(admin
+        .status()
+        .await?
+        .consumers
+        .iter()
+        .all(|c| c.position >= position))
+}
+
+/// Every consumer handled every committed event exactly once.
+async fn assert_exactly_once(db: &TestDb, consumers: usize) -> anyhow::Result<()> {
+    let client = db.client().await?;
+    let committed: i64 = client
+        .query_one("SELECT count(*) FROM eventrail.events", &[])
+        .await?
+        .get(0);
+    let rows = client
+        .query("SELECT consumer, count(*), count(DISTINCT position) FROM handled GROUP BY consumer ORDER BY consumer", &[])
+        .await?;
+    assert_eq!(rows.len(), consumers, "every consumer handled events");
+    for r in rows {
+        let (consumer, n, distinct): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(
+            (n, distinct),
+            (committed, committed),
+            "{consumer}: each of {committed} events exactly once"
+        );
+    }
+    let strays: i64 = client
+        .query_one("SELECT count(*) FROM handled h WHERE NOT EXISTS (SELECT 1 FROM eventrail.events e WHERE e.global_position = h.position)", &[])
+        .await?
+        .get(0);
+    assert_eq!(strays, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_six_consumers_evenly_and_handle_everything_once_while_joining_and_leaving()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let a = start(&db, fast().name("a"), &recorders("a", 6))?;
+    append(&store, "order-1", 50).await?;
+    let b = start(&db, fast().name("b"), &recorders("b", 6))?;
+    let c = start(&db, fast().name("c"), &recorders("c", 6))?;
+    eventually(10, "an even assignment over three workers", || async {
+        let loads = assignment_loads(&admin).await?;
+        Ok(loads.len() == 3 && !loads.contains_key(&None) && loads.values().all(|n| *n == 2))
+    })
+    .await?;
+    let mut last = 0;
+    for i in 0..20 {
+        last = append(&store, &format!("order-{i}"), 5).await?;
+    }
+    b.stop().await?; // leaves gracefully while events flow
+    for i in 0..20 {
+        last = append(&store, &format!("invoice-{i}"), 5).await?;
+    }
+    eventually(
+        10,
+        "the two remaining workers to share the consumers",
+        || async {
+            let loads = assignment_loads(&admin).await?;
+            Ok(loads.len() == 2 && !loads.contains_key(&None) && loads.values().all(|n| *n == 3))
+        },
+    )
+    .await?;
+    let d = start(&db, fast().name("d"), &recorders("d", 6))?;
+    last = last.max(append(&store, "late-1", 10).await?);
+    eventually(20, "every consumer to reach the head", || {
+        all_at(&admin, last)
+    })
+    .await?;
+    let loads = assignment_loads(&admin).await?;
+    let (max, min) = (
+        loads.values().max().copied().unwrap_or(0),
+        loads.values().min().copied().unwrap_or(0),
+    );
+    assert!(max - min <= 1, "even: {loads:?}");
+    for w in [a, c, d] {
+        w.stop().await?;
+    }
+    assert_exactly_once(&db, 6).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_with_sigkill_is_replaced_and_its_consumers_resume_elsewhere_without_duplicates()
+-> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let spawn = |name: &str| -> anyhow::Result<(std::process::Child, Uuid)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+            .args([db.url.as_str(), name, "4"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+        let id = line
+            .trim()
+            .strip_prefix("worker ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected line {line:?}"))?
+            .parse()?;
+        Ok((child, id))
+    };
+    let (mut first, first_id) = spawn("p1")?;
+    eventually(10, "the first process to lead", || async {
+        Ok(admin
+            .status()
+            .await?
+            .workers
+            .iter()
+            .any(|w| w.id == first_id && w.leader))
+    })
+    .await?;
+    let (mut second, second_id) = spawn("p2")?;
+    eventually(10, "both processes to run consumers", || async {
+        let loads = assignment_loads(&admin).await?;
+        Ok(loads.get(&Some(first_id)) == Some(&2) && loads.get(&Some(second_id)) == Some(&2))
+    })
+    .await?;
+    let before = append(&store, "pay-1", 30).await?;
+    eventually(10, "consumers to reach the head", || all_at(&admin, before)).await?;
+
+    first.kill()?; // SIGKILL: no goodbye, its session locks vanish with the process
+    first.wait()?;
+    let killed = std::time::Instant::now();
+    let last = append(&store, "pay-2", 30).await?;
+    eventually(
+        10,
+        "the survivor to lead and run every consumer",
+        || async {
+            let status = admin.status().await?;
+            let leads = status.workers.iter().any(|w| w.id == second_id && w.leader);
+            Ok(leads
+                && status
+                    .consumers
+                    .iter()
+                    .all(|c| c.worker_id == Some(second_id)))
+        },
+    )
+    .await?;
+    let failover = killed.elapsed();
+    eventually(10, "consumers to resume to the head", || {
+        all_at(&admin, last)
+    })
+    .await?;
+    drop(second.stdin.take()); // graceful stop
+    second.wait()?;
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    assert_exactly_once(&db, 4).await
+}
+
+/// A consumer whose handler waits for a signal, to act in the middle of a batch.
+#[derive(Clone)]
+struct Gate {
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+    attempts: Arc<AtomicUsize>,
+    hold: Arc<AtomicBool>,
+}
+
+impl Consumer for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    async fn handle(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.hold.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        let position = i64::try_from(event.global_position)?;
+        tx.execute(
+            "INSERT INTO handled (consumer, position, worker) VALUES ('gate', $1, 'x')",
+            &[&position],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_consumer_was_reassigned_mid_batch_cannot_commit_its_checkpoint()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let gate = Gate {
+        entered: Arc::default(),
+        release: Arc::default(),
+        attempts: Arc::default(),
+        hold: Arc::new(AtomicBool::new(true)),
+    };
+    let w = start(&db, fast(), std::slice::from_ref(&gate))?;
+    let position = append(&db.store(), "fence-1", 1).await?;
+    tokio::time::timeout(Duration::from_secs(10), gate.entered.notified()).await?; // the batch is in flight
+    // The leader's move, done by hand: the assignment's epoch changes under the batch.
+    db.client()
+        .await?
+        .execute(
+            "UPDATE eventrail.consumer_assignments SET epoch = epoch + 1 WHERE consumer = 'gate'",
+            &[],
+        )
+        .await?;
+    gate.hold.store(false, Ordering::SeqCst);
+    gate.release.notify_one();
+    let admin = admin(&db)?;
+    // The leader hands the consumer out again (new epoch) and the event is handled then.
+    eventually(10, "the event to be handled under the new epoch", || {
+        all_at(&admin, position)
+    })
+    .await?;
+    w.stop().await?;
+    assert_eq!(
+        gate.attempts.load(Ordering::SeqCst),
+        2,
+        "the fenced batch rolled back and ran again"
+    );
+    let rows: i64 = db
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM handled", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 1, "the fenced batch's effect was rolled back");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_never_pass_an_open_lower_position_skip_audited_holes_and_scoped_ones_advance()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let mut scoped = Recorder::new("wanted-only", "w");
+    scoped.scope = ConsumerScope::all().categories(["wanted"]);
+    let all = Recorder::new("everything", "w");
+    let w = start(&db, fast(), &[all.clone()])?;
+    let w2 = start(&db, fast(), &[scoped.clone()])?;
+    let first = append(&store, "other-1", 2).await?;
+    eventually(10, "consumers to reach the first events", || {
+        all_at(&admin, first)
+    })
+    .await?;
+
+    let mut holder = db.client().await?;
+    let tx = holder.transaction().await?;
+    let held = store
+        .append_in(
+            &tx,
+            AppendRequest::new(
+                "wanted-1".parse()?,
+                ExpectedVersion::Any,
+                vec![NewEvent::json("E", serde_json::json!({}))],
+            ),
+        )
+        .await?
+        .last_position();
+    let above = append(&store, "other-2", 3).await?;
+    // Wait for a batch to run past `first` would be a bug: give the consumers a chance to try.
+    let wanted = wait_for(
+        &db.config(),
+        "eventrail",
+        &TableNames::default(),
+        "everything",
+        above,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        matches!(wanted, Err(WorkerError::Timeout { .. })),
+        "passed an open lower position: {wanted:?}"
+    );
+    for c in admin.status().await?.consumers {
+        assert!(
+            c.position < held,
+            "{} passed the open position {held}",
+            c.consumer
+        );
+    }
+    tx.rollback().await?;
+    eventually(10, "consumers to skip the rolled-back hole", || {
+        all_at(&admin, above)
+    })
+    .await?;
+    let gaps = admin.gaps(None, 10).await?;
+    assert!(
+        gaps.iter()
+            .any(|g| g.from == held && g.reason == "proven" && g.evidence.contains("horizon=")),
+        "{gaps:?}"
+    );
+    let scoped_rows: i64 = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM handled WHERE consumer = 'wanted-only'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        scoped_rows, 0,
+        "no event of the wanted category committed, yet the scoped consumer advanced"
+    );
+    let wanted = append(&store, "wanted-2", 1).await?;
+    eventually(10, "the scoped consumer to handle its event", || {
+        all_at(&admin, wanted)
+    })
+    .await?;
+    let scoped_rows: i64 = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM handled WHERE consumer = 'wanted-only'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(scoped_rows, 1);
+    w.stop().await?;
+    w2.stop().await?;
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Flaky {
+    failing: Arc<AtomicBool>,
+}
+
+impl Consumer for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    async fn handle(&self, _tx: &Transaction<'_>, _event: &RecordedEvent) -> Result<(), BoxError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err("the downstream service is down".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_handler_is_retried_then_parked_while_others_run_and_resumes()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let flaky = Flaky {
+        failing: Arc::new(AtomicBool::new(true)),
+    };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    };
+    let w = start(&db, fast().retry(retry), &[flaky.clone()])?;
+    let healthy = start(&db, fast(), &[Recorder::new("healthy", "h")])?;
+    let last = append(&store, "job-1", 3).await?;
+    let parked = wait_for(
+        &db.config(),
+        "eventrail",
+        &TableNames::default(),
+        "flaky",
+        last,
+        Duration::from_secs(10),
+    )
+    .await;
+    match parked {
+        Err(WorkerError::ConsumerParked { error, .. }) => {
+            assert!(error.contains("downstream"), "{error}")
+        }
+        other => panic!("expected a parked consumer, got {other:?}"),
+    }
+    let status = admin.status().await?;
+    let flaky_status = status
+        .consumers
+        .iter()
+        .find(|c| c.consumer == "flaky")
+        .expect("flaky");
+    assert_eq!(
+        flaky_status.position, 0,
+        "nothing of the failing batch committed"
+    );
+    eventually(10, "the healthy consumer to keep running", || async {
+        Ok(admin
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .any(|c| c.consumer == "healthy" && c.position >= last))
+    })
+    .await?;
+
+    flaky.failing.store(false, Ordering::SeqCst);
+    admin.resume("flaky").await?;
+    let reached = wait_for(
+        &db.config(),
+        "eventrail",
+        &TableNames::default(),
+        "flaky",
+        last,
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reached >= last);
+    assert!(
+        admin
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .all(|c| c.parked_error.is_none())
+    );
+    w.stop().await?;
+    healthy.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_hands_everything_back_at_once() -> anyhow::Result<()> {
+    let db = setup().await?;
+    let admin = admin(&db)?;
+    // A long heartbeat timeout: only an explicit release can explain a quick takeover.
+    let options = || fast().heartbeat_timeout(Duration::from_secs(60));
+    let a = start(&db, options().name("a"), &recorders("a", 4))?;
+    let b = start(&db, options().name("b"), &recorders("b", 4))?;
+    eventually(10, "both workers to run consumers", || async {
+        Ok(assignment_loads(&admin).await?.values().all(|n| *n == 2)
+            && assignment_loads(&admin).await?.len() == 2)
+    })
+    .await?;
+    let a_id = a.id;
+    a.stop().await?;
+    let status = admin.status().await?;
+    assert!(
+        status.workers.iter().all(|w| w.id != a_id),
+        "deregistered at once"
+    );
+    assert!(
+        status.consumers.iter().all(|c| c.worker_id != Some(a_id)),
+        "assignments released at once"
+    );
+    eventually(5, "the other worker to take everything", || async {
+        Ok(admin
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .all(|c| c.worker_id == Some(b.id)))
+    })
+    .await?;
+    b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_registration_disappears_stops() -> anyhow::Result<()> {
+    let db = setup().await?;
+    let w = start(&db, fast(), &recorders("w", 1))?;
+    let admin = admin(&db)?;
+    eventually(10, "registration", || async {
+        Ok(!admin.status().await?.workers.is_empty())
+    })
+    .await?;
+    db.client()
+        .await?
+        .execute("DELETE FROM eventrail.worker_nodes", &[])
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.task).await??;
+    assert!(
+        matches!(ended, Err(WorkerError::Deregistered(id)) if id == w.id),
+        "{ended:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notify_dispatcher_wakes_consumers_long_before_the_poll_interval_and_survives_a_dropped_listen()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    // Every timer is slow: only a notification can explain a fast delivery.
+    let slow = WorkerOptions::new()
+        .dispatcher(DispatcherStrategy::Notify)
+        .dispatcher_interval(Duration::from_secs(30))
+        .base_poll_interval(Duration::from_secs(30))
+        .max_poll_interval(Duration::from_secs(30))
+        .heartbeat_interval(Duration::from_millis(100))
+        .rebalance_interval(Duration::from_millis(100));
+    let mut config = db.config();
+    config.application_name("eventrail-under-test");
+    let w = {
+        let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 8)?);
+        let worker = Worker::builder(store, config)
+            .options(slow)
+            .consumer(Recorder::new("fast", "w"))
+            .build()?;
+        let stop = CancellationToken::new();
+        let id = worker.id();
+        Running {
+            id,
+            stop: stop.clone(),
+            task: tokio::spawn(worker.run(stop)),
+        }
+    };
+    let admin = admin(&db)?;
+    eventually(10, "the consumer to be assigned", || async {
+        Ok(admin
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .all(|c| c.worker_id == Some(w.id)))
+    })
+    .await?;
+    // Let the idle consumer settle into its long wait, then append.
+    let first = append(&store, "ping-1", 1).await?;
+    let started = std::time::Instant::now();
+    wait_for(
+        &db.config(),
+        "eventrail",
+        &TableNames::default(),
+        "fast",
+        first,
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "delivered by notification, not by the 30 s timers"
+    );
+
+    // Drop the LISTEN connection: the dispatcher reconnects and catches up.
+    let client = db.client().await?;
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'eventrail-under-test' AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(killed, 1, "the LISTEN connection was found and terminated");
+    let second = append(&store, "ping-2", 1).await?;
+    wait_for(
+        &db.config(),
+        "eventrail",
+        &TableNames::default(),
+        "fast",
+        second,
+        Duration::from_secs(10),
+    )
+    .await?;
+    w.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_mode_elects_a_leader_without_session_locks() -> anyhow::Result<()> {
+    let db = setup().await?;
+    let admin = admin(&db)?;
+    let w = start(
+        &db,
+        fast().leader_mode(LeaderMode::Lease),
+        &recorders("w", 2),
+    )?;
+    let last = append(&db.store(), "lease-1", 5).await?;
+    eventually(10, "the lease leader to assign and run consumers", || {
+        all_at(&admin, last)
+    })
+    .await?;
+    assert!(
+        admin
+            .status()
+            .await?
+            .workers
+            .iter()
+            .any(|x| x.id == w.id && x.leader)
+    );
+    w.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_consumer_sets_and_table_names_are_refused() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let twice = Worker::builder(db.store(), db.config())
+        .consumer(Recorder::new("x", "w"))
+        .consumer(Recorder::new("x", "w"))
+        .build();
+    assert!(matches!(twice, Err(WorkerError::InvalidConsumer { .. })));
+    let empty = Worker::builder(db.store(), db.config())
+        .consumer(Recorder::new(" ", "w"))
+        .build();
+    assert!(matches!(empty, Err(WorkerError::InvalidConsumer { .. })));
+    let hostile = TableNames {
+        worker_nodes: "nodes; DROP TABLE x".into(),
+        ..TableNames::default()
+    };
+    let bad = Worker::builder(db.store(), db.config())
+        .options(WorkerOptions::new().tables(hostile))
+        .build();
+    assert!(matches!(bad, Err(WorkerError::Config(_))));
+    Ok(())
+}
