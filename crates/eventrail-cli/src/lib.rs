@@ -4,6 +4,9 @@
 //! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX]
 //! eventrail stream read <stream> [--from VERSION] [--backward] [--limit N]
 //! eventrail category read <category> [--from POSITION] [--limit N]
+//! eventrail status
+//! eventrail consumer rewind <name> --to POSITION | reset <name> | pause <name> | resume <name>
+//! eventrail gaps [--consumer NAME] [--limit N]
 //! ```
 //! The database comes from `--database-url` or `DATABASE_URL`.
 
@@ -15,6 +18,7 @@ use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
+use eventrail_worker::{Status, WorkerAdmin};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -56,6 +60,51 @@ pub enum Command {
         /// What to do with it.
         #[command(subcommand)]
         action: CategoryAction,
+    },
+    /// Workers (heartbeat age, leader), assignments, checkpoints, lag, parked errors.
+    Status,
+    /// Operate a consumer.
+    Consumer {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: ConsumerAction,
+    },
+    /// Holes the consumers skipped, with their evidence (newest first).
+    Gaps {
+        /// Only this consumer's.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+/// Consumer commands.
+#[derive(Debug, Subcommand)]
+pub enum ConsumerAction {
+    /// Move the checkpoint to a position: events after it are handled again.
+    Rewind {
+        /// The consumer.
+        name: String,
+        /// The new checkpoint (global position).
+        #[arg(long)]
+        to: u64,
+    },
+    /// Rewind to the start and clear failures.
+    Reset {
+        /// The consumer.
+        name: String,
+    },
+    /// Stop taking batches of the consumer.
+    Pause {
+        /// The consumer.
+        name: String,
+    },
+    /// Resume a paused or parked consumer.
+    Resume {
+        /// The consumer.
+        name: String,
     },
 }
 
@@ -104,7 +153,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             print_sql: true,
             roles,
         } => {
-            let migrator = Migrator::new(&cli.schema)?;
+            let migrator = migrator(&cli.schema)?;
             writeln!(out, "{}", migrator.print_sql())?;
             if let Some(prefix) = roles {
                 writeln!(out, "{}", migrator.roles_sql(&prefix)?)?;
@@ -114,7 +163,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             print_sql: false,
             roles,
         } => {
-            let migrator = Migrator::new(&cli.schema)?;
+            let migrator = migrator(&cli.schema)?;
             let url = require_url(cli.database_url.as_deref())?;
             let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                 .await
@@ -168,8 +217,102 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 .max_count(limit);
             print_events(out, &store.read_category(&category, options).await?)?;
         }
+        Command::Status => print_status(out, &admin(cli.database_url.as_deref(), &cli.schema)?.status().await?)?,
+        Command::Consumer { action } => {
+            let admin = admin(cli.database_url.as_deref(), &cli.schema)?;
+            let (name, done) = match &action {
+                ConsumerAction::Rewind { name, to } => {
+                    admin.rewind(name, *to).await?;
+                    (name, format!("rewound to position {to}"))
+                }
+                ConsumerAction::Reset { name } => {
+                    admin.reset(name).await?;
+                    (name, "reset to the start".to_owned())
+                }
+                ConsumerAction::Pause { name } => {
+                    admin.pause(name).await?;
+                    (name, "paused".to_owned())
+                }
+                ConsumerAction::Resume { name } => {
+                    admin.resume(name).await?;
+                    (name, "resumed".to_owned())
+                }
+            };
+            writeln!(out, "consumer {name} {done}")?;
+        }
+        Command::Gaps { consumer, limit } => {
+            let gaps = admin(cli.database_url.as_deref(), &cli.schema)?.gaps(consumer.as_deref(), limit).await?;
+            let rows: Vec<Vec<String>> = gaps
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.consumer.clone(),
+                        format!("{}..={}", g.from, g.to),
+                        g.reason.clone(),
+                        timestamp(g.skipped_at),
+                        g.evidence.clone(),
+                    ]
+                })
+                .collect();
+            print_table(out, &["CONSUMER", "POSITIONS", "REASON", "SKIPPED AT", "EVIDENCE"], &rows)?;
+            writeln!(out, "({} skips)", gaps.len())?;
+        }
     }
     Ok(())
+}
+
+/// The event store's and the worker's migrations, with default table names.
+fn migrator(schema: &str) -> anyhow::Result<Migrator> {
+    Ok(eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?)
+}
+
+fn admin(url: Option<&str>, schema: &str) -> anyhow::Result<WorkerAdmin> {
+    let store = store(url, schema)?;
+    Ok(WorkerAdmin::new(store.pool().clone(), schema, &eventrail_worker::TableNames::default())?)
+}
+
+fn timestamp(t: std::time::SystemTime) -> String {
+    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+}
+
+fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
+    writeln!(out, "workers")?;
+    let rows: Vec<Vec<String>> = status
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.to_string(),
+                w.name.clone(),
+                format!("{:.1}s", w.heartbeat_age_seconds),
+                if w.session_alive { "yes" } else { "no" }.to_owned(),
+                if w.leader { "leader" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(out, &["ID", "NAME", "HEARTBEAT AGE", "SESSION", "ROLE"], &rows)?;
+    writeln!(out, "\nconsumers")?;
+    let rows: Vec<Vec<String>> = status
+        .consumers
+        .iter()
+        .map(|c| {
+            let state = match (&c.parked_error, c.paused) {
+                (Some(e), _) => format!("parked: {e}"),
+                (None, true) => "paused".to_owned(),
+                (None, false) => "running".to_owned(),
+            };
+            vec![
+                c.consumer.clone(),
+                c.worker_id.map(|w| w.to_string()).unwrap_or_else(|| "-".to_owned()),
+                c.epoch.to_string(),
+                c.position.to_string(),
+                c.lag_events.to_string(),
+                format!("{:.1}s", c.lag_seconds),
+                state,
+            ]
+        })
+        .collect();
+    print_table(out, &["CONSUMER", "WORKER", "EPOCH", "CHECKPOINT", "LAG EVENTS", "LAG", "STATE"], &rows)
 }
 
 fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
@@ -205,46 +348,38 @@ fn data_cell(data: &EventData) -> String {
     }
 }
 
-/// Prints events as an aligned table.
-fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Result<()> {
-    let header = [
-        "POSITION",
-        "STREAM",
-        "VERSION",
-        "TYPE",
-        "RECORDED AT",
-        "DATA",
-    ]
-    .map(str::to_owned);
-    let rows: Vec<[String; 6]> = events
-        .iter()
-        .map(|e| {
-            [
-                e.global_position.to_string(),
-                e.stream.to_string(),
-                e.stream_version.to_string(),
-                e.event_type.clone(),
-                OffsetDateTime::from(e.recorded_at)
-                    .format(&Rfc3339)
-                    .unwrap_or_default(),
-                data_cell(&e.data),
-            ]
-        })
-        .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
+/// Prints an aligned table.
+fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
+    Ok(())
+}
+
+/// Prints events as an aligned table.
+fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.global_position.to_string(),
+                e.stream.to_string(),
+                e.stream_version.to_string(),
+                e.event_type.clone(),
+                timestamp(e.recorded_at),
+                data_cell(&e.data),
+            ]
+        })
+        .collect();
+    print_table(out, &["POSITION", "STREAM", "VERSION", "TYPE", "RECORDED AT", "DATA"], &rows)?;
     writeln!(out, "({} events)", events.len())?;
     Ok(())
 }
