@@ -217,7 +217,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 .max_count(limit);
             print_events(out, &store.read_category(&category, options).await?)?;
         }
-        Command::Status => print_status(out, &admin(cli.database_url.as_deref(), &cli.schema)?.status().await?)?,
+        Command::Status => print_status(
+            out,
+            &admin(cli.database_url.as_deref(), &cli.schema)?
+                .status()
+                .await?,
+        )?,
         Command::Consumer { action } => {
             let admin = admin(cli.database_url.as_deref(), &cli.schema)?;
             let (name, done) = match &action {
@@ -241,7 +246,9 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "consumer {name} {done}")?;
         }
         Command::Gaps { consumer, limit } => {
-            let gaps = admin(cli.database_url.as_deref(), &cli.schema)?.gaps(consumer.as_deref(), limit).await?;
+            let gaps = admin(cli.database_url.as_deref(), &cli.schema)?
+                .gaps(consumer.as_deref(), limit)
+                .await?;
             let rows: Vec<Vec<String>> = gaps
                 .iter()
                 .map(|g| {
@@ -254,7 +261,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(out, &["CONSUMER", "POSITIONS", "REASON", "SKIPPED AT", "EVIDENCE"], &rows)?;
+            print_table(
+                out,
+                &["CONSUMER", "POSITIONS", "REASON", "SKIPPED AT", "EVIDENCE"],
+                &rows,
+            )?;
             writeln!(out, "({} skips)", gaps.len())?;
         }
     }
@@ -263,12 +274,19 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
 
 /// The event store's and the worker's migrations, with default table names.
 fn migrator(schema: &str) -> anyhow::Result<Migrator> {
-    Ok(eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?)
+    Ok(eventrail_worker::worker_migrator(
+        schema,
+        &eventrail_worker::TableNames::default(),
+    )?)
 }
 
 fn admin(url: Option<&str>, schema: &str) -> anyhow::Result<WorkerAdmin> {
     let store = store(url, schema)?;
-    Ok(WorkerAdmin::new(store.pool().clone(), schema, &eventrail_worker::TableNames::default())?)
+    Ok(WorkerAdmin::new(
+        store.pool().clone(),
+        schema,
+        &eventrail_worker::TableNames::default(),
+    )?)
 }
 
 fn timestamp(t: std::time::SystemTime) -> String {
@@ -290,7 +308,11 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(out, &["ID", "NAME", "HEARTBEAT AGE", "SESSION", "ROLE"], &rows)?;
+    print_table(
+        out,
+        &["ID", "NAME", "HEARTBEAT AGE", "SESSION", "ROLE"],
+        &rows,
+    )?;
     writeln!(out, "\nconsumers")?;
     let rows: Vec<Vec<String>> = status
         .consumers
@@ -303,7 +325,9 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
             };
             vec![
                 c.consumer.clone(),
-                c.worker_id.map(|w| w.to_string()).unwrap_or_else(|| "-".to_owned()),
+                c.worker_id
+                    .map(|w| w.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
                 c.epoch.to_string(),
                 c.position.to_string(),
                 c.lag_events.to_string(),
@@ -312,7 +336,19 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(out, &["CONSUMER", "WORKER", "EPOCH", "CHECKPOINT", "LAG EVENTS", "LAG", "STATE"], &rows)
+    print_table(
+        out,
+        &[
+            "CONSUMER",
+            "WORKER",
+            "EPOCH",
+            "CHECKPOINT",
+            "LAG EVENTS",
+            "LAG",
+            "STATE",
+        ],
+        &rows,
+    )
 }
 
 fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
@@ -358,7 +394,11 @@ fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> a
         }
     }
     for row in std::iter::once(&header).chain(rows) {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(())
@@ -379,7 +419,18 @@ fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Resul
             ]
         })
         .collect();
-    print_table(out, &["POSITION", "STREAM", "VERSION", "TYPE", "RECORDED AT", "DATA"], &rows)?;
+    print_table(
+        out,
+        &[
+            "POSITION",
+            "STREAM",
+            "VERSION",
+            "TYPE",
+            "RECORDED AT",
+            "DATA",
+        ],
+        &rows,
+    )?;
     writeln!(out, "({} events)", events.len())?;
     Ok(())
 }

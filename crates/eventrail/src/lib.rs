@@ -14,3 +14,13 @@ pub mod postgres {
     /// The PostgreSQL driver the store runs on.
     pub use tokio_postgres;
 }
+
+/// The worker runtime: [`Worker`](worker::Worker), [`Consumer`](worker::Consumer),
+/// [`wait_for`](worker::wait_for), [`WorkerAdmin`](worker::WorkerAdmin).
+#[cfg(feature = "worker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "worker")))]
+pub mod worker {
+    pub use eventrail_worker::*;
+    /// Cancellation tokens that stop a worker gracefully.
+    pub use tokio_util::sync::CancellationToken;
+}

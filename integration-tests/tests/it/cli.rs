@@ -121,44 +121,125 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     db.client().await?.batch_execute(HANDLED_DDL).await?;
     let sql = eventrail(&["migrate", "--print-sql"]).await?;
-    assert!(sql.contains("\"eventrail\".\"worker_nodes\"") && sql.contains("consumer_gap_skips"), "worker tables printed");
+    assert!(
+        sql.contains("\"eventrail\".\"worker_nodes\"") && sql.contains("consumer_gap_skips"),
+        "worker tables printed"
+    );
 
     let store = db.store();
     // A rolled-back hole below a committed event: the consumer skips it and audits the skip.
     let mut holder = db.client().await?;
     let tx = holder.transaction().await?;
-    store.append_in(&tx, AppendRequest::new("cli-0".parse()?, ExpectedVersion::Any, vec![NewEvent::json("E", serde_json::json!({}))])).await?;
+    store
+        .append_in(
+            &tx,
+            AppendRequest::new(
+                "cli-0".parse()?,
+                ExpectedVersion::Any,
+                vec![NewEvent::json("E", serde_json::json!({}))],
+            ),
+        )
+        .await?;
     let last = store
-        .append(AppendRequest::new("cli-1".parse()?, ExpectedVersion::Any, vec![NewEvent::json("E", serde_json::json!({}))]))
+        .append(AppendRequest::new(
+            "cli-1".parse()?,
+            ExpectedVersion::Any,
+            vec![NewEvent::json("E", serde_json::json!({}))],
+        ))
         .await?
         .last_position();
     tx.rollback().await?;
 
     let worker = Worker::builder(db.store(), db.config())
-        .options(WorkerOptions::new().name("cli-worker").heartbeat_interval(std::time::Duration::from_millis(100)).rebalance_interval(std::time::Duration::from_millis(100)))
+        .options(
+            WorkerOptions::new()
+                .name("cli-worker")
+                .heartbeat_interval(std::time::Duration::from_millis(100))
+                .rebalance_interval(std::time::Duration::from_millis(100)),
+        )
         .consumer(Recorder::new("projection", "w"))
         .build()?;
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(worker.run(stop.clone()));
-    eventrail_worker::wait_for(&db.config(), "eventrail", &eventrail_worker::TableNames::default(), "projection", last, std::time::Duration::from_secs(10)).await?;
+    eventrail_worker::wait_for(
+        &db.config(),
+        "eventrail",
+        &eventrail_worker::TableNames::default(),
+        "projection",
+        last,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
 
     let status = eventrail(&["status", "--database-url", &db.url]).await?;
-    assert!(status.contains("cli-worker") && status.contains("leader"), "{status}");
-    assert!(status.contains("projection") && status.contains("running"), "{status}");
+    assert!(
+        status.contains("cli-worker") && status.contains("leader"),
+        "{status}"
+    );
+    assert!(
+        status.contains("projection") && status.contains("running"),
+        "{status}"
+    );
     let gaps = eventrail(&["gaps", "--database-url", &db.url]).await?;
-    assert!(gaps.contains("projection") && gaps.contains("proven") && gaps.contains("horizon="), "{gaps}");
+    assert!(
+        gaps.contains("projection") && gaps.contains("proven") && gaps.contains("horizon="),
+        "{gaps}"
+    );
 
-    assert!(eventrail(&["consumer", "pause", "projection", "--database-url", &db.url]).await?.contains("paused"));
-    assert!(eventrail(&["status", "--database-url", &db.url]).await?.contains("paused"));
-    eventrail(&["consumer", "rewind", "projection", "--to", "0", "--database-url", &db.url]).await?;
+    assert!(
+        eventrail(&["consumer", "pause", "projection", "--database-url", &db.url])
+            .await?
+            .contains("paused")
+    );
+    assert!(
+        eventrail(&["status", "--database-url", &db.url])
+            .await?
+            .contains("paused")
+    );
+    eventrail(&[
+        "consumer",
+        "rewind",
+        "projection",
+        "--to",
+        "0",
+        "--database-url",
+        &db.url,
+    ])
+    .await?;
     let status = eventrail(&["status", "--database-url", &db.url]).await?;
-    let line = status.lines().find(|l| l.starts_with("projection")).expect("consumer line");
-    assert!(line.split_whitespace().nth(3) == Some("0"), "rewound: {line}");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("projection"))
+        .expect("consumer line");
+    assert!(
+        line.split_whitespace().nth(3) == Some("0"),
+        "rewound: {line}"
+    );
     // Handled rows are keyed by position: clear them so the replay after resume can insert again.
-    db.client().await?.execute("DELETE FROM handled", &[]).await?;
-    eventrail(&["consumer", "resume", "projection", "--database-url", &db.url]).await?;
-    eventrail_worker::wait_for(&db.config(), "eventrail", &eventrail_worker::TableNames::default(), "projection", last, std::time::Duration::from_secs(10)).await?;
-    let err = eventrail(&["consumer", "reset", "nobody", "--database-url", &db.url]).await.unwrap_err();
+    db.client()
+        .await?
+        .execute("DELETE FROM handled", &[])
+        .await?;
+    eventrail(&[
+        "consumer",
+        "resume",
+        "projection",
+        "--database-url",
+        &db.url,
+    ])
+    .await?;
+    eventrail_worker::wait_for(
+        &db.config(),
+        "eventrail",
+        &eventrail_worker::TableNames::default(),
+        "projection",
+        last,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let err = eventrail(&["consumer", "reset", "nobody", "--database-url", &db.url])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown consumer"), "{err}");
     stop.cancel();
     task.await??;
