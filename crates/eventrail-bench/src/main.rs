@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod worker_bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
@@ -37,16 +39,25 @@ enum Bench {
         #[arg(long)]
         without_notify: bool,
     },
+    /// Worker lag, catch-up throughput against raw COPY TO, and failover time.
+    Worker {
+        /// Events for the catch-up measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Seconds of the lag measurement, per dispatcher.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 const RAW_COLUMNS: &str =
     "stream_name, stream_version, event_id, event_type, schema_version, data, metadata";
 
-fn payload(client: usize, n: u64) -> serde_json::Value {
+pub(crate) fn payload(client: usize, n: u64) -> serde_json::Value {
     serde_json::json!({ "client": client, "n": n, "sku": "tea-earl-grey", "qty": 2, "note": "a small event of typical size" })
 }
 
-async fn connect(url: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
@@ -279,5 +290,6 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             without_notify,
         } => append_bench(seconds, without_notify).await,
+        Bench::Worker { events, seconds } => worker_bench::run(events, seconds).await,
     }
 }

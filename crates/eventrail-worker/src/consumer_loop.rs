@@ -24,7 +24,8 @@ pub(crate) struct ConsumerContext {
 enum BatchEnd {
     /// Committed up to this position, having handled this many events.
     Committed { position: u64, handled: usize },
-    /// The checkpoint moved under us (rewound, or advanced by a previous owner): probe again.
+    /// The checkpoint moved under us (rewound, or advanced by a previous owner) or the consumer
+    /// was paused: read the checkpoint again.
     Moved,
     /// The assignment changed: this worker must stop running the consumer.
     Fenced,
@@ -82,19 +83,29 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
     let mut idle = options.base_poll_interval;
     let mut failures: u32 = 0;
     let mut last_stall_report: Option<std::time::Instant> = None;
+    // After a committed batch the position is known; otherwise (start, idle, moved, failed) the
+    // checkpoint row is read again, which also notices pauses, parks and rewinds.
+    let mut known: Option<u64> = None;
     loop {
         if ctx.cancel.is_cancelled() {
             return;
         }
-        let checkpoint = match load_checkpoint(&ctx).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "loading the checkpoint failed");
-                if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
-                    return;
+        let checkpoint = match known.take() {
+            Some(position) => Checkpoint {
+                position,
+                paused: false,
+                parked: false,
+            },
+            None => match load_checkpoint(&ctx).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "loading the checkpoint failed");
+                    if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
         if checkpoint.paused || checkpoint.parked {
             // Resumed through the table (CLI); look again at the slow pace.
@@ -190,6 +201,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
         };
         match end {
             BatchEnd::Committed { position, handled } => {
+                known = Some(position);
                 failures = 0;
                 idle = options.base_poll_interval;
                 metrics::histogram!("eventrail_consumer_batch_events").record(handled as f64);
@@ -270,18 +282,15 @@ async fn run_batch(
     let mut client = ctx.shared.store.pool().get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     // The row lock serialises batches of this consumer across workers during a handover.
-    let current: i64 = tx
+    let row = tx
         .query_one(
-            &format!(
-                "SELECT position FROM {} WHERE consumer = $1 FOR UPDATE",
-                t.checkpoints
-            ),
+            &format!("SELECT position, paused OR parked_at IS NOT NULL FROM {} WHERE consumer = $1 FOR UPDATE", t.checkpoints),
             &[&name],
         )
         .await
-        .map_err(db)?
-        .get(0);
-    if to_u64(current) != after {
+        .map_err(db)?;
+    // Moved (rewound, or advanced by a previous owner) or paused meanwhile: look again.
+    if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);
     }
     let events = ctx

@@ -11,7 +11,8 @@ use tracing::{debug, warn};
 use crate::runtime::{Shared, sleep_or_cancel};
 use crate::{DispatcherStrategy, WorkerError};
 
-/// Publishes a head position; every waiting consumer loop wakes (a broadcast).
+/// Publishes a head position seen by a head check; waiting consumer loops wake (a broadcast)
+/// when it is new.
 fn publish(shared: &Shared, head: u64) {
     shared.head.send_if_modified(|current| {
         let newer = head > *current;
@@ -20,6 +21,14 @@ fn publish(shared: &Shared, head: u64) {
         }
         newer
     });
+}
+
+/// A notification always wakes: a commit below the head may be the one filling a hole that a
+/// consumer waits on.
+fn wake(shared: &Shared, position: Option<u64>) {
+    shared
+        .head
+        .send_modify(|current| *current = (*current).max(position.unwrap_or(0)));
 }
 
 async fn head_position(shared: &Shared) -> Result<u64, WorkerError> {
@@ -103,8 +112,7 @@ async fn listen(shared: &Shared, stop: &CancellationToken) {
                         tokio::select! {
                             () = stop.cancelled() => { driver.abort(); return; }
                             message = rx.recv() => match message {
-                                Some(Some(head)) => publish(shared, head),
-                                Some(None) => {}
+                                Some(position) => wake(shared, position),
                                 None => break, // connection gone: reconnect
                             },
                             _ = reconcile.tick() => match head_position(shared).await {

@@ -216,7 +216,18 @@ impl Worker {
                 )
                 .await
                 .map_err(db)?;
-            for table in [&t.checkpoints, &t.assignments] {
+            client
+                .execute(
+                    &format!(
+                        "WITH added AS (INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING consumer)
+                         SELECT pg_notify($2, consumer || ' 0') FROM added",
+                        t.checkpoints
+                    ),
+                    &[&names, &CHECKPOINT_CHANNEL],
+                )
+                .await
+                .map_err(db)?;
+            for table in [&t.assignments] {
                 client
                     .execute(
                         &format!("INSERT INTO {table} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"),
@@ -289,10 +300,8 @@ impl Worker {
                 }
                 Err(e) => warn!(error = %crate::error::chain(&e), "leader election failed"),
             }
-            if leader {
-                if let Err(e) = rebalance(&shared).await {
-                    warn!(error = %crate::error::chain(&e), "rebalance failed");
-                }
+            if leader && let Err(e) = rebalance(&shared).await {
+                warn!(error = %crate::error::chain(&e), "rebalance failed");
             }
             if let Err(e) = follow_assignments(&shared, &consumers, &running, &stop).await {
                 warn!(error = %crate::error::chain(&e), "reading assignments failed");

@@ -18,7 +18,8 @@ use crate::{TableNames, WorkerError};
 ///
 /// # Errors
 /// [`WorkerError::Timeout`], [`WorkerError::ConsumerParked`] when the consumer is parked,
-/// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
+/// [`WorkerError::UnknownConsumer`] when no worker registered the consumer before the timeout,
+/// [`WorkerError::Database`].
 pub async fn wait_for(
     connect: &tokio_postgres::Config,
     schema: &str,
@@ -33,13 +34,14 @@ pub async fn wait_for(
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                if tx.send(n.payload().to_owned()).is_err() {
-                    return;
-                }
+            if let AsyncMessage::Notification(n) = message
+                && tx.send(n.payload().to_owned()).is_err()
+            {
+                return;
             }
         }
     });
+    let mut registered = false;
     let result = tokio::time::timeout(timeout, async {
         // LISTEN first, then read: a commit between the two is not missed.
         client.batch_execute(&format!("LISTEN {CHECKPOINT_CHANNEL}")).await.map_err(db)?;
@@ -48,17 +50,17 @@ pub async fn wait_for(
             tables.checkpoints
         );
         loop {
-            let row = client
-                .query_opt(&query, &[&consumer])
-                .await
-                .map_err(db)?
-                .ok_or_else(|| WorkerError::UnknownConsumer(consumer.to_owned()))?;
-            let reached = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
-            if reached >= position {
-                return Ok(reached);
-            }
-            if row.get::<_, bool>(1) {
-                return Err(WorkerError::ConsumerParked { consumer: consumer.to_owned(), error: row.get(2) });
+            // A consumer not registered yet counts as "not there yet": its worker announces it
+            // when it registers.
+            if let Some(row) = client.query_opt(&query, &[&consumer]).await.map_err(db)? {
+                registered = true;
+                let reached = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+                if reached >= position {
+                    return Ok(reached);
+                }
+                if row.get::<_, bool>(1) {
+                    return Err(WorkerError::ConsumerParked { consumer: consumer.to_owned(), error: row.get(2) });
+                }
             }
             // Wait for a checkpoint of this consumer (or any, when the payload is unexpected).
             loop {

@@ -349,7 +349,7 @@ async fn consumers_never_pass_an_open_lower_position_skip_audited_holes_and_scop
     let mut scoped = Recorder::new("wanted-only", "w");
     scoped.scope = ConsumerScope::all().categories(["wanted"]);
     let all = Recorder::new("everything", "w");
-    let w = start(&db, fast(), &[all.clone()])?;
+    let w = start(&db, fast(), std::slice::from_ref(&all))?;
     let w2 = start(&db, fast(), &[scoped.clone()])?;
     let first = append(&store, "other-1", 2).await?;
     eventually(10, "consumers to reach the first events", || {
@@ -468,7 +468,7 @@ async fn a_failing_handler_is_retried_then_parked_while_others_run_and_resumes()
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     };
-    let w = start(&db, fast().retry(retry), &[flaky.clone()])?;
+    let w = start(&db, fast().retry(retry), std::slice::from_ref(&flaky))?;
     let healthy = start(&db, fast(), &[Recorder::new("healthy", "h")])?;
     let last = append(&store, "job-1", 3).await?;
     let parked = wait_for(

@@ -1,0 +1,366 @@
+//! `eventrail-bench worker`: end-to-end lag, catch-up throughput and failover time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eventrail_core::{
+    AppendRequest, BoxError, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamName,
+};
+use eventrail_store_postgres::PgEventStore;
+use eventrail_worker::{
+    Consumer, DispatcherStrategy, TableNames, Worker, WorkerAdmin, WorkerOptions, wait_for,
+    worker_migrator,
+};
+use futures::StreamExt;
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+
+use crate::{connect, payload};
+
+/// Records, per position, when the handler saw it.
+#[derive(Clone, Default)]
+struct LagProbe {
+    seen: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+impl Consumer for LagProbe {
+    fn name(&self) -> &str {
+        "lag-probe"
+    }
+
+    async fn handle(&self, _tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.seen
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(event.global_position, Instant::now());
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Noop(&'static str);
+
+impl Consumer for Noop {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    async fn handle(&self, _tx: &Transaction<'_>, _event: &RecordedEvent) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventStore)> {
+    let admin = connect(admin_url).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let url = eventrail_devdb::with_database(admin_url, name)?;
+    let mut client = connect(&url).await?;
+    worker_migrator("eventrail", &TableNames::default())?
+        .run(&mut client)
+        .await?;
+    Ok((
+        url.clone(),
+        PgEventStore::new(eventrail_devdb::pool(&url, 16)?),
+    ))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Appends one event per millisecond for `seconds` and measures commit → handler latency.
+async fn lag(
+    admin_url: &str,
+    dispatcher: DispatcherStrategy,
+    seconds: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let (url, store) = fresh(admin_url, "eventrail_bench_lag").await?;
+    let probe = LagProbe::default();
+    let worker = Worker::builder(store.clone(), url.parse()?)
+        .options(WorkerOptions::new().dispatcher(dispatcher))
+        .consumer(probe.clone())
+        .build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    // Wait until the consumer runs: one event through.
+    let warm = store
+        .append(AppendRequest::new(
+            "lag-0".parse()?,
+            ExpectedVersion::Any,
+            vec![NewEvent::json("Warm", serde_json::json!({}))],
+        ))
+        .await?
+        .last_position();
+    wait_for(
+        &url.parse()?,
+        "eventrail",
+        &TableNames::default(),
+        "lag-probe",
+        warm,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let stream: StreamName = "lag-1".parse()?;
+    let mut last = warm;
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    while Instant::now() < end {
+        ticker.tick().await;
+        let (store, stream, committed) = (store.clone(), stream.clone(), committed.clone());
+        inflight.push(async move {
+            let out = store
+                .append(AppendRequest::new(
+                    stream,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::json("Tick", payload(0, 0))],
+                ))
+                .await?;
+            committed
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(out.last_position(), Instant::now());
+            anyhow::Ok(out.last_position())
+        });
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(inflight.next()) {
+            last = last.max(done?);
+        }
+    }
+    while let Some(done) = inflight.next().await {
+        last = last.max(done?);
+    }
+    wait_for(
+        &url.parse()?,
+        "eventrail",
+        &TableNames::default(),
+        "lag-probe",
+        last,
+        Duration::from_secs(60),
+    )
+    .await?;
+    stop.cancel();
+    task.await??;
+    let committed = committed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let seen = probe.seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut lags: Vec<Duration> = committed
+        .iter()
+        .filter_map(|(p, at)| seen.get(p).map(|s| s.saturating_duration_since(*at)))
+        .collect();
+    lags.sort();
+    Ok(lags)
+}
+
+/// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
+async fn catch_up(admin_url: &str, events: usize) -> anyhow::Result<(f64, f64)> {
+    let (url, store) = fresh(admin_url, "eventrail_bench_catchup").await?;
+    let batch = 1000;
+    let mut appends = futures::stream::iter((0..events.div_ceil(batch)).map(|i| {
+        let store = store.clone();
+        async move {
+            let stream = StreamName::new("load", &i.to_string())?;
+            let events = (0..batch as u64)
+                .map(|n| NewEvent::json("Loaded", payload(i, n)))
+                .collect();
+            store
+                .append(AppendRequest::new(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    events,
+                ))
+                .await?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(4);
+    while let Some(r) = appends.next().await {
+        r?;
+    }
+    let client = connect(&url).await?;
+    client
+        .batch_execute("VACUUM ANALYZE eventrail.events")
+        .await?;
+    let head: i64 = client
+        .query_one("SELECT max(global_position) FROM eventrail.events", &[])
+        .await?
+        .get(0);
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM eventrail.events", &[])
+        .await?
+        .get(0);
+
+    // Raw: stream every row out with COPY (the physical limit of reading the log).
+    let started = Instant::now();
+    let copy = client
+        .copy_out("COPY (SELECT global_position, stream_name, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at FROM eventrail.events ORDER BY global_position) TO STDOUT")
+        .await?;
+    futures::pin_mut!(copy);
+    let mut bytes = 0usize;
+    while let Some(chunk) = copy.next().await {
+        bytes += chunk?.len();
+    }
+    let raw = total as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(bytes > 0, "COPY returned nothing");
+
+    let started = Instant::now();
+    let worker = Worker::builder(store.clone(), url.parse()?)
+        .consumer(Noop("catch-up"))
+        .build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    wait_for(
+        &url.parse()?,
+        "eventrail",
+        &TableNames::default(),
+        "catch-up",
+        u64::try_from(head)?,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let consumer = total as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    Ok((raw, consumer))
+}
+
+/// A worker of the failover measurement: id, stop token, task.
+type BenchWorker = (
+    uuid::Uuid,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), eventrail_worker::WorkerError>>,
+);
+
+/// Two workers with default options; the leader's connections are cut (as when its process
+/// dies) and its task dropped; time until the survivor leads and runs every consumer.
+async fn failover(admin_url: &str) -> anyhow::Result<Duration> {
+    let (url, store) = fresh(admin_url, "eventrail_bench_failover").await?;
+    let admin = WorkerAdmin::new(store.pool().clone(), "eventrail", &TableNames::default())?;
+    let start = |name: &'static str| -> anyhow::Result<BenchWorker> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.application_name(name);
+        let pool = eventrail_devdb::pool(&url, 8)?;
+        let worker = Worker::builder(PgEventStore::new(pool), config)
+            .options(WorkerOptions::new().name(name))
+            .consumer(Noop("a"))
+            .consumer(Noop("b"))
+            .consumer(Noop("c"))
+            .consumer(Noop("d"))
+            .build()?;
+        let id = worker.id();
+        let stop = CancellationToken::new();
+        Ok((id, stop.clone(), tokio::spawn(worker.run(stop))))
+    };
+    let first = start("bench-first")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !admin
+        .status()
+        .await?
+        .workers
+        .iter()
+        .any(|w| w.id == first.0 && w.leader)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = start("bench-second")?;
+    while admin
+        .status()
+        .await?
+        .consumers
+        .iter()
+        .filter(|c| c.worker_id == Some(second.0))
+        .count()
+        != 2
+    {
+        anyhow::ensure!(Instant::now() < deadline, "no spread");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Crash the leader: drop its task and terminate every connection it had.
+    first.2.abort();
+    let client = connect(&url).await?;
+    let killed = Instant::now();
+    client
+        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench-first'", &[])
+        .await?;
+    // Its pooled connections carry no application name: find the sessions by its locks instead.
+    client
+        .execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = 1701147140::oid AND l.objid = hashtext($1)::oid",
+            &[&first.0.to_string()],
+        )
+        .await?;
+    loop {
+        let status = admin.status().await?;
+        let leads = status.workers.iter().any(|w| w.id == second.0 && w.leader);
+        if leads
+            && status
+                .consumers
+                .iter()
+                .all(|c| c.worker_id == Some(second.0))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no failover within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = killed.elapsed();
+    second.1.cancel();
+    second.2.await??;
+    Ok(took)
+}
+
+pub(crate) async fn run(events: usize, seconds: u64) -> anyhow::Result<()> {
+    let admin_url = eventrail_devdb::database_url().await?;
+    println!(
+        "worker benchmark: lag at 1,000 events/s for {seconds} s per dispatcher, catch-up over {events} events\n"
+    );
+    let notify = lag(&admin_url, DispatcherStrategy::Notify, seconds)
+        .await
+        .context("notify lag")?;
+    let poll = lag(&admin_url, DispatcherStrategy::Poll, seconds)
+        .await
+        .context("poll lag")?;
+    println!("| lag, append commit → handler | events | p50 | p99 | max | target |");
+    println!("|------------------------------|-------:|----:|----:|----:|-------:|");
+    for (name, lags, target) in [
+        ("notify dispatcher", &notify, "p99 ≤ 10 ms"),
+        ("poll dispatcher", &poll, "-"),
+    ] {
+        println!(
+            "| {name:<28} | {:>6} | {:.1} ms | {:.1} ms | {:.1} ms | {target} |",
+            lags.len(),
+            percentile(lags, 0.5).as_secs_f64() * 1e3,
+            percentile(lags, 0.99).as_secs_f64() * 1e3,
+            lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+        );
+    }
+    let (raw, consumer) = catch_up(&admin_url, events).await.context("catch-up")?;
+    println!("\n| catch-up of one consumer (no-op handler) | events/s | ratio | target |");
+    println!("|------------------------------------------|---------:|------:|-------:|");
+    println!("| raw COPY (SELECT …) TO                   | {raw:>8.0} |       |        |");
+    println!(
+        "| eventrail consumer, default options      | {consumer:>8.0} | {:>5.2} | ≥ 0.5 |",
+        consumer / raw
+    );
+    let took = failover(&admin_url).await.context("failover")?;
+    println!(
+        "\n| failover after the leader is killed (default options) | {:.2} s | target ≤ 2 s |",
+        took.as_secs_f64()
+    );
+    Ok(())
+}
