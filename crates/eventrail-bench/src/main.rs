@@ -47,6 +47,9 @@ enum Bench {
         /// Seconds of the lag measurement, per dispatcher.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Also measure catch-up with this batch size (besides the default options).
+        #[arg(long)]
+        batch_size: Option<usize>,
     },
 }
 
@@ -290,6 +293,10 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             without_notify,
         } => append_bench(seconds, without_notify).await,
-        Bench::Worker { events, seconds } => worker_bench::run(events, seconds).await,
+        Bench::Worker {
+            events,
+            seconds,
+            batch_size,
+        } => worker_bench::run(events, seconds, batch_size).await,
     }
 }

@@ -164,7 +164,11 @@ async fn lag(
 }
 
 /// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
-async fn catch_up(admin_url: &str, events: usize) -> anyhow::Result<(f64, f64)> {
+async fn catch_up(
+    admin_url: &str,
+    events: usize,
+    batch_sizes: &[Option<usize>],
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let (url, store) = fresh(admin_url, "eventrail_bench_catchup").await?;
     let batch = 1000;
     let mut appends = futures::stream::iter((0..events.div_ceil(batch)).map(|i| {
@@ -214,25 +218,32 @@ async fn catch_up(admin_url: &str, events: usize) -> anyhow::Result<(f64, f64)> 
     let raw = total as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(bytes > 0, "COPY returned nothing");
 
-    let started = Instant::now();
-    let worker = Worker::builder(store.clone(), url.parse()?)
-        .consumer(Noop("catch-up"))
-        .build()?;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker.run(stop.clone()));
-    wait_for(
-        &url.parse()?,
-        "eventrail",
-        &TableNames::default(),
-        "catch-up",
-        u64::try_from(head)?,
-        Duration::from_secs(600),
-    )
-    .await?;
-    let consumer = total as f64 / started.elapsed().as_secs_f64();
-    stop.cancel();
-    task.await??;
-    Ok((raw, consumer))
+    let mut rates = Vec::new();
+    for (i, batch_size) in batch_sizes.iter().enumerate() {
+        let name: &'static str = ["catch-up-0", "catch-up-1", "catch-up-2"][i.min(2)];
+        let options =
+            batch_size.map_or_else(WorkerOptions::new, |n| WorkerOptions::new().batch_size(n));
+        let started = Instant::now();
+        let worker = Worker::builder(store.clone(), url.parse()?)
+            .options(options)
+            .consumer(Noop(name))
+            .build()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        wait_for(
+            &url.parse()?,
+            "eventrail",
+            &TableNames::default(),
+            name,
+            u64::try_from(head)?,
+            Duration::from_secs(600),
+        )
+        .await?;
+        rates.push(total as f64 / started.elapsed().as_secs_f64());
+        stop.cancel();
+        task.await??;
+    }
+    Ok((raw, rates))
 }
 
 /// A worker of the failover measurement: id, stop token, task.
@@ -324,7 +335,11 @@ async fn failover(admin_url: &str) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-pub(crate) async fn run(events: usize, seconds: u64) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    events: usize,
+    seconds: u64,
+    batch_size: Option<usize>,
+) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
     println!(
         "worker benchmark: lag at 1,000 events/s for {seconds} s per dispatcher, catch-up over {events} events\n"
@@ -349,14 +364,26 @@ pub(crate) async fn run(events: usize, seconds: u64) -> anyhow::Result<()> {
             lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3
         );
     }
-    let (raw, consumer) = catch_up(&admin_url, events).await.context("catch-up")?;
+    let mut sizes = vec![None];
+    if batch_size.is_some() {
+        sizes.push(batch_size);
+    }
+    let (raw, rates) = catch_up(&admin_url, events, &sizes)
+        .await
+        .context("catch-up")?;
     println!("\n| catch-up of one consumer (no-op handler) | events/s | ratio | target |");
     println!("|------------------------------------------|---------:|------:|-------:|");
     println!("| raw COPY (SELECT …) TO                   | {raw:>8.0} |       |        |");
-    println!(
-        "| eventrail consumer, default options      | {consumer:>8.0} | {:>5.2} | ≥ 0.5 |",
-        consumer / raw
-    );
+    for (size, rate) in sizes.iter().zip(&rates) {
+        let label = size.map_or_else(
+            || "eventrail consumer, default options".to_owned(),
+            |n| format!("eventrail consumer, batch size {n}"),
+        );
+        println!(
+            "| {label:<40} | {rate:>8.0} | {:>5.2} | ≥ 0.5 |",
+            rate / raw
+        );
+    }
     let took = failover(&admin_url).await.context("failover")?;
     println!(
         "\n| failover after the leader is killed (default options) | {:.2} s | target ≤ 2 s |",
