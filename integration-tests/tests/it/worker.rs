@@ -717,3 +717,116 @@ async fn bad_consumer_sets_and_table_names_are_refused() -> anyhow::Result<()> {
     assert!(matches!(bad, Err(WorkerError::Config(_))));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_opt_in_stall_escape_skips_a_hole_held_too_long_and_audits_it() -> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let w = start(
+        &db,
+        fast().stall_escape(Duration::from_millis(300)),
+        &[Recorder::new("impatient", "w")],
+    )?;
+    let mut holder = db.client().await?;
+    let tx = holder.transaction().await?;
+    let held = store
+        .append_in(
+            &tx,
+            AppendRequest::new(
+                "slow-1".parse()?,
+                ExpectedVersion::Any,
+                vec![NewEvent::json("E", serde_json::json!({}))],
+            ),
+        )
+        .await?
+        .last_position();
+    let above = append(&store, "fast-1", 1).await?;
+    eventually(10, "the escape to pass the held position", || {
+        all_at(&admin, above)
+    })
+    .await?;
+    let gaps = admin.gaps(Some("impatient"), 10).await?;
+    assert!(
+        gaps.iter().any(|g| g.from == held && g.reason == "timeout"),
+        "{gaps:?}"
+    );
+    tx.rollback().await?;
+    w.stop().await?;
+    Ok(())
+}
+
+/// A reactor: side effects outside the database (here, a list in memory).
+#[derive(Clone, Default)]
+struct Mailer {
+    sent: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl eventrail_core::Reactor for Mailer {
+    fn name(&self) -> &str {
+        "mailer"
+    }
+
+    async fn react(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.sent
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push(event.global_position);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reactors_and_stateful_processors_run_on_the_same_runtime() -> anyhow::Result<()> {
+    use eventrail_core::PositionScope;
+    use eventrail_core::conformance::CountingProjection;
+    use eventrail_worker::{ReactorConsumer, StatefulConsumer};
+
+    let db = setup().await?;
+    let store = db.store();
+    let mailer = Mailer::default();
+    let projection = Arc::new(CountingProjection::new(PositionScope::All, None));
+    let worker = Worker::builder(
+        PgEventStore::new(eventrail_devdb::pool(&db.url, 8)?),
+        db.config(),
+    )
+    .options(fast())
+    .consumer(ReactorConsumer::new(
+        mailer.clone(),
+        ConsumerScope::all().categories(["signup"]),
+    ))
+    .consumer(StatefulConsumer::new(
+        "projection",
+        projection.clone(),
+        ConsumerScope::all(),
+    ))
+    .build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let signup = append(&store, "signup-1", 2).await?;
+    let last = append(&store, "other-1", 1).await?;
+    for consumer in ["mailer", "projection"] {
+        wait_for(
+            &db.config(),
+            "eventrail",
+            &TableNames::default(),
+            consumer,
+            last,
+            Duration::from_secs(10),
+        )
+        .await?;
+    }
+    stop.cancel();
+    task.await??;
+    assert_eq!(
+        *mailer.sent.lock().expect("lock"),
+        [signup - 1, signup],
+        "the reactor saw its category"
+    );
+    assert_eq!(
+        projection.state().applied,
+        [signup - 1, signup, last],
+        "the projection applied every event in order"
+    );
+    Ok(())
+}
