@@ -87,10 +87,14 @@ async fn lag(
 ) -> anyhow::Result<Vec<Duration>> {
     let (url, store) = fresh(admin_url, "eventrail_bench_lag").await?;
     let probe = LagProbe::default();
-    let worker = Worker::builder(store.clone(), url.parse()?)
-        .options(WorkerOptions::new().dispatcher(dispatcher))
-        .consumer(probe.clone())
-        .build()?;
+    // The worker has a pool of its own, as in a separate service: the appenders cannot starve it.
+    let worker = Worker::builder(
+        PgEventStore::new(eventrail_devdb::pool(&url, 8)?),
+        url.parse()?,
+    )
+    .options(WorkerOptions::new().dispatcher(dispatcher))
+    .consumer(probe.clone())
+    .build()?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(worker.run(stop.clone()));
     // Wait until the consumer runs: one event through.
@@ -217,6 +221,23 @@ async fn catch_up(
     }
     let raw = total as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(bytes > 0, "COPY returned nothing");
+
+    // The read path alone (no worker, no transaction): where the consumer's time goes.
+    let started = Instant::now();
+    let (mut watch, mut position, mut read) =
+        (eventrail_store_postgres::GapWatch::new(), 0u64, 0usize);
+    while position < u64::try_from(head)? {
+        let batch = store
+            .read_safe(&mut watch, position, 2000, None, None)
+            .await?;
+        read += batch.events.len();
+        position = batch.frontier.safe;
+    }
+    anyhow::ensure!(read as i64 == total, "read {read} of {total}");
+    println!(
+        "(read_safe alone, 2000 positions a read: {:.0} events/s)",
+        total as f64 / started.elapsed().as_secs_f64()
+    );
 
     let mut rates = Vec::new();
     for (i, batch_size) in batch_sizes.iter().enumerate() {

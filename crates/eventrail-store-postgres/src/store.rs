@@ -755,14 +755,16 @@ impl PgEventStore {
         categories: Option<&[String]>,
         event_types: Option<&[String]>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (after, up_to) = (to_i64(after, "position")?, to_i64(up_to, "position")?);
+        // Typed parameters: one round trip and no prepare, on any client or transaction.
         let rows = client
-            .query(
+            .query_typed(
                 &self.inner.sql.read_range,
                 &[
-                    &to_i64(after, "position")?,
-                    &to_i64(up_to, "position")?,
-                    &categories,
-                    &event_types,
+                    (&after, Type::INT8),
+                    (&up_to, Type::INT8),
+                    (&categories, Type::TEXT_ARRAY),
+                    (&event_types, Type::TEXT_ARRAY),
                 ],
             )
             .await

@@ -282,13 +282,8 @@ async fn run_batch(
     let mut client = ctx.shared.store.pool().get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     // The row lock serialises batches of this consumer across workers during a handover.
-    let row = tx
-        .query_one(
-            &format!("SELECT position, paused OR parked_at IS NOT NULL FROM {} WHERE consumer = $1 FOR UPDATE", t.checkpoints),
-            &[&name],
-        )
-        .await
-        .map_err(db)?;
+    let lock = tx.prepare_cached(&t.lock_checkpoint).await.map_err(db)?;
+    let row = tx.query_one(&lock, &[&name]).await.map_err(db)?;
     // Moved (rewound, or advanced by a previous owner) or paused meanwhile: look again.
     if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);
@@ -311,11 +306,7 @@ async fn run_batch(
     }
     for skip in skipped.iter().filter(|s| s.from > after && s.to <= up_to) {
         tx.execute(
-            &format!(
-                "INSERT INTO {} (consumer, from_position, to_position, reason, observed_snapshot, horizon_xid, proven_snapshot, first_seen_at)
-                 VALUES ($1, $2, $3, 'proven', $4, $5, $6, $7)",
-                t.gap_skips
-            ),
+            &t.insert_proven_skip,
             &[
                 &name,
                 &to_i64(skip.from),
@@ -331,37 +322,29 @@ async fn run_batch(
     }
     if let Some(stall) = escaped {
         tx.execute(
-            &format!(
-                "INSERT INTO {} (consumer, from_position, to_position, reason, first_seen_at) VALUES ($1, $2, $3, 'timeout', $4)",
-                t.gap_skips
-            ),
+            &t.insert_timeout_skip,
             &[&name, &to_i64(stall.from), &to_i64(stall.to), &stall.since],
         )
         .await
         .map_err(db)?;
     }
-    // Fencing: the checkpoint moves only while this worker holds the assignment at this epoch.
-    let updated = tx
-        .execute(
-            &format!(
-                "UPDATE {} SET position = $2, updated_at = now(), failures = 0, last_error = NULL
-                 WHERE consumer = $1
-                   AND EXISTS (SELECT 1 FROM {} a WHERE a.consumer = $1 AND a.worker_id = $3 AND a.epoch = $4)",
-                t.checkpoints, t.assignments
-            ),
-            &[&name, &to_i64(up_to), &ctx.shared.id, &ctx.epoch],
+    let save = tx.prepare_cached(&t.save_checkpoint).await.map_err(db)?;
+    let saved = tx
+        .query(
+            &save,
+            &[
+                &name,
+                &to_i64(up_to),
+                &ctx.shared.id,
+                &ctx.epoch,
+                &CHECKPOINT_CHANNEL,
+            ],
         )
         .await
         .map_err(db)?;
-    if updated != 1 {
+    if saved.len() != 1 {
         return Ok(BatchEnd::Fenced);
     }
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHECKPOINT_CHANNEL, &format!("{name} {up_to}")],
-    )
-    .await
-    .map_err(db)?;
     tx.commit().await.map_err(db)?;
     if !skipped.is_empty() || escaped.is_some() {
         metrics::counter!("eventrail_consumer_gap_skips_total")

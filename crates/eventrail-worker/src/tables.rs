@@ -18,6 +18,12 @@ pub(crate) struct Tables {
     pub(crate) gap_skips: String,
     pub(crate) leader: String,
     schemas: Vec<String>,
+    /// The batch's statements, built once (they run thousands of times a second while
+    /// catching up, as cached prepared statements).
+    pub(crate) lock_checkpoint: String,
+    pub(crate) save_checkpoint: String,
+    pub(crate) insert_proven_skip: String,
+    pub(crate) insert_timeout_skip: String,
 }
 
 /// `name` or `schema.name`, each part validated; unqualified names go to `default_schema`.
@@ -50,10 +56,40 @@ impl Tables {
             gap_skips: q("consumer_gap_skips table", &names.consumer_gap_skips)?,
             leader: q("worker_leader table", &names.worker_leader)?,
             schemas: Vec::new(),
+            lock_checkpoint: String::new(),
+            save_checkpoint: String::new(),
+            insert_proven_skip: String::new(),
+            insert_timeout_skip: String::new(),
         };
         schemas.sort();
         schemas.dedup();
-        Ok(Self { schemas, ..tables })
+        let (checkpoints, assignments, gap_skips) =
+            (&tables.checkpoints, &tables.assignments, &tables.gap_skips);
+        Ok(Self {
+            lock_checkpoint: format!(
+                "SELECT position, paused OR parked_at IS NOT NULL FROM {checkpoints} WHERE consumer = $1 FOR UPDATE"
+            ),
+            // Fencing: the checkpoint moves only while this worker holds the assignment at this
+            // epoch; the notification (for `wait_for`) goes out with the commit.
+            save_checkpoint: format!(
+                "WITH saved AS (
+                     UPDATE {checkpoints} SET position = $2, updated_at = now(), failures = 0, last_error = NULL
+                     WHERE consumer = $1
+                       AND EXISTS (SELECT 1 FROM {assignments} a WHERE a.consumer = $1 AND a.worker_id = $3 AND a.epoch = $4)
+                     RETURNING consumer, position
+                 )
+                 SELECT pg_notify($5, consumer || ' ' || position) IS NULL FROM saved"
+            ),
+            insert_proven_skip: format!(
+                "INSERT INTO {gap_skips} (consumer, from_position, to_position, reason, observed_snapshot, horizon_xid, proven_snapshot, first_seen_at)
+                 VALUES ($1, $2, $3, 'proven', $4, $5, $6, $7)"
+            ),
+            insert_timeout_skip: format!(
+                "INSERT INTO {gap_skips} (consumer, from_position, to_position, reason, first_seen_at) VALUES ($1, $2, $3, 'timeout', $4)"
+            ),
+            schemas,
+            ..tables
+        })
     }
 }
 
