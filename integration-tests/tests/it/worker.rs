@@ -88,6 +88,20 @@ async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<
         .last_position())
 }
 
+/// Appends one event in `tx`, which the caller keeps open: a lower position that may commit.
+async fn append_in_open(
+    store: &PgEventStore,
+    tx: &Transaction<'_>,
+    stream: &str,
+) -> anyhow::Result<u64> {
+    let request = AppendRequest::new(
+        stream.parse::<StreamName>()?,
+        ExpectedVersion::Any,
+        vec![NewEvent::json("E", serde_json::json!({}))],
+    );
+    Ok(store.append_in(tx, request).await?.last_position())
+}
+
 fn admin(db: &TestDb) -> anyhow::Result<WorkerAdmin> {
     Ok(WorkerAdmin::new(
         db.pool.clone(),
@@ -359,19 +373,9 @@ async fn consumers_never_pass_an_open_lower_position_skip_audited_holes_and_scop
 
     let mut holder = db.client().await?;
     let tx = holder.transaction().await?;
-    let held = store
-        .append_in(
-            &tx,
-            AppendRequest::new(
-                "wanted-1".parse()?,
-                ExpectedVersion::Any,
-                vec![NewEvent::json("E", serde_json::json!({}))],
-            ),
-        )
-        .await?
-        .last_position();
+    let held = append_in_open(&store, &tx, "wanted-1").await?;
     let above = append(&store, "other-2", 3).await?;
-    // Wait for a batch to run past `first` would be a bug: give the consumers a chance to try.
+    // Passing the open position would be a bug: give the consumers half a second to try.
     let wanted = wait_for(
         &db.config(),
         "eventrail",
@@ -730,17 +734,7 @@ async fn the_opt_in_stall_escape_skips_a_hole_held_too_long_and_audits_it() -> a
     )?;
     let mut holder = db.client().await?;
     let tx = holder.transaction().await?;
-    let held = store
-        .append_in(
-            &tx,
-            AppendRequest::new(
-                "slow-1".parse()?,
-                ExpectedVersion::Any,
-                vec![NewEvent::json("E", serde_json::json!({}))],
-            ),
-        )
-        .await?
-        .last_position();
+    let held = append_in_open(&store, &tx, "slow-1").await?;
     let above = append(&store, "fast-1", 1).await?;
     eventually(10, "the escape to pass the held position", || {
         all_at(&admin, above)
