@@ -95,6 +95,9 @@ impl Tables {
 
 /// A migrator for the event store and the worker tables, with these names.
 ///
+/// The names are fixed by the first run on a schema: migration 2 is recorded as applied, so a
+/// later run with other names creates nothing (rename the tables by hand, or use another schema).
+///
 /// # Errors
 /// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
 pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, ConfigError> {

@@ -824,3 +824,46 @@ async fn reactors_and_stateful_processors_run_on_the_same_runtime() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_runs_on_renamed_tables_in_another_schema() -> anyhow::Result<()> {
+    let db = setup().await?;
+    let tables = TableNames {
+        worker_nodes: "ops.nodes".into(),
+        consumer_assignments: "ops.assignments".into(),
+        consumer_checkpoints: "ops.checkpoints".into(),
+        consumer_gap_skips: "ops.skips".into(),
+        worker_leader: "ops.leader".into(),
+    };
+    let mut client = db.client().await?;
+    let applied = eventrail_worker::worker_migrator("tenant", &tables)?
+        .run(&mut client)
+        .await?;
+    assert_eq!(applied, [1, 2]);
+    let store = db.store_with(eventrail_store_postgres::PgStoreOptions::new().schema("tenant"));
+    let worker = Worker::builder(store.clone(), db.config())
+        .options(fast().tables(tables.clone()))
+        .consumer(Recorder::new("renamed", "w"))
+        .build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let last = append(&store, "thing-1", 3).await?;
+    let reached = wait_for(
+        &db.config(),
+        "tenant",
+        &tables,
+        "renamed",
+        last,
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reached >= last);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM ops.checkpoints", &[])
+        .await?
+        .get(0);
+    assert_eq!(rows, 1, "the checkpoint lives in the renamed table");
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
