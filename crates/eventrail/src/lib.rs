@@ -14,3 +14,10 @@ pub mod postgres {
     /// The PostgreSQL driver the store runs on.
     pub use tokio_postgres;
 }
+
+/// The Message DB client: [`MessageDb`](message_db::MessageDb), subscriptions, consumer groups.
+#[cfg(feature = "message-db")]
+#[cfg_attr(docsrs, doc(cfg(feature = "message-db")))]
+pub mod message_db {
+    pub use eventrail_message_db::*;
+}
