@@ -13,6 +13,9 @@ use crate::{
     StreamReadOptions, SummaryRow, SummaryView,
 };
 
+/// Arguments go through `_call` too: the stream-name functions are `IMMUTABLE`, and PostgreSQL
+/// evaluates an immutable call on constants while planning, before the search path is set.
+///
 /// Makes Message DB's schema the first on the search path for the rest of the transaction (the
 /// statement's own implicit transaction outside a transaction block), keeping the caller's path
 /// behind it. Message DB's functions name their table and helpers unqualified, so they need it;
@@ -77,31 +80,31 @@ const LAST_MESSAGE: &str = concat!(
 );
 const STREAM_VERSION: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.stream_version($1::varchar) FROM _call"
+    ", $1::varchar AS s) SELECT message_store.stream_version(_call.s) FROM _call"
 );
 const ID: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.id($1::varchar)::text FROM _call"
+    ", $1::varchar AS s) SELECT message_store.id(_call.s)::text FROM _call"
 );
 const CARDINAL_ID: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.cardinal_id($1::varchar)::text FROM _call"
+    ", $1::varchar AS s) SELECT message_store.cardinal_id(_call.s)::text FROM _call"
 );
 const CATEGORY: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.category($1::varchar)::text FROM _call"
+    ", $1::varchar AS s) SELECT message_store.category(_call.s)::text FROM _call"
 );
 const IS_CATEGORY: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.is_category($1::varchar) FROM _call"
+    ", $1::varchar AS s) SELECT message_store.is_category(_call.s) FROM _call"
 );
 const HASH_64: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.hash_64($1::varchar) FROM _call"
+    ", $1::varchar AS s) SELECT message_store.hash_64(_call.s) FROM _call"
 );
 const ACQUIRE_LOCK: &str = concat!(
     call_prefix!(),
-    ") SELECT message_store.acquire_lock($1::varchar) FROM _call"
+    ", $1::varchar AS s) SELECT message_store.acquire_lock(_call.s) FROM _call"
 );
 const VERSION: &str = concat!(
     call_prefix!(),
@@ -119,7 +122,11 @@ enum Conn<'a> {
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 impl Conn<'_> {
-    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, tokio_postgres::Error> {
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
         match self {
             Self::Pooled(client) => {
                 let statement = client.prepare_cached(sql).await?;
@@ -141,7 +148,11 @@ impl Conn<'_> {
         row.try_get(0).map_err(MessageDbError::Database)
     }
 
-    async fn write_message(&self, stream: &str, message: &NewMessage) -> Result<u64, MessageDbError> {
+    async fn write_message(
+        &self,
+        stream: &str,
+        message: &NewMessage,
+    ) -> Result<u64, MessageDbError> {
         let expected = message.expected_version.to_sql()?;
         let id = message.id.to_string();
         let params: [Param<'_>; 6] = [
@@ -173,10 +184,7 @@ impl Conn<'_> {
         stream: &str,
         read: &StreamReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        if crate::names::is_category(stream) {
-            return Err(InvalidArgument::NotAStreamName(stream.to_owned()).into());
-        }
-        let (position, batch) = read.to_sql()?;
+        let (position, batch) = check_stream_read(stream, read)?;
         let sql = if options.sql_condition && read.condition.is_some() {
             STREAM_READ_CONDITION
         } else {
@@ -197,11 +205,7 @@ impl Conn<'_> {
         category: &str,
         read: &CategoryReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        if !crate::names::is_category(category) {
-            return Err(InvalidArgument::NotACategory(category.to_owned()).into());
-        }
-        let position = to_bigint("position", read.position)?;
-        let batch = read.batch_size.to_sql()?;
+        let (position, batch) = check_category_read(category, read)?;
         let filter = read.filter.to_sql()?;
         let sql = if options.sql_condition && filter.condition.is_some() {
             CATEGORY_READ_CONDITION
@@ -230,7 +234,9 @@ impl Conn<'_> {
     }
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, MessageDbError> {
-        let version: Option<i64> = self.scalar(STREAM_VERSION, &[(&stream, Type::VARCHAR)]).await?;
+        let version: Option<i64> = self
+            .scalar(STREAM_VERSION, &[(&stream, Type::VARCHAR)])
+            .await?;
         Ok(version.and_then(|v| u64::try_from(v).ok()))
     }
 
@@ -250,6 +256,31 @@ impl Conn<'_> {
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(MessageDbError::Database)
     }
+}
+
+/// Checks a stream read's arguments (before any connection is taken).
+fn check_stream_read(
+    stream: &str,
+    read: &StreamReadOptions,
+) -> Result<(i64, i64), InvalidArgument> {
+    if crate::names::is_category(stream) {
+        return Err(InvalidArgument::NotAStreamName(stream.to_owned()));
+    }
+    read.to_sql()
+}
+
+/// Checks a category read's arguments (before any connection is taken).
+fn check_category_read(
+    category: &str,
+    read: &CategoryReadOptions,
+) -> Result<(i64, i64), InvalidArgument> {
+    if !crate::names::is_category(category) {
+        return Err(InvalidArgument::NotACategory(category.to_owned()));
+    }
+    let position = to_bigint("position", read.position)?;
+    let batch = read.batch_size.to_sql()?;
+    read.filter.to_sql()?;
+    Ok((position, batch))
 }
 
 fn messages(rows: Vec<Row>) -> Result<Vec<Message>, MessageDbError> {
@@ -355,6 +386,7 @@ impl MessageDb {
         message: &NewMessage,
     ) -> Result<u64, MessageDbError> {
         traced!("message_db.write_message", async {
+            message.expected_version.to_sql()?;
             let conn = self.conn().await?;
             Conn::Pooled(&conn).write_message(stream, message).await
         })
@@ -373,6 +405,7 @@ impl MessageDb {
         read: &StreamReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
         traced!("message_db.get_stream_messages", async {
+            check_stream_read(stream, read)?;
             let conn = self.conn().await?;
             Conn::Pooled(&conn)
                 .get_stream_messages(&self.options, stream, read)
@@ -395,6 +428,7 @@ impl MessageDb {
         read: &CategoryReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
         traced!("message_db.get_category_messages", async {
+            check_category_read(category, read)?;
             let conn = self.conn().await?;
             Conn::Pooled(&conn)
                 .get_category_messages(&self.options, category, read)
@@ -412,7 +446,9 @@ impl MessageDb {
         stream: &str,
     ) -> Result<Option<Message>, MessageDbError> {
         let conn = self.conn().await?;
-        Conn::Pooled(&conn).get_last_stream_message(stream, None).await
+        Conn::Pooled(&conn)
+            .get_last_stream_message(stream, None)
+            .await
     }
 
     /// The stream's last message of type `message_type`, `None` when there is none.
@@ -454,7 +490,9 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     pub async fn id(&self, stream: &str) -> Result<Option<String>, MessageDbError> {
         let conn = self.conn().await?;
-        Conn::Pooled(&conn).scalar(ID, &[(&stream, Type::VARCHAR)]).await
+        Conn::Pooled(&conn)
+            .scalar(ID, &[(&stream, Type::VARCHAR)])
+            .await
     }
 
     /// `message_store.cardinal_id`: see [`names::cardinal_id`](crate::names::cardinal_id).
@@ -587,7 +625,9 @@ impl<'a> MessageDbTx<'a> {
         &self,
         stream: &str,
     ) -> Result<Option<Message>, MessageDbError> {
-        Conn::Tx(self.tx).get_last_stream_message(stream, None).await
+        Conn::Tx(self.tx)
+            .get_last_stream_message(stream, None)
+            .await
     }
 
     /// [`MessageDb::get_last_stream_message_of_type`] in the transaction.

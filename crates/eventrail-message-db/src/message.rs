@@ -361,7 +361,10 @@ mod tests {
     fn metadata_uses_eventide_keys() {
         let meta = MessageMetadata::new().correlation_stream_name("saga-1");
         let json = serde_json::to_value(&meta).unwrap();
-        assert_eq!(json, serde_json::json!({ "correlationStreamName": "saga-1" }));
+        assert_eq!(
+            json,
+            serde_json::json!({ "correlationStreamName": "saga-1" })
+        );
         let m = message(
             None,
             Some(r#"{"correlationStreamName":"x-1","schemaVersion":"2"}"#),

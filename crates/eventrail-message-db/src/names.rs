@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn known_hash() {
         // md5("") = d41d8cd98f00b204e9800998ecf8427e
-        assert_eq!(hash_64(""), i64::from_be_bytes([0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04]));
+        assert_eq!(
+            hash_64(""),
+            i64::from_be_bytes([0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04])
+        );
     }
 
     proptest! {

@@ -341,7 +341,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_groups_and_sizes() {
-        let group = |m, s| CategoryFilter::default().consumer_group(m, s).to_sql().map(|f| (f.member, f.size));
+        let group = |m, s| {
+            CategoryFilter::default()
+                .consumer_group(m, s)
+                .to_sql()
+                .map(|f| (f.member, f.size))
+        };
         assert_eq!(group(0, 1).unwrap(), (Some(0), Some(1)));
         assert_eq!(group(32766, 32767).unwrap(), (Some(32766), Some(32767)));
         for (m, s) in [(0, 0), (1, 1), (5, 3), (0, 32768), (u64::MAX, u64::MAX)] {
@@ -350,7 +355,10 @@ mod tests {
                 "{m}/{s}"
             );
         }
-        assert_eq!(BatchSize::Limit(0).to_sql(), Err(InvalidArgument::ZeroBatchSize));
+        assert_eq!(
+            BatchSize::Limit(0).to_sql(),
+            Err(InvalidArgument::ZeroBatchSize)
+        );
         assert_eq!(BatchSize::Unlimited.to_sql(), Ok(-1));
         assert!(matches!(
             StreamReadOptions::new().position(u64::MAX).to_sql(),

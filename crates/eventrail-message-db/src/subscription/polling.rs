@@ -23,7 +23,7 @@ pub struct ConstantPolling {
 impl ConstantPolling {
     /// Polls every `interval`.
     #[must_use]
-    pub fn new(interval: Duration) -> Self {
+    pub const fn new(interval: Duration) -> Self {
         Self { interval }
     }
 }
@@ -135,10 +135,7 @@ impl DynamicPolling {
 }
 
 impl PollingStrategy for DynamicPolling {
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "batch sizes are far below 2^52"
-    )]
+    #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
     fn next_delay(&mut self, fetched: usize, batch_size: usize) -> Duration {
         if fetched >= batch_size {
             // Behind: catch up at once, and poll more often afterwards.
