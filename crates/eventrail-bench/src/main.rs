@@ -4,8 +4,13 @@
 //! - single-event appends with 1, 4 and 16 clients against a raw `INSERT` of the same row shape;
 //! - 100-event batches with 1 and 4 clients against a raw binary `COPY` of the same rows;
 //!
-//! and prints events/s and the ratio eventrail / raw. It works in a database of its own,
+//! and prints events/s and the ratio eventrail / raw.
+//!
+//! `cargo run --release -p eventrail-bench -- message-db` measures the Message DB client (see
+//! the `message_db` module). It works in a database of its own,
 //! `eventrail_bench`, created afresh.
+
+mod message_db;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +41,12 @@ enum Bench {
         /// Configure the store without the pg_notify hint.
         #[arg(long)]
         without_notify: bool,
+    },
+    /// The Message DB client against the same SQL issued directly with tokio-postgres.
+    MessageDb {
+        /// Seconds per write measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
 }
 
@@ -279,5 +290,6 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             without_notify,
         } => append_bench(seconds, without_notify).await,
+        Bench::MessageDb { seconds } => message_db::message_db_bench(seconds).await,
     }
 }

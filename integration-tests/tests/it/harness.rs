@@ -124,73 +124,6 @@ impl Drop for TestDb {
     }
 }
 
-/// The published Message DB package the tests install (`scripts/ensure-message-db.sh`).
-pub(crate) const MESSAGE_DB_PACKAGE: &str = "@eventide/message-db@1.3.1";
-
-/// The unpacked package, fetched by `scripts/ensure-message-db.sh` when missing. Fails (never
-/// skips) when it cannot be had, with the script's explanation.
-fn message_db_package() -> anyhow::Result<std::path::PathBuf> {
-    let home = std::env::var_os("MESSAGE_DB_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/eventrail/message-db"))
-        })
-        .context("neither MESSAGE_DB_HOME nor HOME is set")?;
-    let package = home.join("node_modules/@eventide/message-db");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-message-db.sh");
-    // The script is idempotent and quick when the package is there; it checks the version.
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("MESSAGE_DB_HOME", &home)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "could not install Message DB ({MESSAGE_DB_PACKAGE}) with {}: {}{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(package)
-}
-
-/// Runs the package's own `database/install.sh` into the existing database `dbname`.
-fn install_message_db(
-    package: &std::path::Path,
-    admin_url: &str,
-    dbname: &str,
-) -> anyhow::Result<()> {
-    let config: tokio_postgres::Config = admin_url.parse()?;
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let mut command = std::process::Command::new("bash");
-    command
-        .arg(package.join("database/install.sh"))
-        .env("DATABASE_NAME", dbname)
-        .env("CREATE_DATABASE", "off")
-        .env("PGHOST", host)
-        .env("PGPORT", port.to_string())
-        .env("PGUSER", config.get_user().unwrap_or("postgres"));
-    if let Some(password) = config.get_password() {
-        command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
-    }
-    let out = command
-        .output()
-        .context("running Message DB's install.sh")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "Message DB's install.sh failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 impl TestDb {
     /// A fresh database with Message DB installed from its published package.
     ///
@@ -202,7 +135,7 @@ impl TestDb {
         let admin = connect(&admin_url).await?;
         let template = format!(
             "message_db_tpl_{}",
-            MESSAGE_DB_PACKAGE
+            eventrail_devdb::MESSAGE_DB_PACKAGE
                 .rsplit('@')
                 .next()
                 .unwrap_or_default()
@@ -227,10 +160,10 @@ impl TestDb {
                     .await?;
                 let (url, db) = (admin_url.clone(), building.clone());
                 let installed = tokio::task::spawn_blocking(move || {
-                    let package = message_db_package()?;
-                    install_message_db(&package, &url, &db)
+                    eventrail_devdb::install_message_db(&url, &db)
                 })
-                .await?;
+                .await?
+                .context("installing Message DB from its npm package");
                 if let Err(e) = installed {
                     admin
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
