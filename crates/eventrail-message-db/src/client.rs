@@ -196,7 +196,7 @@ impl Conn<'_> {
             (&batch, Type::INT8),
             (&read.condition, Type::VARCHAR),
         ];
-        messages(self.query(sql, &params).await.map_err(classify)?)
+        messages(&self.query(sql, &params).await.map_err(classify)?)
     }
 
     async fn get_category_messages(
@@ -221,7 +221,7 @@ impl Conn<'_> {
             (&filter.size, Type::INT8),
             (&filter.condition, Type::VARCHAR),
         ];
-        messages(self.query(sql, &params).await.map_err(classify)?)
+        messages(&self.query(sql, &params).await.map_err(classify)?)
     }
 
     async fn get_last_stream_message(
@@ -230,7 +230,7 @@ impl Conn<'_> {
         message_type: Option<&str>,
     ) -> Result<Option<Message>, MessageDbError> {
         let params: [Param<'_>; 2] = [(&stream, Type::VARCHAR), (&message_type, Type::VARCHAR)];
-        Ok(messages(self.query(LAST_MESSAGE, &params).await.map_err(classify)?)?.pop())
+        Ok(messages(&self.query(LAST_MESSAGE, &params).await.map_err(classify)?)?.pop())
     }
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, MessageDbError> {
@@ -283,7 +283,7 @@ fn check_category_read(
     Ok((position, batch))
 }
 
-fn messages(rows: Vec<Row>) -> Result<Vec<Message>, MessageDbError> {
+fn messages(rows: &[Row]) -> Result<Vec<Message>, MessageDbError> {
     rows.iter()
         .map(|row| Message::from_row(row).map_err(MessageDbError::from))
         .collect()
