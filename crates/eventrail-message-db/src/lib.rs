@@ -13,7 +13,9 @@
 //!   a position store, liveness and dropped callbacks, as a handler loop or a `futures::Stream`.
 //!
 //! ```no_run
-//! use eventrail_message_db::{CategoryReadOptions, ExpectedVersion, MessageDb, NewMessage};
+//! use eventrail_message_db::{
+//!     CategoryReadOptions, ExpectedVersion, MessageDb, NewMessage, PositionStore,
+//! };
 //! use serde_json::json;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,6 +31,15 @@
 //! for message in db.get_category_messages("account", &CategoryReadOptions::new()).await? {
 //!     println!("{} {}", message.global_position, message.message_type);
 //! }
+//! // Member 0 of a group of 2, resuming where it left off.
+//! db.subscribe_category("account")
+//!     .consumer_group(0, 2)
+//!     .position_store(PositionStore::for_consumer("account", "mailer-0")?.every(100))
+//!     .run(|message| async move {
+//!         println!("{}", message.stream_name);
+//!         Ok::<_, std::io::Error>(())
+//!     })
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```

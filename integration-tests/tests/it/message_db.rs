@@ -538,6 +538,19 @@ async fn invalid_arguments_are_refused_before_any_query() -> anyhow::Result<()> 
         matches!(err, SubscriptionError::InvalidArgument(_)),
         "{err:?}"
     );
+    let err = client
+        .subscribe_stream("account-1")
+        .consumer_group(0, 2)
+        .run(|_| async { anyhow::Ok(()) })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SubscriptionError::InvalidArgument(InvalidArgument::Setting { .. })
+        ),
+        "{err:?}"
+    );
     // The same client does reach the pool for a valid call.
     assert!(matches!(
         client.stream_version("account-1").await,

@@ -83,6 +83,8 @@ pub struct Subscription {
     recover_after: Option<Duration>,
     cancel: CancellationToken,
     position_store: Option<PositionStore>,
+    // A category option given to a stream subscription, refused at start.
+    misplaced_filter: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -129,7 +131,16 @@ impl Subscription {
             recover_after: None,
             cancel: CancellationToken::new(),
             position_store: None,
+            misplaced_filter: false,
         }
+    }
+
+    fn with_filter(mut self, change: impl FnOnce(CategoryFilter) -> CategoryFilter) -> Self {
+        match &mut self.source {
+            Source::Category(_, f) => *f = change(std::mem::take(f)),
+            Source::Stream(_) => self.misplaced_filter = true,
+        }
+        self
     }
 
     /// The position to start from (stream position, or global position for a category) when no
@@ -187,36 +198,25 @@ impl Subscription {
         self
     }
 
-    /// Category filters: correlation, consumer group, condition (ignored for a stream).
-    pub fn filter(mut self, filter: CategoryFilter) -> Self {
-        if let Source::Category(_, f) = &mut self.source {
-            *f = filter;
-        }
-        self
+    /// Category filters: correlation, consumer group, condition. A stream subscription refuses
+    /// them when it starts.
+    pub fn filter(self, filter: CategoryFilter) -> Self {
+        self.with_filter(|_| filter)
     }
 
     /// Only this consumer group member's streams; see [`CategoryFilter::consumer_group`].
-    pub fn consumer_group(mut self, member: u64, size: u64) -> Self {
-        if let Source::Category(_, f) = &mut self.source {
-            *f = std::mem::take(f).consumer_group(member, size);
-        }
-        self
+    pub fn consumer_group(self, member: u64, size: u64) -> Self {
+        self.with_filter(|f| f.consumer_group(member, size))
     }
 
     /// Only messages correlated to this category; see [`CategoryFilter::correlation`].
-    pub fn correlation(mut self, category: impl Into<String>) -> Self {
-        if let Source::Category(_, f) = &mut self.source {
-            *f = std::mem::take(f).correlation(category);
-        }
-        self
+    pub fn correlation(self, category: impl Into<String>) -> Self {
+        self.with_filter(|f| f.correlation(category))
     }
 
     /// A SQL condition; see [`StreamReadOptions::condition`] for the rules.
-    pub fn condition(mut self, condition: impl Into<String>) -> Self {
-        if let Source::Category(_, f) = &mut self.source {
-            *f = std::mem::take(f).condition(condition);
-        }
-        self
+    pub fn condition(self, condition: impl Into<String>) -> Self {
+        self.with_filter(|f| f.condition(condition))
     }
 
     /// Runs until cancelled, handing each message to `handler` in order. A message counts as
@@ -322,6 +322,13 @@ impl Poller {
         if sub.batch_size == 0 {
             return Err(InvalidArgument::ZeroBatchSize.into());
         }
+        if sub.misplaced_filter {
+            return Err(InvalidArgument::Setting {
+                what: "stream subscription",
+                reason: "correlation, consumer group and condition apply to categories only",
+            }
+            .into());
+        }
         crate::options::to_bigint("batch size", sub.batch_size)?;
         match &sub.source {
             Source::Stream(s) if crate::names::is_category(s) => {
@@ -363,6 +370,7 @@ impl Poller {
 
     fn report_dropped(&self, error: &SubscriptionError) {
         tracing::warn!(error = %error, "message db subscription dropped");
+        metrics::counter!("message_db_subscription_drops").increment(1);
         if let Some(callback) = &self.sub.on_dropped {
             callback(error);
         }
@@ -435,6 +443,9 @@ impl Poller {
                     callback(liveness);
                 }
             }
+            #[expect(clippy::cast_precision_loss, reason = "batch sizes are far below 2^52")]
+            let fetched = batch.len() as f64;
+            metrics::histogram!("message_db_subscription_batch_size").record(fetched);
             if let Some(last) = batch.last() {
                 self.next = self.position_of(last) + 1;
                 return Ok(Some(batch));
