@@ -4,7 +4,6 @@ use std::str::FromStr;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row, Transaction};
-use tracing::Instrument;
 
 use crate::error::{classify, classify_write};
 use crate::options::to_bigint;
@@ -310,12 +309,6 @@ impl fmt::Debug for MessageDb {
     }
 }
 
-macro_rules! traced {
-    ($name:literal, $body:expr) => {
-        $body.instrument(tracing::debug_span!($name))
-    };
-}
-
 impl MessageDb {
     /// A client on `pool`, with default options.
     pub fn new(pool: Pool) -> Self {
@@ -380,17 +373,20 @@ impl MessageDb {
     /// [`MessageDbError::WrongExpectedVersion`] when the stream is not at the message's expected
     /// version; [`MessageDbError::DuplicateMessageId`] when the id is taken; otherwise
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.write_message",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream, message_type = %message.message_type),
+    )]
     pub async fn write_message(
         &self,
         stream: &str,
         message: &NewMessage,
     ) -> Result<u64, MessageDbError> {
-        traced!("message_db.write_message", async {
-            message.expected_version.to_sql()?;
-            let conn = self.conn().await?;
-            Conn::Pooled(&conn).write_message(stream, message).await
-        })
-        .await
+        message.expected_version.to_sql()?;
+        let conn = self.conn().await?;
+        Conn::Pooled(&conn).write_message(stream, message).await
     }
 
     /// Reads a stream from a position (`get_stream_messages`).
@@ -399,19 +395,22 @@ impl MessageDb {
     /// [`MessageDbError::InvalidArgument`] for a category, a zero batch size or a position beyond
     /// `i64::MAX`; [`MessageDbError::ConditionNotActivated`] for a condition while conditions are
     /// off; otherwise [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.get_stream_messages",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn get_stream_messages(
         &self,
         stream: &str,
         read: &StreamReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        traced!("message_db.get_stream_messages", async {
-            check_stream_read(stream, read)?;
-            let conn = self.conn().await?;
-            Conn::Pooled(&conn)
-                .get_stream_messages(&self.options, stream, read)
-                .await
-        })
-        .await
+        check_stream_read(stream, read)?;
+        let conn = self.conn().await?;
+        Conn::Pooled(&conn)
+            .get_stream_messages(&self.options, stream, read)
+            .await
     }
 
     /// Reads a category from a global position (`get_category_messages`), optionally filtered by
@@ -422,25 +421,34 @@ impl MessageDb {
     /// category, a consumer group Message DB cannot take or a zero batch size — all before any
     /// query; [`MessageDbError::ConditionNotActivated`] for a condition while conditions are off;
     /// otherwise [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.get_category_messages",
+        level = "debug",
+        skip_all,
+        fields(category = %category),
+    )]
     pub async fn get_category_messages(
         &self,
         category: &str,
         read: &CategoryReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        traced!("message_db.get_category_messages", async {
-            check_category_read(category, read)?;
-            let conn = self.conn().await?;
-            Conn::Pooled(&conn)
-                .get_category_messages(&self.options, category, read)
-                .await
-        })
-        .await
+        check_category_read(category, read)?;
+        let conn = self.conn().await?;
+        Conn::Pooled(&conn)
+            .get_category_messages(&self.options, category, read)
+            .await
     }
 
     /// The stream's last message (`get_last_stream_message`), `None` for an empty stream.
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.get_last_stream_message",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn get_last_stream_message(
         &self,
         stream: &str,
@@ -455,6 +463,12 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.get_last_stream_message_of_type",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream, message_type = %message_type),
+    )]
     pub async fn get_last_stream_message_of_type(
         &self,
         stream: &str,
@@ -470,6 +484,12 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.stream_version",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn stream_version(&self, stream: &str) -> Result<Option<u64>, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn).stream_version(stream).await
@@ -479,6 +499,12 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(
+        name = "message_db.summary",
+        level = "debug",
+        skip_all,
+        fields(view = ?view),
+    )]
     pub async fn summary(&self, view: SummaryView) -> Result<Vec<SummaryRow>, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn).summary(view).await
@@ -488,6 +514,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.id", level = "debug", skip_all)]
     pub async fn id(&self, stream: &str) -> Result<Option<String>, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn)
@@ -499,6 +526,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.cardinal_id", level = "debug", skip_all)]
     pub async fn cardinal_id(&self, stream: &str) -> Result<Option<String>, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn)
@@ -510,6 +538,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.category", level = "debug", skip_all)]
     pub async fn category(&self, stream: &str) -> Result<String, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn)
@@ -521,6 +550,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.is_category", level = "debug", skip_all)]
     pub async fn is_category(&self, name: &str) -> Result<bool, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn)
@@ -532,6 +562,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.hash_64", level = "debug", skip_all)]
     pub async fn hash_64(&self, value: &str) -> Result<i64, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn)
@@ -543,6 +574,7 @@ impl MessageDb {
     ///
     /// # Errors
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
+    #[tracing::instrument(name = "message_db.message_store_version", level = "debug", skip_all)]
     pub async fn message_store_version(&self) -> Result<String, MessageDbError> {
         let conn = self.conn().await?;
         Conn::Pooled(&conn).scalar(VERSION, &[]).await
@@ -577,22 +609,30 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::write_message`].
+    #[tracing::instrument(
+        name = "message_db.write_message",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream, message_type = %message.message_type),
+    )]
     pub async fn write_message(
         &self,
         stream: &str,
         message: &NewMessage,
     ) -> Result<u64, MessageDbError> {
-        traced!(
-            "message_db.write_message",
-            Conn::Tx(self.tx).write_message(stream, message)
-        )
-        .await
+        Conn::Tx(self.tx).write_message(stream, message).await
     }
 
     /// [`MessageDb::get_stream_messages`] in the transaction (it sees the transaction's writes).
     ///
     /// # Errors
     /// As [`MessageDb::get_stream_messages`].
+    #[tracing::instrument(
+        name = "message_db.get_stream_messages",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn get_stream_messages(
         &self,
         stream: &str,
@@ -607,6 +647,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::get_category_messages`].
+    #[tracing::instrument(
+        name = "message_db.get_category_messages",
+        level = "debug",
+        skip_all,
+        fields(category = %category),
+    )]
     pub async fn get_category_messages(
         &self,
         category: &str,
@@ -621,6 +667,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::get_last_stream_message`].
+    #[tracing::instrument(
+        name = "message_db.get_last_stream_message",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn get_last_stream_message(
         &self,
         stream: &str,
@@ -634,6 +686,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::get_last_stream_message_of_type`].
+    #[tracing::instrument(
+        name = "message_db.get_last_stream_message_of_type",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream, message_type = %message_type),
+    )]
     pub async fn get_last_stream_message_of_type(
         &self,
         stream: &str,
@@ -648,6 +706,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::stream_version`].
+    #[tracing::instrument(
+        name = "message_db.stream_version",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn stream_version(&self, stream: &str) -> Result<Option<u64>, MessageDbError> {
         Conn::Tx(self.tx).stream_version(stream).await
     }
@@ -658,6 +722,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// [`MessageDbError::Database`].
+    #[tracing::instrument(
+        name = "message_db.acquire_lock",
+        level = "debug",
+        skip_all,
+        fields(stream = %stream),
+    )]
     pub async fn acquire_lock(&self, stream: &str) -> Result<i64, MessageDbError> {
         Conn::Tx(self.tx)
             .scalar(ACQUIRE_LOCK, &[(&stream, Type::VARCHAR)])
@@ -668,6 +738,12 @@ impl<'a> MessageDbTx<'a> {
     ///
     /// # Errors
     /// As [`MessageDb::summary`].
+    #[tracing::instrument(
+        name = "message_db.summary",
+        level = "debug",
+        skip_all,
+        fields(view = ?view),
+    )]
     pub async fn summary(&self, view: SummaryView) -> Result<Vec<SummaryRow>, MessageDbError> {
         Conn::Tx(self.tx).summary(view).await
     }

@@ -1251,3 +1251,38 @@ async fn consumer_group_subscriptions_split_a_category() -> anyhow::Result<()> {
     assert!(streams_of[0].is_disjoint(&streams_of[1]));
     Ok(())
 }
+
+#[test]
+fn the_install_script_explains_a_missing_npm_or_psql() -> anyhow::Result<()> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-message-db.sh");
+    let empty = std::env::temp_dir().join(format!("mdb-empty-{}", uuid::Uuid::new_v4().simple()));
+    let bin = empty.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let run = |path: &std::path::Path| {
+        std::process::Command::new("/bin/bash")
+            .arg(&script)
+            .env("PATH", path)
+            .env("MESSAGE_DB_HOME", empty.join("home"))
+            .output()
+    };
+    // No psql at all.
+    let out = run(&bin)?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("psql is missing"));
+    // psql but no npm, and no package yet.
+    let psql = std::process::Command::new("/bin/bash")
+        .args(["-c", "command -v psql"])
+        .output()?;
+    let psql = String::from_utf8(psql.stdout)?;
+    std::os::unix::fs::symlink(psql.trim(), bin.join("psql"))?;
+    let out = run(&bin)?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("npm is missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&empty)?;
+    Ok(())
+}
