@@ -774,7 +774,8 @@ async fn the_transaction_form_commits_rolls_back_and_locks() -> anyhow::Result<(
     eventually("the other writer to wait on the category lock", || async {
         let waiting: i64 = watcher
             .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[],
             )
             .await?
@@ -1076,14 +1077,16 @@ async fn a_subscription_reports_liveness_changes() -> anyhow::Result<()> {
     for _ in 0..25 {
         next(&mut rx).await?;
     }
+    // 40 new messages at once (one transaction), read in batches of 10: behind, then caught up.
+    let (db, mut conn) = (client.clone(), client.pool().get().await?);
+    let tx = conn.transaction().await?;
     for i in 0..40 {
-        client.write_message("feed-2", &deposit(i)).await?;
+        db.on(&tx).write_message("feed-2", &deposit(i)).await?;
     }
+    tx.commit().await?;
     for _ in 0..40 {
         next(&mut rx).await?;
     }
-    // 40 new messages with batches of 10: at least one full batch, then caught up again. (The
-    // subscription may have read part of them while they were being written.)
     let mut changes = Vec::new();
     while changes.last() != Some(&Liveness::CaughtUp) || changes.is_empty() {
         changes.push(next(&mut live_rx).await?);
@@ -1106,7 +1109,7 @@ async fn terminate_waiting_reader(db: &TestDb) -> anyhow::Result<()> {
         let waiting = watcher
             .query(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
+                 AND wait_event_type = 'Lock' AND backend_type = 'client backend'",
                 &[],
             )
             .await?;
@@ -1116,7 +1119,8 @@ async fn terminate_waiting_reader(db: &TestDb) -> anyhow::Result<()> {
     let terminated: i64 = watcher
         .query_one(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND backend_type = 'client backend'",
             &[],
         )
         .await?

@@ -301,7 +301,8 @@ impl Subscription {
                 }
             }
         });
-        futures::StreamExt::chain(error, messages)
+        // Fused: polling after the end keeps answering `None`.
+        futures::StreamExt::fuse(futures::StreamExt::chain(error, messages))
     }
 }
 
