@@ -12,19 +12,21 @@ use crate::{
     StreamReadOptions, SummaryRow, SummaryView,
 };
 
-/// Arguments go through `_call` too: the stream-name functions are `IMMUTABLE`, and PostgreSQL
-/// evaluates an immutable call on constants while planning, before the search path is set.
-///
 /// Makes Message DB's schema the first on the search path for the rest of the transaction (the
 /// statement's own implicit transaction outside a transaction block), keeping the caller's path
 /// behind it. Message DB's functions name their table and helpers unqualified, so they need it;
 /// setting it per statement (rather than per connection) leaves pooled connections untouched.
+/// When the path already starts with `message_store` (connections of [`MessageDb::connect`]),
+/// nothing is set.
+///
+/// Arguments go through `_call` too: the stream-name functions are `IMMUTABLE`, and PostgreSQL
+/// evaluates an immutable call on constants while planning, before the search path is set.
 macro_rules! call_prefix {
     () => {
-        "WITH _call AS MATERIALIZED (SELECT set_config('search_path', CASE \
-         WHEN current_setting('search_path') ~ '^\\s*message_store\\s*(,|$)' THEN current_setting('search_path') \
-         WHEN btrim(current_setting('search_path')) = '' THEN 'message_store' \
-         ELSE 'message_store, ' || current_setting('search_path') END, true) AS _path"
+        "WITH _call AS MATERIALIZED (SELECT CASE \
+         WHEN current_setting('search_path') ~ '^\\s*message_store\\s*(,|$)' THEN NULL \
+         WHEN btrim(current_setting('search_path')) = '' THEN set_config('search_path', 'message_store', true) \
+         ELSE set_config('search_path', 'message_store, ' || current_setting('search_path'), true) END AS _path"
     };
 }
 
@@ -321,13 +323,20 @@ impl MessageDb {
     }
 
     /// A client with a pool of its own (at most 16 connections) on `url`, for example
-    /// `postgres://message_store@localhost/message_store`.
+    /// `postgres://message_store@localhost/message_store`. Its connections start with
+    /// `message_store, public` as their search path (as Eventide's clients do), so calls need not
+    /// set it.
     ///
     /// # Errors
     /// [`MessageDbError::Database`] when the URL does not parse; [`MessageDbError::Pool`] when no
     /// pool can be built. No connection is opened yet.
     pub fn connect(url: &str) -> Result<Self, MessageDbError> {
-        let config = tokio_postgres::Config::from_str(url).map_err(MessageDbError::Database)?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(MessageDbError::Database)?;
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c search_path=message_store,public"),
+            None => "-c search_path=message_store,public".to_owned(),
+        };
+        config.options(options);
         let manager = Manager::from_config(
             config,
             NoTls,

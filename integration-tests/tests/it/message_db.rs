@@ -71,8 +71,16 @@ where
 
 #[tokio::test]
 async fn installs_the_published_message_db() -> anyhow::Result<()> {
-    let (_db, client) = setup().await?;
+    let (db, client) = setup().await?;
     assert_eq!(client.message_store_version().await?, "1.3.0");
+    // A client with its own pool: its connections start on Message DB's search path.
+    let own = MessageDb::connect(&db.url)?;
+    assert_eq!(own.write_message("own-1", &deposit(1)).await?, 0);
+    assert_eq!(own.stream_version("own-1").await?, Some(0));
+    assert_eq!(own.category("own-1").await?, "own");
+    let conn = own.pool().get().await?;
+    let path: String = conn.query_one("SHOW search_path", &[]).await?.get(0);
+    assert!(path.starts_with("message_store"), "{path}");
     Ok(())
 }
 
