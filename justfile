@@ -13,6 +13,10 @@ lint:
 bench:
     cargo run --release --locked -p eventrail-bench -- append
 
+# the Message DB client against the same SQL issued directly
+bench-message-db:
+    cargo run --release --locked -p eventrail-bench -- message-db
+
 # the quickstart example
 demo:
     bash scripts/demo.sh

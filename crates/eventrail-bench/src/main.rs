@@ -4,8 +4,13 @@
 //! - single-event appends with 1, 4 and 16 clients against a raw `INSERT` of the same row shape;
 //! - 100-event batches with 1 and 4 clients against a raw binary `COPY` of the same rows;
 //!
-//! and prints events/s and the ratio eventrail / raw. It works in a database of its own,
+//! and prints events/s and the ratio eventrail / raw.
+//!
+//! `cargo run --release -p eventrail-bench -- message-db` measures the Message DB client (see
+//! the `message_db` module). It works in a database of its own,
 //! `eventrail_bench`, created afresh.
+
+mod message_db;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +55,15 @@ enum Bench {
         /// Also measure catch-up with this batch size (besides the default options).
         #[arg(long)]
         batch_size: Option<usize>,
+    },
+    /// The Message DB client against the same SQL issued directly with tokio-postgres.
+    MessageDb {
+        /// Seconds per write measurement (taken in alternating 1 s slices).
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+        /// Run with `synchronous_commit = off`, so commit latency does not hide the client's cost.
+        #[arg(long)]
+        async_commit: bool,
     },
 }
 
@@ -298,5 +312,9 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             batch_size,
         } => worker_bench::run(events, seconds, batch_size).await,
+        Bench::MessageDb {
+            seconds,
+            async_commit,
+        } => message_db::message_db_bench(seconds, async_commit).await,
     }
 }

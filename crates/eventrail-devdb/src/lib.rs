@@ -9,6 +9,8 @@
 //!    processes; a file lock keeps two processes from starting it at once.
 //!
 //! When no PostgreSQL binaries exist, the error names the command that installs them.
+//!
+//! [`install_message_db`] installs Message DB from its published npm package into a database.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tracing::info;
+
+mod message_db;
+pub use message_db::{MESSAGE_DB_PACKAGE, install_message_db, message_db_package};
 
 /// Port of the throwaway cluster.
 pub const THROWAWAY_PORT: u16 = 54329;

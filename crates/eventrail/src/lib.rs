@@ -24,3 +24,10 @@ pub mod worker {
     /// Cancellation tokens that stop a worker gracefully.
     pub use tokio_util::sync::CancellationToken;
 }
+
+/// The Message DB client: [`MessageDb`](message_db::MessageDb), subscriptions, consumer groups.
+#[cfg(feature = "message-db")]
+#[cfg_attr(docsrs, doc(cfg(feature = "message-db")))]
+pub mod message_db {
+    pub use eventrail_message_db::*;
+}

@@ -168,3 +168,74 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+impl TestDb {
+    /// A fresh database with Message DB installed from its published package.
+    ///
+    /// The template is built once (under the harness lock, since `install.sh` creates the
+    /// cluster-wide `message_store` role) under a temporary name and renamed when complete, so a
+    /// failed install never leaves a half-built template behind.
+    pub(crate) async fn message_db() -> anyhow::Result<Self> {
+        let admin_url = eventrail_devdb::database_url().await?;
+        let admin = connect(&admin_url).await?;
+        let template = format!(
+            "message_db_tpl_{}",
+            eventrail_devdb::MESSAGE_DB_PACKAGE
+                .rsplit('@')
+                .next()
+                .unwrap_or_default()
+                .replace('.', "_")
+        );
+        let name = format!("eventrail_mdb_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute("SELECT pg_advisory_lock($1)", &[&HARNESS_LOCK])
+            .await?;
+        let created = async {
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+                .await?
+                .is_some();
+            if !exists {
+                let building = format!("{template}_building");
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                    .await?;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {building}"))
+                    .await?;
+                let (url, db) = (admin_url.clone(), building.clone());
+                let installed = tokio::task::spawn_blocking(move || {
+                    eventrail_devdb::install_message_db(&url, &db)
+                })
+                .await?
+                .context("installing Message DB from its npm package");
+                if let Err(e) = installed {
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                        .await?;
+                    return Err(e);
+                }
+                admin
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                    .await?;
+            }
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        admin
+            .execute("SELECT pg_advisory_unlock($1)", &[&HARNESS_LOCK])
+            .await?;
+        created?;
+        let url = eventrail_devdb::with_database(&admin_url, &name)?;
+        let pool = eventrail_devdb::pool(&url, 24)?;
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url,
+        })
+    }
+}

@@ -6,6 +6,7 @@ mod cli;
 mod devdb;
 mod gaps;
 mod harness;
+mod message_db;
 mod migrations;
 mod processors;
 mod store;
