@@ -207,7 +207,13 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 metrics::histogram!("eventrail_consumer_batch_events").record(handled as f64);
                 metrics::histogram!("eventrail_consumer_batch_seconds")
                     .record(started.elapsed().as_secs_f64());
-                metrics::gauge!("eventrail_consumer_position", "consumer" => ctx.consumer.name().to_owned()).set(position as f64);
+                let consumer = ctx.consumer.name().to_owned();
+                metrics::gauge!("eventrail_consumer_position", "consumer" => consumer.clone())
+                    .set(position as f64);
+                // Lag against the newest head the dispatcher has seen (positions, holes included).
+                let head = *head.borrow();
+                metrics::gauge!("eventrail_consumer_lag_positions", "consumer" => consumer)
+                    .set(head.saturating_sub(position) as f64);
                 debug!(position, handled, "batch committed");
                 if frontier.more
                     && !options.batch_pause.is_zero()
