@@ -272,11 +272,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The event store's and the worker's migrations, with default table names.
+/// The event store's, the worker's and the outbox's migrations, with default table names.
 fn migrator(schema: &str) -> anyhow::Result<Migrator> {
-    Ok(eventrail_worker::worker_migrator(
+    Ok(eventrail_outbox::with_outbox_migration(
+        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?,
         schema,
-        &eventrail_worker::TableNames::default(),
+        &eventrail_outbox::OutboxTables::default(),
     )?)
 }
 
