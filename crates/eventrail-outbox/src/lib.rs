@@ -35,6 +35,9 @@ mod admin;
 mod error;
 mod inbox;
 mod message;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+mod nats;
 mod options;
 mod outbox;
 mod relay;
@@ -45,6 +48,9 @@ pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
 pub use error::{OutboxError, SinkError};
 pub use inbox::Inbox;
 pub use message::{NewMessage, OutboxMessage};
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use nats::{NatsSink, PARTITION_KEY_HEADER};
 pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 pub use relay::{CycleReport, Relay};

@@ -767,3 +767,85 @@ async fn postgres_table_sink_delivers_once_per_id() -> anyhow::Result<()> {
     assert!(PgTableSink::new(db.pool.clone(), "bad name").is_err());
     Ok(())
 }
+
+/// NATS on this machine (or `NATS_URL`); the test fails when it is unreachable.
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+#[tokio::test]
+async fn nats_jetstream_sink_delivers_with_the_message_id_as_dedup_id() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use eventrail_outbox::{NatsSink, PARTITION_KEY_HEADER};
+
+    let db = TestDb::new().await?;
+    let client = async_nats::connect(nats_url())
+        .await
+        .context("NATS JetStream must be running for this test")?;
+    let sink = NatsSink::new(client);
+    let name = format!("outbox_test_{}", Uuid::now_v7().simple());
+    let stream = sink
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .await?;
+    let sink = sink.subject_prefix(format!("{name}."));
+    let ids = enqueue(
+        &db,
+        (0..20u8)
+            .map(|i| {
+                NewMessage::new("orders", format!("key-{}", i % 3), vec![i])
+                    .header("n", i.to_string())
+            })
+            .collect(),
+    )
+    .await?;
+    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
+    eventually(20, "every message acknowledged by JetStream", || async {
+        Ok(count(&db, "state = 'sent'").await? == 20)
+    })
+    .await?;
+    relay.stop().await?;
+    // A republish (a crash before the mark) is dropped by JetStream's dedup on the id.
+    let again = OutboxMessage {
+        id: ids[0],
+        sequence: 1,
+        partition_key: "key-0".into(),
+        destination: "orders".into(),
+        headers: BTreeMap::new(),
+        payload: vec![0],
+        content_type: "application/octet-stream".into(),
+        created_at: std::time::SystemTime::now(),
+        attempts: 2,
+    };
+    sink.publish(&again).await?;
+    let mut stream = stream;
+    assert_eq!(
+        stream.info().await?.state.messages,
+        20,
+        "deduplicated by Nats-Msg-Id"
+    );
+    // Every id once, with its headers, and each key in enqueue order.
+    let mut seen = Vec::new();
+    for seq in 1..=20u64 {
+        let m = stream.get_raw_message(seq).await?;
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+        let id: Uuid = header("Nats-Msg-Id").context("Nats-Msg-Id")?.parse()?;
+        let n: usize = header("n").context("header n")?.parse()?;
+        assert_eq!(ids[n], id);
+        assert_eq!(header(PARTITION_KEY_HEADER), Some(format!("key-{}", n % 3)));
+        assert_eq!(m.subject.as_str(), format!("{name}.orders"));
+        seen.push(n);
+    }
+    for key in 0..3 {
+        let order: Vec<usize> = seen.iter().copied().filter(|n| n % 3 == key).collect();
+        assert!(order.is_sorted(), "key-{key}: {order:?}");
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    sink.jetstream().delete_stream(&name).await?;
+    Ok(())
+}
