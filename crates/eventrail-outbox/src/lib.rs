@@ -32,6 +32,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admin;
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+mod amqp;
 mod error;
 mod inbox;
 mod message;
@@ -45,6 +48,9 @@ mod sink;
 mod tables;
 
 pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
 pub use error::{OutboxError, SinkError};
 pub use inbox::Inbox;
 pub use message::{NewMessage, OutboxMessage};

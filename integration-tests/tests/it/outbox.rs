@@ -849,3 +849,99 @@ async fn nats_jetstream_sink_delivers_with_the_message_id_as_dedup_id() -> anyho
     sink.jetstream().delete_stream(&name).await?;
     Ok(())
 }
+
+/// RabbitMQ on this machine (or `AMQP_URL`); the test fails when it is unreachable.
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+#[tokio::test]
+async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -> anyhow::Result<()>
+{
+    use anyhow::Context;
+    use eventrail_outbox::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let db = TestDb::new().await?;
+    // The default exchange routes to the queue named by the routing key (the destination).
+    let sink = AmqpSink::connect(&amqp_url(), "")
+        .await
+        .context("RabbitMQ must be running for this test")?;
+    let queue = format!("outbox_test_{}", Uuid::now_v7().simple());
+    sink.channel()
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    let ids = enqueue(
+        &db,
+        (0..12u8)
+            .map(|i| {
+                NewMessage::new(queue.clone(), format!("key-{}", i % 3), vec![i])
+                    .header("n", i.to_string())
+            })
+            .collect(),
+    )
+    .await?;
+    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
+    eventually(20, "every message confirmed by RabbitMQ", || async {
+        Ok(count(&db, "state = 'sent'").await? == 12)
+    })
+    .await?;
+    relay.stop().await?;
+    let mut seen = Vec::new();
+    while let Some(m) = sink
+        .channel()
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+    {
+        let p = &m.delivery.properties;
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        let id: Uuid = p
+            .message_id()
+            .as_ref()
+            .context("message_id")?
+            .as_str()
+            .parse()?;
+        let n = m.delivery.data[0];
+        assert_eq!(ids[usize::from(n)], id);
+        let headers = p.headers().as_ref().context("headers")?.inner();
+        let key = match headers.get(AMQP_PARTITION_KEY_HEADER) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => anyhow::bail!("partition key header: {other:?}"),
+        };
+        assert_eq!(key, format!("key-{}", n % 3));
+        seen.push(n);
+    }
+    for key in 0..3 {
+        let order: Vec<u8> = seen.iter().copied().filter(|n| n % 3 == key).collect();
+        assert!(order.is_sorted(), "key-{key}: {order:?}");
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).collect::<Vec<u8>>());
+
+    // Mandatory: an unroutable message comes back and is not counted as sent.
+    let lost = OutboxMessage {
+        id: Uuid::now_v7(),
+        sequence: 99,
+        partition_key: "k".into(),
+        destination: format!("{queue}_nobody"),
+        headers: BTreeMap::new(),
+        payload: vec![1],
+        content_type: "application/octet-stream".into(),
+        created_at: std::time::SystemTime::now(),
+        attempts: 1,
+    };
+    let returned = sink.publish(&lost).await;
+    assert!(
+        matches!(&returned, Err(e) if !e.is_permanent()),
+        "{returned:?}"
+    );
+    sink.channel()
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(())
+}
