@@ -51,8 +51,16 @@ pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
+/// The NATS client the [`NatsSink`] runs on.
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use async_nats;
 pub use error::{OutboxError, SinkError};
 pub use inbox::Inbox;
+/// The AMQP client the [`AmqpSink`] runs on.
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use lapin;
 pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
