@@ -78,8 +78,11 @@ enum Bench {
         #[arg(long, default_value_t = 2_000)]
         keys: usize,
         /// Relays running at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 2)]
         relays: usize,
+        /// Most messages one claim takes.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
     },
 }
 
@@ -336,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
             messages,
             keys,
             relays,
-        } => outbox_bench::run(messages, keys, relays).await,
+            batch,
+        } => outbox_bench::run(messages, keys, relays, batch).await,
     }
 }

@@ -54,12 +54,13 @@ async fn relay<S: Sink + Clone>(
     n: usize,
     keys: usize,
     relays: usize,
+    batch: usize,
 ) -> anyhow::Result<f64> {
     enqueue(pool, n, keys).await?;
     let options = OutboxOptions::new()
-        .batch_size(2000)
+        .batch_size(batch)
         .max_per_key(16)
-        .max_in_flight(1000);
+        .max_in_flight(keys);
     let admin = OutboxAdmin::new(pool.clone(), &options)?;
     let started = Instant::now();
     loop {
@@ -146,7 +147,7 @@ async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> any
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-pub(crate) async fn run(n: usize, keys: usize, relays: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
     let admin = crate::connect(&admin_url).await?;
     admin
@@ -190,15 +191,15 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize) -> anyhow::Result<
         )
         .await?;
 
-    println!("{n} messages over {keys} partition keys, {relays} relays");
+    println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
     let enqueue_rate = enqueue(&pool, n, keys).await?;
     pool.get()
         .await?
         .batch_execute("TRUNCATE eventrail.outbox")
         .await?;
-    let memory = relay(&pool, Arc::new(InMemorySink::new()), n, keys, relays).await?;
+    let memory = relay(&pool, Arc::new(InMemorySink::new()), n, keys, relays, batch).await?;
     let nats_bare = bare_nats(nats.jetstream(), n, keys, 1000).await?;
-    let nats_relay = relay(&pool, nats.clone(), n, keys, relays).await?;
+    let nats_relay = relay(&pool, nats.clone(), n, keys, relays, batch).await?;
     let amqp_bare = bare_amqp(&amqp, n, keys, 1000).await?;
     amqp.channel()
         .queue_declare(
@@ -207,7 +208,7 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize) -> anyhow::Result<
             FieldTable::default(),
         )
         .await?;
-    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays).await?;
+    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch).await?;
 
     println!(
         "| {:<36} | {:>12} | {:>12} |",

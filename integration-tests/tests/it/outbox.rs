@@ -945,3 +945,50 @@ async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn retries_back_off_exponentially_on_the_database_clock() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sink = Flaky::new(0);
+    sink.down.store(true, Ordering::SeqCst);
+    enqueue(&db, vec![NewMessage::new("orders", "k", b"x".to_vec())]).await?;
+    let relay = Relay::new(
+        db.pool.clone(),
+        sink,
+        fast().retry(RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }),
+    )?;
+    let client = db.pool.get().await?;
+    let delay = || async {
+        let row = client
+            .query_one(
+                "SELECT extract(epoch FROM next_attempt_at - now())::float8, attempts FROM eventrail.outbox",
+                &[],
+            )
+            .await?;
+        anyhow::Ok((row.get::<_, f64>(0), row.get::<_, i32>(1)))
+    };
+    // Each failure waits initial * 2^(attempts - 1), capped, jittered to [1/2, 1] of it.
+    for (attempt, (low, high)) in [(5.0, 10.0), (10.0, 20.0), (15.0, 30.0), (15.0, 30.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let report = relay.relay_once().await?;
+        assert_eq!((report.claimed, report.retried), (1, 1), "{report:?}");
+        let (wait, attempts) = delay().await?;
+        assert_eq!(attempts, i32::try_from(attempt)? + 1);
+        assert!(
+            wait > low - 1.0 && wait <= high,
+            "attempt {attempts}: {wait}"
+        );
+        assert_eq!(relay.relay_once().await?.claimed, 0, "not due yet");
+        // Time passes on the database clock.
+        client
+            .batch_execute("UPDATE eventrail.outbox SET next_attempt_at = now()")
+            .await?;
+    }
+    Ok(())
+}
