@@ -992,3 +992,115 @@ async fn retries_back_off_exponentially_on_the_database_clock() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A producer's committed and rolled-back message ids.
+type Produced = anyhow::Result<(Vec<Uuid>, Vec<Uuid>)>;
+
+/// Many producers (some rolling back) and three relays, one of them killed mid-batch and
+/// replaced: every committed message is delivered, nothing rolled back is, duplicates come only
+/// from the killed relay's unmarked batch, and each key's first deliveries are in order.
+#[tokio::test]
+async fn torture_producers_rollbacks_and_a_killed_relay_lose_nothing() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sink = InMemorySink::new();
+    let options = fast()
+        .lease(Duration::from_millis(300))
+        .batch_size(30)
+        .max_per_key(4);
+    let mut relays: Vec<Running> = (0..3)
+        .map(|_| {
+            Ok(start(Relay::new(
+                db.pool.clone(),
+                sink.clone(),
+                options.clone(),
+            )?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let producers: Vec<JoinHandle<Produced>> = (0..6)
+        .map(|p: usize| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let outbox = Outbox::new(&OutboxOptions::new())?;
+                let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+                for batch in 0..20usize {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    let messages = (0..8)
+                        .map(|i| {
+                            NewMessage::new(
+                                "orders",
+                                format!("key-{}", (p + batch + i) % 12),
+                                vec![0],
+                            )
+                        })
+                        .collect();
+                    let ids = outbox.enqueue_batch(&tx, messages).await?;
+                    if (p + batch).is_multiple_of(4) {
+                        tx.rollback().await?;
+                        rolled_back.extend(ids);
+                    } else {
+                        tx.commit().await?;
+                        committed.extend(ids);
+                    }
+                }
+                Ok((committed, rolled_back))
+            })
+        })
+        .collect();
+    // Kill one relay once deliveries are under way, without letting it release anything.
+    let seen = sink.clone();
+    eventually(20, "deliveries under way", || async {
+        Ok(seen.len() >= 50)
+    })
+    .await?;
+    let killed = relays.remove(0);
+    killed.task.abort();
+    assert!(killed.task.await.is_err_and(|e| e.is_cancelled()));
+    relays.push(start(Relay::new(db.pool.clone(), sink.clone(), options)?));
+
+    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
+    for p in producers {
+        let (c, r) = p.await??;
+        committed.extend(c);
+        rolled_back.extend(r);
+    }
+    let expected = i64::try_from(committed.len())?;
+    eventually(60, "every committed message sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == expected)
+    })
+    .await?;
+    for r in relays {
+        r.stop().await?;
+    }
+    assert_eq!(
+        count(&db, "true").await?,
+        expected,
+        "rolled-back producers left nothing"
+    );
+    let delivered = sink.messages();
+    let mut first = Vec::new();
+    let mut times: HashMap<Uuid, usize> = HashMap::new();
+    for m in &delivered {
+        let n = times.entry(m.id).or_insert(0);
+        if *n == 0 {
+            first.push(m.clone());
+        }
+        *n += 1;
+    }
+    let lost = committed
+        .iter()
+        .filter(|id| !times.contains_key(id))
+        .count();
+    let duplicated: usize = times.values().map(|n| n - 1).sum();
+    assert_eq!(lost, 0, "lost messages");
+    assert!(
+        rolled_back.iter().all(|id| !times.contains_key(id)),
+        "rolled back, yet delivered"
+    );
+    assert!(
+        duplicated <= 30,
+        "duplicates beyond the killed relay's batch: {duplicated}"
+    );
+    check_order(&first);
+    Ok(())
+}
