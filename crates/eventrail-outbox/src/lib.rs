@@ -17,8 +17,8 @@
 //! - [`Inbox`] gives consumers exactly-once effect: record the id in the transaction that
 //!   applies the message.
 //!
-//! The tables are migration 3 ([`outbox_migrator`], [`with_outbox_migration`]), with
-//! overridable names.
+//! The tables are migration 3, with overridable names: [`outbox_migrator`] applies migrations
+//! 1 to 3 with one runner; [`with_outbox_migration`] adds migration 3 to a migrator of yours.
 //!
 //! # Claiming, and why it keeps per-key order
 //!

@@ -186,14 +186,19 @@ pub fn with_outbox_migration(
     Ok(migrator)
 }
 
-/// A migrator for the event store (migration 1) and the outbox (migration 3) in `schema`. To
-/// apply the worker tables (migration 2) with the same runner, pass the worker's migrator to
-/// [`with_outbox_migration`].
+/// A migrator for everything in `schema`, one runner applying it all: the event store
+/// (migration 1), the worker tables with their default names (migration 2) and the outbox with
+/// these names (migration 3). With other worker table names, pass
+/// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
 ///
 /// # Errors
 /// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
 pub fn outbox_migrator(schema: &str, names: &OutboxTables) -> Result<Migrator, ConfigError> {
-    with_outbox_migration(Migrator::new(schema)?, schema, names)
+    with_outbox_migration(
+        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?,
+        schema,
+        names,
+    )
 }
 
 #[cfg(test)]
@@ -211,6 +216,13 @@ mod tests {
         assert!(sql.contains("CREATE TABLE \"ops\".\"messages\""));
         assert!(sql.contains("CREATE TABLE \"eventrail\".\"inbox\""));
         assert!(!sql.contains("{outbox}") && !sql.contains("{inbox}"));
+        let versions: Vec<i32> = outbox_migrator("eventrail", &names)
+            .unwrap()
+            .migrations()
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, [1, 2, 3], "one runner applies everything");
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {
             let names = OutboxTables {
                 outbox: bad.into(),
