@@ -6,6 +6,9 @@
 //!
 //! and prints events/s and the ratio eventrail / raw.
 //!
+//! `cargo run --release -p eventrail-bench -- outbox` measures the outbox relay (see the
+//! `outbox_bench` module).
+//!
 //! `cargo run --release -p eventrail-bench -- message-db` measures the Message DB client (see
 //! the `message_db` module). It works in a database of its own,
 //! `eventrail_bench`, created afresh.
@@ -15,6 +18,7 @@ mod message_db;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod outbox_bench;
 mod worker_bench;
 
 use anyhow::Context;
@@ -64,6 +68,21 @@ enum Bench {
         /// Run with `synchronous_commit = off`, so commit latency does not hide the client's cost.
         #[arg(long)]
         async_commit: bool,
+    },
+    /// Outbox relay throughput to NATS JetStream, RabbitMQ and memory against bare publish loops.
+    Outbox {
+        /// Messages per measurement.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Partition keys they are spread over.
+        #[arg(long, default_value_t = 2_000)]
+        keys: usize,
+        /// Relays running at once.
+        #[arg(long, default_value_t = 2)]
+        relays: usize,
+        /// Most messages one claim takes.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
     },
 }
 
@@ -316,5 +335,11 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             async_commit,
         } => message_db::message_db_bench(seconds, async_commit).await,
+        Bench::Outbox {
+            messages,
+            keys,
+            relays,
+            batch,
+        } => outbox_bench::run(messages, keys, relays, batch).await,
     }
 }

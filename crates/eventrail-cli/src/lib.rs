@@ -7,6 +7,8 @@
 //! eventrail status
 //! eventrail consumer rewind <name> --to POSITION | reset <name> | pause <name> | resume <name>
 //! eventrail gaps [--consumer NAME] [--limit N]
+//! eventrail outbox status
+//! eventrail outbox dead list [--limit N] | requeue [ID..|--all] | purge [ID..|--all]
 //! ```
 //! The database comes from `--database-url` or `DATABASE_URL`.
 
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
 use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
+use eventrail_outbox::{OutboxAdmin, OutboxOptions};
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
 use eventrail_worker::{Status, WorkerAdmin};
 use time::OffsetDateTime;
@@ -77,6 +80,54 @@ pub enum Command {
         /// Most rows to show.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+    },
+    /// The transactional outbox: backlog and dead letters.
+    Outbox {
+        /// What to do.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+/// Outbox commands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Pending messages, the oldest pending age, in-flight leases, dead letters by destination.
+    Status,
+    /// Dead messages (their partition keys are parked).
+    Dead {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+/// Dead-letter commands.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List dead messages, oldest first.
+    List {
+        /// Most rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make dead messages pending again with fresh attempts; their keys resume.
+    Requeue {
+        /// Message ids.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<uuid::Uuid>,
+        /// Every dead message.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead messages; the later messages of their keys then flow.
+    Purge {
+        /// Message ids.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<uuid::Uuid>,
+        /// Every dead message.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 
@@ -268,15 +319,90 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             )?;
             writeln!(out, "({} skips)", gaps.len())?;
         }
+        Command::Outbox { action } => {
+            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let admin = OutboxAdmin::new(
+                store.pool().clone(),
+                &OutboxOptions::new().schema(cli.schema.as_str()),
+            )?;
+            outbox(out, &admin, action).await?;
+        }
     }
     Ok(())
 }
 
-/// The event store's and the worker's migrations, with default table names.
+async fn outbox(
+    out: &mut impl Write,
+    admin: &OutboxAdmin,
+    action: OutboxAction,
+) -> anyhow::Result<()> {
+    match action {
+        OutboxAction::Status => {
+            let s = admin.status().await?;
+            writeln!(out, "pending      {}", s.pending)?;
+            writeln!(out, "in flight    {}", s.in_flight)?;
+            writeln!(out, "oldest age   {:.1}s", s.oldest_pending_age_seconds)?;
+            writeln!(out, "sent (kept)  {}", s.sent)?;
+            writeln!(out, "\ndead letters")?;
+            let rows: Vec<Vec<String>> = s
+                .dead_by_destination
+                .iter()
+                .map(|(d, n)| vec![d.clone(), n.to_string()])
+                .collect();
+            print_table(out, &["DESTINATION", "DEAD"], &rows)?;
+        }
+        OutboxAction::Dead {
+            action: DeadAction::List { limit },
+        } => {
+            let dead = admin.dead(limit).await?;
+            let rows: Vec<Vec<String>> = dead
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.to_string(),
+                        d.partition_key.clone(),
+                        d.destination.clone(),
+                        d.attempts.to_string(),
+                        timestamp(d.created_at),
+                        d.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                out,
+                &[
+                    "ID",
+                    "KEY",
+                    "DESTINATION",
+                    "ATTEMPTS",
+                    "CREATED AT",
+                    "LAST ERROR",
+                ],
+                &rows,
+            )?;
+            writeln!(out, "({} dead)", dead.len())?;
+        }
+        OutboxAction::Dead {
+            action: DeadAction::Requeue { ids, all },
+        } => {
+            let n = admin.requeue((!all).then_some(ids.as_slice())).await?;
+            writeln!(out, "requeued {n} dead messages")?;
+        }
+        OutboxAction::Dead {
+            action: DeadAction::Purge { ids, all },
+        } => {
+            let n = admin.purge((!all).then_some(ids.as_slice())).await?;
+            writeln!(out, "purged {n} dead messages")?;
+        }
+    }
+    Ok(())
+}
+
+/// The event store's, the worker's and the outbox's migrations, with default table names.
 fn migrator(schema: &str) -> anyhow::Result<Migrator> {
-    Ok(eventrail_worker::worker_migrator(
+    Ok(eventrail_outbox::outbox_migrator(
         schema,
-        &eventrail_worker::TableNames::default(),
+        &eventrail_outbox::OutboxTables::default(),
     )?)
 }
 

@@ -25,6 +25,17 @@ pub mod worker {
     pub use tokio_util::sync::CancellationToken;
 }
 
+/// The transactional outbox: [`Outbox`](outbox::Outbox) to enqueue in your transaction,
+/// [`Relay`](outbox::Relay) to deliver to a [`Sink`](outbox::Sink), [`Inbox`](outbox::Inbox),
+/// [`OutboxAdmin`](outbox::OutboxAdmin). Broker sinks: features `nats`, `amqp`.
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub mod outbox {
+    pub use eventrail_outbox::*;
+    /// Cancellation tokens that stop a relay gracefully.
+    pub use tokio_util::sync::CancellationToken;
+}
+
 /// The Message DB client: [`MessageDb`](message_db::MessageDb), subscriptions, consumer groups.
 #[cfg(feature = "message-db")]
 #[cfg_attr(docsrs, doc(cfg(feature = "message-db")))]

@@ -29,7 +29,7 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
         "cli_schema",
     ])
     .await?;
-    assert!(out.contains("applied migrations [1, 2]"), "{out}");
+    assert!(out.contains("applied migrations [1, 2, 3]"), "{out}");
     let out = eventrail(&[
         "migrate",
         "--database-url",
@@ -243,5 +243,64 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
     assert!(err.to_string().contains("unknown consumer"), "{err}");
     stop.cancel();
     task.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn outbox_status_and_dead_letters() -> anyhow::Result<()> {
+    use eventrail_outbox::{NewMessage, Outbox, OutboxOptions};
+
+    let db = TestDb::new().await?;
+    let outbox = Outbox::new(&OutboxOptions::new())?;
+    let mut client = db.pool.get().await?;
+    let tx = client.transaction().await?;
+    let ids = outbox
+        .enqueue_batch(
+            &tx,
+            vec![
+                NewMessage::new("orders", "a", b"1".to_vec()),
+                NewMessage::new("orders", "b", b"2".to_vec()),
+                NewMessage::new("payments", "c", b"3".to_vec()),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    client
+        .execute(
+            "UPDATE eventrail.outbox SET state = 'dead', attempts = 10, last_error = 'broker said no'
+             WHERE message_id <> $1",
+            &[&ids[0]],
+        )
+        .await?;
+    let url = db.url.as_str();
+    let out = eventrail(&["outbox", "status", "--database-url", url]).await?;
+    assert!(out.contains("pending      1"), "{out}");
+    assert!(
+        out.contains("orders       1") && out.contains("payments     1"),
+        "{out}"
+    );
+    let out = eventrail(&["outbox", "dead", "list", "--database-url", url]).await?;
+    assert!(
+        out.contains(&ids[1].to_string()) && out.contains("broker said no"),
+        "{out}"
+    );
+    assert!(out.contains("(2 dead)"), "{out}");
+    let id = ids[1].to_string();
+    let out = eventrail(&["outbox", "dead", "requeue", &id, "--database-url", url]).await?;
+    assert!(out.contains("requeued 1 dead messages"), "{out}");
+    let out = eventrail(&["outbox", "dead", "purge", "--all", "--database-url", url]).await?;
+    assert!(out.contains("purged 1 dead messages"), "{out}");
+    let states: Vec<String> = client
+        .query("SELECT state FROM eventrail.outbox ORDER BY sequence", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, ["pending", "pending"]);
+    assert!(
+        eventrail(&["outbox", "dead", "requeue", "--database-url", url])
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@ mod gaps;
 mod harness;
 mod message_db;
 mod migrations;
+mod outbox;
 mod processors;
 mod store;
 mod worker;

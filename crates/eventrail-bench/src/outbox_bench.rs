@@ -1,0 +1,266 @@
+//! `eventrail-bench outbox`: relay throughput to NATS JetStream and to RabbitMQ against a bare
+//! client publish loop of the same messages (the physical limit), and with the in-memory sink
+//! (the database side alone). It works in a database of its own, `eventrail_bench_outbox`,
+//! created afresh, a JetStream stream `OUTBOX_BENCH` and a RabbitMQ queue `outbox_bench`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use eventrail_outbox::async_nats::{self, jetstream};
+use eventrail_outbox::lapin::options::{
+    BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use eventrail_outbox::lapin::types::FieldTable;
+use eventrail_outbox::lapin::{BasicProperties, Confirmation};
+use eventrail_outbox::{
+    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxAdmin, OutboxOptions, OutboxTables,
+    Relay, Sink, outbox_migrator,
+};
+use futures::StreamExt;
+
+const STREAM: &str = "OUTBOX_BENCH";
+const QUEUE: &str = "outbox_bench";
+
+fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| {
+            NewMessage::json(
+                "bench",
+                format!("key-{}", i % keys),
+                &serde_json::json!({ "n": i, "sku": "tea-earl-grey", "qty": 2, "note": "a small message of typical size" }),
+            )
+        })
+        .collect()
+}
+
+async fn enqueue(pool: &Pool, n: usize, keys: usize) -> anyhow::Result<f64> {
+    let outbox = Outbox::new(&OutboxOptions::new())?;
+    let started = Instant::now();
+    for chunk in messages(n, keys).chunks(1000) {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        outbox.enqueue_batch(&tx, chunk.to_vec()).await?;
+        tx.commit().await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Enqueues `n` messages, then relays them with `relays` relays until none is pending.
+async fn relay<S: Sink + Clone>(
+    pool: &Pool,
+    sink: S,
+    n: usize,
+    keys: usize,
+    relays: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    enqueue(pool, n, keys).await?;
+    let options = OutboxOptions::new()
+        .batch_size(batch)
+        .max_per_key(16)
+        .max_in_flight(keys);
+    let admin = OutboxAdmin::new(pool.clone(), &options)?;
+    let started = Instant::now();
+    loop {
+        let tasks: Vec<_> = (0..relays)
+            .map(|_| {
+                let relay = Relay::new(pool.clone(), sink.clone(), options.clone());
+                tokio::spawn(async move {
+                    let relay = relay?;
+                    while relay.relay_once().await?.claimed > 0 {}
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        if admin.status().await?.pending == 0 {
+            break;
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    pool.get()
+        .await?
+        .batch_execute("TRUNCATE eventrail.outbox")
+        .await?;
+    Ok(rate)
+}
+
+/// The bare client: publish every message with its dedup id, `window` acks outstanding.
+async fn bare_nats(
+    js: &jetstream::Context,
+    n: usize,
+    keys: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let all = messages(n, keys);
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(all.iter().map(|m| async move {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            m.id.to_string().as_str(),
+        );
+        let ack = js
+            .publish_with_headers("bench.raw", headers, m.payload.clone().into())
+            .await?;
+        ack.await?;
+        anyhow::Ok(())
+    }))
+    .buffer_unordered(window);
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> anyhow::Result<f64> {
+    let all = messages(n, keys);
+    let channel = sink.channel();
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(all.iter().map(|m| async move {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                QUEUE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &m.payload,
+                BasicProperties::default()
+                    .with_message_id(m.id.to_string().into())
+                    .with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(matches!(confirm, Confirmation::Ack(None)), "not confirmed");
+        anyhow::Ok(())
+    }))
+    .buffer_unordered(window);
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
+    let admin_url = eventrail_devdb::database_url().await?;
+    let admin = crate::connect(&admin_url).await?;
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS eventrail_bench_outbox WITH (FORCE)")
+        .await?;
+    admin
+        .batch_execute("CREATE DATABASE eventrail_bench_outbox")
+        .await?;
+    let url = eventrail_devdb::with_database(&admin_url, "eventrail_bench_outbox")?;
+    let mut client = crate::connect(&url).await?;
+    outbox_migrator("eventrail", &OutboxTables::default())?
+        .run(&mut client)
+        .await?;
+    let pool = eventrail_devdb::pool(&url, 16)?;
+
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let nats = NatsSink::new(
+        async_nats::connect(&nats_url)
+            .await
+            .context("NATS JetStream must be running")?,
+    );
+    let _ = nats.jetstream().delete_stream(STREAM).await;
+    nats.jetstream()
+        .create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["bench.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let nats = nats.subject_prefix("bench.");
+    let amqp_url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let amqp = AmqpSink::connect(&amqp_url, "")
+        .await
+        .context("RabbitMQ must be running")?;
+    amqp.channel()
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
+    let enqueue_rate = enqueue(&pool, n, keys).await?;
+    pool.get()
+        .await?
+        .batch_execute("TRUNCATE eventrail.outbox")
+        .await?;
+    let memory = relay(&pool, Arc::new(InMemorySink::new()), n, keys, relays, batch).await?;
+    let nats_bare = bare_nats(nats.jetstream(), n, keys, 1000).await?;
+    let nats_relay = relay(&pool, nats.clone(), n, keys, relays, batch).await?;
+    let amqp_bare = bare_amqp(&amqp, n, keys, 1000).await?;
+    amqp.channel()
+        .queue_declare(
+            "bench".into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch).await?;
+
+    println!(
+        "| {:<36} | {:>12} | {:>12} |",
+        "scenario", "messages/s", "vs bare loop"
+    );
+    println!("|{:-<38}|{:-<14}|{:-<14}|", "", "", "");
+    println!(
+        "| {:<36} | {:>12.0} | {:>12} |",
+        "enqueue (batches of 1000)", enqueue_rate, "-"
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12} |",
+        "relay → in-memory sink (db side)", memory, "-"
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12} |",
+        "bare JetStream publish loop", nats_bare, "1.00"
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12.2} |",
+        "relay → NATS JetStream",
+        nats_relay,
+        nats_relay / nats_bare
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12} |",
+        "bare RabbitMQ publish loop (confirms)", amqp_bare, "1.00"
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12.2} |",
+        "relay → RabbitMQ",
+        amqp_relay,
+        amqp_relay / amqp_bare
+    );
+    println!(
+        "targets: ≥ 20,000 messages/s to NATS ({}), ≥ 0.5× the bare loop ({})",
+        if nats_relay >= 20_000.0 { "ok" } else { "MISS" },
+        if nats_relay >= 0.5 * nats_bare {
+            "ok"
+        } else {
+            "MISS"
+        }
+    );
+
+    let _ = nats.jetstream().delete_stream(STREAM).await;
+    for q in [QUEUE, "bench"] {
+        amqp.channel()
+            .queue_purge(q.into(), QueuePurgeOptions::default())
+            .await?;
+        amqp.channel()
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}

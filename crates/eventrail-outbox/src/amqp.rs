@@ -1,0 +1,131 @@
+//! The RabbitMQ (AMQP 0.9.1) sink.
+
+use std::fmt;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::{OutboxMessage, Sink, SinkError};
+
+/// Header carrying the partition key (AMQP has no ordering key of its own; a consistent-hash
+/// exchange can route on it).
+pub const AMQP_PARTITION_KEY_HEADER: &str = "eventrail-partition-key";
+
+/// Publishes to RabbitMQ on a channel with publisher confirms: the exchange is the sink's, the
+/// routing key the message's destination; the message id goes in the `message_id` property,
+/// the partition key in [`AMQP_PARTITION_KEY_HEADER`], delivery is persistent and mandatory. A
+/// message counts as sent once the broker confirmed it; a message returned as unroutable or
+/// negatively acknowledged is a transient failure (a binding may appear; the attempts limit
+/// dead-letters the rest).
+///
+/// The sink does not reconnect: after a connection loss every publish fails until the relay is
+/// restarted with a new sink.
+#[derive(Clone)]
+pub struct AmqpSink {
+    channel: Channel,
+    exchange: String,
+}
+
+impl fmt::Debug for AmqpSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpSink")
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpSink {
+    /// Connects to `uri` (`amqp://user:password@host:5672/%2f`), opens a channel and turns on
+    /// publisher confirms; publishes to `exchange` (`""` is the default exchange, which routes
+    /// to the queue named by the routing key).
+    ///
+    /// # Errors
+    /// [`lapin::Error`] when the broker cannot be reached or refuses the channel.
+    pub async fn connect(uri: &str, exchange: impl Into<String>) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        Self::new(&connection, exchange).await
+    }
+
+    /// A sink on a new channel of `connection`, with publisher confirms turned on.
+    ///
+    /// # Errors
+    /// [`lapin::Error`] when the channel cannot be opened.
+    pub async fn new(
+        connection: &Connection,
+        exchange: impl Into<String>,
+    ) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            exchange: exchange.into(),
+        })
+    }
+
+    /// The channel (to declare exchanges and queues).
+    #[must_use]
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("unroutable: {code} {text}")]
+    Returned { code: u16, text: String },
+    #[error("negatively acknowledged by the broker")]
+    Nacked,
+    #[error("the channel has no publisher confirms")]
+    NoConfirms,
+}
+
+impl Sink for AmqpSink {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        headers.insert(
+            AMQP_PARTITION_KEY_HEADER.into(),
+            AMQPValue::LongString(LongString::from(message.partition_key.as_str())),
+        );
+        let properties = BasicProperties::default()
+            .with_message_id(message.id.to_string().into())
+            .with_content_type(message.content_type.as_str().into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                message.destination.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.payload,
+                properties,
+            )
+            .await
+            .map_err(SinkError::transient)?
+            .await
+            .map_err(SinkError::transient)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(SinkError::transient(Refused::Returned {
+                    code: returned.reply_code,
+                    text: returned.reply_text.to_string(),
+                }))
+            }
+            Confirmation::Nack(None) => Err(SinkError::transient(Refused::Nacked)),
+            Confirmation::NotRequested => Err(SinkError::permanent(Refused::NoConfirms)),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! eventrail's transactional outbox.
+//!
+//! - [`Outbox`] enqueues messages inside the caller's transaction ([`Outbox::enqueue`],
+//!   [`Outbox::enqueue_batch`]), or appends events and enqueues in one transaction
+//!   ([`Outbox::append_and_enqueue`]). A rolled-back producer leaves nothing.
+//! - [`Relay`] delivers them to a [`Sink`]: it claims due messages with
+//!   `FOR UPDATE SKIP LOCKED` and a lease, commits the claim, publishes outside any transaction,
+//!   and marks the batch in one statement once the broker acknowledged it. Messages of one
+//!   partition key are never in flight together and never reordered; different keys publish
+//!   concurrently; several relays may run at once. Failures retry with exponential backoff and
+//!   jitter computed on the database clock; after the last attempt (or a permanent error) a
+//!   message is dead and its key parked until an operator requeues or purges it
+//!   ([`OutboxAdmin`]). Enqueue sends a NOTIFY hint; relays also poll. Sent messages are
+//!   cleaned up after a sliding retention, in bounded batches.
+//! - Sinks: [`InMemorySink`], [`PgTableSink`], and behind features NATS JetStream (`nats`) and
+//!   RabbitMQ (`amqp`). Each passes the message id as the broker's dedup id.
+//! - [`Inbox`] gives consumers exactly-once effect: record the id in the transaction that
+//!   applies the message.
+//!
+//! The tables are migration 3, with overridable names: [`outbox_migrator`] applies migrations
+//! 1 to 3 with one runner; [`with_outbox_migration`] adds migration 3 to a migrator of yours.
+//!
+//! # Claiming, and why it keeps per-key order
+//!
+//! A claim is one transaction of two statements. The first picks keys whose oldest unsent
+//! message (the head) is due and unleased, and locks those head rows `FOR UPDATE SKIP LOCKED`:
+//! the head's row lock is the key's claim lock, so a key another relay is claiming right now is
+//! skipped. The second statement, whose snapshot is taken after the locks were granted and so
+//! sees every earlier claim, leases per key the run of eligible messages
+//! from the oldest unsent one on; a leased, delayed or dead message ends the run. Producers lock
+//! the same key until they commit, so a key's order in the outbox is its commit order.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod admin;
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+mod amqp;
+mod error;
+mod inbox;
+mod message;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+mod nats;
+mod options;
+mod outbox;
+mod relay;
+mod sink;
+mod tables;
+
+pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
+/// The NATS client the [`NatsSink`] runs on.
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use async_nats;
+pub use error::{OutboxError, SinkError};
+pub use inbox::Inbox;
+/// The AMQP client the [`AmqpSink`] runs on.
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use lapin;
+pub use message::{NewMessage, OutboxMessage};
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use nats::{NatsSink, PARTITION_KEY_HEADER};
+pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
+pub use outbox::Outbox;
+pub use relay::{CycleReport, Relay};
+pub use sink::{InMemorySink, PgTableSink, Sink};
+pub use tables::{OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration};

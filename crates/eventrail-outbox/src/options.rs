@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+/// Names of the outbox's tables; each may carry a schema (`ops.outbox`). Unqualified names live
+/// in the options' schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTables {
+    /// The outbox (default `outbox`).
+    pub outbox: String,
+    /// The consumers' inbox (default `inbox`).
+    pub inbox: String,
+}
+
+impl Default for OutboxTables {
+    fn default() -> Self {
+        Self {
+            outbox: "outbox".into(),
+            inbox: "inbox".into(),
+        }
+    }
+}
+
+/// Retries of failed publishes: exponential backoff with jitter, computed on the database clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts of one message before it is dead and its partition key parked.
+    pub max_attempts: u32,
+    /// Wait after the first failure; doubled after each further failure, then jittered to
+    /// between half and all of it.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How an idle relay learns that messages may be waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wakeup {
+    /// Look every poll interval.
+    Poll,
+    /// LISTEN to the outbox channel (enqueue sends a hint with the commit) on a dedicated
+    /// connection, and still look every poll interval (a lost hint costs one interval).
+    Notify,
+}
+
+/// Settings of the outbox, its relay and its inbox, as a consuming builder. Every setting has a
+/// default.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct OutboxOptions {
+    pub(crate) schema: String,
+    pub(crate) tables: OutboxTables,
+    pub(crate) notify_channel: String,
+    pub(crate) batch_size: usize,
+    pub(crate) max_per_key: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) wakeup: Wakeup,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) retention: Duration,
+    pub(crate) cleanup_interval: Duration,
+    pub(crate) cleanup_batch: usize,
+    pub(crate) stats_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        Self {
+            schema: "eventrail".into(),
+            tables: OutboxTables::default(),
+            notify_channel: "eventrail_outbox".into(),
+            batch_size: 512,
+            max_per_key: 16,
+            max_in_flight: 256,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            wakeup: Wakeup::Notify,
+            retry: RetryPolicy::default(),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            cleanup_batch: 1000,
+            stats_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OutboxOptions {
+    /// Defaults: see each setter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The schema of unqualified table names (default `eventrail`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The table names (defaults `outbox`, `inbox`).
+    pub fn tables(mut self, tables: OutboxTables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// The channel of enqueue hints (default `eventrail_outbox`).
+    pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
+        self.notify_channel = channel.into();
+        self
+    }
+
+    /// Most messages one claim takes (default 512).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Most consecutive messages of one partition key one claim takes; they publish one after
+    /// the other (default 16).
+    pub fn max_per_key(mut self, n: usize) -> Self {
+        self.max_per_key = n.max(1);
+        self
+    }
+
+    /// Most partition keys publishing at once (default 256).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How long a claim holds its messages (default 30 s). A relay that dies holding a lease
+    /// delays its keys by this much; one that takes longer than this to publish a batch may see
+    /// its messages published again by another relay (same ids, so brokers deduplicate).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// How often an idle relay looks for due messages (default 500 ms).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// Poll only, or LISTEN with polling as fallback (default notify).
+    pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
+        self
+    }
+
+    /// Retries and dead-lettering (default 10 attempts, 200 ms doubling to 60 s).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sent messages older than this are deleted (default 7 days); the cut-off slides with the
+    /// database clock.
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    /// How often a relay runs the cleanup (default 60 s).
+    pub fn cleanup_interval(mut self, d: Duration) -> Self {
+        self.cleanup_interval = d;
+        self
+    }
+
+    /// Most rows one cleanup statement deletes (default 1000).
+    pub fn cleanup_batch(mut self, n: usize) -> Self {
+        self.cleanup_batch = n.max(1);
+        self
+    }
+
+    /// How often a relay samples the pending count and the oldest pending age for metrics
+    /// (default 5 s).
+    pub fn stats_interval(mut self, d: Duration) -> Self {
+        self.stats_interval = d;
+        self
+    }
+
+    /// After shutdown is requested, how long in-flight publishes may still finish before the
+    /// rest is handed back (default 10 s).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+}

@@ -1,0 +1,506 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, instrument, warn};
+use uuid::Uuid;
+
+use crate::error::{chain, db};
+use crate::message::headers_from_json;
+use crate::tables::Tables;
+use crate::{OutboxError, OutboxMessage, OutboxOptions, Sink, Wakeup};
+
+/// What happened to one claimed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    Failed,
+    Permanent,
+    Returned,
+}
+
+impl Outcome {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Sent => "s",
+            Self::Failed => "f",
+            Self::Permanent => "p",
+            Self::Returned => "r",
+        }
+    }
+}
+
+/// What one relay cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CycleReport {
+    /// Messages claimed.
+    pub claimed: usize,
+    /// Messages the broker acknowledged and that are now marked sent.
+    pub sent: usize,
+    /// Messages that failed and will be retried.
+    pub retried: usize,
+    /// Messages that went dead.
+    pub dead: usize,
+    /// Messages handed back untried (after a failure of their key, or at shutdown).
+    pub returned: usize,
+}
+
+/// Delivers the outbox to a [`Sink`]: claims due messages under a lease, publishes them outside
+/// any transaction, and marks them sent only once the broker acknowledged them.
+///
+/// Any number of relays may run on one outbox. The messages of one partition key are published
+/// one at a time and in order, by one relay at a time; different keys publish concurrently.
+///
+/// Delivery is at least once. A message is published again (with the same id, which brokers use
+/// to deduplicate) when a relay dies, or its lease expires, between the broker's ack and the
+/// mark.
+pub struct Relay<S> {
+    id: Uuid,
+    pool: Pool,
+    connect: Option<tokio_postgres::Config>,
+    sink: S,
+    options: Arc<OutboxOptions>,
+    tables: Arc<Tables>,
+}
+
+impl<S> fmt::Debug for Relay<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.id)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink> Relay<S> {
+    /// A relay of the outbox in `pool`'s database to `sink`.
+    ///
+    /// # Errors
+    /// [`OutboxError::Config`] for a refused schema, table or channel name.
+    pub fn new(pool: Pool, sink: S, options: OutboxOptions) -> Result<Self, OutboxError> {
+        Ok(Self {
+            id: Uuid::now_v7(),
+            tables: Arc::new(Tables::new(&options)?),
+            pool,
+            connect: None,
+            sink,
+            options: Arc::new(options),
+        })
+    }
+
+    /// LISTEN for enqueue hints on a dedicated connection with these settings (with
+    /// [`Wakeup::Notify`], the default). Without it the relay polls.
+    #[must_use]
+    pub fn listen(mut self, connect: tokio_postgres::Config) -> Self {
+        self.connect = Some(connect);
+        self
+    }
+
+    /// This relay's id (the lease owner of the messages it holds).
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Relays until `shutdown` is cancelled, then stops claiming, lets in-flight publishes
+    /// finish within the shutdown timeout, hands back the rest and releases its leases.
+    ///
+    /// Database failures are logged and retried every poll interval; they do not stop the relay.
+    ///
+    /// # Errors
+    /// [`OutboxError::Database`] when the leases cannot be released at shutdown (they expire).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+        let span = info_span!("outbox_relay", relay = %self.id);
+        async {
+            let wake = Arc::new(Notify::new());
+            let stop_listener = shutdown.child_token();
+            let listener = match (&self.connect, self.options.wakeup) {
+                (Some(connect), Wakeup::Notify) => Some(tokio::spawn(listen(
+                    connect.clone(),
+                    self.tables.channel.clone(),
+                    self.options.poll_interval,
+                    Arc::clone(&wake),
+                    stop_listener.clone(),
+                ))),
+                _ => None,
+            };
+            let mut next_cleanup = Instant::now();
+            let mut next_stats = Instant::now();
+            while !shutdown.is_cancelled() {
+                let now = Instant::now();
+                if now >= next_stats {
+                    next_stats = now + self.options.stats_interval;
+                    if let Err(e) = self.record_stats().await {
+                        warn!(error = %chain(&e), "outbox stats failed");
+                    }
+                }
+                if now >= next_cleanup {
+                    next_cleanup = now + self.options.cleanup_interval;
+                    if let Err(e) = self.cleanup().await {
+                        warn!(error = %chain(&e), "outbox cleanup failed");
+                    }
+                }
+                let idle = match self.cycle_until(&shutdown).await {
+                    Ok(report) => report.claimed == 0,
+                    Err(e) => {
+                        warn!(error = %chain(&e), "outbox relay cycle failed");
+                        true
+                    }
+                };
+                if idle {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(self.options.poll_interval) => {}
+                    }
+                }
+            }
+            stop_listener.cancel();
+            if let Some(listener) = listener {
+                let _ = listener.await;
+            }
+            self.release_leases().await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One cycle: claim a batch, publish it, settle it. Returns what happened; `claimed` is 0
+    /// when nothing was due.
+    ///
+    /// # Errors
+    /// [`OutboxError::Database`]: the claim failed (nothing was published), or the settle
+    /// failed (the batch's leases expire and it is published again).
+    pub async fn relay_once(&self) -> Result<CycleReport, OutboxError> {
+        self.cycle_until(&CancellationToken::new()).await
+    }
+
+    async fn cycle_until(&self, shutdown: &CancellationToken) -> Result<CycleReport, OutboxError> {
+        let claimed = self.claim().await?;
+        if claimed.is_empty() {
+            return Ok(CycleReport::default());
+        }
+        let outcomes = self.publish(&claimed, shutdown).await;
+        self.settle(&claimed, &outcomes).await
+    }
+
+    #[instrument(skip_all)]
+    async fn claim(&self) -> Result<Vec<OutboxMessage>, OutboxError> {
+        let t = &self.tables;
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
+        let keys: Vec<String> = tx
+            .query(&keys_statement, &[&to_i64(self.options.batch_size)])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if keys.is_empty() {
+            tx.commit().await.map_err(db)?;
+            return Ok(Vec::new());
+        }
+        let rows_statement = tx.prepare_cached(&t.claim_rows).await.map_err(db)?;
+        let lease_ms = self.options.lease.as_secs_f64() * 1000.0;
+        let rows = tx
+            .query(
+                &rows_statement,
+                &[
+                    &keys,
+                    &to_i64(self.options.max_per_key),
+                    &to_i64(self.options.batch_size),
+                    &self.id,
+                    &lease_ms,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
+        messages.sort_by_key(|m| m.sequence);
+        debug!(keys = keys.len(), messages = messages.len(), "claimed");
+        Ok(messages)
+    }
+
+    /// Publishes each key's messages in order, keys concurrently; a failure ends its key's run.
+    /// After shutdown, in-flight publishes get the shutdown timeout, then are abandoned.
+    async fn publish(
+        &self,
+        claimed: &[OutboxMessage],
+        shutdown: &CancellationToken,
+    ) -> HashMap<i64, (Outcome, Option<String>)> {
+        let mut groups: Vec<Vec<&OutboxMessage>> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for m in claimed {
+            let i = *index.entry(m.partition_key.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push(m);
+        }
+        let outcomes = Mutex::new(HashMap::with_capacity(claimed.len()));
+        let record = |sequence: i64, outcome: Outcome, error: Option<String>| {
+            outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(sequence, (outcome, error));
+        };
+        let work = futures::stream::iter(groups).for_each_concurrent(
+            self.options.max_in_flight,
+            |group| async {
+                for m in group {
+                    let started = Instant::now();
+                    let result = self.sink.publish(m).await;
+                    metrics::counter!("eventrail_outbox_attempts_total").increment(1);
+                    match result {
+                        Ok(()) => {
+                            metrics::histogram!("eventrail_outbox_publish_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            record(m.sequence, Outcome::Sent, None);
+                        }
+                        Err(e) => {
+                            let outcome = if e.is_permanent() {
+                                Outcome::Permanent
+                            } else {
+                                Outcome::Failed
+                            };
+                            warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
+                            record(m.sequence, outcome, Some(chain(&e)));
+                            break;
+                        }
+                    }
+                }
+            },
+        );
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.options.shutdown_timeout).await;
+        };
+        tokio::select! {
+            () = work => {}
+            () = deadline => warn!("shutdown timeout: handing back unacknowledged messages"),
+        }
+        outcomes
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the batch in one statement; unsettled messages are handed back.
+    async fn settle(
+        &self,
+        claimed: &[OutboxMessage],
+        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
+    ) -> Result<CycleReport, OutboxError> {
+        let mut sequences = Vec::with_capacity(claimed.len());
+        let mut codes = Vec::with_capacity(claimed.len());
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(claimed.len());
+        for m in claimed {
+            let (outcome, error) = outcomes
+                .get(&m.sequence)
+                .map_or((Outcome::Returned, None), |(o, e)| (*o, e.as_deref()));
+            sequences.push(m.sequence);
+            codes.push(outcome.code());
+            errors.push(error);
+        }
+        let retry = &self.options.retry;
+        let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
+        let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
+        let max_ms = retry.max_backoff.as_secs_f64() * 1000.0;
+        let client = self.pool.get().await.map_err(db)?;
+        let statement = client
+            .prepare_cached(&self.tables.settle)
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &sequences,
+                    &codes,
+                    &errors,
+                    &max_attempts,
+                    &initial_ms,
+                    &max_ms,
+                    &self.id,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut report = CycleReport {
+            claimed: claimed.len(),
+            ..CycleReport::default()
+        };
+        for row in &rows {
+            let state: &str = row.get(0);
+            let outcome: &str = row.get(2);
+            match (state, outcome) {
+                ("sent", _) => report.sent += 1,
+                ("dead", _) => {
+                    report.dead += 1;
+                    let destination: String = row.get(1);
+                    metrics::counter!("eventrail_outbox_dead_letters_total", "destination" => destination)
+                        .increment(1);
+                }
+                (_, "r") => report.returned += 1,
+                _ => report.retried += 1,
+            }
+        }
+        metrics::counter!("eventrail_outbox_sent_total").increment(report.sent as u64);
+        if report.dead > 0 {
+            warn!(
+                dead = report.dead,
+                "messages went dead; their keys are parked"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn release_leases(&self) -> Result<(), OutboxError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let released = client
+            .execute(&self.tables.release_all, &[&self.id])
+            .await
+            .map_err(db)?;
+        debug!(released, "released leases");
+        Ok(())
+    }
+
+    /// Deletes sent messages older than the retention (measured on the database clock at each
+    /// statement, so the cut-off slides), in statements of at most the cleanup batch size,
+    /// until none is left. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`OutboxError::Database`].
+    #[instrument(skip_all)]
+    pub async fn cleanup(&self) -> Result<u64, OutboxError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let statement = client
+            .prepare_cached(&self.tables.cleanup)
+            .await
+            .map_err(db)?;
+        let retention_ms = self.options.retention.as_secs_f64() * 1000.0;
+        let batch = to_i64(self.options.cleanup_batch);
+        let mut total = 0;
+        loop {
+            let deleted = client
+                .execute(&statement, &[&retention_ms, &batch])
+                .await
+                .map_err(db)?;
+            total += deleted;
+            if deleted < batch.unsigned_abs() {
+                break;
+            }
+        }
+        if total > 0 {
+            debug!(deleted = total, "cleaned up sent messages");
+        }
+        Ok(total)
+    }
+
+    async fn record_stats(&self) -> Result<(), OutboxError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_one(&self.tables.stats, &[])
+            .await
+            .map_err(db)?;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a gauge; counts beyond 2^52 need no precision"
+        )]
+        let pending = row.get::<_, i64>(0) as f64;
+        metrics::gauge!("eventrail_outbox_pending").set(pending);
+        metrics::gauge!("eventrail_outbox_oldest_pending_age_seconds").set(row.get::<_, f64>(1));
+        Ok(())
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn message(row: &Row) -> OutboxMessage {
+    OutboxMessage {
+        sequence: row.get(0),
+        id: row.get(1),
+        partition_key: row.get(2),
+        destination: row.get(3),
+        headers: headers_from_json(&row.get::<_, serde_json::Value>(4)),
+        payload: row.get(5),
+        content_type: row.get(6),
+        created_at: row.get(7),
+        attempts: u32::try_from(row.get::<_, i32>(8)).unwrap_or_default(),
+    }
+}
+
+/// LISTENs on a dedicated connection and wakes the relay on each hint; reconnects with backoff.
+async fn listen(
+    connect: tokio_postgres::Config,
+    channel: String,
+    max_retry: Duration,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut retry = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match connect.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => {
+                                if tx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(error = %chain(&e), "the outbox LISTEN connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN {channel}")).await {
+                    Ok(()) => {
+                        retry = Duration::from_millis(100);
+                        // Anything enqueued while not listening: look now.
+                        wake.notify_one();
+                        loop {
+                            tokio::select! {
+                                () = stop.cancelled() => break,
+                                hint = rx.recv() => match hint {
+                                    Some(()) => wake.notify_one(),
+                                    None => break,
+                                },
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %chain(&e), "outbox LISTEN failed"),
+                }
+                driver.abort();
+            }
+            Err(e) => warn!(error = %chain(&e), "connecting the outbox LISTEN connection failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(max_retry.max(Duration::from_millis(100)));
+    }
+}

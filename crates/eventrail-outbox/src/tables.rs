@@ -1,0 +1,235 @@
+use eventrail_store_postgres::{ConfigError, Migration, Migrator, validate_identifier};
+
+use crate::{OutboxOptions, OutboxTables};
+
+/// The outbox's migration (number 3, after the event log and the worker tables).
+pub const OUTBOX_MIGRATION: Migration = Migration {
+    version: 3,
+    name: "outbox",
+    template: include_str!("../../../migrations/0003_outbox.sql"),
+};
+
+/// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
+/// sequence order is its commit order.
+pub(crate) const KEY_LOCK: i32 = 1_701_147_150;
+
+/// `name` or `schema.name`, each part validated and quoted; unqualified names go to
+/// `default_schema`. Returns the qualified name, its quoted schema and its bare table name.
+fn qualify(
+    what: &'static str,
+    name: &str,
+    default_schema: &str,
+) -> Result<(String, String, String), ConfigError> {
+    let (schema, table) = match name.split_once('.') {
+        Some((schema, table)) => (schema, table),
+        None => (default_schema, name),
+    };
+    let quoted_schema = validate_identifier("schema", schema)?;
+    let quoted = validate_identifier(what, table)?;
+    Ok((
+        format!("{quoted_schema}.{quoted}"),
+        quoted_schema,
+        table.to_owned(),
+    ))
+}
+
+/// Validated names and the statements built from them once.
+#[derive(Debug, Clone)]
+pub(crate) struct Tables {
+    pub(crate) outbox: String,
+    pub(crate) outbox_bare: String,
+    pub(crate) inbox: String,
+    pub(crate) channel: String,
+    schemas: Vec<String>,
+    pub(crate) lock_keys: String,
+    pub(crate) insert: String,
+    pub(crate) claim_keys: String,
+    pub(crate) claim_rows: String,
+    pub(crate) settle: String,
+    pub(crate) release_all: String,
+    pub(crate) cleanup: String,
+    pub(crate) stats: String,
+}
+
+impl Tables {
+    pub(crate) fn new(options: &OutboxOptions) -> Result<Self, ConfigError> {
+        Self::from_names(&options.tables, &options.schema, &options.notify_channel)
+    }
+
+    pub(crate) fn from_names(
+        names: &OutboxTables,
+        default_schema: &str,
+        channel: &str,
+    ) -> Result<Self, ConfigError> {
+        let (outbox, outbox_schema, outbox_bare) =
+            qualify("outbox table", &names.outbox, default_schema)?;
+        let (inbox, inbox_schema, _) = qualify("inbox table", &names.inbox, default_schema)?;
+        validate_identifier("notify channel", channel)?;
+        let mut schemas = vec![outbox_schema, inbox_schema];
+        schemas.sort();
+        schemas.dedup();
+        let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
+        let eligible = "state = 'pending' AND (lease_owner IS NULL OR lease_expires_at < now()) AND next_attempt_at <= now()";
+        Ok(Self {
+            // Sorted, so that two producers locking several keys cannot deadlock each other.
+            lock_keys: format!(
+                "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
+            ),
+            insert: format!(
+                "INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
+                 SELECT id, k, d, h, p, c
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
+                      WITH ORDINALITY AS m(id, k, d, h, p, c, n)
+                 ORDER BY n
+                 RETURNING message_id"
+            ),
+            // The keys whose oldest unsent message (the head) is due and not leased, oldest
+            // first. Locking the head row with SKIP LOCKED is the key's claim lock: a key another
+            // relay is claiming right now is skipped. Dead rows are unsent: a dead head parks
+            // its key. The lock's recheck of the head sees a claim committed meanwhile.
+            claim_keys: format!(
+                "SELECT o.partition_key FROM {outbox} AS o
+                 WHERE o.sequence IN (
+                     SELECT DISTINCT ON (partition_key) sequence FROM {outbox}
+                     WHERE state <> 'sent' ORDER BY partition_key, sequence
+                 ) AND {eligible_o}
+                 ORDER BY o.sequence LIMIT $1
+                 FOR UPDATE OF o SKIP LOCKED"
+            ),
+            // Runs in a later statement than `claim_keys`, so its snapshot sees every claim
+            // committed before the head locks were granted. Per key, it takes the longest run of
+            // eligible messages from the oldest unsent one on (a leased, delayed or dead message
+            // ends the run), which keeps one key's messages in order and with one relay.
+            claim_rows: format!(
+                "WITH runs AS (
+                     SELECT sequence, partition_key,
+                            row_number() OVER w AS n,
+                            count(*) FILTER (WHERE NOT ({eligible})) OVER w AS blocked
+                     FROM {outbox}
+                     WHERE state <> 'sent' AND partition_key = ANY($1)
+                     WINDOW w AS (PARTITION BY partition_key ORDER BY sequence)
+                 ), picked AS (
+                     SELECT sequence FROM runs WHERE blocked = 0 AND n <= $2 ORDER BY n, sequence LIMIT $3
+                 )
+                 UPDATE {outbox} AS o
+                 SET lease_owner = $4, lease_expires_at = now() + $5::float8 * interval '1 millisecond', attempts = o.attempts + 1
+                 FROM picked
+                 WHERE o.sequence = picked.sequence AND {eligible_o}
+                 RETURNING o.sequence, o.message_id, o.partition_key, o.destination, o.headers, o.payload, o.content_type, o.created_at, o.attempts"
+            ),
+            // One statement settles a whole batch: `s` sent, `f` failed (retry or dead), `p`
+            // permanently failed (dead), `r` handed back untried. Only rows still leased by this
+            // relay change: a relay whose lease expired cannot overwrite its successor's work.
+            // Backoff: initial * 2^(attempts-1), capped, then jittered to [1/2, 1] of it.
+            settle: format!(
+                "UPDATE {outbox} AS o SET
+                     state = CASE WHEN f.outcome = 's' THEN 'sent'
+                                  WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts >= $4) THEN 'dead'
+                                  ELSE 'pending' END,
+                     sent_at = CASE WHEN f.outcome = 's' THEN now() END,
+                     last_error = CASE WHEN f.outcome IN ('f', 'p') THEN f.error ELSE o.last_error END,
+                     next_attempt_at = CASE WHEN f.outcome = 'f' THEN
+                         now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts - 1, 0), 40)))
+                                 * (0.5 + random() / 2) * interval '1 millisecond'
+                         ELSE o.next_attempt_at END,
+                     attempts = CASE WHEN f.outcome = 'r' THEN greatest(o.attempts - 1, 0) ELSE o.attempts END,
+                     lease_owner = NULL,
+                     lease_expires_at = NULL
+                 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(seq, outcome, error)
+                 WHERE o.sequence = f.seq AND o.lease_owner = $7
+                 RETURNING o.state, o.destination, f.outcome"
+            ),
+            release_all: format!(
+                "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)
+                 WHERE lease_owner = $1 AND state = 'pending'"
+            ),
+            cleanup: format!(
+                "DELETE FROM {outbox} WHERE sequence IN (
+                     SELECT sequence FROM {outbox}
+                     WHERE state = 'sent' AND sent_at < now() - $1::float8 * interval '1 millisecond'
+                     ORDER BY sent_at LIMIT $2
+                 )"
+            ),
+            stats: format!(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+                 FROM {outbox} WHERE state = 'pending'"
+            ),
+            channel: channel.to_owned(),
+            outbox,
+            outbox_bare,
+            inbox,
+            schemas,
+        })
+    }
+}
+
+/// Adds the outbox's migration, with these table names, to `migrator` (for example one from
+/// `eventrail_worker::worker_migrator`), so that one runner applies everything.
+///
+/// The names are fixed by the first run on a schema, as for the worker tables.
+///
+/// # Errors
+/// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
+pub fn with_outbox_migration(
+    migrator: Migrator,
+    schema: &str,
+    names: &OutboxTables,
+) -> Result<Migrator, ConfigError> {
+    let tables = Tables::from_names(names, schema, "eventrail_outbox")?;
+    let mut migrator = migrator
+        .with_migrations(&[OUTBOX_MIGRATION])
+        .with_replacement("{outbox}", &tables.outbox)
+        .with_replacement("{inbox}", &tables.inbox);
+    for s in &tables.schemas {
+        migrator = migrator.with_schema(s);
+    }
+    Ok(migrator)
+}
+
+/// A migrator for everything in `schema`, one runner applying it all: the event store
+/// (migration 1), the worker tables with their default names (migration 2) and the outbox with
+/// these names (migration 3). With other worker table names, pass
+/// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
+///
+/// # Errors
+/// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
+pub fn outbox_migrator(schema: &str, names: &OutboxTables) -> Result<Migrator, ConfigError> {
+    with_outbox_migration(
+        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?,
+        schema,
+        names,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_qualified_and_validated() {
+        let names = OutboxTables {
+            outbox: "ops.messages".into(),
+            ..OutboxTables::default()
+        };
+        let sql = outbox_migrator("eventrail", &names).unwrap().print_sql();
+        assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"ops\""));
+        assert!(sql.contains("CREATE TABLE \"ops\".\"messages\""));
+        assert!(sql.contains("CREATE TABLE \"eventrail\".\"inbox\""));
+        assert!(!sql.contains("{outbox}") && !sql.contains("{inbox}"));
+        let versions: Vec<i32> = outbox_migrator("eventrail", &names)
+            .unwrap()
+            .migrations()
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, [1, 2, 3], "one runner applies everything");
+        for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {
+            let names = OutboxTables {
+                outbox: bad.into(),
+                ..OutboxTables::default()
+            };
+            assert!(outbox_migrator("eventrail", &names).is_err(), "{bad}");
+        }
+        assert!(Tables::from_names(&OutboxTables::default(), "eventrail", "bad channel").is_err());
+    }
+}
