@@ -60,7 +60,38 @@ impl TestDb {
                 .get(0)
         };
         let template = format!("eventrail_tpl_{fingerprint}");
-        let name = format!("eventrail_test_{}", uuid::Uuid::new_v4().simple());
+        Self::clone_of(
+            &admin_url,
+            &admin,
+            &template,
+            "eventrail_test",
+            |url| async move {
+                let mut client = connect(&url).await?;
+                migrator()?.run(&mut client).await?;
+                anyhow::Ok(())
+            },
+        )
+        .await
+    }
+
+    /// A new database cloned from `template`, which is built first with `build` when missing.
+    ///
+    /// Everything happens under the harness lock: PostgreSQL refuses to clone a database while
+    /// another session is connected to it, and builds may create cluster-wide roles. The template
+    /// is built under a temporary name and renamed when complete, so a failed build never leaves
+    /// a half-built template behind.
+    async fn clone_of<F, Fut>(
+        admin_url: &str,
+        admin: &Client,
+        template: &str,
+        prefix: &str,
+        build: F,
+    ) -> anyhow::Result<Self>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         admin
             .execute("SELECT pg_advisory_lock($1)", &[&HARNESS_LOCK])
             .await?;
@@ -70,12 +101,29 @@ impl TestDb {
                 .await?
                 .is_some();
             if !exists {
+                let building = format!("{template}_building");
                 admin
-                    .batch_execute(&format!("CREATE DATABASE {template}"))
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
                     .await?;
-                let mut client =
-                    connect(&eventrail_devdb::with_database(&admin_url, &template)?).await?;
-                migrator()?.run(&mut client).await?;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {building}"))
+                    .await?;
+                if let Err(e) = build(eventrail_devdb::with_database(admin_url, &building)?).await {
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                        .await?;
+                    return Err(e);
+                }
+                // The build's connections must be gone before the rename.
+                admin
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                        &[&building],
+                    )
+                    .await?;
+                admin
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                    .await?;
             }
             admin
                 .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
@@ -87,13 +135,13 @@ impl TestDb {
             .execute("SELECT pg_advisory_unlock($1)", &[&HARNESS_LOCK])
             .await?;
         created?;
-        let url = eventrail_devdb::with_database(&admin_url, &name)?;
+        let url = eventrail_devdb::with_database(admin_url, &name)?;
         let pool = eventrail_devdb::pool(&url, 24)?;
         Ok(Self {
             name,
             url,
             pool,
-            admin_url,
+            admin_url: admin_url.to_owned(),
         })
     }
 
@@ -171,11 +219,8 @@ where
 }
 
 impl TestDb {
-    /// A fresh database with Message DB installed from its published package.
-    ///
-    /// The template is built once (under the harness lock, since `install.sh` creates the
-    /// cluster-wide `message_store` role) under a temporary name and renamed when complete, so a
-    /// failed install never leaves a half-built template behind.
+    /// A fresh database with Message DB installed from its published package (its `install.sh`
+    /// creates the cluster-wide `message_store` role, once, when the template is built).
     pub(crate) async fn message_db() -> anyhow::Result<Self> {
         let admin_url = eventrail_devdb::database_url().await?;
         let admin = connect(&admin_url).await?;
@@ -187,56 +232,30 @@ impl TestDb {
                 .unwrap_or_default()
                 .replace('.', "_")
         );
-        let name = format!("eventrail_mdb_test_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .execute("SELECT pg_advisory_lock($1)", &[&HARNESS_LOCK])
-            .await?;
-        let created = async {
-            let exists = admin
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
-                .await?
-                .is_some();
-            if !exists {
-                let building = format!("{template}_building");
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-                    .await?;
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {building}"))
-                    .await?;
-                let (url, db) = (admin_url.clone(), building.clone());
-                let installed = tokio::task::spawn_blocking(move || {
-                    eventrail_devdb::install_message_db(&url, &db)
+        Self::clone_of(
+            &admin_url,
+            &admin,
+            &template,
+            "eventrail_mdb_test",
+            |url| async move {
+                let (admin_url, db) = split_database(&url)?;
+                tokio::task::spawn_blocking(move || {
+                    eventrail_devdb::install_message_db(&admin_url, &db)
                 })
                 .await?
-                .context("installing Message DB from its npm package");
-                if let Err(e) = installed {
-                    admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-                        .await?;
-                    return Err(e);
-                }
-                admin
-                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-                    .await?;
-            }
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-                .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        admin
-            .execute("SELECT pg_advisory_unlock($1)", &[&HARNESS_LOCK])
-            .await?;
-        created?;
-        let url = eventrail_devdb::with_database(&admin_url, &name)?;
-        let pool = eventrail_devdb::pool(&url, 24)?;
-        Ok(Self {
-            name,
-            url,
-            pool,
-            admin_url,
-        })
+                .context("installing Message DB from its npm package")
+            },
+        )
+        .await
     }
+}
+
+/// `(url of the same server, database name)` of a database URL.
+fn split_database(url: &str) -> anyhow::Result<(String, String)> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let db = config
+        .get_dbname()
+        .context("the URL names no database")?
+        .to_owned();
+    Ok((url.to_owned(), db))
 }
