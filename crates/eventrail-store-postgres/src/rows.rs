@@ -38,7 +38,7 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
                 .unwrap_or_default(),
         ),
     };
-    let Json(metadata): Json<Metadata> = row.try_get(8).map_err(StoreError::backend)?;
+    let MetadataColumn(metadata) = row.try_get(8).map_err(StoreError::backend)?;
     let schema_version: i32 = row.try_get(5).map_err(StoreError::backend)?;
     Ok(RecordedEvent {
         global_position: to_u64(row.try_get(0).map_err(StoreError::backend)?),
@@ -54,6 +54,33 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
             .map_err(StoreError::backend)?,
         transaction_id: parse_xid(row.try_get(10).map_err(StoreError::backend)?)?,
     })
+}
+
+/// The `metadata` column, with a fast path for the common empty object (serde's `flatten` makes
+/// even `{}` cost a buffered pass).
+struct MetadataColumn(Metadata);
+
+impl<'a> postgres_types::FromSql<'a> for MetadataColumn {
+    fn from_sql(
+        ty: &postgres_types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form is a version byte (1) followed by the JSON text.
+        let text = if *ty == postgres_types::Type::JSONB {
+            raw.get(1..).unwrap_or_default()
+        } else {
+            raw
+        };
+        if text == b"{}" {
+            return Ok(Self(Metadata::default()));
+        }
+        let Json(metadata) = Json::<Metadata>::from_sql(ty, raw)?;
+        Ok(Self(metadata))
+    }
+
+    fn accepts(ty: &postgres_types::Type) -> bool {
+        <Json<Metadata> as postgres_types::FromSql<'_>>::accepts(ty)
+    }
 }
 
 pub(crate) fn recorded_events(rows: &[Row]) -> Result<Vec<RecordedEvent>, StoreError> {
