@@ -400,7 +400,10 @@ async fn outbox(
 
 /// The event store's, the worker's and the outbox's migrations, with default table names.
 fn migrator(schema: &str) -> anyhow::Result<Migrator> {
-    Ok(eventrail_outbox::outbox_migrator(
+    let everything =
+        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?;
+    Ok(eventrail_outbox::with_outbox_migration(
+        everything,
         schema,
         &eventrail_outbox::OutboxTables::default(),
     )?)

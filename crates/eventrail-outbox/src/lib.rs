@@ -18,7 +18,8 @@
 //!   applies the message.
 //!
 //! The tables are migration 3, with overridable names: [`outbox_migrator`] applies migrations
-//! 1 to 3 with one runner; [`with_outbox_migration`] adds migration 3 to a migrator of yours.
+//! 1 (the event store) and 3 with one runner; [`with_outbox_migration`] adds migration 3 to a
+//! migrator of yours (for example the worker's, to apply 1 to 3).
 //!
 //! # Claiming, and why it keeps per-key order
 //!

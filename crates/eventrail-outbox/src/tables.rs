@@ -186,19 +186,14 @@ pub fn with_outbox_migration(
     Ok(migrator)
 }
 
-/// A migrator for everything in `schema`, one runner applying it all: the event store
-/// (migration 1), the worker tables with their default names (migration 2) and the outbox with
-/// these names (migration 3). With other worker table names, pass
+/// A migrator for the event store (migration 1) and the outbox with these names (migration 3).
+/// To apply the worker tables with the same runner, pass
 /// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
 ///
 /// # Errors
 /// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
 pub fn outbox_migrator(schema: &str, names: &OutboxTables) -> Result<Migrator, ConfigError> {
-    with_outbox_migration(
-        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?,
-        schema,
-        names,
-    )
+    with_outbox_migration(Migrator::new(schema)?, schema, names)
 }
 
 #[cfg(test)]
@@ -222,7 +217,11 @@ mod tests {
             .iter()
             .map(|m| m.version)
             .collect();
-        assert_eq!(versions, [1, 2, 3], "one runner applies everything");
+        assert_eq!(
+            versions,
+            [1, 3],
+            "the event store and the outbox, no worker tables"
+        );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {
             let names = OutboxTables {
                 outbox: bad.into(),

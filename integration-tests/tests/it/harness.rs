@@ -7,8 +7,9 @@
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use eventrail_outbox::{OutboxTables, outbox_migrator};
+use eventrail_outbox::{OutboxTables, with_outbox_migration};
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
+use eventrail_worker::{TableNames, worker_migrator};
 use tokio_postgres::{Client, NoTls};
 
 /// Advisory lock key of the harness (on the admin database).
@@ -17,7 +18,12 @@ const HARNESS_LOCK: i64 = 0x6576_656e_7472_6c00;
 /// The template's migrations: the event store, the worker tables and the outbox. The
 /// fingerprint below covers every migration this runner applies.
 fn migrator() -> anyhow::Result<Migrator> {
-    Ok(outbox_migrator("eventrail", &OutboxTables::default())?)
+    let everything = worker_migrator("eventrail", &TableNames::default())?;
+    Ok(with_outbox_migration(
+        everything,
+        "eventrail",
+        &OutboxTables::default(),
+    )?)
 }
 
 pub(crate) struct TestDb {
