@@ -161,15 +161,8 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
         .build()?;
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(worker.run(stop.clone()));
-    eventrail_worker::wait_for(
-        &db.config(),
-        "eventrail",
-        &eventrail_worker::TableNames::default(),
-        "projection",
-        last,
-        std::time::Duration::from_secs(10),
-    )
-    .await?;
+    db.wait_for("projection", last, std::time::Duration::from_secs(10))
+        .await?;
 
     let status = eventrail(&["status", "--database-url", &db.url]).await?;
     assert!(
@@ -228,15 +221,8 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
         &db.url,
     ])
     .await?;
-    eventrail_worker::wait_for(
-        &db.config(),
-        "eventrail",
-        &eventrail_worker::TableNames::default(),
-        "projection",
-        last,
-        std::time::Duration::from_secs(10),
-    )
-    .await?;
+    db.wait_for("projection", last, std::time::Duration::from_secs(10))
+        .await?;
     let err = eventrail(&["consumer", "reset", "nobody", "--database-url", &db.url])
         .await
         .unwrap_err();

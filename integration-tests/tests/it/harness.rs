@@ -164,6 +164,25 @@ impl TestDb {
         self.url.parse().expect("valid test database URL")
     }
 
+    /// Waits until `consumer` (default worker tables in schema `eventrail`) has checkpointed
+    /// `position`; see [`eventrail_worker::wait_for`].
+    pub(crate) async fn wait_for(
+        &self,
+        consumer: &str,
+        position: u64,
+        timeout: std::time::Duration,
+    ) -> Result<u64, eventrail_worker::WorkerError> {
+        eventrail_worker::wait_for(
+            &self.config(),
+            "eventrail",
+            &TableNames::default(),
+            consumer,
+            position,
+            timeout,
+        )
+        .await
+    }
+
     /// A connection of its own (outside the pool).
     pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         connect(&self.url).await

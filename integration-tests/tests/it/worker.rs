@@ -376,15 +376,9 @@ async fn consumers_never_pass_an_open_lower_position_skip_audited_holes_and_scop
     let held = append_in_open(&store, &tx, "wanted-1").await?;
     let above = append(&store, "other-2", 3).await?;
     // Passing the open position would be a bug: give the consumers half a second to try.
-    let wanted = wait_for(
-        &db.config(),
-        "eventrail",
-        &TableNames::default(),
-        "everything",
-        above,
-        Duration::from_millis(500),
-    )
-    .await;
+    let wanted = db
+        .wait_for("everything", above, Duration::from_millis(500))
+        .await;
     assert!(
         matches!(wanted, Err(WorkerError::Timeout { .. })),
         "passed an open lower position: {wanted:?}"
@@ -475,15 +469,7 @@ async fn a_failing_handler_is_retried_then_parked_while_others_run_and_resumes()
     let w = start(&db, fast().retry(retry), std::slice::from_ref(&flaky))?;
     let healthy = start(&db, fast(), &[Recorder::new("healthy", "h")])?;
     let last = append(&store, "job-1", 3).await?;
-    let parked = wait_for(
-        &db.config(),
-        "eventrail",
-        &TableNames::default(),
-        "flaky",
-        last,
-        Duration::from_secs(10),
-    )
-    .await;
+    let parked = db.wait_for("flaky", last, Duration::from_secs(10)).await;
     match parked {
         Err(WorkerError::ConsumerParked { error, .. }) => {
             assert!(error.contains("downstream"), "{error}")
@@ -512,15 +498,7 @@ async fn a_failing_handler_is_retried_then_parked_while_others_run_and_resumes()
 
     flaky.failing.store(false, Ordering::SeqCst);
     admin.resume("flaky").await?;
-    let reached = wait_for(
-        &db.config(),
-        "eventrail",
-        &TableNames::default(),
-        "flaky",
-        last,
-        Duration::from_secs(10),
-    )
-    .await?;
+    let reached = db.wait_for("flaky", last, Duration::from_secs(10)).await?;
     assert!(reached >= last);
     assert!(
         admin
@@ -635,15 +613,7 @@ async fn the_notify_dispatcher_wakes_consumers_long_before_the_poll_interval_and
     // Let the idle consumer settle into its long wait, then append.
     let first = append(&store, "ping-1", 1).await?;
     let started = std::time::Instant::now();
-    wait_for(
-        &db.config(),
-        "eventrail",
-        &TableNames::default(),
-        "fast",
-        first,
-        Duration::from_secs(10),
-    )
-    .await?;
+    db.wait_for("fast", first, Duration::from_secs(10)).await?;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "delivered by notification, not by the 30 s timers"
@@ -660,15 +630,7 @@ async fn the_notify_dispatcher_wakes_consumers_long_before_the_poll_interval_and
         .get(0);
     assert_eq!(killed, 1, "the LISTEN connection was found and terminated");
     let second = append(&store, "ping-2", 1).await?;
-    wait_for(
-        &db.config(),
-        "eventrail",
-        &TableNames::default(),
-        "fast",
-        second,
-        Duration::from_secs(10),
-    )
-    .await?;
+    db.wait_for("fast", second, Duration::from_secs(10)).await?;
     w.stop().await?;
     Ok(())
 }
@@ -800,15 +762,7 @@ async fn reactors_and_stateful_processors_run_on_the_same_runtime() -> anyhow::R
     let signup = append(&store, "signup-1", 2).await?;
     let last = append(&store, "other-1", 1).await?;
     for consumer in ["mailer", "projection"] {
-        wait_for(
-            &db.config(),
-            "eventrail",
-            &TableNames::default(),
-            consumer,
-            last,
-            Duration::from_secs(10),
-        )
-        .await?;
+        db.wait_for(consumer, last, Duration::from_secs(10)).await?;
     }
     stop.cancel();
     task.await??;
