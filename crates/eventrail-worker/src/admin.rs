@@ -173,6 +173,8 @@ impl WorkerAdmin {
         Ok(Status { workers, consumers })
     }
 
+    /// Applies `set` to the consumer's checkpoint row; `$1` is the consumer, `$2` the position
+    /// when given.
     async fn update(
         &self,
         consumer: &str,
@@ -180,13 +182,15 @@ impl WorkerAdmin {
         position: Option<i64>,
     ) -> Result<(), WorkerError> {
         let client = self.pool.get().await.map_err(db)?;
-        let n = client
-            .execute(
-                &format!("UPDATE {} SET {set}, updated_at = now() WHERE consumer = $1 AND ($2::bigint IS NULL OR true)", self.tables.checkpoints),
-                &[&consumer, &position],
-            )
-            .await
-            .map_err(db)?;
+        let sql = format!(
+            "UPDATE {} SET {set}, updated_at = now() WHERE consumer = $1",
+            self.tables.checkpoints
+        );
+        let n = match &position {
+            Some(position) => client.execute(&sql, &[&consumer, position]).await,
+            None => client.execute(&sql, &[&consumer]).await,
+        }
+        .map_err(db)?;
         if n == 0 {
             return Err(WorkerError::UnknownConsumer(consumer.to_owned()));
         }
