@@ -49,22 +49,13 @@ impl Tables {
             schemas.push(schema);
             Ok::<_, ConfigError>(qualified)
         };
-        let tables = Self {
-            nodes: q("worker_nodes table", &names.worker_nodes)?,
-            assignments: q("consumer_assignments table", &names.consumer_assignments)?,
-            checkpoints: q("consumer_checkpoints table", &names.consumer_checkpoints)?,
-            gap_skips: q("consumer_gap_skips table", &names.consumer_gap_skips)?,
-            leader: q("worker_leader table", &names.worker_leader)?,
-            schemas: Vec::new(),
-            lock_checkpoint: String::new(),
-            save_checkpoint: String::new(),
-            insert_proven_skip: String::new(),
-            insert_timeout_skip: String::new(),
-        };
+        let nodes = q("worker_nodes table", &names.worker_nodes)?;
+        let assignments = q("consumer_assignments table", &names.consumer_assignments)?;
+        let checkpoints = q("consumer_checkpoints table", &names.consumer_checkpoints)?;
+        let gap_skips = q("consumer_gap_skips table", &names.consumer_gap_skips)?;
+        let leader = q("worker_leader table", &names.worker_leader)?;
         schemas.sort();
         schemas.dedup();
-        let (checkpoints, assignments, gap_skips) =
-            (&tables.checkpoints, &tables.assignments, &tables.gap_skips);
         Ok(Self {
             lock_checkpoint: format!(
                 "SELECT position, paused OR parked_at IS NOT NULL FROM {checkpoints} WHERE consumer = $1 FOR UPDATE"
@@ -87,8 +78,12 @@ impl Tables {
             insert_timeout_skip: format!(
                 "INSERT INTO {gap_skips} (consumer, from_position, to_position, reason, first_seen_at) VALUES ($1, $2, $3, 'timeout', $4)"
             ),
+            nodes,
+            assignments,
+            checkpoints,
+            gap_skips,
+            leader,
             schemas,
-            ..tables
         })
     }
 }
