@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use deadpool_postgres::Pool;
 
 use crate::error::db;
-use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK};
+use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held};
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
@@ -104,17 +104,11 @@ impl WorkerAdmin {
     pub async fn status(&self) -> Result<Status, WorkerError> {
         let t = &self.tables;
         let client = self.pool.get().await.map_err(db)?;
-        let lock = |class: &str, key: &str| {
-            format!(
-                "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND l.classid = {class}::oid AND l.objid = hashtext({key})::oid AND l.objsubid = 2 {{}})"
-            )
-        };
-        let alive = lock(&IDENTITY_LOCK.to_string(), "n.worker_id::text").replace("{}", "");
+        let alive = identity_lock_held("n.worker_id");
         // The leader holds the leadership lock on the same session as its identity lock.
-        let leader_lock = lock(&LEADER_LOCK.to_string(), "$1").replace(
-            "{}",
+        let leader_lock = advisory_lock_held(
+            LEADER_LOCK,
+            "$1",
             &format!(
                 "AND l.pid IN (SELECT i.pid FROM pg_locks i WHERE i.locktype = 'advisory' AND i.classid = {IDENTITY_LOCK}::oid AND i.objid = hashtext(n.worker_id::text)::oid AND i.objsubid = 2)"
             ),

@@ -325,6 +325,21 @@ impl Worker {
     }
 }
 
+/// SQL that is true while a session holds `class`'s advisory lock on `key_sql` (an SQL text
+/// expression), in this database. `extra` further restricts the lock row `l`.
+pub(crate) fn advisory_lock_held(class: i32, key_sql: &str, extra: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.classid = {class}::oid AND l.objid = hashtext({key_sql})::oid AND l.objsubid = 2 {extra})"
+    )
+}
+
+/// SQL that is true while the worker whose id is `worker_id_sql` holds its identity lock.
+pub(crate) fn identity_lock_held(worker_id_sql: &str) -> String {
+    advisory_lock_held(IDENTITY_LOCK, &format!("{worker_id_sql}::text"), "")
+}
+
 /// Opens the worker's own connection; the receiver resolves when the connection ends.
 pub(crate) async fn connect_session(
     config: &tokio_postgres::Config,
@@ -407,18 +422,14 @@ async fn rebalance(shared: &Shared) -> Result<(), WorkerError> {
     let tx = client.transaction().await.map_err(db)?;
     let liveness = match shared.options.leader_mode {
         // A worker whose session died has lost its identity lock: it is dead at once.
-        LeaderMode::AdvisoryLock => {
-            "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND l.classid = ($2::int4)::oid AND l.objid = hashtext(n.worker_id::text)::oid AND l.objsubid = 2)"
-        }
-        LeaderMode::Lease => "AND $2::int IS NOT NULL",
+        LeaderMode::AdvisoryLock => format!("AND {}", identity_lock_held("n.worker_id")),
+        LeaderMode::Lease => String::new(),
     };
     let timeout = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
     let live: Vec<LiveWorker> = tx
         .query(
             &format!("SELECT worker_id, consumers FROM {} n WHERE heartbeat_at > now() - $1::text::interval {liveness}", t.nodes),
-            &[&timeout, &IDENTITY_LOCK],
+            &[&timeout],
         )
         .await
         .map_err(db)?
