@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the brokers of the outbox tests are reachable: NATS with JetStream on 127.0.0.1:4222
-# (or NATS_URL) and RabbitMQ on 127.0.0.1:5672 (or AMQP_URL). Starts the installed servers when
-# they are not running, installs them with apt-get when they are missing, and fails otherwise:
-# the broker tests fail rather than skip.
+# (or NATS_URL), RabbitMQ on 127.0.0.1:5672 (or AMQP_URL) and moto_server for SQS and Kinesis on
+# 127.0.0.1:5000 (or AWS_ENDPOINT_URL). Starts the installed servers when they are not running,
+# installs them (apt-get, pip) when they are missing, and fails otherwise: the broker tests fail
+# rather than skip.
 set -euo pipefail
 
 reachable() {
@@ -48,4 +49,24 @@ else
     echo "rabbitmq: starting rabbitmq-server"
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_for 5672 90 || { echo "rabbitmq: not reachable on 127.0.0.1:5672" >&2; exit 1; }
+fi
+
+# moto_server stands in for Amazon SQS and Kinesis (on 127.0.0.1:5000, or AWS_ENDPOINT_URL).
+if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
+    echo "moto: using AWS_ENDPOINT_URL"
+elif reachable 5000; then
+    echo "moto: using 127.0.0.1:5000"
+else
+    if ! command -v moto_server >/dev/null 2>&1; then
+        echo "moto: installing moto[server] with pip"
+        python3 -m pip install --quiet 'moto[server]' || {
+            echo "moto: 'pip install moto[server]' failed; the SQS and Kinesis tests need it" >&2
+            exit 1
+        }
+        hash -r
+    fi
+    log="${TMPDIR:-/tmp}/eventrail-moto.log"
+    echo "moto: starting moto_server on 127.0.0.1:5000 (log: $log)"
+    nohup moto_server -H 127.0.0.1 -p 5000 >"$log" 2>&1 &
+    wait_for 5000 60 || { echo "moto: not reachable on 127.0.0.1:5000 (see $log)" >&2; exit 1; }
 fi

@@ -12,8 +12,10 @@
 //!   message is dead and its key parked until an operator requeues or purges it
 //!   ([`OutboxAdmin`]). Enqueue sends a NOTIFY hint; relays also poll. Sent messages are
 //!   cleaned up after a sliding retention, in bounded batches.
-//! - Sinks: [`InMemorySink`], [`PgTableSink`], and behind features NATS JetStream (`nats`) and
-//!   RabbitMQ (`amqp`). Each passes the message id as the broker's dedup id.
+//! - Sinks: [`InMemorySink`], [`PgTableSink`], and behind features NATS JetStream (`nats`),
+//!   RabbitMQ (`amqp`), Amazon SQS (`sqs`) and Amazon Kinesis (`kinesis`). Each passes the
+//!   message id as the broker's dedup id where the broker has one, and the partition key as its
+//!   ordering key.
 //! - [`Inbox`] gives consumers exactly-once effect: record the id in the transaction that
 //!   applies the message.
 //!
@@ -36,8 +38,13 @@ mod admin;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 mod amqp;
+#[cfg(any(feature = "sqs", feature = "kinesis"))]
+mod aws;
 mod error;
 mod inbox;
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+mod kinesis;
 mod message;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
@@ -46,6 +53,9 @@ mod options;
 mod outbox;
 mod relay;
 mod sink;
+#[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
+mod sqs;
 mod tables;
 
 pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
@@ -56,8 +66,19 @@ pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use async_nats;
+/// The Kinesis client the [`KinesisSink`] runs on.
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+pub use aws_sdk_kinesis;
+/// The SQS client the [`SqsSink`] runs on.
+#[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
+pub use aws_sdk_sqs;
 pub use error::{OutboxError, SinkError};
 pub use inbox::Inbox;
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+pub use kinesis::KinesisSink;
 /// The AMQP client the [`AmqpSink`] runs on.
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
@@ -70,4 +91,10 @@ pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 pub use relay::{CycleReport, Relay};
 pub use sink::{InMemorySink, PgTableSink, Sink};
+#[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
+pub use sqs::{
+    SQS_BODY_ENCODING_ATTRIBUTE, SQS_CONTENT_TYPE_ATTRIBUTE, SQS_MESSAGE_ID_ATTRIBUTE,
+    SQS_PARTITION_KEY_ATTRIBUTE, SqsSink,
+};
 pub use tables::{OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration};

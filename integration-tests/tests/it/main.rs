@@ -9,6 +9,7 @@ mod harness;
 mod message_db;
 mod migrations;
 mod outbox;
+mod outbox_aws;
 mod processors;
 mod store;
 mod worker;

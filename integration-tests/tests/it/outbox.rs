@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::harness::{TestDb, eventually};
 
 /// Fast settings for tests: short polls and backoffs, many attempts.
-fn fast() -> OutboxOptions {
+pub(crate) fn fast() -> OutboxOptions {
     OutboxOptions::new()
         .poll_interval(Duration::from_millis(20))
         .wakeup(Wakeup::Poll)
@@ -30,7 +30,7 @@ fn fast() -> OutboxOptions {
         })
 }
 
-async fn enqueue(db: &TestDb, messages: Vec<NewMessage>) -> anyhow::Result<Vec<Uuid>> {
+pub(crate) async fn enqueue(db: &TestDb, messages: Vec<NewMessage>) -> anyhow::Result<Vec<Uuid>> {
     let outbox = Outbox::new(&OutboxOptions::new())?;
     let mut client = db.pool.get().await?;
     let tx = client.transaction().await?;
@@ -39,7 +39,7 @@ async fn enqueue(db: &TestDb, messages: Vec<NewMessage>) -> anyhow::Result<Vec<U
     Ok(ids)
 }
 
-async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
+pub(crate) async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
     let client = db.pool.get().await?;
     Ok(client
         .query_one(
@@ -50,20 +50,20 @@ async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
         .get(0))
 }
 
-struct Running {
+pub(crate) struct Running {
     stop: CancellationToken,
     task: JoinHandle<Result<(), OutboxError>>,
 }
 
 impl Running {
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.task.await??;
         Ok(())
     }
 }
 
-fn start<S: Sink>(relay: Relay<S>) -> Running {
+pub(crate) fn start<S: Sink>(relay: Relay<S>) -> Running {
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move { relay.run(token).await });
