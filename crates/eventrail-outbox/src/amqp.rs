@@ -1,10 +1,13 @@
 //! The RabbitMQ (AMQP 0.9.1) sink.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use tracing::{debug, warn};
 
 use crate::{OutboxMessage, Sink, SinkError};
 
@@ -19,18 +22,30 @@ pub const AMQP_PARTITION_KEY_HEADER: &str = "eventrail-partition-key";
 /// negatively acknowledged is a transient failure (a binding may appear; the attempts limit
 /// dead-letters the rest).
 ///
-/// The sink does not reconnect: after a connection loss every publish fails until the relay is
-/// restarted with a new sink.
+/// When the broker closes the channel (for example on a publish to an exchange that does not
+/// exist) the publish fails as transient and the next one opens a new channel; when the
+/// connection is lost, a sink made by [`AmqpSink::connect`] connects again (one attempt per
+/// publish, so the relay's backoff paces the attempts), while a sink made by [`AmqpSink::new`]
+/// on a connection of yours needs that connection to recover (give it lapin's
+/// `ConnectionProperties::enable_auto_recover`).
 #[derive(Clone)]
 pub struct AmqpSink {
-    channel: Channel,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    uri: Option<String>,
     exchange: String,
+    channel: Mutex<Channel>,
+    /// Locked while reopening, so that concurrent publishes open one channel, not one each.
+    connection: tokio::sync::Mutex<Connection>,
 }
 
 impl fmt::Debug for AmqpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpSink")
-            .field("exchange", &self.exchange)
+            .field("exchange", &self.inner.exchange)
+            .field("reconnects", &self.inner.uri.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -38,38 +53,95 @@ impl fmt::Debug for AmqpSink {
 impl AmqpSink {
     /// Connects to `uri` (`amqp://user:password@host:5672/%2f`), opens a channel and turns on
     /// publisher confirms; publishes to `exchange` (`""` is the default exchange, which routes
-    /// to the queue named by the routing key).
+    /// to the queue named by the routing key). The sink connects again after a connection loss.
     ///
     /// # Errors
     /// [`lapin::Error`] when the broker cannot be reached or refuses the channel.
     pub async fn connect(uri: &str, exchange: impl Into<String>) -> Result<Self, lapin::Error> {
         let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
-        Self::new(&connection, exchange).await
+        let channel = confirmed_channel(&connection).await?;
+        Ok(Self::from_parts(
+            Some(uri.to_owned()),
+            exchange.into(),
+            connection,
+            channel,
+        ))
     }
 
-    /// A sink on a new channel of `connection`, with publisher confirms turned on.
+    /// A sink on a new channel of `connection` (which it keeps), with publisher confirms turned
+    /// on.
     ///
     /// # Errors
     /// [`lapin::Error`] when the channel cannot be opened.
     pub async fn new(
-        connection: &Connection,
+        connection: Connection,
         exchange: impl Into<String>,
     ) -> Result<Self, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self {
-            channel,
-            exchange: exchange.into(),
-        })
+        let channel = confirmed_channel(&connection).await?;
+        Ok(Self::from_parts(None, exchange.into(), connection, channel))
     }
 
-    /// The channel (to declare exchanges and queues).
-    #[must_use]
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    fn from_parts(
+        uri: Option<String>,
+        exchange: String,
+        connection: Connection,
+        channel: Channel,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                uri,
+                exchange,
+                channel: Mutex::new(channel),
+                connection: tokio::sync::Mutex::new(connection),
+            }),
+        }
     }
+
+    /// The current channel (to declare exchanges and queues).
+    #[must_use]
+    pub fn channel(&self) -> Channel {
+        self.inner
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current channel when it is open; otherwise a new one, on a new connection when the
+    /// old one is gone and the sink knows the broker's address.
+    async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        let channel = self.channel();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let mut connection = self.inner.connection.lock().await;
+        let channel = self.channel();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        if !connection.status().connected()
+            && let Some(uri) = &self.inner.uri
+        {
+            *connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+            warn!("reconnected to RabbitMQ");
+        }
+        let channel = confirmed_channel(&connection).await?;
+        debug!("opened a new RabbitMQ channel");
+        *self
+            .inner
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = channel.clone();
+        Ok(channel)
+    }
+}
+
+async fn confirmed_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +172,10 @@ impl Sink for AmqpSink {
             .with_content_type(message.content_type.as_str().into())
             .with_delivery_mode(2)
             .with_headers(headers);
-        let confirm = self
-            .channel
+        let channel = self.open_channel().await.map_err(SinkError::transient)?;
+        let confirm = channel
             .basic_publish(
-                self.exchange.as_str().into(),
+                self.inner.exchange.as_str().into(),
                 message.destination.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,

@@ -951,6 +951,85 @@ async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -
 }
 
 #[tokio::test]
+async fn rabbitmq_sink_opens_a_new_channel_after_the_broker_closed_it() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use eventrail_outbox::AmqpSink;
+    use lapin::ExchangeKind;
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let name = format!("outbox_test_{}", Uuid::now_v7().simple());
+    // The exchange does not exist yet: RabbitMQ answers the publish by closing the channel.
+    let sink = AmqpSink::connect(&amqp_url(), name.clone())
+        .await
+        .context("RabbitMQ must be running for this test")?;
+    let message = |n: u8| OutboxMessage {
+        id: Uuid::now_v7(),
+        sequence: i64::from(n),
+        partition_key: "k".into(),
+        destination: "orders".into(),
+        headers: BTreeMap::new(),
+        payload: vec![n],
+        content_type: "application/octet-stream".into(),
+        created_at: std::time::SystemTime::now(),
+        attempts: 1,
+    };
+    let refused = sink.publish(&message(1)).await;
+    assert!(
+        matches!(&refused, Err(e) if !e.is_permanent()),
+        "{refused:?}"
+    );
+    assert!(
+        !sink.channel().status().connected(),
+        "the broker closed the channel"
+    );
+
+    // An operator creates the exchange and a binding: the sink's next publish goes through.
+    let admin = AmqpSink::connect(&amqp_url(), "").await?.channel();
+    admin
+        .exchange_declare(
+            name.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    admin
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    admin
+        .queue_bind(
+            name.as_str().into(),
+            name.as_str().into(),
+            "orders".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    sink.publish(&message(2)).await?;
+    assert!(sink.channel().status().connected());
+    let got = admin
+        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+        .context("the message published on the new channel")?;
+    assert_eq!(got.delivery.data, [2]);
+    admin
+        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    admin
+        .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn retries_back_off_exponentially_on_the_database_clock() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let sink = Flaky::new(0);
