@@ -119,7 +119,7 @@ async fn bare_nats(
 
 async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> anyhow::Result<f64> {
     let all = messages(n, keys);
-    let channel = sink.channel();
+    let channel = &sink.channel();
     let started = Instant::now();
     let mut acks = futures::stream::iter(all.iter().map(|m| async move {
         let confirm = channel
