@@ -70,3 +70,5 @@ else
     nohup moto_server -H 127.0.0.1 -p 5000 >"$log" 2>&1 &
     wait_for 5000 60 || { echo "moto: not reachable on 127.0.0.1:5000 (see $log)" >&2; exit 1; }
 fi
+
+bash "$(dirname "$0")/ensure-pubsub-emulator.sh"

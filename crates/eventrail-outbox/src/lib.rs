@@ -13,9 +13,10 @@
 //!   ([`OutboxAdmin`]). Enqueue sends a NOTIFY hint; relays also poll. Sent messages are
 //!   cleaned up after a sliding retention, in bounded batches.
 //! - Sinks: [`InMemorySink`], [`PgTableSink`], and behind features NATS JetStream (`nats`),
-//!   RabbitMQ (`amqp`), Amazon SQS (`sqs`) and Amazon Kinesis (`kinesis`). Each passes the
-//!   message id as the broker's dedup id where the broker has one, and the partition key as its
-//!   ordering key.
+//!   RabbitMQ (`amqp`), Amazon SQS (`sqs`), Amazon Kinesis (`kinesis`) and Google Cloud Pub/Sub
+//!   (`pubsub`). Each passes the message id as the broker's dedup id where the broker has one (on
+//!   Pub/Sub, which has none, as an attribute that consumers deduplicate on), and the partition
+//!   key as its ordering key.
 //! - [`Inbox`] gives consumers exactly-once effect: record the id in the transaction that
 //!   applies the message.
 //!
@@ -51,6 +52,9 @@ mod message;
 mod nats;
 mod options;
 mod outbox;
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+mod pubsub;
 mod relay;
 mod sink;
 #[cfg(feature = "sqs")]
@@ -75,6 +79,15 @@ pub use aws_sdk_kinesis;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 pub use aws_sdk_sqs;
 pub use error::{OutboxError, SinkError};
+/// The Google Cloud client core (retry policies, the client builder's error) of the
+/// [`PubSubSink`].
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+pub use google_cloud_gax;
+/// The Google Cloud Pub/Sub client the [`PubSubSink`] runs on.
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+pub use google_cloud_pubsub;
 pub use inbox::Inbox;
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
@@ -89,6 +102,12 @@ pub use message::{NewMessage, OutboxMessage};
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};
 pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+pub use pubsub::{
+    PUBSUB_CONTENT_TYPE_ATTRIBUTE, PUBSUB_EMULATOR_DEFAULT_HOST, PUBSUB_MESSAGE_ID_ATTRIBUTE,
+    PubSubSink,
+};
 pub use relay::{CycleReport, Relay};
 pub use sink::{InMemorySink, PgTableSink, Sink};
 #[cfg(feature = "sqs")]
