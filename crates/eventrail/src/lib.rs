@@ -28,7 +28,7 @@ pub mod worker {
 /// The transactional outbox: [`Outbox`](outbox::Outbox) to enqueue in your transaction,
 /// [`Relay`](outbox::Relay) to deliver to a [`Sink`](outbox::Sink), [`Inbox`](outbox::Inbox),
 /// [`OutboxAdmin`](outbox::OutboxAdmin). Broker sinks: features `nats`, `amqp`, `sqs`,
-/// `kinesis`.
+/// `kinesis`, `pubsub`.
 #[cfg(feature = "outbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub mod outbox {
