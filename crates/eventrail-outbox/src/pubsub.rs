@@ -32,9 +32,9 @@ const MAX_PAYLOAD_BYTES: usize = 10_000_000;
 /// default 30 s lease, so that another relay does not publish the same message meanwhile).
 const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Publishes to Google Cloud Pub/Sub: the topic is `projects/{project}/topics/{prefix}{destination}`,
-/// the partition key is the message's ordering key, the message id goes in the
-/// [`PUBSUB_MESSAGE_ID_ATTRIBUTE`] attribute, the content type in
+/// Publishes to Google Cloud Pub/Sub: the topic is
+/// `projects/{project}/topics/{prefix}{destination}`, the partition key is the message's ordering
+/// key, the message id goes in the [`PUBSUB_MESSAGE_ID_ATTRIBUTE`] attribute, the content type in
 /// [`PUBSUB_CONTENT_TYPE_ATTRIBUTE`], and the headers are attributes as they are (the two
 /// attributes above win over headers of the same name). A message counts as sent once Pub/Sub
 /// returned its server-side id.
@@ -57,8 +57,8 @@ const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 /// are; the same goes for `PERMISSION_DENIED`, which an operator can fix.
 ///
 /// The sink keeps one [`Publisher`] per topic, created on first use and shared by its clones.
-/// The Pub/Sub client keeps a small task per ordering key it has seen on a topic for as long as the
-/// sink lives: many millions of distinct partition keys make it grow.
+/// The client inside keeps a small task for every ordering key it has seen on a topic, for as long
+/// as the sink lives: with very many distinct partition keys, its memory grows with them.
 #[derive(Clone)]
 pub struct PubSubSink {
     client: BasePublisher,
@@ -151,7 +151,8 @@ impl PubSubSink {
         self
     }
 
-    /// The full topic name a destination publishes to: `projects/{project}/topics/{prefix}{destination}`.
+    /// The full name of the topic a destination publishes to:
+    /// `projects/{project}/topics/{prefix}{destination}`.
     #[must_use]
     pub fn topic_name(&self, destination: &str) -> String {
         format!(

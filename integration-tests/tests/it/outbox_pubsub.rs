@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eventrail_outbox::{
-    NewMessage, Outbox, OutboxOptions, PUBSUB_CONTENT_TYPE_ATTRIBUTE, PUBSUB_EMULATOR_DEFAULT_HOST,
-    PUBSUB_MESSAGE_ID_ATTRIBUTE, PubSubSink, Relay, RetryPolicy, Sink, Wakeup,
+    NewMessage, Outbox, OutboxMessage, OutboxOptions, PUBSUB_CONTENT_TYPE_ATTRIBUTE,
+    PUBSUB_EMULATOR_DEFAULT_HOST, PUBSUB_MESSAGE_ID_ATTRIBUTE, PubSubSink, Relay, RetryPolicy,
+    Sink, SinkError, Wakeup,
 };
-use eventrail_outbox::{OutboxMessage, SinkError};
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::subscriber::MessageStream;
