@@ -45,7 +45,9 @@ const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 /// applies the message).
 ///
 /// Per-key order needs subscriptions created with message ordering enabled; without it, Pub/Sub
-/// accepts ordering keys but delivers in any order. After a failed publish the client pauses the
+/// accepts ordering keys but delivers in any order. Pub/Sub orders messages published in the same
+/// region: relays running in several regions should share a regional endpoint (see
+/// [`new`](Self::new)). After a failed publish the client pauses the
 /// message's ordering key; the sink resumes it at once, since the relay never has two messages of
 /// one key in flight and retries only after the failure was recorded.
 ///
@@ -211,7 +213,7 @@ impl Sink for PubSubSink {
                 message.payload.len(),
             )));
         }
-        let topic = format!("projects/{}/topics/{topic_id}", self.project);
+        let topic = self.topic_name(&message.destination);
         let publisher = self.publisher(&topic);
         let id = message.id.to_string();
         let attributes = message
@@ -271,7 +273,7 @@ fn is_topic_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
-        && !id.to_ascii_lowercase().starts_with("goog")
+        && !id.starts_with("goog")
 }
 
 #[cfg(test)]
@@ -297,7 +299,7 @@ mod tests {
             "or ders",
             "ordérs",
             "google-things",
-            "Goog1",
+            "goog1",
             &"t".repeat(256),
         ] {
             assert!(!is_topic_id(bad), "{bad}");
