@@ -1,11 +1,13 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::StreamExt;
-use tokio::sync::Notify;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, instrument, warn};
@@ -68,6 +70,31 @@ pub struct Relay<S> {
     sink: S,
     options: Arc<OutboxOptions>,
     tables: Arc<Tables>,
+    /// Permits for the partition keys publishing at once, shared by the batches in flight.
+    keys_in_flight: Semaphore,
+}
+
+/// A claimed batch: its messages in outbox order, and for each the sequence of its key's head
+/// (the one row whose lease holds the key).
+struct Batch {
+    messages: Vec<OutboxMessage>,
+    heads: Vec<i64>,
+    /// When the claim was sent: the lease runs from a database instant after this one.
+    leased_at: Instant,
+}
+
+/// Which keys of a batch this relay still holds, as far as it knows.
+struct Leases {
+    /// Heads whose lease a renewal found taken over or gone.
+    lost: HashSet<i64>,
+    /// When the last successful claim or renewal lapses: past it, no key is held.
+    valid_until: Instant,
+}
+
+impl Leases {
+    fn holds(&self, head: i64) -> bool {
+        Instant::now() < self.valid_until && !self.lost.contains(&head)
+    }
 }
 
 impl<S> fmt::Debug for Relay<S> {
@@ -91,6 +118,7 @@ impl<S: Sink> Relay<S> {
             pool,
             connect: None,
             sink,
+            keys_in_flight: Semaphore::new(options.max_in_flight),
             options: Arc::new(options),
         })
     }
@@ -117,6 +145,11 @@ impl<S: Sink> Relay<S> {
     /// Relays until `shutdown` is cancelled, then stops claiming, lets in-flight publishes
     /// finish within the shutdown timeout, hands back the rest and releases its leases.
     ///
+    /// Claims are pipelined: while up to
+    /// [`claims_in_flight`](OutboxOptions::claims_in_flight) batches publish and settle, the
+    /// next claim runs (it skips their keys, whose heads are leased). Each batch's leases are
+    /// renewed while it publishes.
+    ///
     /// Database failures are logged and retried every poll interval; they do not stop the relay.
     ///
     /// # Errors
@@ -138,34 +171,63 @@ impl<S: Sink> Relay<S> {
             };
             let mut next_cleanup = Instant::now();
             let mut next_stats = Instant::now();
+            // Batches publishing or settling. The next claim runs while they do: their keys'
+            // heads are leased, so a claim skips those keys.
+            let mut batches = FuturesUnordered::new();
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
                 if now >= next_stats {
                     next_stats = now + self.options.stats_interval;
-                    if let Err(e) = self.record_stats().await {
+                    if let Err(e) = drive(self.record_stats(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox stats failed");
                     }
                 }
                 if now >= next_cleanup {
                     next_cleanup = now + self.options.cleanup_interval;
-                    if let Err(e) = self.cleanup().await {
+                    if let Err(e) = drive(self.cleanup(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox cleanup failed");
                     }
                 }
-                let idle = match self.cycle_until(&shutdown).await {
-                    Ok(report) => report.claimed == 0,
-                    Err(e) => {
-                        warn!(error = %chain(&e), "outbox relay cycle failed");
-                        true
-                    }
-                };
-                if idle {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = wake.notified() => {}
-                        () = tokio::time::sleep(self.options.poll_interval) => {}
+                let mut full = false;
+                let mut failed = false;
+                if batches.len() < self.options.claims_in_flight {
+                    match drive(self.claim(), &mut batches).await {
+                        Ok(batch) => {
+                            full = batch.messages.len() >= self.options.batch_size;
+                            if !batch.messages.is_empty() {
+                                batches.push(self.deliver(batch, &shutdown));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %chain(&e), "outbox claim failed");
+                            failed = true;
+                        }
                     }
                 }
+                if full && batches.len() < self.options.claims_in_flight {
+                    continue; // more may be due at once
+                }
+                if failed {
+                    let pause = async {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(self.options.poll_interval) => {}
+                        }
+                    };
+                    drive(pause, &mut batches).await;
+                    continue;
+                }
+                // A finished batch frees its keys; a hint or the poll interval may bring new
+                // messages.
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = wake.notified() => {}
+                    Some(result) = batches.next(), if !batches.is_empty() => settled(result),
+                    () = tokio::time::sleep(self.options.poll_interval) => {}
+                }
+            }
+            while let Some(result) = batches.next().await {
+                settled(result);
             }
             stop_listener.cancel();
             if let Some(listener) = listener {
@@ -188,17 +250,94 @@ impl<S: Sink> Relay<S> {
     }
 
     async fn cycle_until(&self, shutdown: &CancellationToken) -> Result<CycleReport, OutboxError> {
-        let claimed = self.claim().await?;
-        if claimed.is_empty() {
+        let batch = self.claim().await?;
+        if batch.messages.is_empty() {
             return Ok(CycleReport::default());
         }
-        let outcomes = self.publish(&claimed, shutdown).await;
-        self.settle(&claimed, &outcomes).await
+        self.deliver(batch, shutdown).await
+    }
+
+    /// Publishes a claimed batch while renewing its leases, then settles it.
+    async fn deliver(
+        &self,
+        batch: Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<CycleReport, OutboxError> {
+        let leases = Mutex::new(Leases {
+            lost: HashSet::new(),
+            valid_until: batch.leased_at + self.options.lease,
+        });
+        let outcomes = {
+            let publish = pin!(self.publish(&batch, &leases, shutdown));
+            let renew = pin!(self.keep_leases(&batch, &leases));
+            match futures::future::select(publish, renew).await {
+                futures::future::Either::Left((outcomes, _)) => outcomes,
+                futures::future::Either::Right((never, _)) => match never {},
+            }
+        };
+        self.settle(&batch, &outcomes).await
+    }
+
+    /// Extends the batch's leases every third of the lease while it publishes; keys whose
+    /// lease is gone are marked lost, so that their remaining messages are not published.
+    async fn keep_leases(&self, batch: &Batch, leases: &Mutex<Leases>) -> std::convert::Infallible {
+        let lease = self.options.lease;
+        let lease_ms = lease.as_secs_f64() * 1000.0;
+        let mut heads = batch.heads.clone();
+        heads.sort_unstable();
+        heads.dedup();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let held: Vec<i64> = {
+                let l = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                heads
+                    .iter()
+                    .copied()
+                    .filter(|h| !l.lost.contains(h))
+                    .collect()
+            };
+            if held.is_empty() {
+                return std::future::pending().await;
+            }
+            let sent = Instant::now();
+            match self.renew(&held, lease_ms).await {
+                Ok(renewed) => {
+                    let renewed: HashSet<i64> = renewed.into_iter().collect();
+                    let mut l = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                    l.valid_until = sent + lease;
+                    let lost: Vec<i64> =
+                        held.into_iter().filter(|h| !renewed.contains(h)).collect();
+                    if !lost.is_empty() {
+                        warn!(
+                            keys = lost.len(),
+                            "outbox leases lost: those keys stop publishing"
+                        );
+                        l.lost.extend(lost);
+                    }
+                }
+                // The leases may still hold; `valid_until` stops publishing once they lapse.
+                Err(e) => warn!(error = %chain(&e), "outbox lease renewal failed"),
+            }
+        }
+    }
+
+    async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let statement = client
+            .prepare_cached(&self.tables.renew)
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(&statement, &[&heads, &self.id, &lease_ms])
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     #[instrument(skip_all)]
-    async fn claim(&self) -> Result<Vec<OutboxMessage>, OutboxError> {
+    async fn claim(&self) -> Result<Batch, OutboxError> {
         let t = &self.tables;
+        let leased_at = Instant::now();
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
@@ -211,7 +350,11 @@ impl<S: Sink> Relay<S> {
             .collect();
         if keys.is_empty() {
             tx.commit().await.map_err(db)?;
-            return Ok(Vec::new());
+            return Ok(Batch {
+                messages: Vec::new(),
+                heads: Vec::new(),
+                leased_at,
+            });
         }
         let rows_statement = tx.prepare_cached(&t.claim_rows).await.map_err(db)?;
         let lease_ms = self.options.lease.as_secs_f64() * 1000.0;
@@ -229,62 +372,81 @@ impl<S: Sink> Relay<S> {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let mut messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
-        messages.sort_by_key(|m| m.sequence);
+        // In outbox order (the statement sorts), so each key's messages are in order.
+        let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
+        let heads: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
         debug!(keys = keys.len(), messages = messages.len(), "claimed");
-        Ok(messages)
+        Ok(Batch {
+            messages,
+            heads,
+            leased_at,
+        })
     }
 
-    /// Publishes each key's messages in order, keys concurrently; a failure ends its key's run.
+    /// Publishes each key's messages in order, keys concurrently (at most `max_in_flight` keys
+    /// across the batches in flight); a failure or a lost lease ends its key's run.
     /// After shutdown, in-flight publishes get the shutdown timeout, then are abandoned.
     async fn publish(
         &self,
-        claimed: &[OutboxMessage],
+        batch: &Batch,
+        leases: &Mutex<Leases>,
         shutdown: &CancellationToken,
     ) -> HashMap<i64, (Outcome, Option<String>)> {
-        let mut groups: Vec<Vec<&OutboxMessage>> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for m in claimed {
-            let i = *index.entry(m.partition_key.as_str()).or_insert_with(|| {
-                groups.push(Vec::new());
+        let mut groups: Vec<(i64, Vec<&OutboxMessage>)> = Vec::new();
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        for (m, &head) in batch.messages.iter().zip(&batch.heads) {
+            let i = *index.entry(head).or_insert_with(|| {
+                groups.push((head, Vec::new()));
                 groups.len() - 1
             });
-            groups[i].push(m);
+            groups[i].1.push(m);
         }
-        let outcomes = Mutex::new(HashMap::with_capacity(claimed.len()));
+        let outcomes = Mutex::new(HashMap::with_capacity(batch.messages.len()));
         let record = |sequence: i64, outcome: Outcome, error: Option<String>| {
             outcomes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(sequence, (outcome, error));
         };
-        let work = futures::stream::iter(groups).for_each_concurrent(
-            self.options.max_in_flight,
-            |group| async {
-                for m in group {
-                    let started = Instant::now();
-                    let result = self.sink.publish(m).await;
-                    metrics::counter!("eventrail_outbox_attempts_total").increment(1);
-                    match result {
-                        Ok(()) => {
-                            metrics::histogram!("eventrail_outbox_publish_seconds")
-                                .record(started.elapsed().as_secs_f64());
-                            record(m.sequence, Outcome::Sent, None);
-                        }
-                        Err(e) => {
-                            let outcome = if e.is_permanent() {
-                                Outcome::Permanent
-                            } else {
-                                Outcome::Failed
-                            };
-                            warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
-                            record(m.sequence, outcome, Some(chain(&e)));
-                            break;
-                        }
+        let holds = |head: i64| {
+            leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .holds(head)
+        };
+        let (record, holds) = (&record, &holds);
+        let work = futures::stream::iter(groups).for_each_concurrent(None, |(head, group)| async move {
+            let Ok(_permit) = self.keys_in_flight.acquire().await else {
+                return; // never closed
+            };
+            let mut attempts = 0u64;
+            for m in group {
+                if !holds(head) {
+                    break; // handed back untried: another relay holds the key now
+                }
+                let started = Instant::now();
+                let result = self.sink.publish(m).await;
+                attempts += 1;
+                match result {
+                    Ok(()) => {
+                        metrics::histogram!("eventrail_outbox_publish_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        record(m.sequence, Outcome::Sent, None);
+                    }
+                    Err(e) => {
+                        let outcome = if e.is_permanent() {
+                            Outcome::Permanent
+                        } else {
+                            Outcome::Failed
+                        };
+                        warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
+                        record(m.sequence, outcome, Some(chain(&e)));
+                        break;
                     }
                 }
-            },
-        );
+            }
+            metrics::counter!("eventrail_outbox_attempts_total").increment(attempts);
+        });
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.options.shutdown_timeout).await;
@@ -301,9 +463,10 @@ impl<S: Sink> Relay<S> {
     /// Marks the batch in one statement; unsettled messages are handed back.
     async fn settle(
         &self,
-        claimed: &[OutboxMessage],
+        batch: &Batch,
         outcomes: &HashMap<i64, (Outcome, Option<String>)>,
     ) -> Result<CycleReport, OutboxError> {
+        let claimed = &batch.messages;
         let mut sequences = Vec::with_capacity(claimed.len());
         let mut codes = Vec::with_capacity(claimed.len());
         let mut errors: Vec<Option<&str>> = Vec::with_capacity(claimed.len());
@@ -335,6 +498,7 @@ impl<S: Sink> Relay<S> {
                     &initial_ms,
                     &max_ms,
                     &self.id,
+                    &batch.heads,
                 ],
             )
             .await
@@ -424,6 +588,28 @@ impl<S: Sink> Relay<S> {
         metrics::gauge!("eventrail_outbox_pending").set(pending);
         metrics::gauge!("eventrail_outbox_oldest_pending_age_seconds").set(row.get::<_, f64>(1));
         Ok(())
+    }
+}
+
+/// Runs `work` while the batches in flight keep publishing and settling.
+async fn drive<T, R, F: Future<Output = Result<R, OutboxError>>>(
+    work: impl Future<Output = T>,
+    batches: &mut FuturesUnordered<F>,
+) -> T {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            Some(result) = batches.next(), if !batches.is_empty() => settled(result),
+        }
+    }
+}
+
+/// Logs a batch that failed to settle (its leases expire and it is published again).
+fn settled<R>(result: Result<R, OutboxError>) {
+    if let Err(e) = result {
+        warn!(error = %chain(&e), "outbox relay cycle failed");
     }
 }
 
