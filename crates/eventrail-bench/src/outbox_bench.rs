@@ -4,6 +4,7 @@
 //! created afresh, a JetStream stream `OUTBOX_BENCH` and a RabbitMQ queue `outbox_bench`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,8 +16,8 @@ use eventrail_outbox::lapin::options::{
 use eventrail_outbox::lapin::types::FieldTable;
 use eventrail_outbox::lapin::{BasicProperties, Confirmation};
 use eventrail_outbox::{
-    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxOptions, OutboxTables, Relay, Sink,
-    outbox_migrator,
+    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxMessage, OutboxOptions,
+    OutboxTables, Relay, Sink, SinkError, outbox_migrator,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,22 @@ async fn enqueue(pool: &Pool, n: usize, keys: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Counts acknowledged publishes, so that the measurement asks the database whether the
+/// outbox is drained only once every message was published.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    acked: Arc<AtomicUsize>,
+}
+
+impl<S: Sink> Sink for Counted<S> {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        self.inner.publish(message).await?;
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Enqueues `n` messages, then relays them with `relays` relays (as deployed: `Relay::run`)
 /// until none is pending.
 async fn relay<S: Sink + Clone>(
@@ -70,6 +87,11 @@ async fn relay<S: Sink + Clone>(
     let pending = client
         .prepare("SELECT EXISTS (SELECT FROM eventrail.outbox WHERE state = 'pending')")
         .await?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sink = Counted {
+        inner: sink,
+        acked: Arc::clone(&acked),
+    };
     let stop = CancellationToken::new();
     let started = Instant::now();
     let tasks: Vec<_> = (0..relays)
@@ -79,8 +101,11 @@ async fn relay<S: Sink + Clone>(
             tokio::spawn(async move { anyhow::Ok(relay?.run(stop).await?) })
         })
         .collect();
+    while acked.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     while client.query_one(&pending, &[]).await?.get::<_, bool>(0) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     stop.cancel();

@@ -1,6 +1,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,9 @@ pub struct Relay<S> {
     tables: Arc<Tables>,
     /// Permits for the partition keys publishing at once, shared by the batches in flight.
     keys_in_flight: Semaphore,
+    /// Messages per key the last claim found: the next claim locks about `batch_size` divided
+    /// by this many heads, rather than heads it would not take messages from.
+    run_length: AtomicUsize,
 }
 
 /// A claimed batch: its messages in outbox order, and for each the sequence of its key's head
@@ -79,6 +83,8 @@ pub struct Relay<S> {
 struct Batch {
     messages: Vec<OutboxMessage>,
     heads: Vec<i64>,
+    /// Whether the claim locked as many heads as it asked for: more keys may be due.
+    more: bool,
     /// When the claim was sent: the lease runs from a database instant after this one.
     leased_at: Instant,
 }
@@ -119,6 +125,7 @@ impl<S: Sink> Relay<S> {
             connect: None,
             sink,
             keys_in_flight: Semaphore::new(options.max_in_flight),
+            run_length: AtomicUsize::new(1),
             options: Arc::new(options),
         })
     }
@@ -188,12 +195,12 @@ impl<S: Sink> Relay<S> {
                         warn!(error = %chain(&e), "outbox cleanup failed");
                     }
                 }
-                let mut full = false;
+                let mut more = false;
                 let mut failed = false;
                 if batches.len() < self.options.claims_in_flight {
                     match drive(self.claim(), &mut batches).await {
                         Ok(batch) => {
-                            full = batch.messages.len() >= self.options.batch_size;
+                            more = batch.more;
                             if !batch.messages.is_empty() {
                                 batches.push(self.deliver(batch, &shutdown));
                             }
@@ -204,7 +211,7 @@ impl<S: Sink> Relay<S> {
                         }
                     }
                 }
-                if full && batches.len() < self.options.claims_in_flight {
+                if more && batches.len() < self.options.claims_in_flight {
                     continue; // more may be due at once
                 }
                 if failed {
@@ -341,8 +348,10 @@ impl<S: Sink> Relay<S> {
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
+        let batch_size = self.options.batch_size;
+        let key_limit = batch_size.div_ceil(self.run_length.load(Ordering::Relaxed).max(1));
         let keys: Vec<String> = tx
-            .query(&keys_statement, &[&to_i64(self.options.batch_size)])
+            .query(&keys_statement, &[&to_i64(key_limit)])
             .await
             .map_err(db)?
             .iter()
@@ -353,6 +362,7 @@ impl<S: Sink> Relay<S> {
             return Ok(Batch {
                 messages: Vec::new(),
                 heads: Vec::new(),
+                more: false,
                 leased_at,
             });
         }
@@ -364,7 +374,7 @@ impl<S: Sink> Relay<S> {
                 &[
                     &keys,
                     &to_i64(self.options.max_per_key),
-                    &to_i64(self.options.batch_size),
+                    &to_i64(batch_size),
                     &self.id,
                     &lease_ms,
                 ],
@@ -375,10 +385,15 @@ impl<S: Sink> Relay<S> {
         // In outbox order (the statement sorts), so each key's messages are in order.
         let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
         let heads: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
-        debug!(keys = keys.len(), messages = messages.len(), "claimed");
+        let taken = heads.iter().collect::<HashSet<_>>().len();
+        if let Some(run) = messages.len().checked_div(taken) {
+            self.run_length.store(run, Ordering::Relaxed);
+        }
+        debug!(keys = taken, messages = messages.len(), "claimed");
         Ok(Batch {
             messages,
             heads,
+            more: keys.len() >= key_limit,
             leased_at,
         })
     }
