@@ -115,18 +115,20 @@ impl Tables {
             // claim a key whose head is leased, so the head's lease holds the whole run, and a
             // claim writes one row per key instead of one per message. The others' attempts
             // are counted when they settle; `attempts` is returned as this attempt's number.
+            // The run is read with its payloads, so that no row is looked up twice.
             claim_rows: format!(
                 "WITH runs AS (
-                     SELECT r.sequence, r.head, r.n
+                     SELECT r.*
                      FROM unnest($1::text[]) WITH ORDINALITY AS k(key, rank)
                      CROSS JOIN LATERAL (
-                         SELECT c.sequence,
+                         SELECT c.sequence, c.message_id, c.partition_key, c.destination, c.headers,
+                                c.payload, c.content_type, c.created_at, c.attempts,
                                 row_number() OVER w AS n,
                                 first_value(c.sequence) OVER w AS head,
                                 count(*) FILTER (WHERE NOT ({eligible_c})) OVER w AS blocked
                          FROM (
-                             SELECT sequence, state, lease_owner, lease_expires_at, next_attempt_at
-                             FROM {outbox} WHERE state <> 'sent' AND partition_key = k.key
+                             SELECT * FROM {outbox}
+                             WHERE state <> 'sent' AND partition_key = k.key
                              ORDER BY sequence LIMIT $2
                          ) AS c
                          WINDOW w AS (ORDER BY c.sequence)
@@ -140,10 +142,10 @@ impl Tables {
                      WHERE o.sequence = runs.sequence AND runs.n = 1 AND {eligible_o}
                      RETURNING o.sequence
                  )
-                 SELECT o.sequence, o.message_id, o.partition_key, o.destination, o.headers, o.payload, o.content_type, o.created_at, o.attempts + 1, runs.head
-                 FROM runs JOIN {outbox} AS o ON o.sequence = runs.sequence
-                 WHERE runs.head IN (SELECT sequence FROM leased)
-                 ORDER BY o.sequence"
+                 SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head
+                 FROM runs
+                 WHERE head IN (SELECT sequence FROM leased)
+                 ORDER BY sequence"
             ),
             // One statement settles a whole batch: `s` sent, `f` failed (retry or dead), `p`
             // permanently failed (dead), `r` handed back untried. $8 is each message's head:
