@@ -33,9 +33,10 @@
 //! leased cannot be claimed, so the head's lease holds the whole run. Producers lock the same key
 //! until they commit, so a key's order in the outbox is its commit order.
 //!
-//! [`Relay::run`] pipelines: while up to
-//! [`OutboxOptions::claims_in_flight`] batches publish and settle, it claims the next (their
-//! keys are skipped, their heads being leased). While a batch publishes, its leases are renewed
+//! [`Relay::run`] pipelines: while up to [`OutboxOptions::claims_in_flight`] batches' worth of
+//! messages publish and settle, it claims the next (their keys are skipped, their heads being
+//! leased), and it settles keys as their runs finish, whatever finished during the previous
+//! settle going in one statement. While a batch publishes, its leases are renewed
 //! every third of the lease in one statement; a key whose lease a renewal finds gone (another
 //! relay took it over) publishes nothing more, and the settle, which first locks the heads still
 //! leased by this relay, leaves it alone.

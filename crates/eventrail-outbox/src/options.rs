@@ -141,9 +141,11 @@ impl OutboxOptions {
         self
     }
 
-    /// Most claimed batches one relay has publishing or settling at once (default 4): while
-    /// they do, [`Relay::run`](crate::Relay::run) claims the next one (a claim skips the keys in
-    /// flight), so claims, publishes and settles overlap.
+    /// How many batches' worth of claimed, unsettled messages one relay may hold (default 4):
+    /// [`Relay::run`](crate::Relay::run) claims the next batch while earlier ones publish and
+    /// settle (a claim skips the keys in flight), as long as a whole batch fits in
+    /// `claims_in_flight × batch_size` messages. Keys are settled as their runs finish, so they
+    /// free up before the batch's slowest key is done.
     pub fn claims_in_flight(mut self, n: usize) -> Self {
         self.claims_in_flight = n.max(1);
         self

@@ -55,6 +55,51 @@ pub struct CycleReport {
     pub returned: usize,
 }
 
+impl CycleReport {
+    fn add(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.returned += other.returned;
+    }
+}
+
+/// The arrays of one settle statement: each message, its key's head, its outcome and error.
+struct Settlement {
+    sequences: Vec<i64>,
+    heads: Vec<i64>,
+    codes: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+}
+
+impl Settlement {
+    /// The messages of these keys; a message without an outcome is handed back untried.
+    fn of<'a, 'm: 'a>(
+        groups: impl Iterator<Item = &'a (i64, Vec<&'m OutboxMessage>)>,
+        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
+    ) -> Self {
+        let mut rows = Self {
+            sequences: Vec::new(),
+            heads: Vec::new(),
+            codes: Vec::new(),
+            errors: Vec::new(),
+        };
+        for (head, group) in groups {
+            for m in group {
+                let (outcome, error) = outcomes
+                    .get(&m.sequence)
+                    .map_or((Outcome::Returned, None), |(o, e)| (*o, e.clone()));
+                rows.sequences.push(m.sequence);
+                rows.heads.push(*head);
+                rows.codes.push(outcome.code());
+                rows.errors.push(error);
+            }
+        }
+        rows
+    }
+}
+
 /// Delivers the outbox to a [`Sink`]: claims due messages under a lease, publishes them outside
 /// any transaction, and marks them sent only once the broker acknowledged them.
 ///
@@ -76,6 +121,10 @@ pub struct Relay<S> {
     /// Messages per key the last claim found: the next claim locks about `batch_size` divided
     /// by this many heads, rather than heads it would not take messages from.
     run_length: AtomicUsize,
+    /// Messages claimed and not settled yet, over all batches.
+    in_flight_messages: AtomicUsize,
+    /// Signalled when a settle freed keys, so that `run` may claim again.
+    keys_freed: Notify,
 }
 
 /// A claimed batch: its messages in outbox order, and for each the sequence of its key's head
@@ -93,6 +142,8 @@ struct Batch {
 struct Leases {
     /// Heads whose lease a renewal found taken over or gone.
     lost: HashSet<i64>,
+    /// Heads whose key is settled: nothing left to renew.
+    settled: HashSet<i64>,
     /// When the last successful claim or renewal lapses: past it, no key is held.
     valid_until: Instant,
 }
@@ -126,6 +177,8 @@ impl<S: Sink> Relay<S> {
             sink,
             keys_in_flight: Semaphore::new(options.max_in_flight),
             run_length: AtomicUsize::new(1),
+            in_flight_messages: AtomicUsize::new(0),
+            keys_freed: Notify::new(),
             options: Arc::new(options),
         })
     }
@@ -153,9 +206,9 @@ impl<S: Sink> Relay<S> {
     /// finish within the shutdown timeout, hands back the rest and releases its leases.
     ///
     /// Claims are pipelined: while up to
-    /// [`claims_in_flight`](OutboxOptions::claims_in_flight) batches publish and settle, the
-    /// next claim runs (it skips their keys, whose heads are leased). Each batch's leases are
-    /// renewed while it publishes.
+    /// [`claims_in_flight`](OutboxOptions::claims_in_flight) batches' worth of messages publish
+    /// and settle, the next claim runs (it skips their keys, whose heads are leased). Keys are
+    /// settled as their runs finish, and each batch's leases are renewed until it is settled.
     ///
     /// Database failures are logged and retried every poll interval; they do not stop the relay.
     ///
@@ -179,7 +232,12 @@ impl<S: Sink> Relay<S> {
             let mut next_cleanup = Instant::now();
             let mut next_stats = Instant::now();
             // Batches publishing or settling. The next claim runs while they do: their keys'
-            // heads are leased, so a claim skips those keys.
+            // heads are leased, so a claim skips those keys. A claim waits until a whole batch
+            // fits in the budget of `claims_in_flight` batches' worth of unsettled messages.
+            let budget = self.options.claims_in_flight * self.options.batch_size;
+            let room = || {
+                self.in_flight_messages.load(Ordering::Relaxed) + self.options.batch_size <= budget
+            };
             let mut batches = FuturesUnordered::new();
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
@@ -197,7 +255,7 @@ impl<S: Sink> Relay<S> {
                 }
                 let mut more = false;
                 let mut failed = false;
-                if batches.len() < self.options.claims_in_flight {
+                if room() {
                     match drive(self.claim(), &mut batches).await {
                         Ok(batch) => {
                             more = batch.more;
@@ -211,7 +269,7 @@ impl<S: Sink> Relay<S> {
                         }
                     }
                 }
-                if more && batches.len() < self.options.claims_in_flight {
+                if more && room() {
                     continue; // more may be due at once
                 }
                 if failed {
@@ -224,11 +282,11 @@ impl<S: Sink> Relay<S> {
                     drive(pause, &mut batches).await;
                     continue;
                 }
-                // A finished batch frees its keys; a hint or the poll interval may bring new
-                // messages.
+                // A settle frees keys; a hint or the poll interval may bring new messages.
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = wake.notified() => {}
+                    () = self.keys_freed.notified() => {}
                     Some(result) = batches.next(), if !batches.is_empty() => settled(result),
                     () = tokio::time::sleep(self.options.poll_interval) => {}
                 }
@@ -264,47 +322,101 @@ impl<S: Sink> Relay<S> {
         self.deliver(batch, shutdown).await
     }
 
-    /// Publishes a claimed batch while renewing its leases, then settles it.
+    /// Publishes a claimed batch while renewing its leases, and settles its keys as they finish:
+    /// whatever finished while the previous settle ran goes in the next one, so a key is free for
+    /// the next claim soon after its run, not after the batch's slowest key.
     async fn deliver(
         &self,
         batch: Batch,
         shutdown: &CancellationToken,
     ) -> Result<CycleReport, OutboxError> {
+        let mut groups: Vec<(i64, Vec<&OutboxMessage>)> = Vec::new();
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        for (m, &head) in batch.messages.iter().zip(&batch.heads) {
+            let i = *index.entry(head).or_insert_with(|| {
+                groups.push((head, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(m);
+        }
         let leases = Mutex::new(Leases {
             lost: HashSet::new(),
+            settled: HashSet::new(),
             valid_until: batch.leased_at + self.options.lease,
         });
-        let outcomes = {
-            let publish = pin!(self.publish(&batch, &leases, shutdown));
-            let renew = pin!(self.keep_leases(&batch, &leases));
-            match futures::future::select(publish, renew).await {
-                futures::future::Either::Left((outcomes, _)) => outcomes,
-                futures::future::Either::Right((never, _)) => match never {},
+        let outcomes = Mutex::new(HashMap::with_capacity(batch.messages.len()));
+        let (finished, mut to_settle) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let publishing = async {
+            let reported = self
+                .publish(&groups, &leases, &outcomes, &finished, shutdown)
+                .await;
+            // Keys abandoned at the shutdown deadline: the rest of their runs goes back.
+            for (i, done) in reported.iter().enumerate() {
+                if !done {
+                    let _ = finished.send(i);
+                }
             }
+            drop(finished);
         };
-        self.settle(&batch, &outcomes).await
+        let settling = async {
+            let mut report = CycleReport::default();
+            let mut failure = None;
+            while let Some(first) = to_settle.recv().await {
+                let mut chunk = vec![first];
+                while let Ok(i) = to_settle.try_recv() {
+                    chunk.push(i);
+                }
+                let heads: Vec<i64> = chunk.iter().map(|&i| groups[i].0).collect();
+                let rows = {
+                    let outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+                    Settlement::of(chunk.iter().map(|&i| &groups[i]), &outcomes)
+                };
+                let settled_messages = rows.sequences.len();
+                let result = self.settle(rows).await;
+                self.in_flight_messages
+                    .fetch_sub(settled_messages, Ordering::Relaxed);
+                self.keys_freed.notify_one();
+                match result {
+                    Ok(r) => report.add(r),
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+                leases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .settled
+                    .extend(heads);
+            }
+            failure.map_or(Ok(report), Err)
+        };
+        let renewing = pin!(self.keep_leases(&groups, &leases));
+        let work = pin!(futures::future::join(publishing, settling));
+        match futures::future::select(work, renewing).await {
+            futures::future::Either::Left((((), result), _)) => result,
+            futures::future::Either::Right((never, _)) => match never {},
+        }
     }
 
     /// Extends the batch's leases every third of the lease while it publishes; keys whose
     /// lease is gone are marked lost, so that their remaining messages are not published.
-    async fn keep_leases(&self, batch: &Batch, leases: &Mutex<Leases>) -> std::convert::Infallible {
+    async fn keep_leases(
+        &self,
+        groups: &[(i64, Vec<&OutboxMessage>)],
+        leases: &Mutex<Leases>,
+    ) -> std::convert::Infallible {
         let lease = self.options.lease;
         let lease_ms = lease.as_secs_f64() * 1000.0;
-        let mut heads = batch.heads.clone();
-        heads.sort_unstable();
-        heads.dedup();
         loop {
             tokio::time::sleep(lease / 3).await;
             let held: Vec<i64> = {
                 let l = leases.lock().unwrap_or_else(PoisonError::into_inner);
-                heads
+                groups
                     .iter()
-                    .copied()
-                    .filter(|h| !l.lost.contains(h))
+                    .map(|(head, _)| *head)
+                    .filter(|h| !l.lost.contains(h) && !l.settled.contains(h))
                     .collect()
             };
             if held.is_empty() {
-                return std::future::pending().await;
+                continue;
             }
             let sent = Instant::now();
             match self.renew(&held, lease_ms).await {
@@ -312,8 +424,11 @@ impl<S: Sink> Relay<S> {
                     let renewed: HashSet<i64> = renewed.into_iter().collect();
                     let mut l = leases.lock().unwrap_or_else(PoisonError::into_inner);
                     l.valid_until = sent + lease;
-                    let lost: Vec<i64> =
-                        held.into_iter().filter(|h| !renewed.contains(h)).collect();
+                    // A key settled meanwhile is not lost, only done.
+                    let lost: Vec<i64> = held
+                        .into_iter()
+                        .filter(|h| !renewed.contains(h) && !l.settled.contains(h))
+                        .collect();
                     if !lost.is_empty() {
                         warn!(
                             keys = lost.len(),
@@ -386,6 +501,8 @@ impl<S: Sink> Relay<S> {
         let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
         let heads: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
         let taken = heads.iter().collect::<HashSet<_>>().len();
+        self.in_flight_messages
+            .fetch_add(messages.len(), Ordering::Relaxed);
         if let Some(run) = messages.len().checked_div(taken) {
             self.run_length.store(run, Ordering::Relaxed);
         }
@@ -399,24 +516,18 @@ impl<S: Sink> Relay<S> {
     }
 
     /// Publishes each key's messages in order, keys concurrently (at most `max_in_flight` keys
-    /// across the batches in flight); a failure or a lost lease ends its key's run.
-    /// After shutdown, in-flight publishes get the shutdown timeout, then are abandoned.
+    /// across the batches in flight); a failure or a lost lease ends its key's run, and each
+    /// finished key's index goes to `finished`. After shutdown, in-flight publishes get the
+    /// shutdown timeout, then are abandoned. Returns which keys were reported finished.
     async fn publish(
         &self,
-        batch: &Batch,
+        groups: &[(i64, Vec<&OutboxMessage>)],
         leases: &Mutex<Leases>,
+        outcomes: &Mutex<HashMap<i64, (Outcome, Option<String>)>>,
+        finished: &tokio::sync::mpsc::UnboundedSender<usize>,
         shutdown: &CancellationToken,
-    ) -> HashMap<i64, (Outcome, Option<String>)> {
-        let mut groups: Vec<(i64, Vec<&OutboxMessage>)> = Vec::new();
-        let mut index: HashMap<i64, usize> = HashMap::new();
-        for (m, &head) in batch.messages.iter().zip(&batch.heads) {
-            let i = *index.entry(head).or_insert_with(|| {
-                groups.push((head, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(m);
-        }
-        let outcomes = Mutex::new(HashMap::with_capacity(batch.messages.len()));
+    ) -> Vec<bool> {
+        let reported = Mutex::new(vec![false; groups.len()]);
         let record = |sequence: i64, outcome: Outcome, error: Option<String>| {
             outcomes
                 .lock()
@@ -429,39 +540,44 @@ impl<S: Sink> Relay<S> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .holds(head)
         };
-        let (record, holds) = (&record, &holds);
-        let work = futures::stream::iter(groups).for_each_concurrent(None, |(head, group)| async move {
-            let Ok(_permit) = self.keys_in_flight.acquire().await else {
-                return; // never closed
-            };
-            let mut attempts = 0u64;
-            for m in group {
-                if !holds(head) {
-                    break; // handed back untried: another relay holds the key now
-                }
-                let started = Instant::now();
-                let result = self.sink.publish(m).await;
-                attempts += 1;
-                match result {
-                    Ok(()) => {
-                        metrics::histogram!("eventrail_outbox_publish_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                        record(m.sequence, Outcome::Sent, None);
+        let (record, holds, reported) = (&record, &holds, &reported);
+        let work = futures::stream::iter(groups.iter().enumerate()).for_each_concurrent(
+            None,
+            |(i, (head, group))| async move {
+                let Ok(_permit) = self.keys_in_flight.acquire().await else {
+                    return; // never closed
+                };
+                let mut attempts = 0u64;
+                for &m in group {
+                    if !holds(*head) {
+                        break; // handed back untried: another relay holds the key now
                     }
-                    Err(e) => {
-                        let outcome = if e.is_permanent() {
-                            Outcome::Permanent
-                        } else {
-                            Outcome::Failed
-                        };
-                        warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
-                        record(m.sequence, outcome, Some(chain(&e)));
-                        break;
+                    let started = Instant::now();
+                    let result = self.sink.publish(m).await;
+                    attempts += 1;
+                    match result {
+                        Ok(()) => {
+                            metrics::histogram!("eventrail_outbox_publish_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            record(m.sequence, Outcome::Sent, None);
+                        }
+                        Err(e) => {
+                            let outcome = if e.is_permanent() {
+                                Outcome::Permanent
+                            } else {
+                                Outcome::Failed
+                            };
+                            warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
+                            record(m.sequence, outcome, Some(chain(&e)));
+                            break;
+                        }
                     }
                 }
-            }
-            metrics::counter!("eventrail_outbox_attempts_total").increment(attempts);
-        });
+                metrics::counter!("eventrail_outbox_attempts_total").increment(attempts);
+                reported.lock().unwrap_or_else(PoisonError::into_inner)[i] = true;
+                let _ = finished.send(i);
+            },
+        );
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.options.shutdown_timeout).await;
@@ -470,29 +586,17 @@ impl<S: Sink> Relay<S> {
             () = work => {}
             () = deadline => warn!("shutdown timeout: handing back unacknowledged messages"),
         }
-        outcomes
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
+        std::mem::take(&mut *reported.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Marks the batch in one statement; unsettled messages are handed back.
-    async fn settle(
-        &self,
-        batch: &Batch,
-        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
-    ) -> Result<CycleReport, OutboxError> {
-        let claimed = &batch.messages;
-        let mut sequences = Vec::with_capacity(claimed.len());
-        let mut codes = Vec::with_capacity(claimed.len());
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(claimed.len());
-        for m in claimed {
-            let (outcome, error) = outcomes
-                .get(&m.sequence)
-                .map_or((Outcome::Returned, None), |(o, e)| (*o, e.as_deref()));
-            sequences.push(m.sequence);
-            codes.push(outcome.code());
-            errors.push(error);
-        }
+    /// Marks settled keys' messages in one statement.
+    async fn settle(&self, rows: Settlement) -> Result<CycleReport, OutboxError> {
+        let Settlement {
+            sequences,
+            heads,
+            codes,
+            errors,
+        } = rows;
         let retry = &self.options.retry;
         let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
@@ -513,13 +617,13 @@ impl<S: Sink> Relay<S> {
                     &initial_ms,
                     &max_ms,
                     &self.id,
-                    &batch.heads,
+                    &heads,
                 ],
             )
             .await
             .map_err(db)?;
         let mut report = CycleReport {
-            claimed: claimed.len(),
+            claimed: sequences.len(),
             ..CycleReport::default()
         };
         for row in &rows {

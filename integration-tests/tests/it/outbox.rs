@@ -1326,3 +1326,33 @@ async fn pipelined_claims_never_put_a_key_in_flight_twice() -> anyhow::Result<()
     assert!(ids.iter().all(|id| times.contains_key(id)));
     Ok(())
 }
+
+#[tokio::test]
+async fn keys_settle_as_their_runs_finish_not_with_the_slowest_key() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut messages = vec![NewMessage::new("orders", "slow", b"held".to_vec())];
+    messages.extend((0..10u8).map(|i| NewMessage::new("orders", format!("key-{i}"), vec![i])));
+    enqueue(&db, messages).await?;
+    // One claim takes all eleven keys; the slow key's publish is the first and is held.
+    let sink = Gated::default();
+    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
+    eventually(
+        10,
+        "the other keys sent while the slow one publishes",
+        || async { Ok(count(&db, "state = 'sent'").await? == 10) },
+    )
+    .await?;
+    assert_eq!(
+        count(&db, "state = 'pending' AND lease_owner IS NOT NULL").await?,
+        1,
+        "the slow key is still held"
+    );
+    sink.open.cancel();
+    eventually(10, "the slow key sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 11)
+    })
+    .await?;
+    relay.stop().await?;
+    assert_eq!(sink.inner.len(), 11);
+    Ok(())
+}
