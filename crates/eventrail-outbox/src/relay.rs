@@ -125,6 +125,8 @@ pub struct Relay<S> {
     in_flight_messages: AtomicUsize,
     /// Signalled when a settle freed keys, so that `run` may claim again.
     keys_freed: Notify,
+    /// Messages settled since `run` last claimed.
+    settled_since_claim: AtomicUsize,
 }
 
 /// A claimed batch: its messages in outbox order, and for each the sequence of its key's head
@@ -179,6 +181,7 @@ impl<S: Sink> Relay<S> {
             run_length: AtomicUsize::new(1),
             in_flight_messages: AtomicUsize::new(0),
             keys_freed: Notify::new(),
+            settled_since_claim: AtomicUsize::new(0),
             options: Arc::new(options),
         })
     }
@@ -239,6 +242,7 @@ impl<S: Sink> Relay<S> {
                 self.in_flight_messages.load(Ordering::Relaxed) + self.options.batch_size <= budget
             };
             let mut batches = FuturesUnordered::new();
+            let mut claim = true;
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
                 if now >= next_stats {
@@ -255,7 +259,8 @@ impl<S: Sink> Relay<S> {
                 }
                 let mut more = false;
                 let mut failed = false;
-                if room() {
+                if claim && room() {
+                    self.settled_since_claim.store(0, Ordering::Relaxed);
                     match drive(self.claim(), &mut batches).await {
                         Ok(batch) => {
                             more = batch.more;
@@ -270,6 +275,7 @@ impl<S: Sink> Relay<S> {
                     }
                 }
                 if more && room() {
+                    claim = true;
                     continue; // more may be due at once
                 }
                 if failed {
@@ -280,16 +286,25 @@ impl<S: Sink> Relay<S> {
                         }
                     };
                     drive(pause, &mut batches).await;
+                    claim = true;
                     continue;
                 }
                 // A settle frees keys; a hint or the poll interval may bring new messages.
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = wake.notified() => {}
-                    () = self.keys_freed.notified() => {}
-                    Some(result) = batches.next(), if !batches.is_empty() => settled(result),
-                    () = tokio::time::sleep(self.options.poll_interval) => {}
-                }
+                claim = tokio::select! {
+                    () = shutdown.cancelled() => true,
+                    () = wake.notified() => true,
+                    // A claim scans every key's head: after a settle, wait until a quarter of
+                    // what was in flight settled (at once when little or nothing is in flight).
+                    () = self.keys_freed.notified() => {
+                        self.settled_since_claim.load(Ordering::Relaxed) * 4
+                            >= self.in_flight_messages.load(Ordering::Relaxed)
+                    }
+                    Some(result) = batches.next(), if !batches.is_empty() => {
+                        settled(result);
+                        true
+                    }
+                    () = tokio::time::sleep(self.options.poll_interval) => true,
+                };
             }
             while let Some(result) = batches.next().await {
                 settled(result);
@@ -375,6 +390,8 @@ impl<S: Sink> Relay<S> {
                 let result = self.settle(rows).await;
                 self.in_flight_messages
                     .fetch_sub(settled_messages, Ordering::Relaxed);
+                self.settled_since_claim
+                    .fetch_add(settled_messages, Ordering::Relaxed);
                 self.keys_freed.notify_one();
                 match result {
                     Ok(r) => report.add(r),
