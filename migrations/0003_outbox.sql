@@ -3,9 +3,11 @@
 
 -- One row per message, written in the producer's transaction and relayed to a broker.
 -- `sequence` orders the messages of one partition key; `message_id` (uuid v7) is the broker's
--- dedup handle. A relay holds a row by its lease (`lease_owner`, `lease_expires_at`) while it
--- publishes; a row is `sent` once the broker acknowledged it and `dead` after its last attempt
--- (a dead row parks its partition key until an operator requeues or purges it).
+-- dedup handle. A relay holds a partition key by the lease (`lease_owner`, `lease_expires_at`)
+-- on the key's oldest unsent row, its head: only a key whose head is unleased can be claimed, so
+-- that lease also holds the messages claimed behind the head. A row is `sent` once the broker
+-- acknowledged it and `dead` after its last attempt (a dead row parks its partition key until an
+-- operator requeues or purges it).
 CREATE TABLE {outbox} (
     sequence         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id       uuid        NOT NULL UNIQUE,

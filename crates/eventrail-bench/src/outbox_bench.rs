@@ -4,7 +4,8 @@
 //! created afresh, a JetStream stream `OUTBOX_BENCH` and a RabbitMQ queue `outbox_bench`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -15,10 +16,11 @@ use eventrail_outbox::lapin::options::{
 use eventrail_outbox::lapin::types::FieldTable;
 use eventrail_outbox::lapin::{BasicProperties, Confirmation};
 use eventrail_outbox::{
-    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxAdmin, OutboxOptions, OutboxTables,
-    Relay, Sink, outbox_migrator,
+    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxMessage, OutboxOptions,
+    OutboxTables, Relay, Sink, SinkError, outbox_migrator,
 };
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 const STREAM: &str = "OUTBOX_BENCH";
 const QUEUE: &str = "outbox_bench";
@@ -47,7 +49,24 @@ async fn enqueue(pool: &Pool, n: usize, keys: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Enqueues `n` messages, then relays them with `relays` relays until none is pending.
+/// Counts acknowledged publishes, so that the measurement asks the database whether the
+/// outbox is drained only once every message was published.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    acked: Arc<AtomicUsize>,
+}
+
+impl<S: Sink> Sink for Counted<S> {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        self.inner.publish(message).await?;
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Enqueues `n` messages, then relays them with `relays` relays (as deployed: `Relay::run`)
+/// until none is pending.
 async fn relay<S: Sink + Clone>(
     pool: &Pool,
     sink: S,
@@ -60,32 +79,40 @@ async fn relay<S: Sink + Clone>(
     let options = OutboxOptions::new()
         .batch_size(batch)
         .max_per_key(16)
-        .max_in_flight(keys);
-    let admin = OutboxAdmin::new(pool.clone(), &options)?;
+        .max_in_flight(keys)
+        // The backlog is there before the relays start, so no enqueue hint wakes them: a relay
+        // that found every key held looks again soon.
+        .poll_interval(Duration::from_millis(10));
+    let client = pool.get().await?;
+    let pending = client
+        .prepare("SELECT EXISTS (SELECT FROM eventrail.outbox WHERE state = 'pending')")
+        .await?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sink = Counted {
+        inner: sink,
+        acked: Arc::clone(&acked),
+    };
+    let stop = CancellationToken::new();
     let started = Instant::now();
-    loop {
-        let tasks: Vec<_> = (0..relays)
-            .map(|_| {
-                let relay = Relay::new(pool.clone(), sink.clone(), options.clone());
-                tokio::spawn(async move {
-                    let relay = relay?;
-                    while relay.relay_once().await?.claimed > 0 {}
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await??;
-        }
-        if admin.status().await?.pending == 0 {
-            break;
-        }
+    let tasks: Vec<_> = (0..relays)
+        .map(|_| {
+            let relay = Relay::new(pool.clone(), sink.clone(), options.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move { anyhow::Ok(relay?.run(stop).await?) })
+        })
+        .collect();
+    while acked.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    while client.query_one(&pending, &[]).await?.get::<_, bool>(0) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    pool.get()
-        .await?
-        .batch_execute("TRUNCATE eventrail.outbox")
-        .await?;
+    stop.cancel();
+    for t in tasks {
+        t.await??;
+    }
+    client.batch_execute("TRUNCATE eventrail.outbox").await?;
     Ok(rate)
 }
 

@@ -14,7 +14,8 @@ use crate::{OutboxError, OutboxOptions};
 pub struct OutboxStatus {
     /// Messages waiting to be sent (leased ones included).
     pub pending: u64,
-    /// Pending messages currently leased by a relay.
+    /// Partition keys currently held by a relay (a relay leases a key's oldest unsent message,
+    /// and that lease holds the messages it claimed behind it).
     pub in_flight: u64,
     /// Age of the oldest pending message, in seconds (0 when none).
     pub oldest_pending_age_seconds: f64,

@@ -26,13 +26,23 @@
 //!
 //! # Claiming, and why it keeps per-key order
 //!
-//! A claim is one transaction of two statements. The first picks keys whose oldest unsent
-//! message (the head) is due and unleased, and locks those head rows `FOR UPDATE SKIP LOCKED`:
-//! the head's row lock is the key's claim lock, so a key another relay is claiming right now is
-//! skipped. The second statement, whose snapshot is taken after the locks were granted and so
-//! sees every earlier claim, leases per key the run of eligible messages
-//! from the oldest unsent one on; a leased, delayed or dead message ends the run. Producers lock
-//! the same key until they commit, so a key's order in the outbox is its commit order.
+//! A claim is one transaction of two statements. The first finds each key's oldest unsent
+//! message (the head) with a loose index scan, one index descent per key, picks the keys whose
+//! head is due and unleased, and locks those head rows `FOR UPDATE SKIP LOCKED`: the head's row
+//! lock is the key's claim lock, so a key another relay is claiming right now is skipped. The
+//! second statement, whose snapshot is taken after the locks were granted and so sees every
+//! earlier claim, takes per key the run of eligible messages from the oldest unsent one on (a
+//! leased, delayed or dead message ends the run) and leases the head only: a key whose head is
+//! leased cannot be claimed, so the head's lease holds the whole run. Producers lock the same key
+//! until they commit, so a key's order in the outbox is its commit order.
+//!
+//! [`Relay::run`] pipelines: while up to [`OutboxOptions::claims_in_flight`] batches' worth of
+//! messages publish and settle, it claims the next (their keys are skipped, their heads being
+//! leased), and it settles keys as their runs finish, whatever finished during the previous
+//! settle going in one statement. While a batch publishes, its leases are renewed
+//! every third of the lease in one statement; a key whose lease a renewal finds gone (another
+//! relay took it over) publishes nothing more, and the settle, which first locks the heads still
+//! leased by this relay, leaves it alone.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admin;

@@ -63,6 +63,7 @@ pub struct OutboxOptions {
     pub(crate) batch_size: usize,
     pub(crate) max_per_key: usize,
     pub(crate) max_in_flight: usize,
+    pub(crate) claims_in_flight: usize,
     pub(crate) lease: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) wakeup: Wakeup,
@@ -83,6 +84,7 @@ impl Default for OutboxOptions {
             batch_size: 512,
             max_per_key: 16,
             max_in_flight: 256,
+            claims_in_flight: 4,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             wakeup: Wakeup::Notify,
@@ -139,9 +141,22 @@ impl OutboxOptions {
         self
     }
 
-    /// How long a claim holds its messages (default 30 s). A relay that dies holding a lease
-    /// delays its keys by this much; one that takes longer than this to publish a batch may see
-    /// its messages published again by another relay (same ids, so brokers deduplicate).
+    /// How many batches' worth of claimed, unsettled messages one relay may hold (default 4):
+    /// [`Relay::run`](crate::Relay::run) claims the next batch while earlier ones publish and
+    /// settle (a claim skips the keys in flight), as long as a whole batch fits in
+    /// `claims_in_flight × batch_size` messages. Keys are settled as their runs finish, so they
+    /// free up before the batch's slowest key is done.
+    pub fn claims_in_flight(mut self, n: usize) -> Self {
+        self.claims_in_flight = n.max(1);
+        self
+    }
+
+    /// How long a claim holds its partition keys (default 30 s). A relay renews the leases of
+    /// the batches it publishes every third of this; a relay that dies holding a lease delays
+    /// its keys by this much. A relay that cannot renew (the database is unreachable, or another
+    /// relay took the key over after the lease lapsed) stops publishing the key's remaining
+    /// messages; a publish under way when that happens may be repeated by the relay that takes
+    /// over (same id, so brokers deduplicate).
     pub fn lease(mut self, d: Duration) -> Self {
         self.lease = d;
         self

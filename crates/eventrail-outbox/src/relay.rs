@@ -1,11 +1,14 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::StreamExt;
-use tokio::sync::Notify;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, instrument, warn};
@@ -52,6 +55,51 @@ pub struct CycleReport {
     pub returned: usize,
 }
 
+impl CycleReport {
+    fn add(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.returned += other.returned;
+    }
+}
+
+/// The arrays of one settle statement: each message, its key's head, its outcome and error.
+struct Settlement {
+    sequences: Vec<i64>,
+    heads: Vec<i64>,
+    codes: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+}
+
+impl Settlement {
+    /// The messages of these keys; a message without an outcome is handed back untried.
+    fn of<'a, 'm: 'a>(
+        groups: impl Iterator<Item = &'a (i64, Vec<&'m OutboxMessage>)>,
+        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
+    ) -> Self {
+        let mut rows = Self {
+            sequences: Vec::new(),
+            heads: Vec::new(),
+            codes: Vec::new(),
+            errors: Vec::new(),
+        };
+        for (head, group) in groups {
+            for m in group {
+                let (outcome, error) = outcomes
+                    .get(&m.sequence)
+                    .map_or((Outcome::Returned, None), |(o, e)| (*o, e.clone()));
+                rows.sequences.push(m.sequence);
+                rows.heads.push(*head);
+                rows.codes.push(outcome.code());
+                rows.errors.push(error);
+            }
+        }
+        rows
+    }
+}
+
 /// Delivers the outbox to a [`Sink`]: claims due messages under a lease, publishes them outside
 /// any transaction, and marks them sent only once the broker acknowledged them.
 ///
@@ -68,6 +116,44 @@ pub struct Relay<S> {
     sink: S,
     options: Arc<OutboxOptions>,
     tables: Arc<Tables>,
+    /// Permits for the partition keys publishing at once, shared by the batches in flight.
+    keys_in_flight: Semaphore,
+    /// Messages per key the last claim found: the next claim locks about `batch_size` divided
+    /// by this many heads, rather than heads it would not take messages from.
+    run_length: AtomicUsize,
+    /// Messages claimed and not settled yet, over all batches.
+    in_flight_messages: AtomicUsize,
+    /// Signalled when a settle freed keys, so that `run` may claim again.
+    keys_freed: Notify,
+    /// Messages settled since `run` last claimed.
+    settled_since_claim: AtomicUsize,
+}
+
+/// A claimed batch: its messages in outbox order, and for each the sequence of its key's head
+/// (the one row whose lease holds the key).
+struct Batch {
+    messages: Vec<OutboxMessage>,
+    heads: Vec<i64>,
+    /// Whether the claim locked as many heads as it asked for: more keys may be due.
+    more: bool,
+    /// When the claim was sent: the lease runs from a database instant after this one.
+    leased_at: Instant,
+}
+
+/// Which keys of a batch this relay still holds, as far as it knows.
+struct Leases {
+    /// Heads whose lease a renewal found taken over or gone.
+    lost: HashSet<i64>,
+    /// Heads whose key is settled: nothing left to renew.
+    settled: HashSet<i64>,
+    /// When the last successful claim or renewal lapses: past it, no key is held.
+    valid_until: Instant,
+}
+
+impl Leases {
+    fn holds(&self, head: i64) -> bool {
+        Instant::now() < self.valid_until && !self.lost.contains(&head)
+    }
 }
 
 impl<S> fmt::Debug for Relay<S> {
@@ -91,6 +177,11 @@ impl<S: Sink> Relay<S> {
             pool,
             connect: None,
             sink,
+            keys_in_flight: Semaphore::new(options.max_in_flight),
+            run_length: AtomicUsize::new(1),
+            in_flight_messages: AtomicUsize::new(0),
+            keys_freed: Notify::new(),
+            settled_since_claim: AtomicUsize::new(0),
             options: Arc::new(options),
         })
     }
@@ -117,6 +208,11 @@ impl<S: Sink> Relay<S> {
     /// Relays until `shutdown` is cancelled, then stops claiming, lets in-flight publishes
     /// finish within the shutdown timeout, hands back the rest and releases its leases.
     ///
+    /// Claims are pipelined: while up to
+    /// [`claims_in_flight`](OutboxOptions::claims_in_flight) batches' worth of messages publish
+    /// and settle, the next claim runs (it skips their keys, whose heads are leased). Keys are
+    /// settled as their runs finish, and each batch's leases are renewed until it is settled.
+    ///
     /// Database failures are logged and retried every poll interval; they do not stop the relay.
     ///
     /// # Errors
@@ -138,34 +234,80 @@ impl<S: Sink> Relay<S> {
             };
             let mut next_cleanup = Instant::now();
             let mut next_stats = Instant::now();
+            // Batches publishing or settling. The next claim runs while they do: their keys'
+            // heads are leased, so a claim skips those keys. A claim waits until a whole batch
+            // fits in the budget of `claims_in_flight` batches' worth of unsettled messages.
+            let budget = self.options.claims_in_flight * self.options.batch_size;
+            let room = || {
+                self.in_flight_messages.load(Ordering::Relaxed) + self.options.batch_size <= budget
+            };
+            let mut batches = FuturesUnordered::new();
+            let mut claim = true;
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
                 if now >= next_stats {
                     next_stats = now + self.options.stats_interval;
-                    if let Err(e) = self.record_stats().await {
+                    if let Err(e) = drive(self.record_stats(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox stats failed");
                     }
                 }
                 if now >= next_cleanup {
                     next_cleanup = now + self.options.cleanup_interval;
-                    if let Err(e) = self.cleanup().await {
+                    if let Err(e) = drive(self.cleanup(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox cleanup failed");
                     }
                 }
-                let idle = match self.cycle_until(&shutdown).await {
-                    Ok(report) => report.claimed == 0,
-                    Err(e) => {
-                        warn!(error = %chain(&e), "outbox relay cycle failed");
-                        true
-                    }
-                };
-                if idle {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = wake.notified() => {}
-                        () = tokio::time::sleep(self.options.poll_interval) => {}
+                let mut more = false;
+                let mut failed = false;
+                if claim && room() {
+                    self.settled_since_claim.store(0, Ordering::Relaxed);
+                    match drive(self.claim(), &mut batches).await {
+                        Ok(batch) => {
+                            more = batch.more;
+                            if !batch.messages.is_empty() {
+                                batches.push(self.deliver(batch, &shutdown));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %chain(&e), "outbox claim failed");
+                            failed = true;
+                        }
                     }
                 }
+                if more && room() {
+                    claim = true;
+                    continue; // more may be due at once
+                }
+                if failed {
+                    let pause = async {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(self.options.poll_interval) => {}
+                        }
+                    };
+                    drive(pause, &mut batches).await;
+                    claim = true;
+                    continue;
+                }
+                // A settle frees keys; a hint or the poll interval may bring new messages.
+                claim = tokio::select! {
+                    () = shutdown.cancelled() => true,
+                    () = wake.notified() => true,
+                    // A claim scans every key's head: after a settle, wait until a quarter of
+                    // what was in flight settled (at once when little or nothing is in flight).
+                    () = self.keys_freed.notified() => {
+                        self.settled_since_claim.load(Ordering::Relaxed) * 4
+                            >= self.in_flight_messages.load(Ordering::Relaxed)
+                    }
+                    Some(result) = batches.next(), if !batches.is_empty() => {
+                        settled(result);
+                        true
+                    }
+                    () = tokio::time::sleep(self.options.poll_interval) => true,
+                };
+            }
+            while let Some(result) = batches.next().await {
+                settled(result);
             }
             stop_listener.cancel();
             if let Some(listener) = listener {
@@ -188,22 +330,160 @@ impl<S: Sink> Relay<S> {
     }
 
     async fn cycle_until(&self, shutdown: &CancellationToken) -> Result<CycleReport, OutboxError> {
-        let claimed = self.claim().await?;
-        if claimed.is_empty() {
+        let batch = self.claim().await?;
+        if batch.messages.is_empty() {
             return Ok(CycleReport::default());
         }
-        let outcomes = self.publish(&claimed, shutdown).await;
-        self.settle(&claimed, &outcomes).await
+        self.deliver(batch, shutdown).await
+    }
+
+    /// Publishes a claimed batch while renewing its leases, and settles its keys as they finish:
+    /// whatever finished while the previous settle ran goes in the next one, so a key is free for
+    /// the next claim soon after its run, not after the batch's slowest key.
+    async fn deliver(
+        &self,
+        batch: Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<CycleReport, OutboxError> {
+        let mut groups: Vec<(i64, Vec<&OutboxMessage>)> = Vec::new();
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        for (m, &head) in batch.messages.iter().zip(&batch.heads) {
+            let i = *index.entry(head).or_insert_with(|| {
+                groups.push((head, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(m);
+        }
+        let leases = Mutex::new(Leases {
+            lost: HashSet::new(),
+            settled: HashSet::new(),
+            valid_until: batch.leased_at + self.options.lease,
+        });
+        let outcomes = Mutex::new(HashMap::with_capacity(batch.messages.len()));
+        let (finished, mut to_settle) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let publishing = async {
+            let reported = self
+                .publish(&groups, &leases, &outcomes, &finished, shutdown)
+                .await;
+            // Keys abandoned at the shutdown deadline: the rest of their runs goes back.
+            for (i, done) in reported.iter().enumerate() {
+                if !done {
+                    let _ = finished.send(i);
+                }
+            }
+            drop(finished);
+        };
+        let settling = async {
+            let mut report = CycleReport::default();
+            let mut failure = None;
+            while let Some(first) = to_settle.recv().await {
+                let mut chunk = vec![first];
+                while let Ok(i) = to_settle.try_recv() {
+                    chunk.push(i);
+                }
+                let heads: Vec<i64> = chunk.iter().map(|&i| groups[i].0).collect();
+                let rows = {
+                    let outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+                    Settlement::of(chunk.iter().map(|&i| &groups[i]), &outcomes)
+                };
+                let settled_messages = rows.sequences.len();
+                let result = self.settle(rows).await;
+                self.in_flight_messages
+                    .fetch_sub(settled_messages, Ordering::Relaxed);
+                self.settled_since_claim
+                    .fetch_add(settled_messages, Ordering::Relaxed);
+                self.keys_freed.notify_one();
+                match result {
+                    Ok(r) => report.add(r),
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+                leases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .settled
+                    .extend(heads);
+            }
+            failure.map_or(Ok(report), Err)
+        };
+        let renewing = pin!(self.keep_leases(&groups, &leases));
+        let work = pin!(futures::future::join(publishing, settling));
+        match futures::future::select(work, renewing).await {
+            futures::future::Either::Left((((), result), _)) => result,
+            futures::future::Either::Right((never, _)) => match never {},
+        }
+    }
+
+    /// Extends the batch's leases every third of the lease while it publishes; keys whose
+    /// lease is gone are marked lost, so that their remaining messages are not published.
+    async fn keep_leases(
+        &self,
+        groups: &[(i64, Vec<&OutboxMessage>)],
+        leases: &Mutex<Leases>,
+    ) -> std::convert::Infallible {
+        let lease = self.options.lease;
+        let lease_ms = lease.as_secs_f64() * 1000.0;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let held: Vec<i64> = {
+                let l = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                groups
+                    .iter()
+                    .map(|(head, _)| *head)
+                    .filter(|h| !l.lost.contains(h) && !l.settled.contains(h))
+                    .collect()
+            };
+            if held.is_empty() {
+                continue;
+            }
+            let sent = Instant::now();
+            match self.renew(&held, lease_ms).await {
+                Ok(renewed) => {
+                    let renewed: HashSet<i64> = renewed.into_iter().collect();
+                    let mut l = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                    l.valid_until = sent + lease;
+                    // A key settled meanwhile is not lost, only done.
+                    let lost: Vec<i64> = held
+                        .into_iter()
+                        .filter(|h| !renewed.contains(h) && !l.settled.contains(h))
+                        .collect();
+                    if !lost.is_empty() {
+                        warn!(
+                            keys = lost.len(),
+                            "outbox leases lost: those keys stop publishing"
+                        );
+                        l.lost.extend(lost);
+                    }
+                }
+                // The leases may still hold; `valid_until` stops publishing once they lapse.
+                Err(e) => warn!(error = %chain(&e), "outbox lease renewal failed"),
+            }
+        }
+    }
+
+    async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
+        let client = self.pool.get().await.map_err(db)?;
+        let statement = client
+            .prepare_cached(&self.tables.renew)
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(&statement, &[&heads, &self.id, &lease_ms])
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     #[instrument(skip_all)]
-    async fn claim(&self) -> Result<Vec<OutboxMessage>, OutboxError> {
+    async fn claim(&self) -> Result<Batch, OutboxError> {
         let t = &self.tables;
+        let leased_at = Instant::now();
         let mut client = self.pool.get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
+        let batch_size = self.options.batch_size;
+        let key_limit = batch_size.div_ceil(self.run_length.load(Ordering::Relaxed).max(1));
         let keys: Vec<String> = tx
-            .query(&keys_statement, &[&to_i64(self.options.batch_size)])
+            .query(&keys_statement, &[&to_i64(key_limit)])
             .await
             .map_err(db)?
             .iter()
@@ -211,7 +491,12 @@ impl<S: Sink> Relay<S> {
             .collect();
         if keys.is_empty() {
             tx.commit().await.map_err(db)?;
-            return Ok(Vec::new());
+            return Ok(Batch {
+                messages: Vec::new(),
+                heads: Vec::new(),
+                more: false,
+                leased_at,
+            });
         }
         let rows_statement = tx.prepare_cached(&t.claim_rows).await.map_err(db)?;
         let lease_ms = self.options.lease.as_secs_f64() * 1000.0;
@@ -221,7 +506,7 @@ impl<S: Sink> Relay<S> {
                 &[
                     &keys,
                     &to_i64(self.options.max_per_key),
-                    &to_i64(self.options.batch_size),
+                    &to_i64(batch_size),
                     &self.id,
                     &lease_ms,
                 ],
@@ -229,42 +514,64 @@ impl<S: Sink> Relay<S> {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let mut messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
-        messages.sort_by_key(|m| m.sequence);
-        debug!(keys = keys.len(), messages = messages.len(), "claimed");
-        Ok(messages)
+        // In outbox order (the statement sorts), so each key's messages are in order.
+        let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
+        let heads: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
+        let taken = heads.iter().collect::<HashSet<_>>().len();
+        self.in_flight_messages
+            .fetch_add(messages.len(), Ordering::Relaxed);
+        if let Some(run) = messages.len().checked_div(taken) {
+            self.run_length.store(run, Ordering::Relaxed);
+        }
+        debug!(keys = taken, messages = messages.len(), "claimed");
+        Ok(Batch {
+            messages,
+            heads,
+            more: keys.len() >= key_limit,
+            leased_at,
+        })
     }
 
-    /// Publishes each key's messages in order, keys concurrently; a failure ends its key's run.
-    /// After shutdown, in-flight publishes get the shutdown timeout, then are abandoned.
+    /// Publishes each key's messages in order, keys concurrently (at most `max_in_flight` keys
+    /// across the batches in flight); a failure or a lost lease ends its key's run, and each
+    /// finished key's index goes to `finished`. After shutdown, in-flight publishes get the
+    /// shutdown timeout, then are abandoned. Returns which keys were reported finished.
     async fn publish(
         &self,
-        claimed: &[OutboxMessage],
+        groups: &[(i64, Vec<&OutboxMessage>)],
+        leases: &Mutex<Leases>,
+        outcomes: &Mutex<HashMap<i64, (Outcome, Option<String>)>>,
+        finished: &tokio::sync::mpsc::UnboundedSender<usize>,
         shutdown: &CancellationToken,
-    ) -> HashMap<i64, (Outcome, Option<String>)> {
-        let mut groups: Vec<Vec<&OutboxMessage>> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for m in claimed {
-            let i = *index.entry(m.partition_key.as_str()).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[i].push(m);
-        }
-        let outcomes = Mutex::new(HashMap::with_capacity(claimed.len()));
+    ) -> Vec<bool> {
+        let reported = Mutex::new(vec![false; groups.len()]);
         let record = |sequence: i64, outcome: Outcome, error: Option<String>| {
             outcomes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(sequence, (outcome, error));
         };
-        let work = futures::stream::iter(groups).for_each_concurrent(
-            self.options.max_in_flight,
-            |group| async {
-                for m in group {
+        let holds = |head: i64| {
+            leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .holds(head)
+        };
+        let (record, holds, reported) = (&record, &holds, &reported);
+        let work = futures::stream::iter(groups.iter().enumerate()).for_each_concurrent(
+            None,
+            |(i, (head, group))| async move {
+                let Ok(_permit) = self.keys_in_flight.acquire().await else {
+                    return; // never closed
+                };
+                let mut attempts = 0u64;
+                for &m in group {
+                    if !holds(*head) {
+                        break; // handed back untried: another relay holds the key now
+                    }
                     let started = Instant::now();
                     let result = self.sink.publish(m).await;
-                    metrics::counter!("eventrail_outbox_attempts_total").increment(1);
+                    attempts += 1;
                     match result {
                         Ok(()) => {
                             metrics::histogram!("eventrail_outbox_publish_seconds")
@@ -283,6 +590,9 @@ impl<S: Sink> Relay<S> {
                         }
                     }
                 }
+                metrics::counter!("eventrail_outbox_attempts_total").increment(attempts);
+                reported.lock().unwrap_or_else(PoisonError::into_inner)[i] = true;
+                let _ = finished.send(i);
             },
         );
         let deadline = async {
@@ -293,28 +603,17 @@ impl<S: Sink> Relay<S> {
             () = work => {}
             () = deadline => warn!("shutdown timeout: handing back unacknowledged messages"),
         }
-        outcomes
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
+        std::mem::take(&mut *reported.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Marks the batch in one statement; unsettled messages are handed back.
-    async fn settle(
-        &self,
-        claimed: &[OutboxMessage],
-        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
-    ) -> Result<CycleReport, OutboxError> {
-        let mut sequences = Vec::with_capacity(claimed.len());
-        let mut codes = Vec::with_capacity(claimed.len());
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(claimed.len());
-        for m in claimed {
-            let (outcome, error) = outcomes
-                .get(&m.sequence)
-                .map_or((Outcome::Returned, None), |(o, e)| (*o, e.as_deref()));
-            sequences.push(m.sequence);
-            codes.push(outcome.code());
-            errors.push(error);
-        }
+    /// Marks settled keys' messages in one statement.
+    async fn settle(&self, rows: Settlement) -> Result<CycleReport, OutboxError> {
+        let Settlement {
+            sequences,
+            heads,
+            codes,
+            errors,
+        } = rows;
         let retry = &self.options.retry;
         let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
@@ -335,12 +634,13 @@ impl<S: Sink> Relay<S> {
                     &initial_ms,
                     &max_ms,
                     &self.id,
+                    &heads,
                 ],
             )
             .await
             .map_err(db)?;
         let mut report = CycleReport {
-            claimed: claimed.len(),
+            claimed: sequences.len(),
             ..CycleReport::default()
         };
         for row in &rows {
@@ -424,6 +724,28 @@ impl<S: Sink> Relay<S> {
         metrics::gauge!("eventrail_outbox_pending").set(pending);
         metrics::gauge!("eventrail_outbox_oldest_pending_age_seconds").set(row.get::<_, f64>(1));
         Ok(())
+    }
+}
+
+/// Runs `work` while the batches in flight keep publishing and settling.
+async fn drive<T, R, F: Future<Output = Result<R, OutboxError>>>(
+    work: impl Future<Output = T>,
+    batches: &mut FuturesUnordered<F>,
+) -> T {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            Some(result) = batches.next(), if !batches.is_empty() => settled(result),
+        }
+    }
+}
+
+/// Logs a batch that failed to settle (its leases expire and it is published again).
+fn settled<R>(result: Result<R, OutboxError>) {
+    if let Err(e) = result {
+        warn!(error = %chain(&e), "outbox relay cycle failed");
     }
 }
 

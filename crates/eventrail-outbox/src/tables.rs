@@ -46,6 +46,7 @@ pub(crate) struct Tables {
     pub(crate) claim_keys: String,
     pub(crate) claim_rows: String,
     pub(crate) settle: String,
+    pub(crate) renew: String,
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
     pub(crate) stats: String,
@@ -69,7 +70,7 @@ impl Tables {
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
-        let eligible = "state = 'pending' AND (lease_owner IS NULL OR lease_expires_at < now()) AND next_attempt_at <= now()";
+        let eligible_c = "c.state = 'pending' AND (c.lease_owner IS NULL OR c.lease_expires_at < now()) AND c.next_attempt_at <= now()";
         Ok(Self {
             // Sorted, so that two producers locking several keys cannot deadlock each other.
             lock_keys: format!(
@@ -87,57 +88,105 @@ impl Tables {
             // first. Locking the head row with SKIP LOCKED is the key's claim lock: a key another
             // relay is claiming right now is skipped. Dead rows are unsent: a dead head parks
             // its key. The lock's recheck of the head sees a claim committed meanwhile.
+            // The heads are found by a loose index scan: one descent of the
+            // (partition_key, sequence) index per key, instead of reading every unsent row.
             claim_keys: format!(
-                "SELECT o.partition_key FROM {outbox} AS o
-                 WHERE o.sequence IN (
-                     SELECT DISTINCT ON (partition_key) sequence FROM {outbox}
-                     WHERE state <> 'sent' ORDER BY partition_key, sequence
-                 ) AND {eligible_o}
+                "WITH RECURSIVE heads AS (
+                     (SELECT partition_key, sequence FROM {outbox}
+                      WHERE state <> 'sent' ORDER BY partition_key, sequence LIMIT 1)
+                     UNION ALL
+                     SELECT next.partition_key, next.sequence
+                     FROM heads CROSS JOIN LATERAL (
+                         SELECT partition_key, sequence FROM {outbox}
+                         WHERE state <> 'sent' AND partition_key > heads.partition_key
+                         ORDER BY partition_key, sequence LIMIT 1
+                     ) AS next
+                 )
+                 SELECT o.partition_key FROM {outbox} AS o
+                 WHERE o.sequence IN (SELECT sequence FROM heads) AND {eligible_o}
                  ORDER BY o.sequence LIMIT $1
                  FOR UPDATE OF o SKIP LOCKED"
             ),
             // Runs in a later statement than `claim_keys`, so its snapshot sees every claim
-            // committed before the head locks were granted. Per key, it takes the longest run of
-            // eligible messages from the oldest unsent one on (a leased, delayed or dead message
-            // ends the run), which keeps one key's messages in order and with one relay.
+            // committed before the head locks were granted. Per key (in the order of $1), it
+            // takes the longest run of eligible messages from the oldest unsent one on, at most
+            // $2 (a leased, delayed or dead message ends the run), then whole runs until $3
+            // messages. Only the head is leased (and its attempt counted): no other relay can
+            // claim a key whose head is leased, so the head's lease holds the whole run, and a
+            // claim writes one row per key instead of one per message. The others' attempts
+            // are counted when they settle; `attempts` is returned as this attempt's number.
+            // The run is read with its payloads, so that no row is looked up twice.
             claim_rows: format!(
                 "WITH runs AS (
-                     SELECT sequence, partition_key,
-                            row_number() OVER w AS n,
-                            count(*) FILTER (WHERE NOT ({eligible})) OVER w AS blocked
-                     FROM {outbox}
-                     WHERE state <> 'sent' AND partition_key = ANY($1)
-                     WINDOW w AS (PARTITION BY partition_key ORDER BY sequence)
-                 ), picked AS (
-                     SELECT sequence FROM runs WHERE blocked = 0 AND n <= $2 ORDER BY n, sequence LIMIT $3
+                     SELECT r.*
+                     FROM unnest($1::text[]) WITH ORDINALITY AS k(key, rank)
+                     CROSS JOIN LATERAL (
+                         SELECT c.sequence, c.message_id, c.partition_key, c.destination, c.headers,
+                                c.payload, c.content_type, c.created_at, c.attempts,
+                                row_number() OVER w AS n,
+                                first_value(c.sequence) OVER w AS head,
+                                count(*) FILTER (WHERE NOT ({eligible_c})) OVER w AS blocked
+                         FROM (
+                             SELECT * FROM {outbox}
+                             WHERE state <> 'sent' AND partition_key = k.key
+                             ORDER BY sequence LIMIT $2
+                         ) AS c
+                         WINDOW w AS (ORDER BY c.sequence)
+                     ) AS r
+                     WHERE r.blocked = 0
+                     ORDER BY k.rank, r.n LIMIT $3
+                 ), leased AS (
+                     UPDATE {outbox} AS o
+                     SET lease_owner = $4, lease_expires_at = now() + $5::float8 * interval '1 millisecond', attempts = o.attempts + 1
+                     FROM runs
+                     WHERE o.sequence = runs.sequence AND runs.n = 1 AND {eligible_o}
+                     RETURNING o.sequence
                  )
-                 UPDATE {outbox} AS o
-                 SET lease_owner = $4, lease_expires_at = now() + $5::float8 * interval '1 millisecond', attempts = o.attempts + 1
-                 FROM picked
-                 WHERE o.sequence = picked.sequence AND {eligible_o}
-                 RETURNING o.sequence, o.message_id, o.partition_key, o.destination, o.headers, o.payload, o.content_type, o.created_at, o.attempts"
+                 SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head
+                 FROM runs
+                 WHERE head IN (SELECT sequence FROM leased)
+                 ORDER BY sequence"
             ),
             // One statement settles a whole batch: `s` sent, `f` failed (retry or dead), `p`
-            // permanently failed (dead), `r` handed back untried. Only rows still leased by this
-            // relay change: a relay whose lease expired cannot overwrite its successor's work.
+            // permanently failed (dead), `r` handed back untried. $8 is each message's head:
+            // only keys whose head this relay still leases change, and their heads are locked
+            // first, so a relay whose lease expired cannot overwrite its successor's work.
+            // The head's attempt was counted at the claim, the others' are counted here.
             // Backoff: initial * 2^(attempts-1), capped, then jittered to [1/2, 1] of it.
             settle: format!(
-                "UPDATE {outbox} AS o SET
+                "WITH held AS (
+                     SELECT sequence FROM {outbox}
+                     WHERE sequence = ANY($8::bigint[]) AND lease_owner = $7
+                     FOR UPDATE
+                 ), f AS (
+                     SELECT seq, outcome, error, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[]) AS f(seq, outcome, error, head)
+                     WHERE head IN (SELECT sequence FROM held)
+                 )
+                 UPDATE {outbox} AS o SET
                      state = CASE WHEN f.outcome = 's' THEN 'sent'
-                                  WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts >= $4) THEN 'dead'
+                                  WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
                                   ELSE 'pending' END,
                      sent_at = CASE WHEN f.outcome = 's' THEN now() END,
                      last_error = CASE WHEN f.outcome IN ('f', 'p') THEN f.error ELSE o.last_error END,
                      next_attempt_at = CASE WHEN f.outcome = 'f' THEN
-                         now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts - 1, 0), 40)))
+                         now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts + f.uncounted - 1, 0), 40)))
                                  * (0.5 + random() / 2) * interval '1 millisecond'
                          ELSE o.next_attempt_at END,
-                     attempts = CASE WHEN f.outcome = 'r' THEN greatest(o.attempts - 1, 0) ELSE o.attempts END,
+                     attempts = CASE WHEN f.outcome = 'r' THEN greatest(o.attempts + f.uncounted - 1, 0)
+                                     ELSE o.attempts + f.uncounted END,
                      lease_owner = NULL,
                      lease_expires_at = NULL
-                 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(seq, outcome, error)
-                 WHERE o.sequence = f.seq AND o.lease_owner = $7
+                 FROM f
+                 WHERE o.sequence = f.seq
                  RETURNING o.state, o.destination, f.outcome"
+            ),
+            // Extends the leases of the heads this relay still holds; a head missing from the
+            // result was taken over (or settled) and its key must stop publishing.
+            renew: format!(
+                "UPDATE {outbox} SET lease_expires_at = now() + $3::float8 * interval '1 millisecond'
+                 WHERE sequence = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
+                 RETURNING sequence"
             ),
             release_all: format!(
                 "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)

@@ -1187,3 +1187,251 @@ async fn torture_producers_rollbacks_and_a_killed_relay_lose_nothing() -> anyhow
     check_order(&first);
     Ok(())
 }
+
+/// Holds its first publish until `open` is cancelled; every other publish goes straight through.
+#[derive(Clone, Default)]
+struct Gated {
+    inner: InMemorySink,
+    open: CancellationToken,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Sink for Gated {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.open.cancelled().await;
+        }
+        self.inner.publish(message).await
+    }
+}
+
+/// Seconds the database clock is past `at`.
+async fn seconds_past(db: &TestDb, at: std::time::SystemTime) -> anyhow::Result<f64> {
+    let client = db.pool.get().await?;
+    Ok(client
+        .query_one("SELECT extract(epoch FROM now() - $1)::float8", &[&at])
+        .await?
+        .get(0))
+}
+
+/// The lease expiry of the one key held.
+async fn lease_expiry(db: &TestDb) -> anyhow::Result<std::time::SystemTime> {
+    let client = db.pool.get().await?;
+    Ok(client
+        .query_one(
+            "SELECT lease_expires_at FROM eventrail.outbox WHERE lease_owner IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+#[tokio::test]
+async fn a_batch_slower_than_its_lease_keeps_its_keys_by_renewing() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let ids = enqueue(
+        &db,
+        (0..3u8)
+            .map(|i| NewMessage::new("orders", "slow", vec![i]))
+            .collect(),
+    )
+    .await?;
+    let sink = Gated::default();
+    let options = fast().lease(Duration::from_secs(1));
+    let first = start(Relay::new(db.pool.clone(), sink.clone(), options.clone())?);
+    eventually(10, "the first publish under way", || async {
+        Ok(sink.calls.load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    let claimed_until = lease_expiry(&db).await?;
+    // A second relay looks every 20 ms while the first publish outlasts three lease periods.
+    let second = start(Relay::new(db.pool.clone(), sink.clone(), options)?);
+    eventually(20, "three lease periods past the claim's lease", || async {
+        Ok(seconds_past(&db, claimed_until).await? > 3.0)
+    })
+    .await?;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 1, "the key stayed held");
+    assert!(
+        lease_expiry(&db).await? > claimed_until,
+        "the lease was renewed"
+    );
+    sink.open.cancel();
+    eventually(10, "every message sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 3)
+    })
+    .await?;
+    first.stop().await?;
+    second.stop().await?;
+    let delivered = sink.inner.messages();
+    let times = check_order(&delivered);
+    assert!(ids.iter().all(|id| times.get(id) == Some(&1)), "{times:?}");
+    assert_eq!(delivered.len(), 3, "nothing delivered twice");
+    assert_eq!(count(&db, "attempts = 1").await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_relay_that_lost_its_lease_stops_publishing_the_key() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let ids = enqueue(
+        &db,
+        (0..3u8)
+            .map(|i| NewMessage::new("orders", "taken", vec![i]))
+            .collect(),
+    )
+    .await?;
+    let sink = Gated::default();
+    let relay = start(Relay::new(
+        db.pool.clone(),
+        sink.clone(),
+        fast().lease(Duration::from_secs(3)),
+    )?);
+    eventually(10, "the first publish under way", || async {
+        Ok(sink.calls.load(Ordering::SeqCst) == 1)
+    })
+    .await?;
+    // Another relay takes the key over (as after a lapsed lease).
+    let thief = Uuid::now_v7();
+    let client = db.pool.get().await?;
+    let taken_at: std::time::SystemTime = client
+        .query_one(
+            "UPDATE eventrail.outbox SET lease_owner = $1, lease_expires_at = now() + interval '1 hour'
+             WHERE lease_owner IS NOT NULL RETURNING now()",
+            &[&thief],
+        )
+        .await?
+        .get(0);
+    // Renewals run every second (a third of the lease): one has seen the loss 1.5 s later,
+    // while the relay's own lease (3 s from the claim) would still let it publish.
+    eventually(10, "a renewal past the takeover", || async {
+        Ok(seconds_past(&db, taken_at).await? > 1.5)
+    })
+    .await?;
+    sink.open.cancel();
+    relay.stop().await?;
+    let delivered: Vec<Uuid> = sink.inner.messages().iter().map(|m| m.id).collect();
+    assert_eq!(delivered, [ids[0]], "only the publish under way completed");
+    let held: i64 = client
+        .query_one(
+            "SELECT count(*) FROM eventrail.outbox WHERE state = 'pending' AND lease_owner = $1",
+            &[&thief],
+        )
+        .await?
+        .get(0);
+    assert_eq!(held, 1, "the settle left the new holder's key alone");
+    assert_eq!(count(&db, "state = 'pending'").await?, 3);
+    Ok(())
+}
+
+/// Counts publishes in flight, per key and per relay, and the most seen at once.
+#[derive(Clone, Default)]
+struct Tracking {
+    inner: InMemorySink,
+    per_key: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    most_per_key: Arc<AtomicUsize>,
+    relay_now: Arc<AtomicUsize>,
+    most_per_relay: Arc<AtomicUsize>,
+}
+
+impl Tracking {
+    /// The same shared key counts, with a relay counter of its own.
+    fn for_another_relay(&self) -> Self {
+        Self {
+            relay_now: Arc::default(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Sink for Tracking {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
+        {
+            let mut keys = self.per_key.lock().unwrap();
+            let n = keys.entry(message.partition_key.clone()).or_insert(0);
+            *n += 1;
+            self.most_per_key.fetch_max(*n, Ordering::SeqCst);
+        }
+        let now = self.relay_now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_per_relay.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.inner.publish(message).await?;
+        self.relay_now.fetch_sub(1, Ordering::SeqCst);
+        *self
+            .per_key
+            .lock()
+            .unwrap()
+            .get_mut(&message.partition_key)
+            .unwrap() -= 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn pipelined_claims_never_put_a_key_in_flight_twice() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sink = Tracking::default();
+    // Ten messages per key, taken in runs of 5 by claims of 20: one batch holds 4 keys.
+    let options = fast().batch_size(20).max_per_key(5).claims_in_flight(4);
+    let mut messages = Vec::new();
+    for round in 0..10u8 {
+        for key in 0..40 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    let ids = enqueue(&db, messages).await?;
+    let relays: Vec<Running> = [sink.clone(), sink.for_another_relay()]
+        .into_iter()
+        .map(|s| Ok(start(Relay::new(db.pool.clone(), s, options.clone())?)))
+        .collect::<anyhow::Result<_>>()?;
+    eventually(60, "every message sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 400)
+    })
+    .await?;
+    for r in relays {
+        r.stop().await?;
+    }
+    assert_eq!(
+        sink.most_per_key.load(Ordering::SeqCst),
+        1,
+        "one publish per key at a time"
+    );
+    assert!(
+        sink.most_per_relay.load(Ordering::SeqCst) > 4,
+        "a relay published more keys at once than one batch holds: claims overlapped"
+    );
+    let times = check_order(&sink.inner.messages());
+    assert_eq!(times.len(), 400);
+    assert!(times.values().all(|&n| n == 1), "no duplicates");
+    assert!(ids.iter().all(|id| times.contains_key(id)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_settle_as_their_runs_finish_not_with_the_slowest_key() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut messages = vec![NewMessage::new("orders", "slow", b"held".to_vec())];
+    messages.extend((0..10u8).map(|i| NewMessage::new("orders", format!("key-{i}"), vec![i])));
+    enqueue(&db, messages).await?;
+    // One claim takes all eleven keys; the slow key's publish is the first and is held.
+    let sink = Gated::default();
+    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
+    eventually(
+        10,
+        "the other keys sent while the slow one publishes",
+        || async { Ok(count(&db, "state = 'sent'").await? == 10) },
+    )
+    .await?;
+    assert_eq!(
+        count(&db, "state = 'pending' AND lease_owner IS NOT NULL").await?,
+        1,
+        "the slow key is still held"
+    );
+    sink.open.cancel();
+    eventually(10, "the slow key sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 11)
+    })
+    .await?;
+    relay.stop().await?;
+    assert_eq!(sink.inner.len(), 11);
+    Ok(())
+}
