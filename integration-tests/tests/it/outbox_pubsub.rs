@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eventrail_outbox::{
-    NewMessage, Outbox, OutboxMessage, OutboxOptions, PUBSUB_CONTENT_TYPE_ATTRIBUTE,
-    PUBSUB_EMULATOR_DEFAULT_HOST, PUBSUB_MESSAGE_ID_ATTRIBUTE, PubSubSink, Relay, RetryPolicy,
-    Sink, SinkError, Wakeup,
+    NewMessage, OutboxMessage, PUBSUB_CONTENT_TYPE_ATTRIBUTE, PUBSUB_EMULATOR_DEFAULT_HOST,
+    PUBSUB_MESSAGE_ID_ATTRIBUTE, PubSubSink, Relay, Sink, SinkError,
 };
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::subscriber::MessageStream;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::harness::{TestDb, eventually};
+use crate::outbox::{count, enqueue, fast, start};
 
 const PROJECT: &str = "eventrail-test";
 
@@ -129,38 +128,6 @@ async fn pull(stream: &mut MessageStream, n: usize) -> anyhow::Result<Vec<Receiv
     Ok(received)
 }
 
-async fn enqueue(db: &TestDb, messages: Vec<NewMessage>) -> anyhow::Result<Vec<Uuid>> {
-    let outbox = Outbox::new(&OutboxOptions::new())?;
-    let mut client = db.pool.get().await?;
-    let tx = client.transaction().await?;
-    let ids = outbox.enqueue_batch(&tx, messages).await?;
-    tx.commit().await?;
-    Ok(ids)
-}
-
-async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
-    let client = db.pool.get().await?;
-    Ok(client
-        .query_one(
-            &format!("SELECT count(*) FROM eventrail.outbox WHERE {condition}"),
-            &[],
-        )
-        .await?
-        .get(0))
-}
-
-/// Short polls and backoffs, many attempts.
-fn fast() -> OutboxOptions {
-    OutboxOptions::new()
-        .poll_interval(Duration::from_millis(20))
-        .wakeup(Wakeup::Poll)
-        .retry(RetryPolicy {
-            max_attempts: 1000,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(50),
-        })
-}
-
 fn unique_prefix() -> String {
     format!("outbox-test-{}-", Uuid::now_v7().simple())
 }
@@ -204,18 +171,12 @@ async fn pubsub_sink_delivers_in_key_order_with_ids_headers_and_content_types() 
             .collect(),
     )
     .await?;
-    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn({
-        let stop = stop.clone();
-        async move { relay.run(stop).await }
-    });
+    let running = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
     eventually(30, "every message acknowledged by Pub/Sub", || async {
         Ok(count(&db, "state = 'sent'").await? == 30)
     })
     .await?;
-    stop.cancel();
-    running.await??;
+    running.stop().await?;
 
     // One stream for the whole test: acks are sent in the background, and a stream dropped
     // before they left would see its messages redelivered.
@@ -284,12 +245,7 @@ async fn pubsub_sink_retries_a_missing_topic_and_refuses_what_can_never_publish(
             .collect(),
     )
     .await?;
-    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn({
-        let stop = stop.clone();
-        async move { relay.run(stop).await }
-    });
+    let running = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
     eventually(30, "the relay retrying the missing topic", || async {
         Ok(count(&db, "attempts >= 3").await? >= 1)
     })
@@ -305,8 +261,7 @@ async fn pubsub_sink_retries_a_missing_topic_and_refuses_what_can_never_publish(
         Ok(count(&db, "state = 'sent'").await? == 3)
     })
     .await?;
-    stop.cancel();
-    running.await??;
+    running.stop().await?;
     let last_error: Option<String> = db
         .pool
         .get()
