@@ -24,7 +24,8 @@ pub const AMQP_PARTITION_KEY_HEADER: &str = "eventrail-partition-key";
 ///
 /// When the broker closes the channel (for example on a publish to an exchange that does not
 /// exist) the publish fails as transient and the next one opens a new channel; when the
-/// connection is lost, a sink made by [`AmqpSink::connect`] connects again (one attempt per
+/// connection is lost, a sink made by [`AmqpSink::connect`] (or [`AmqpSink::connect_with`])
+/// connects again (one attempt per
 /// publish, so the relay's backoff paces the attempts), while a sink made by [`AmqpSink::new`]
 /// on a connection of yours needs that connection to recover (give it lapin's
 /// `ConnectionProperties::enable_auto_recover`).
@@ -34,7 +35,8 @@ pub struct AmqpSink {
 }
 
 struct Inner {
-    uri: Option<String>,
+    /// Where and how to connect again; `None` when the connection is the caller's.
+    reconnect: Option<(String, ConnectionProperties)>,
     exchange: String,
     channel: Mutex<Channel>,
     /// Locked while reopening, so that concurrent publishes open one channel, not one each.
@@ -45,7 +47,7 @@ impl fmt::Debug for AmqpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpSink")
             .field("exchange", &self.inner.exchange)
-            .field("reconnects", &self.inner.uri.is_some())
+            .field("reconnects", &self.inner.reconnect.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -58,10 +60,23 @@ impl AmqpSink {
     /// # Errors
     /// [`lapin::Error`] when the broker cannot be reached or refuses the channel.
     pub async fn connect(uri: &str, exchange: impl Into<String>) -> Result<Self, lapin::Error> {
-        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        Self::connect_with(uri, ConnectionProperties::default(), exchange).await
+    }
+
+    /// [`connect`](Self::connect) with connection properties of your choice (a connection name,
+    /// client properties); a reconnection uses them too.
+    ///
+    /// # Errors
+    /// [`lapin::Error`] when the broker cannot be reached or refuses the channel.
+    pub async fn connect_with(
+        uri: &str,
+        properties: ConnectionProperties,
+        exchange: impl Into<String>,
+    ) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(uri, properties.clone()).await?;
         let channel = confirmed_channel(&connection).await?;
         Ok(Self::from_parts(
-            Some(uri.to_owned()),
+            Some((uri.to_owned(), properties)),
             exchange.into(),
             connection,
             channel,
@@ -82,14 +97,14 @@ impl AmqpSink {
     }
 
     fn from_parts(
-        uri: Option<String>,
+        reconnect: Option<(String, ConnectionProperties)>,
         exchange: String,
         connection: Connection,
         channel: Channel,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                uri,
+                reconnect,
                 exchange,
                 channel: Mutex::new(channel),
                 connection: tokio::sync::Mutex::new(connection),
@@ -120,9 +135,9 @@ impl AmqpSink {
             return Ok(channel);
         }
         if !connection.status().connected()
-            && let Some(uri) = &self.inner.uri
+            && let Some((uri, properties)) = &self.inner.reconnect
         {
-            *connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+            *connection = Connection::connect(uri, properties.clone()).await?;
             warn!("reconnected to RabbitMQ");
         }
         let channel = confirmed_channel(&connection).await?;

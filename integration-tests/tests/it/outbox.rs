@@ -950,6 +950,95 @@ async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -
     Ok(())
 }
 
+/// Runs `rabbitmqctl` (RabbitMQ's own admin tool, on this machine with the broker).
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .context("rabbitmqctl must be installed beside the broker for this test")?;
+    anyhow::ensure!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn rabbitmq_sink_connects_again_after_the_broker_dropped_its_connection() -> anyhow::Result<()>
+{
+    use anyhow::Context;
+    use eventrail_outbox::AmqpSink;
+    use lapin::ConnectionProperties;
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+
+    // A unique connection name, to find this connection among the broker's.
+    let name = format!("outbox_test_{}", Uuid::now_v7().simple());
+    let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
+    let sink = AmqpSink::connect_with(&amqp_url(), properties, "")
+        .await
+        .context("RabbitMQ must be running for this test")?;
+    sink.channel()
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let message = |n: u8| OutboxMessage {
+        id: Uuid::now_v7(),
+        sequence: i64::from(n),
+        partition_key: "k".into(),
+        destination: name.clone(),
+        headers: BTreeMap::new(),
+        payload: vec![n],
+        content_type: "application/octet-stream".into(),
+        created_at: std::time::SystemTime::now(),
+        attempts: 1,
+    };
+    sink.publish(&message(1)).await?;
+
+    // The broker drops the connection (as on a broker restart or a network cut).
+    let listed = tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&[
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+    })
+    .await??;
+    let connection = listed
+        .lines()
+        .find(|line| line.contains(&name))
+        .and_then(|line| line.split('\t').next())
+        .with_context(|| format!("the sink's connection among {listed}"))?
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        rabbitmqctl(&["close_connection", &connection, "eventrail test"])
+    })
+    .await??;
+    eventually(20, "the sink sees its connection closed", || async {
+        Ok(!sink.channel().status().connected())
+    })
+    .await?;
+
+    // The next publish connects again and goes through.
+    sink.publish(&message(2)).await?;
+    let channel = sink.channel();
+    let mut got = Vec::new();
+    while let Some(m) = channel
+        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+    {
+        got.push(m.delivery.data[0]);
+    }
+    assert_eq!(got, [1, 2]);
+    channel
+        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn rabbitmq_sink_opens_a_new_channel_after_the_broker_closed_it() -> anyhow::Result<()> {
     use anyhow::Context;
