@@ -340,7 +340,7 @@ async fn outbox(
         OutboxAction::Status => {
             let s = admin.status().await?;
             writeln!(out, "pending      {}", s.pending)?;
-            writeln!(out, "in flight    {}", s.in_flight)?;
+            writeln!(out, "keys leased  {}", s.in_flight)?;
             writeln!(out, "oldest age   {:.1}s", s.oldest_pending_age_seconds)?;
             writeln!(out, "sent (kept)  {}", s.sent)?;
             writeln!(out, "\ndead letters")?;
