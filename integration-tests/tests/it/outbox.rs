@@ -70,6 +70,32 @@ pub(crate) fn start<S: Sink>(relay: Relay<S>) -> Running {
     Running { stop, task }
 }
 
+/// `message` as a relay hands it to a sink after claiming it at `sequence`, to publish it
+/// directly (a republish, or a sink's verdict on one message).
+pub(crate) fn claimed(message: &NewMessage, sequence: i64) -> OutboxMessage {
+    OutboxMessage {
+        id: message.id,
+        sequence,
+        partition_key: message.partition_key.clone(),
+        destination: message.destination.clone(),
+        headers: message.headers.clone(),
+        payload: message.payload.clone(),
+        content_type: message.content_type.clone(),
+        created_at: std::time::SystemTime::now(),
+        attempts: 1,
+    }
+}
+
+/// Relays the outbox to `sink` until `n` messages are sent, then stops the relay.
+pub(crate) async fn relay_all<S: Sink>(db: &TestDb, sink: S, n: i64) -> anyhow::Result<()> {
+    let relay = start(Relay::new(db.pool.clone(), sink, fast())?);
+    eventually(20, "every message acknowledged by the sink", || async {
+        Ok(count(db, "state = 'sent'").await? == n)
+    })
+    .await?;
+    relay.stop().await
+}
+
 /// Each key's deliveries are in outbox order; returns how often each id was delivered.
 fn check_order(delivered: &[OutboxMessage]) -> HashMap<Uuid, usize> {
     let mut last: HashMap<&str, i64> = HashMap::new();
@@ -723,22 +749,13 @@ async fn postgres_table_sink_delivers_once_per_id() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let sink = PgTableSink::new(db.pool.clone(), "public.delivered")?;
     sink.create_table().await?;
-    let ids = enqueue(
-        &db,
-        (0..20u8)
-            .map(|i| {
-                NewMessage::new("orders", format!("key-{}", i % 4), vec![i])
-                    .header("n", i.to_string())
-            })
-            .collect(),
-    )
-    .await?;
-    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
-    eventually(20, "every message sent", || async {
-        Ok(count(&db, "state = 'sent'").await? == 20)
-    })
-    .await?;
-    relay.stop().await?;
+    let messages: Vec<NewMessage> = (0..20u8)
+        .map(|i| {
+            NewMessage::new("orders", format!("key-{}", i % 4), vec![i]).header("n", i.to_string())
+        })
+        .collect();
+    let ids = enqueue(&db, messages.clone()).await?;
+    relay_all(&db, sink.clone(), 20).await?;
     let client = db.pool.get().await?;
     let stored: Vec<Uuid> = client
         .query(
@@ -751,18 +768,7 @@ async fn postgres_table_sink_delivers_once_per_id() -> anyhow::Result<()> {
         .collect();
     assert_eq!(stored, ids);
     // A redelivery is absorbed by the message id.
-    let again = OutboxMessage {
-        id: ids[0],
-        sequence: 1,
-        partition_key: "key-0".into(),
-        destination: "orders".into(),
-        headers: BTreeMap::new(),
-        payload: vec![0],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 2,
-    };
-    sink.publish(&again).await?;
+    sink.publish(&claimed(&messages[0], 1)).await?;
     let n: i64 = client
         .query_one("SELECT count(*) FROM public.delivered", &[])
         .await?
@@ -797,35 +803,15 @@ async fn nats_jetstream_sink_delivers_with_the_message_id_as_dedup_id() -> anyho
         })
         .await?;
     let sink = sink.subject_prefix(format!("{name}."));
-    let ids = enqueue(
-        &db,
-        (0..20u8)
-            .map(|i| {
-                NewMessage::new("orders", format!("key-{}", i % 3), vec![i])
-                    .header("n", i.to_string())
-            })
-            .collect(),
-    )
-    .await?;
-    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
-    eventually(20, "every message acknowledged by JetStream", || async {
-        Ok(count(&db, "state = 'sent'").await? == 20)
-    })
-    .await?;
-    relay.stop().await?;
+    let messages: Vec<NewMessage> = (0..20u8)
+        .map(|i| {
+            NewMessage::new("orders", format!("key-{}", i % 3), vec![i]).header("n", i.to_string())
+        })
+        .collect();
+    let ids = enqueue(&db, messages.clone()).await?;
+    relay_all(&db, sink.clone(), 20).await?;
     // A republish (a crash before the mark) is dropped by JetStream's dedup on the id.
-    let again = OutboxMessage {
-        id: ids[0],
-        sequence: 1,
-        partition_key: "key-0".into(),
-        destination: "orders".into(),
-        headers: BTreeMap::new(),
-        payload: vec![0],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 2,
-    };
-    sink.publish(&again).await?;
+    sink.publish(&claimed(&messages[0], 1)).await?;
     let mut stream = stream;
     assert_eq!(
         stream.info().await?.state.messages,
@@ -890,12 +876,7 @@ async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -
             .collect(),
     )
     .await?;
-    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
-    eventually(20, "every message confirmed by RabbitMQ", || async {
-        Ok(count(&db, "state = 'sent'").await? == 12)
-    })
-    .await?;
-    relay.stop().await?;
+    relay_all(&db, sink.clone(), 12).await?;
     let mut seen = Vec::new();
     while let Some(m) = sink
         .channel()
@@ -928,17 +909,10 @@ async fn rabbitmq_sink_delivers_persistent_confirmed_messages_with_their_ids() -
     assert_eq!(seen, (0..12).collect::<Vec<u8>>());
 
     // Mandatory: an unroutable message comes back and is not counted as sent.
-    let lost = OutboxMessage {
-        id: Uuid::now_v7(),
-        sequence: 99,
-        partition_key: "k".into(),
-        destination: format!("{queue}_nobody"),
-        headers: BTreeMap::new(),
-        payload: vec![1],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    };
+    let lost = claimed(
+        &NewMessage::new(format!("{queue}_nobody"), "k", vec![1]),
+        99,
+    );
     let returned = sink.publish(&lost).await;
     assert!(
         matches!(&returned, Err(e) if !e.is_permanent()),
@@ -983,17 +957,7 @@ async fn rabbitmq_sink_connects_again_after_the_broker_dropped_its_connection() 
             FieldTable::default(),
         )
         .await?;
-    let message = |n: u8| OutboxMessage {
-        id: Uuid::now_v7(),
-        sequence: i64::from(n),
-        partition_key: "k".into(),
-        destination: name.clone(),
-        headers: BTreeMap::new(),
-        payload: vec![n],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    };
+    let message = |n: u8| claimed(&NewMessage::new(name.clone(), "k", vec![n]), i64::from(n));
     sink.publish(&message(1)).await?;
 
     // The broker drops the connection (as on a broker restart or a network cut).
@@ -1055,17 +1019,7 @@ async fn rabbitmq_sink_opens_a_new_channel_after_the_broker_closed_it() -> anyho
     let sink = AmqpSink::connect(&amqp_url(), name.clone())
         .await
         .context("RabbitMQ must be running for this test")?;
-    let message = |n: u8| OutboxMessage {
-        id: Uuid::now_v7(),
-        sequence: i64::from(n),
-        partition_key: "k".into(),
-        destination: "orders".into(),
-        headers: BTreeMap::new(),
-        payload: vec![n],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    };
+    let message = |n: u8| claimed(&NewMessage::new("orders", "k", vec![n]), i64::from(n));
     let refused = sink.publish(&message(1)).await;
     assert!(
         matches!(&refused, Err(e) if !e.is_permanent()),

@@ -8,14 +8,14 @@ use anyhow::Context;
 use eventrail_outbox::aws_sdk_kinesis::types::ShardIteratorType;
 use eventrail_outbox::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use eventrail_outbox::{
-    KinesisSink, NewMessage, OutboxMessage, Relay, SQS_BODY_ENCODING_ATTRIBUTE,
-    SQS_CONTENT_TYPE_ATTRIBUTE, SQS_MESSAGE_ID_ATTRIBUTE, SQS_PARTITION_KEY_ATTRIBUTE, Sink,
-    SqsSink, aws_sdk_kinesis, aws_sdk_sqs,
+    KinesisSink, NewMessage, SQS_BODY_ENCODING_ATTRIBUTE, SQS_CONTENT_TYPE_ATTRIBUTE,
+    SQS_MESSAGE_ID_ATTRIBUTE, SQS_PARTITION_KEY_ATTRIBUTE, Sink, SqsSink, aws_sdk_kinesis,
+    aws_sdk_sqs,
 };
 use uuid::Uuid;
 
 use crate::harness::{TestDb, eventually};
-use crate::outbox::{count, enqueue, fast, start};
+use crate::outbox::{claimed, enqueue, relay_all};
 
 fn endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
@@ -58,30 +58,6 @@ fn message(destination: &str, i: u8) -> NewMessage {
         NewMessage::new(destination, format!("key-{}", i % 3), vec![0xff, i])
     };
     message.header("n", i.to_string())
-}
-
-fn claimed(message: &NewMessage, sequence: i64) -> OutboxMessage {
-    OutboxMessage {
-        id: message.id,
-        sequence,
-        partition_key: message.partition_key.clone(),
-        destination: message.destination.clone(),
-        headers: message.headers.clone(),
-        payload: message.payload.clone(),
-        content_type: message.content_type.clone(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    }
-}
-
-/// Relays everything in the outbox to `sink` and waits until all `n` messages are sent.
-async fn relay_all<S: Sink>(db: &TestDb, sink: S, n: i64) -> anyhow::Result<()> {
-    let relay = start(Relay::new(db.pool.clone(), sink, fast())?);
-    eventually(30, "every message acknowledged by the broker", || async {
-        Ok(count(db, "state = 'sent'").await? == n)
-    })
-    .await?;
-    relay.stop().await
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! `scripts/ensure-pubsub-emulator.sh`; `PUBSUB_EMULATOR_HOST` to use another): ordering keys,
 //! attributes, and which failures are permanent. The tests fail when the emulator is unreachable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +16,7 @@ use google_cloud_pubsub::subscriber::MessageStream;
 use uuid::Uuid;
 
 use crate::harness::{TestDb, eventually};
-use crate::outbox::{count, enqueue, fast, start};
+use crate::outbox::{claimed, count, enqueue, fast, relay_all, start};
 
 const PROJECT: &str = "eventrail-test";
 
@@ -133,17 +133,7 @@ fn unique_prefix() -> String {
 }
 
 fn message(destination: &str, key: &str) -> OutboxMessage {
-    OutboxMessage {
-        id: Uuid::now_v7(),
-        sequence: 1,
-        partition_key: key.into(),
-        destination: destination.into(),
-        headers: BTreeMap::new(),
-        payload: vec![1],
-        content_type: "application/octet-stream".into(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    }
+    claimed(&NewMessage::new(destination, key, vec![1]), 1)
 }
 
 #[tokio::test]
@@ -171,12 +161,7 @@ async fn pubsub_sink_delivers_in_key_order_with_ids_headers_and_content_types() 
             .collect(),
     )
     .await?;
-    let running = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
-    eventually(30, "every message acknowledged by Pub/Sub", || async {
-        Ok(count(&db, "state = 'sent'").await? == 30)
-    })
-    .await?;
-    running.stop().await?;
+    relay_all(&db, sink.clone(), 30).await?;
 
     // One stream for the whole test: acks are sent in the background, and a stream dropped
     // before they left would see its messages redelivered.
