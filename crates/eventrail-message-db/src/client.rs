@@ -376,6 +376,17 @@ impl MessageDb {
         Ok(self.pool.get().await?)
     }
 
+    /// One of the name functions (`id`, `category`, …): one text argument, one value.
+    async fn name_function<T>(&self, sql: &str, argument: &str) -> Result<T, MessageDbError>
+    where
+        T: for<'r> tokio_postgres::types::FromSql<'r>,
+    {
+        let conn = self.conn().await?;
+        Conn::Pooled(&conn)
+            .scalar(sql, &[(&argument, Type::VARCHAR)])
+            .await
+    }
+
     /// Writes `message` to `stream` (`write_message`) and returns its position in the stream.
     ///
     /// # Errors
@@ -525,10 +536,7 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     #[tracing::instrument(name = "message_db.id", level = "debug", skip_all)]
     pub async fn id(&self, stream: &str) -> Result<Option<String>, MessageDbError> {
-        let conn = self.conn().await?;
-        Conn::Pooled(&conn)
-            .scalar(ID, &[(&stream, Type::VARCHAR)])
-            .await
+        self.name_function(ID, stream).await
     }
 
     /// `message_store.cardinal_id`: see [`names::cardinal_id`](crate::names::cardinal_id).
@@ -537,10 +545,7 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     #[tracing::instrument(name = "message_db.cardinal_id", level = "debug", skip_all)]
     pub async fn cardinal_id(&self, stream: &str) -> Result<Option<String>, MessageDbError> {
-        let conn = self.conn().await?;
-        Conn::Pooled(&conn)
-            .scalar(CARDINAL_ID, &[(&stream, Type::VARCHAR)])
-            .await
+        self.name_function(CARDINAL_ID, stream).await
     }
 
     /// `message_store.category`: see [`names::category`](crate::names::category).
@@ -549,10 +554,7 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     #[tracing::instrument(name = "message_db.category", level = "debug", skip_all)]
     pub async fn category(&self, stream: &str) -> Result<String, MessageDbError> {
-        let conn = self.conn().await?;
-        Conn::Pooled(&conn)
-            .scalar(CATEGORY, &[(&stream, Type::VARCHAR)])
-            .await
+        self.name_function(CATEGORY, stream).await
     }
 
     /// `message_store.is_category`: see [`names::is_category`](crate::names::is_category).
@@ -561,10 +563,7 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     #[tracing::instrument(name = "message_db.is_category", level = "debug", skip_all)]
     pub async fn is_category(&self, name: &str) -> Result<bool, MessageDbError> {
-        let conn = self.conn().await?;
-        Conn::Pooled(&conn)
-            .scalar(IS_CATEGORY, &[(&name, Type::VARCHAR)])
-            .await
+        self.name_function(IS_CATEGORY, name).await
     }
 
     /// `message_store.hash_64`: see [`names::hash_64`](crate::names::hash_64).
@@ -573,10 +572,7 @@ impl MessageDb {
     /// [`MessageDbError::Database`] or [`MessageDbError::Pool`].
     #[tracing::instrument(name = "message_db.hash_64", level = "debug", skip_all)]
     pub async fn hash_64(&self, value: &str) -> Result<i64, MessageDbError> {
-        let conn = self.conn().await?;
-        Conn::Pooled(&conn)
-            .scalar(HASH_64, &[(&value, Type::VARCHAR)])
-            .await
+        self.name_function(HASH_64, value).await
     }
 
     /// The version of the installed Message DB (`message_store_version`).
