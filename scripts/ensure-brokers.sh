@@ -6,19 +6,8 @@
 # rather than skip.
 set -euo pipefail
 
-reachable() {
-    # bash's /dev/tcp: no client needed.
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-wait_for() {
-    local port=$1 seconds=$2
-    for _ in $(seq 1 "$seconds"); do
-        reachable "$port" && return 0
-        sleep 1
-    done
-    return 1
-}
+# shellcheck source=scripts/ports.sh
+source "$(dirname "$0")/ports.sh"
 
 install() {
     if command -v apt-get >/dev/null 2>&1; then
@@ -27,36 +16,22 @@ install() {
     fi
 }
 
-if [[ -n "${NATS_URL:-}" ]]; then
-    echo "nats: using NATS_URL"
-elif reachable 4222; then
-    echo "nats: using 127.0.0.1:4222"
-else
+start_nats() {
     command -v nats-server >/dev/null 2>&1 || install nats-server
-    store="${TMPDIR:-/tmp}/eventrail-nats"
+    local store="${TMPDIR:-/tmp}/eventrail-nats"
     mkdir -p "$store"
     echo "nats: starting nats-server with JetStream ($store)"
     nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$store" >"$store/server.log" 2>&1 &
-    wait_for 4222 20 || { echo "nats: not reachable on 127.0.0.1:4222" >&2; exit 1; }
-fi
+}
 
-if [[ -n "${AMQP_URL:-}" ]]; then
-    echo "rabbitmq: using AMQP_URL"
-elif reachable 5672; then
-    echo "rabbitmq: using 127.0.0.1:5672"
-else
+start_rabbitmq() {
     command -v rabbitmq-server >/dev/null 2>&1 || install rabbitmq-server
     echo "rabbitmq: starting rabbitmq-server"
     rabbitmq-server -detached >/dev/null 2>&1 || true
-    wait_for 5672 90 || { echo "rabbitmq: not reachable on 127.0.0.1:5672" >&2; exit 1; }
-fi
+}
 
-# moto_server stands in for Amazon SQS and Kinesis (on 127.0.0.1:5000, or AWS_ENDPOINT_URL).
-if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
-    echo "moto: using AWS_ENDPOINT_URL"
-elif reachable 5000; then
-    echo "moto: using 127.0.0.1:5000"
-else
+# moto_server stands in for Amazon SQS and Kinesis.
+start_moto() {
     if ! command -v moto_server >/dev/null 2>&1; then
         echo "moto: installing moto[server] with pip"
         python3 -m pip install --quiet 'moto[server]' || {
@@ -65,10 +40,29 @@ else
         }
         hash -r
     fi
-    log="${TMPDIR:-/tmp}/eventrail-moto.log"
+    local log="${TMPDIR:-/tmp}/eventrail-moto.log"
     echo "moto: starting moto_server on 127.0.0.1:5000 (log: $log)"
     nohup moto_server -H 127.0.0.1 -p 5000 >"$log" 2>&1 &
-    wait_for 5000 60 || { echo "moto: not reachable on 127.0.0.1:5000 (see $log)" >&2; exit 1; }
-fi
+}
 
+# ensure NAME VARIABLE PORT SECONDS START: the server named by the environment VARIABLE when it is
+# set, else the one on 127.0.0.1:PORT, else START one and wait up to SECONDS for it to answer.
+ensure() {
+    local name=$1 variable=$2 port=$3 seconds=$4 start=$5
+    if [[ -n "${!variable:-}" ]]; then
+        echo "$name: using $variable"
+    elif reachable 127.0.0.1 "$port"; then
+        echo "$name: using 127.0.0.1:$port"
+    else
+        "$start"
+        wait_for 127.0.0.1 "$port" "$seconds" || {
+            echo "$name: not reachable on 127.0.0.1:$port" >&2
+            exit 1
+        }
+    fi
+}
+
+ensure nats NATS_URL 4222 20 start_nats
+ensure rabbitmq AMQP_URL 5672 90 start_rabbitmq
+ensure moto AWS_ENDPOINT_URL 5000 60 start_moto
 bash "$(dirname "$0")/ensure-pubsub-emulator.sh"

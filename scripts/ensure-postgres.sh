@@ -9,16 +9,14 @@ have_bins() {
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
-reachable() {
-    # bash's /dev/tcp: no client needed.
-    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
-}
+# shellcheck source=scripts/ports.sh
+source "$(dirname "$0")/ports.sh"
 
 if [[ -n "${DATABASE_URL:-}" ]]; then
     echo "postgres: using DATABASE_URL"
     exit 0
 fi
-if reachable; then
+if reachable 127.0.0.1 5432; then
     echo "postgres: using 127.0.0.1:5432"
     exit 0
 fi
@@ -26,7 +24,7 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && ls /etc/postgresql/*/main >/dev/n
     version=$(ls /etc/postgresql | sort -V | tail -n 1)
     echo "postgres: starting the installed cluster $version/main"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-    for _ in $(seq 1 30); do reachable && exit 0; sleep 1; done
+    wait_for 127.0.0.1 5432 30 && exit 0
 fi
 if ! have_bins; then
     if [[ $(id -u) -ne 0 ]]; then

@@ -11,12 +11,10 @@ host="${endpoint%:*}"
 port="${endpoint##*:}"
 log="${TMPDIR:-/tmp}/eventrail-pubsub-emulator.log"
 
-reachable() {
-    # bash's /dev/tcp: no client needed.
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
-}
+# shellcheck source=scripts/ports.sh
+source "$(dirname "$0")/ports.sh"
 
-if reachable; then
+if reachable "$host" "$port"; then
     echo "pubsub: using $host:$port"
     exit 0
 fi
@@ -55,9 +53,9 @@ fi
 
 echo "pubsub: starting $launcher on $host:$port (log: $log)"
 nohup "$launcher" --host="$host" --port="$port" >"$log" 2>&1 &
-for _ in $(seq 1 60); do
-    reachable && { echo "pubsub: emulator up on $host:$port"; exit 0; }
-    sleep 1
-done
+if wait_for "$host" "$port" 60; then
+    echo "pubsub: emulator up on $host:$port"
+    exit 0
+fi
 echo "pubsub: the emulator did not answer on $host:$port within 60 s; see $log" >&2
 exit 1
