@@ -230,19 +230,20 @@ struct Row {
     target: f64,
 }
 
+/// The server settings that decide commit cost, for the table's heading: `name=value, …`.
+pub(crate) async fn server_settings(client: &tokio_postgres::Client) -> anyhow::Result<String> {
+    let settings: Vec<String> = client
+        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version') ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(settings.join(", "))
+}
+
 async fn append_bench(seconds: u64, without_notify: bool) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let admin = connect(&admin_url).await?;
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_bench WITH (FORCE)")
-        .await?;
-    admin
-        .batch_execute("CREATE DATABASE eventrail_bench")
-        .await?;
-    let url = Arc::new(eventrail_devdb::with_database(
-        &admin_url,
-        "eventrail_bench",
-    )?);
+    let url = Arc::new(eventrail_devdb::recreate_database(&admin_url, "eventrail_bench").await?);
     let pool = eventrail_devdb::pool(&url, 32)?;
     let options = if without_notify {
         PgStoreOptions::new().without_notify()
@@ -259,16 +260,8 @@ async fn append_bench(seconds: u64, without_notify: bool) -> anyhow::Result<()> 
     setup
         .batch_execute("CREATE TABLE raw_events (LIKE eventrail.events INCLUDING ALL)")
         .await?;
-    let settings: Vec<String> = setup
-        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version') ORDER BY name", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    println!(
-        "PostgreSQL: {}; {seconds} s per measurement\n",
-        settings.join(", ")
-    );
+    let settings = server_settings(&setup).await?;
+    println!("PostgreSQL: {settings}; {seconds} s per measurement\n");
 
     let mut rows = Vec::new();
     for clients in [1, 4, 16] {

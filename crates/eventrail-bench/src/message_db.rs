@@ -146,13 +146,9 @@ async fn subscription_read(db: &MessageDb) -> anyhow::Result<f64> {
 
 pub(crate) async fn message_db_bench(seconds: u64, async_commit: bool) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let admin = connect(&admin_url).await?;
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_bench_message_db WITH (FORCE)")
-        .await?;
-    admin
-        .batch_execute("CREATE DATABASE eventrail_bench_message_db")
-        .await?;
+    let url = Arc::new(
+        eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_message_db").await?,
+    );
     let install_url = admin_url.clone();
     tokio::task::spawn_blocking(move || {
         eventrail_devdb::install_message_db(&install_url, "eventrail_bench_message_db")
@@ -160,26 +156,18 @@ pub(crate) async fn message_db_bench(seconds: u64, async_commit: bool) -> anyhow
     .await??;
     if async_commit {
         // Commits stop waiting for the disk, so the per-call cost of the client shows.
-        admin
+        connect(&admin_url)
+            .await?
             .batch_execute("ALTER DATABASE eventrail_bench_message_db SET synchronous_commit = off")
             .await?;
     }
-    let url = Arc::new(eventrail_devdb::with_database(
-        &admin_url,
-        "eventrail_bench_message_db",
-    )?);
     let db = MessageDb::connect(&url)?;
     let setup = connect(&url).await?;
-    let settings: Vec<String> = setup
-        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version') ORDER BY name", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let settings = crate::server_settings(&setup).await?;
     println!(
         "Message DB {}; PostgreSQL: {}; writes: {seconds} alternating 1 s slices per side, averaged; reads: 3 alternating rounds, averaged\n",
         db.message_store_version().await?,
-        settings.join(", ")
+        settings
     );
 
     println!(

@@ -176,14 +176,7 @@ async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> any
 
 pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let admin = crate::connect(&admin_url).await?;
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_bench_outbox WITH (FORCE)")
-        .await?;
-    admin
-        .batch_execute("CREATE DATABASE eventrail_bench_outbox")
-        .await?;
-    let url = eventrail_devdb::with_database(&admin_url, "eventrail_bench_outbox")?;
+    let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_outbox").await?;
     let mut client = crate::connect(&url).await?;
     outbox_migrator("eventrail", &OutboxTables::default())?
         .run(&mut client)

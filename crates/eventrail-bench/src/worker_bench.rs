@@ -53,14 +53,7 @@ impl Consumer for Noop {
 }
 
 async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventStore)> {
-    let admin = connect(admin_url).await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let url = eventrail_devdb::with_database(admin_url, name)?;
+    let url = eventrail_devdb::recreate_database(admin_url, name).await?;
     let mut client = connect(&url).await?;
     worker_migrator("eventrail", &TableNames::default())?
         .run(&mut client)

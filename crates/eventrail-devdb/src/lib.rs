@@ -63,6 +63,13 @@ pub enum DevDbError {
     /// The started cluster does not accept connections.
     #[error("the throwaway cluster at {0} did not accept connections")]
     NotReady(String),
+    /// A database name that is not a plain lower-case identifier (`[a-z_][a-z0-9_]*`, at most
+    /// 63 bytes).
+    #[error("not a plain database name: {0:?}")]
+    BadDatabaseName(String),
+    /// The server refused a connection or a statement.
+    #[error("PostgreSQL refused: {0}")]
+    Database(#[source] tokio_postgres::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevDbError {
@@ -141,6 +148,37 @@ pub fn with_database(url: &str, dbname: &str) -> Result<String, DevDbError> {
     Ok(format!(
         "postgres://{user}{password}@{host}:{port}/{dbname}"
     ))
+}
+
+/// Drops the database `name` on the server of `admin_url` (closing its sessions) and creates it
+/// empty; returns its URL. For examples and benchmarks that start from nothing.
+///
+/// # Errors
+/// [`DevDbError::BadDatabaseName`] for a name that is not a plain lower-case identifier,
+/// [`DevDbError::BadUrl`], or [`DevDbError::Database`] when the server refuses.
+pub async fn recreate_database(admin_url: &str, name: &str) -> Result<String, DevDbError> {
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        return Err(DevDbError::BadDatabaseName(name.to_owned()));
+    }
+    let config = tokio_postgres::Config::from_str(admin_url).map_err(DevDbError::BadUrl)?;
+    let (admin, connection) = config.connect(NoTls).await.map_err(DevDbError::Database)?;
+    tokio::spawn(connection);
+    // Two statements: DROP DATABASE refuses to run in the implicit transaction of a batch.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .map_err(DevDbError::Database)?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(DevDbError::Database)?;
+    with_database(admin_url, name)
 }
 
 /// Finds `initdb` and `pg_ctl`: on `PATH`, else the newest `/usr/lib/postgresql/<version>/bin`.

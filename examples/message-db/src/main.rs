@@ -27,17 +27,9 @@ struct Deposited {
 /// `database/install.sh`.
 async fn install_message_db() -> anyhow::Result<String> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await?;
-
+    let url = eventrail_devdb::recreate_database(&admin_url, DATABASE).await?;
     eventrail_devdb::install_message_db(&admin_url, DATABASE)?;
-    Ok(eventrail_devdb::with_database(&admin_url, DATABASE)?)
+    Ok(url)
 }
 
 #[tokio::main]

@@ -24,15 +24,7 @@ const STREAM: &str = "OUTBOX_EXAMPLE";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let (admin_client, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(connection);
-    admin_client
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_outbox_example WITH (FORCE)")
-        .await?;
-    admin_client
-        .batch_execute("CREATE DATABASE eventrail_outbox_example")
-        .await?;
-    let url = eventrail_devdb::with_database(&admin_url, "eventrail_outbox_example")?;
+    let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_outbox_example").await?;
     let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(connection);
     let applied = outbox_migrator("eventrail", &OutboxTables::default())?

@@ -80,18 +80,9 @@ impl<'t> StatelessProcessor<Transaction<'t>> for Balances {
 
 async fn fresh_database() -> anyhow::Result<String> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls)
+    let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_quickstart")
         .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(connection);
-    // Two statements: DROP DATABASE refuses to run in the implicit transaction of a batch.
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_quickstart WITH (FORCE)")
-        .await?;
-    admin
-        .batch_execute("CREATE DATABASE eventrail_quickstart")
-        .await?;
-    let url = eventrail_devdb::with_database(&admin_url, "eventrail_quickstart")?;
+        .context("creating the example database")?;
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(connection);
     client

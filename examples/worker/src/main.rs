@@ -154,15 +154,7 @@ async fn place_orders(store: &PgEventStore, from: usize, to: usize) -> anyhow::R
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
-    let (admin_client, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(connection);
-    admin_client
-        .batch_execute("DROP DATABASE IF EXISTS eventrail_worker_example WITH (FORCE)")
-        .await?;
-    admin_client
-        .batch_execute("CREATE DATABASE eventrail_worker_example")
-        .await?;
-    let url = eventrail_devdb::with_database(&admin_url, "eventrail_worker_example")?;
+    let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_worker_example").await?;
 
     let store = PgEventStore::connect(&url)?;
     let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
