@@ -195,3 +195,32 @@ impl StoreError {
 fn display_version(version: Option<u64>) -> String {
     version.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
 }
+
+/// An error and its causes on one line (`outer: cause: root cause`), for logs and stored error
+/// texts.
+#[must_use]
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_names_every_cause_in_order() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("append failed")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other("disk full"));
+        assert_eq!(error_chain(&error), "append failed: disk full");
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
+}

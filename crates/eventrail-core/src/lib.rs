@@ -32,7 +32,9 @@ mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
 pub use codec::BincodeCodec;
 pub use codec::{Codec, JsonCodec};
-pub use error::{BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError};
+pub use error::{
+    BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError, error_chain,
+};
 pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

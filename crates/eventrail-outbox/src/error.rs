@@ -63,14 +63,4 @@ impl SinkError {
     }
 }
 
-/// An error and its causes on one line, for logs and `last_error`.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use eventrail_core::error_chain as chain;
