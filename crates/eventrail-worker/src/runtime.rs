@@ -37,18 +37,16 @@ pub struct WorkerBuilder {
     consumers: Vec<Arc<dyn DynConsumer>>,
 }
 
+/// The consumers' names, for `Debug`.
+fn consumer_names(consumers: &[Arc<dyn DynConsumer>]) -> Vec<&str> {
+    consumers.iter().map(|c| c.name()).collect()
+}
+
 impl fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerBuilder")
             .field("options", &self.options)
-            .field(
-                "consumers",
-                &self
-                    .consumers
-                    .iter()
-                    .map(|c| c.name().to_owned())
-                    .collect::<Vec<_>>(),
-            )
+            .field("consumers", &consumer_names(&self.consumers))
             .finish_non_exhaustive()
     }
 }
@@ -128,14 +126,7 @@ impl fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("id", &self.id)
             .field("name", &self.options.name)
-            .field(
-                "consumers",
-                &self
-                    .consumers
-                    .iter()
-                    .map(|c| c.name().to_owned())
-                    .collect::<Vec<_>>(),
-            )
+            .field("consumers", &consumer_names(&self.consumers))
             .finish_non_exhaustive()
     }
 }
