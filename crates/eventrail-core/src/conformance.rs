@@ -244,8 +244,37 @@ pub async fn duplicate_and_invalid_requests<S: EventStore>(store: &S) {
                 events(&[""])
             ))
             .await,
-        Err(StoreError::InvalidRequest(_))
+        Err(StoreError::InvalidEvent {
+            index: 0,
+            rule: crate::EventRule::EmptyEventType,
+            ..
+        })
     ));
+    // What a read relies on is checked at append time: a number where the typed correlation id
+    // is read back would make the event unreadable for good.
+    let unreadable = NewEvent::json("Ok", serde_json::json!({}))
+        .with_metadata(crate::Metadata::default().with("correlation_id", 42));
+    let bad_type = NewEvent::json("Bad\nType", serde_json::json!({}));
+    for (index, event) in [(0, unreadable), (1, bad_type)] {
+        let mut batch = events(&["Ok"]);
+        batch.truncate(index);
+        batch.push(event);
+        let stream: StreamName = format!("conformance_limits-{}", uuid::Uuid::now_v7().simple())
+            .parse()
+            .expect("valid name");
+        let refused = store
+            .append(AppendRequest::new(
+                stream.clone(),
+                ExpectedVersion::Any,
+                batch,
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::InvalidEvent { index: i, .. }) if i == index),
+            "{refused:?}"
+        );
+        assert_eq!(store.stream_version(&stream).await.expect("version"), None);
+    }
 }
 
 /// Category and `$all` reads by position, with type filters and limits.

@@ -162,6 +162,29 @@ pub enum StoreError {
     /// The request itself is malformed (no events, an out-of-range value): fix the caller.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// An event of the request breaks a rule reads rely on or a documented limit (see
+    /// [`EventRule`](crate::EventRule)): fix the caller; nothing was written.
+    #[error("event {index} of the request ({event_type:?}) is refused")]
+    InvalidEvent {
+        /// Its index in the request.
+        index: usize,
+        /// Its event type (as given, possibly the offending value).
+        event_type: String,
+        /// The rule it breaks.
+        #[source]
+        rule: crate::EventRule,
+    },
+    /// A stored row cannot be read as an event (written by raw SQL, by an older version or by a
+    /// bug). Retrying does not help: a subscriber parks at `position` until an operator skips the
+    /// event (audited) or repairs the row.
+    #[error("the event at position {position} cannot be decoded")]
+    Decode {
+        /// Its global position.
+        position: u64,
+        /// What failed.
+        #[source]
+        source: BoxError,
+    },
     /// Encoding or decoding event data failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -174,6 +197,14 @@ impl StoreError {
     /// Wraps an infrastructure error.
     pub fn backend(error: impl Into<BoxError>) -> Self {
         Self::Backend(error.into())
+    }
+
+    /// Whether trying the same operation again may succeed without changing anything (a
+    /// connection or database failure). Conflicts, vetoes and bad input are not retryable as they
+    /// are: the caller must decide again or fix the input.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Backend(_))
     }
 
     /// Maps a processor's answer to the store error a caller sees.

@@ -16,6 +16,7 @@
 mod codec;
 mod error;
 mod event;
+mod limits;
 mod processor;
 mod registry;
 mod store;
@@ -36,6 +37,9 @@ pub use error::{
     BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError, error_chain,
 };
 pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
+pub use limits::{
+    EventRule, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, MAX_METADATA_LEN, RESERVED_METADATA_KEYS,
+};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use memory::InMemoryStore;

@@ -44,18 +44,21 @@ impl AppendRequest {
     /// Checks what every store checks before touching storage.
     ///
     /// # Errors
-    /// [`StoreError::InvalidRequest`] for an empty batch, an empty event type or duplicate ids.
+    /// [`StoreError::InvalidRequest`] for an empty batch, [`StoreError::InvalidEvent`] for an
+    /// event that breaks an [`EventRule`](crate::EventRule), [`StoreError::DuplicateEventId`]
+    /// for ids repeated in the batch.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.events.is_empty() {
             return Err(StoreError::InvalidRequest(
                 "an append needs at least one event".into(),
             ));
         }
-        if let Some(e) = self.events.iter().find(|e| e.event_type.is_empty()) {
-            return Err(StoreError::InvalidRequest(format!(
-                "event {} has an empty event type",
-                e.id
-            )));
+        for (index, event) in self.events.iter().enumerate() {
+            event.validate().map_err(|rule| StoreError::InvalidEvent {
+                index,
+                event_type: event.event_type.clone(),
+                rule,
+            })?;
         }
         let mut ids: Vec<_> = self.events.iter().map(|e| e.id).collect();
         ids.sort_unstable();

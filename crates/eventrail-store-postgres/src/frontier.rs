@@ -55,13 +55,21 @@ impl FromStr for Snapshot {
 }
 
 /// What a reader saw when it first met a hole: enough to prove later that the hole is permanent.
+///
+/// The argument (details in the crate docs): whoever took a position in the hole took it inside
+/// an append, which holds the log's appender lock from before it takes any position until it
+/// ends, and had its xid before that. The hole was missing from the rows read under `observed`,
+/// so its holder was in progress in `observed` (or had rolled back). `appenders` was read from
+/// `pg_locks` after `observed` was taken: a holder still running then is among them. So once no
+/// transaction of `appenders` that was in progress in `observed` is in progress in a later
+/// snapshot, every holder has ended before that snapshot, and a hole still missing from the rows
+/// read under it can never be filled. Unrelated transactions of the cluster never take part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoleEvidence {
     /// The snapshot in which the hole was seen (taken by the statement that read the positions).
     pub observed: Snapshot,
-    /// An xid assigned after that snapshot: every transaction that may hold the hole has a
-    /// smaller xid.
-    pub horizon: u64,
+    /// The transactions appending to this log, read after `observed` was taken.
+    pub appenders: Vec<u64>,
     /// When the hole was first seen (for reports only; never used to decide).
     pub first_seen: SystemTime,
 }
@@ -70,32 +78,57 @@ impl HoleEvidence {
     /// Whether transaction `xid` may have taken a position in the hole.
     #[must_use]
     pub fn may_hold(&self, xid: u64) -> bool {
-        self.observed.xip.contains(&xid) || (xid >= self.observed.xmax && xid < self.horizon)
+        self.appenders.contains(&xid) && self.observed.is_in_progress(xid)
     }
 
     /// The transactions that may hold the hole and are still in progress in `now`.
     #[must_use]
     pub fn holders_in_progress(&self, now: &Snapshot) -> Vec<u64> {
-        let mut holders: Vec<u64> = now
-            .xip
+        let mut holders: Vec<u64> = self
+            .appenders
             .iter()
             .copied()
-            .filter(|x| self.may_hold(*x))
+            .filter(|x| self.may_hold(*x) && now.is_in_progress(*x))
             .collect();
-        // Candidates at or above `now.xmax` count as in progress too.
-        if now.xmax < self.horizon {
-            holders.extend(now.xmax.max(self.observed.xmax)..self.horizon);
-            holders.extend(self.observed.xip.iter().copied().filter(|x| *x >= now.xmax));
-        }
         holders.sort_unstable();
         holders.dedup();
         holders
     }
 
     /// Whether `now` proves the hole permanent: no transaction that may hold it is in progress.
+    /// `now` must have been taken after `appenders` was read (a later probe).
     #[must_use]
     pub fn is_proven_by(&self, now: &Snapshot) -> bool {
-        now.xmax > self.horizon && self.holders_in_progress(now).is_empty()
+        self.holders_in_progress(now).is_empty()
+    }
+
+    /// The candidates as text (`xid,xid`), for audit records.
+    #[must_use]
+    pub fn candidates_text(&self) -> String {
+        let candidates: Vec<String> = self
+            .appenders
+            .iter()
+            .filter(|x| self.observed.is_in_progress(**x))
+            .map(u64::to_string)
+            .collect();
+        candidates.join(",")
+    }
+}
+
+/// Widens a 32-bit xid (as `pg_locks` and `pg_stat_activity` show them) to the 64-bit `xid8`
+/// closest to `reference`, a 64-bit xid of the same moment (a running xid is never more than
+/// 2^31 away from the current one).
+#[must_use]
+pub fn widen_xid(xid: u32, reference: u64) -> u64 {
+    const HALF: u64 = 1 << 31;
+    const WRAP: u64 = 1 << 32;
+    let candidate = (reference & !(WRAP - 1)) | u64::from(xid);
+    if candidate > reference.saturating_add(HALF) && candidate >= WRAP {
+        candidate - WRAP
+    } else if candidate.saturating_add(HALF) < reference {
+        candidate + WRAP
+    } else {
+        candidate
     }
 }
 
@@ -139,6 +172,8 @@ pub struct BlockingSession {
     pub state: Option<String>,
     /// Its `application_name`.
     pub application_name: Option<String>,
+    /// The database it is connected to.
+    pub database: Option<String>,
 }
 
 /// The holes one reader has seen and not yet passed, with their evidence.
@@ -204,8 +239,9 @@ pub struct Frontier {
 #[derive(Debug)]
 pub(crate) struct Advance {
     pub(crate) frontier: Frontier,
-    /// A hole with no evidence yet: observe it.
-    pub(crate) new_hole: Option<(u64, u64)>,
+    /// Holes in the window with no evidence yet: observe them all at once, so they mature
+    /// together instead of one after the other.
+    pub(crate) new_holes: Vec<(u64, u64)>,
 }
 
 pub(crate) fn advance(
@@ -217,59 +253,56 @@ pub(crate) fn advance(
 ) -> Advance {
     let mut safe = after;
     let mut skipped = Vec::new();
+    let mut stall = None;
+    let mut new_holes = Vec::new();
+    // `blocked`: the frontier stopped; later holes are still collected for observation.
+    let mut blocked = false;
+    let mut previous = after;
     for &p in positions {
-        if p <= safe {
+        if p <= previous {
             continue;
         }
-        if p > safe + 1 {
-            let (from, to) = (safe + 1, p - 1);
+        if p > previous + 1 {
+            let (from, to) = (previous + 1, p - 1);
             match watch.evidence_for(from, to) {
-                Some(evidence) if evidence.is_proven_by(now) => skipped.push(GapSkip {
-                    from,
-                    to,
-                    evidence: evidence.clone(),
-                    proven_by: now.clone(),
-                }),
-                Some(evidence) => {
-                    let stall = FrontierStall {
+                Some(evidence) if !blocked && evidence.is_proven_by(now) => {
+                    skipped.push(GapSkip {
                         from,
                         to,
-                        since: evidence.first_seen,
-                        holders: evidence.holders_in_progress(now),
-                    };
-                    return Advance {
-                        frontier: Frontier {
-                            safe,
-                            skipped,
-                            stall: Some(stall),
-                            more: false,
-                        },
-                        new_hole: None,
-                    };
+                        evidence: evidence.clone(),
+                        proven_by: now.clone(),
+                    });
+                }
+                Some(evidence) => {
+                    if !blocked {
+                        stall = Some(FrontierStall {
+                            from,
+                            to,
+                            since: evidence.first_seen,
+                            holders: evidence.holders_in_progress(now),
+                        });
+                        blocked = true;
+                    }
                 }
                 None => {
-                    return Advance {
-                        frontier: Frontier {
-                            safe,
-                            skipped,
-                            stall: None,
-                            more: false,
-                        },
-                        new_hole: Some((from, to)),
-                    };
+                    new_holes.push((from, to));
+                    blocked = true;
                 }
             }
         }
-        safe = p;
+        previous = p;
+        if !blocked {
+            safe = p;
+        }
     }
     Advance {
         frontier: Frontier {
             safe,
             skipped,
-            stall: None,
-            more: limit_hit,
+            stall,
+            more: limit_hit && !blocked,
         },
-        new_hole: None,
+        new_holes,
     }
 }
 
@@ -295,10 +328,10 @@ mod tests {
         }
     }
 
-    fn evidence(observed: Snapshot, horizon: u64) -> HoleEvidence {
+    fn evidence(observed: Snapshot, appenders: &[u64]) -> HoleEvidence {
         HoleEvidence {
             observed,
-            horizon,
+            appenders: appenders.to_vec(),
             first_seen: SystemTime::UNIX_EPOCH,
         }
     }
@@ -316,53 +349,80 @@ mod tests {
     }
 
     #[test]
+    fn widens_32_bit_xids_around_the_reference() {
+        let epoch = 5u64 << 32;
+        assert_eq!(widen_xid(100, epoch + 200), epoch + 100);
+        // Just before the reference wrapped: the previous epoch.
+        assert_eq!(widen_xid(u32::MAX - 10, epoch + 5), epoch - 11);
+        // Running xids may be slightly above the reference, across a wrap.
+        assert_eq!(widen_xid(3, epoch - 2), epoch + 3);
+        // Epoch 0 never underflows.
+        assert_eq!(widen_xid(u32::MAX, 10), u64::from(u32::MAX));
+        assert_eq!(widen_xid(7, 10), 7);
+    }
+
+    #[test]
     fn contiguous_positions_advance_without_evidence() {
         let a = advance(3, &[4, 5, 6], &snap(1, 1, &[]), &GapWatch::new(), true);
-        assert_eq!(
-            (a.frontier.safe, a.frontier.more, a.new_hole),
-            (6, true, None)
-        );
+        assert_eq!((a.frontier.safe, a.frontier.more), (6, true));
+        assert!(a.new_holes.is_empty());
     }
 
     #[test]
-    fn a_new_hole_stops_and_asks_for_evidence() {
-        let a = advance(3, &[4, 6, 7], &snap(1, 1, &[]), &GapWatch::new(), false);
-        assert_eq!((a.frontier.safe, a.new_hole), (4, Some((5, 5))));
+    fn every_new_hole_in_the_window_is_observed_at_once() {
+        let a = advance(3, &[4, 6, 7, 10], &snap(1, 1, &[]), &GapWatch::new(), true);
+        assert_eq!(a.frontier.safe, 4);
+        assert!(!a.frontier.more, "stopped at a hole");
+        assert_eq!(a.new_holes, [(5, 5), (8, 9)]);
     }
 
     #[test]
-    fn a_hole_is_proven_only_when_every_possible_holder_ended() {
-        // Observed with 12 in progress; 20 was the next xid; horizon 25.
-        let e = evidence(snap(12, 20, &[12]), 25);
+    fn only_appenders_in_progress_when_observed_can_hold_a_hole() {
+        // Observed: 12 and 15 in progress, 20 the first unassigned xid. Appenders then: 12 and 21
+        // (21 started after the observation: in progress in `observed` too, a candidate).
+        // 15 is not appending to this log: it never blocks.
+        let e = evidence(snap(12, 20, &[12, 15]), &[12, 21, 9]);
         let mut watch = GapWatch::new();
         watch.record(5, 5, e.clone());
-        // 12 still running.
-        let a = advance(4, &[6], &snap(12, 30, &[12]), &watch, false);
+        // 12 still running: it may hold the hole.
+        let a = advance(4, &[6], &snap(12, 30, &[12, 15]), &watch, false);
         assert_eq!(a.frontier.safe, 4);
         assert_eq!(a.frontier.stall.as_ref().unwrap().holders, [12]);
-        // 12 ended but 22 (started before the horizon, above observed xmax) runs: may hold it.
-        let a = advance(4, &[6], &snap(22, 30, &[22]), &watch, false);
-        assert_eq!(a.frontier.safe, 4);
-        assert_eq!(a.frontier.stall.unwrap().holders, [22]);
-        // The horizon itself not yet completed in `now`: not proven.
-        assert!(!e.is_proven_by(&snap(25, 25, &[])));
-        // A transaction started after the horizon does not block.
-        let a = advance(4, &[6, 7], &snap(26, 30, &[26]), &watch, false);
+        // 12 ended; 21 still runs.
+        let a = advance(4, &[6], &snap(15, 30, &[15, 21]), &watch, false);
+        assert_eq!(a.frontier.stall.unwrap().holders, [21]);
+        // Only the unrelated 15 (even as xmin) and newer transactions run: proven.
+        let a = advance(4, &[6, 7], &snap(15, 40, &[15, 33]), &watch, false);
         assert_eq!(a.frontier.safe, 7);
         assert_eq!(a.frontier.skipped.len(), 1);
         assert_eq!(
             (a.frontier.skipped[0].from, a.frontier.skipped[0].to),
             (5, 5)
         );
+        // 9 had ended before `observed` (below xmin): never a candidate.
+        assert!(!e.may_hold(9));
+        assert_eq!(e.candidates_text(), "12,21");
+    }
+
+    #[test]
+    fn holes_with_evidence_mature_together() {
+        let e = evidence(snap(12, 20, &[12]), &[12]);
+        let mut watch = GapWatch::new();
+        watch.record(5, 5, e.clone());
+        watch.record(8, 9, e);
+        let a = advance(4, &[6, 7, 10, 11], &snap(20, 20, &[]), &watch, true);
+        assert_eq!(a.frontier.safe, 11);
+        assert_eq!(a.frontier.skipped.len(), 2);
+        assert!(a.frontier.more);
     }
 
     #[test]
     fn evidence_must_cover_the_whole_hole() {
         let mut watch = GapWatch::new();
-        watch.record(5, 6, evidence(snap(1, 2, &[]), 3));
+        watch.record(5, 6, evidence(snap(1, 2, &[]), &[]));
         // A hole [5, 8] was not entirely observed by that evidence (7 and 8 were beyond).
         let a = advance(4, &[9], &snap(9, 9, &[]), &watch, false);
-        assert_eq!(a.new_hole, Some((5, 8)));
+        assert_eq!(a.new_holes, [(5, 8)]);
         // A hole that shrank to [6, 6] is covered.
         let a = advance(5, &[7], &snap(9, 9, &[]), &watch, false);
         assert_eq!(a.frontier.safe, 7);

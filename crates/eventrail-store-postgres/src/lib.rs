@@ -34,6 +34,7 @@ mod store;
 pub use error::{ConfigError, MigrationError};
 pub use frontier::{
     BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
+    widen_xid,
 };
 pub use migrate::{Migration, Migrator};
 pub use options::{PgStoreOptions, validate_identifier};

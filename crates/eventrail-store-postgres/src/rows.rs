@@ -27,32 +27,41 @@ pub(crate) fn parse_xid(text: &str) -> Result<u64, StoreError> {
 }
 
 pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
-    let stream: &str = row.try_get(1).map_err(StoreError::backend)?;
-    let stream: StreamName = stream.parse().map_err(StoreError::backend)?;
-    let data: Option<serde_json::Value> = row.try_get(6).map_err(StoreError::backend)?;
+    // The position is a NOT NULL bigint: reading it fails only on a broken query. Whatever fails
+    // after it is the row's content, named by its position, so a subscriber can park at it.
+    let global_position = to_u64(row.try_get(0).map_err(StoreError::backend)?);
+    let undecodable = |source: eventrail_core::BoxError| StoreError::Decode {
+        position: global_position,
+        source,
+    };
+    let stream: &str = row.try_get(1).map_err(|e| undecodable(e.into()))?;
+    let stream: StreamName = stream.parse().map_err(|e| undecodable(Box::new(e)))?;
+    let data: Option<serde_json::Value> = row.try_get(6).map_err(|e| undecodable(e.into()))?;
     let data = match data {
         Some(json) => EventData::Json(json),
         None => EventData::Binary(
             row.try_get::<_, Option<Vec<u8>>>(7)
-                .map_err(StoreError::backend)?
+                .map_err(|e| undecodable(e.into()))?
                 .unwrap_or_default(),
         ),
     };
-    let MetadataColumn(metadata) = row.try_get(8).map_err(StoreError::backend)?;
-    let schema_version: i32 = row.try_get(5).map_err(StoreError::backend)?;
+    let MetadataColumn(metadata) = row.try_get(8).map_err(|e| undecodable(e.into()))?;
+    let schema_version: i32 = row.try_get(5).map_err(|e| undecodable(e.into()))?;
     Ok(RecordedEvent {
-        global_position: to_u64(row.try_get(0).map_err(StoreError::backend)?),
+        global_position,
         stream,
-        stream_version: to_u64(row.try_get(2).map_err(StoreError::backend)?),
-        id: row.try_get::<_, Uuid>(3).map_err(StoreError::backend)?,
-        event_type: row.try_get(4).map_err(StoreError::backend)?,
+        stream_version: to_u64(row.try_get(2).map_err(|e| undecodable(e.into()))?),
+        id: row
+            .try_get::<_, Uuid>(3)
+            .map_err(|e| undecodable(e.into()))?,
+        event_type: row.try_get(4).map_err(|e| undecodable(e.into()))?,
         schema_version: u32::try_from(schema_version).unwrap_or_default(),
         data,
         metadata,
         recorded_at: row
             .try_get::<_, SystemTime>(9)
-            .map_err(StoreError::backend)?,
-        transaction_id: parse_xid(row.try_get(10).map_err(StoreError::backend)?)?,
+            .map_err(|e| undecodable(e.into()))?,
+        transaction_id: parse_xid(row.try_get(10).map_err(|e| undecodable(e.into()))?)?,
     })
 }
 

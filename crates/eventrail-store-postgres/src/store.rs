@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::is_unique_violation;
 use crate::frontier::{
-    BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance,
+    BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance, widen_xid,
 };
 use crate::rows::{EVENT_COLUMNS, parse_xid, recorded_events, to_i64, to_u64};
 use crate::{ConfigError, PgStoreOptions};
@@ -57,6 +57,11 @@ impl<P: PgStatelessProcessor> DynProcessor for P {
 /// Advisory lock classes shared with `append_events` (see the migration).
 const SCOPE_ALL_LOCK: i32 = 1_701_147_137;
 const SCOPE_CATEGORY_LOCK: i32 = 1_701_147_138;
+/// The appender lock: the whole-log scope lock, which every append holds (shared, or exclusive
+/// for a whole-log precondition) from before it takes a position until it ends. The gap proof
+/// reads its holders (see `HoleEvidence`).
+const APPENDER_LOCK_CLASS: i32 = SCOPE_ALL_LOCK;
+const APPENDER_LOCK_KEY: i32 = 0;
 
 const APPEND_TYPES: [Type; 12] = [
     Type::TEXT,
@@ -86,6 +91,7 @@ struct Sql {
     read_scope_category: String,
     stream_version: String,
     probe: String,
+    appenders: String,
     existing_ids: String,
 }
 
@@ -135,6 +141,17 @@ impl Sql {
             probe: format!(
                 "SELECT pg_current_snapshot()::text, ARRAY(SELECT global_position FROM {events} \
                  WHERE global_position > $1 ORDER BY global_position LIMIT $2)"
+            ),
+            // One read of the lock table (MATERIALIZED: one consistent `pg_lock_status()`), joining
+            // each holder of the appender lock to its own transaction id lock.
+            appenders: format!(
+                "WITH l AS MATERIALIZED (SELECT * FROM pg_locks) \
+                 SELECT pg_current_snapshot()::text, ARRAY(SELECT x.transactionid::text FROM l a \
+                 JOIN l x ON x.virtualtransaction = a.virtualtransaction AND x.locktype = 'transactionid' \
+                  AND x.mode = 'ExclusiveLock' AND x.granted \
+                 WHERE a.locktype = 'advisory' AND a.granted \
+                  AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                  AND a.classid = {APPENDER_LOCK_CLASS}::oid AND a.objid = {APPENDER_LOCK_KEY}::oid AND a.objsubid = 2)"
             ),
             existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
         }
@@ -678,22 +695,24 @@ impl PgEventStore {
                 watch,
                 positions.len() >= max_positions.max(1),
             );
-            match step.new_hole {
-                Some((from, to)) if !observed_new => {
-                    // An xid assigned now is larger than that of any transaction that took a
-                    // position in the hole: they all had their xid before `now` was taken.
-                    let horizon: String = client
-                        .query_one("SELECT pg_current_xact_id()::text", &[])
-                        .await
-                        .map_err(backend)?
-                        .get(0);
+            match step.new_holes.first() {
+                Some(&(from, _)) if !observed_new => {
+                    // Read after `now` was taken (a later statement): see `HoleEvidence`.
+                    let appenders = self.appenders(&**client).await?;
                     let evidence = HoleEvidence {
                         observed: now,
-                        horizon: parse_xid(&horizon)?,
+                        appenders,
                         first_seen: SystemTime::now(),
                     };
-                    debug!(from, to, ?evidence, "observed a hole");
-                    watch.record(from, to, evidence);
+                    debug!(
+                        from,
+                        holes = step.new_holes.len(),
+                        ?evidence,
+                        "observed holes"
+                    );
+                    for &(from, to) in &step.new_holes {
+                        watch.record(from, to, evidence.clone());
+                    }
                     observed_new = true;
                 }
                 _ => {
@@ -772,6 +791,25 @@ impl PgEventStore {
         recorded_events(&rows)
     }
 
+    /// The transactions appending to this log now: those holding the appender lock, which every
+    /// append takes after its xid and before any position, until it ends.
+    async fn appenders(&self, client: &impl GenericClient) -> Result<Vec<u64>, StoreError> {
+        let row = client
+            .query_one(&self.inner.sql.appenders, &[])
+            .await
+            .map_err(backend)?;
+        let reference: Snapshot = row.try_get::<_, &str>(0).map_err(backend)?.parse()?;
+        row.try_get::<_, Vec<String>>(1)
+            .map_err(backend)?
+            .iter()
+            .map(|x| {
+                x.parse::<u32>()
+                    .map(|x| widen_xid(x, reference.xmax))
+                    .map_err(|_| StoreError::backend(format!("unexpected transaction id {x:?}")))
+            })
+            .collect()
+    }
+
     /// The sessions whose transactions hold a frontier stall ([`FrontierStall::holders`]).
     ///
     /// [`FrontierStall::holders`]: crate::FrontierStall::holders
@@ -789,7 +827,7 @@ impl PgEventStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT pid, backend_xid::text, xact_start, state, application_name \
+                "SELECT pid, backend_xid::text, xact_start, state, application_name, datname::text \
                  FROM pg_stat_activity WHERE backend_xid::text = ANY($1)",
                 &[&short],
             )
@@ -807,6 +845,7 @@ impl PgEventStore {
                     transaction_start: r.try_get(2).map_err(backend)?,
                     state: r.try_get(3).map_err(backend)?,
                     application_name: r.try_get(4).map_err(backend)?,
+                    database: r.try_get(5).map_err(backend)?,
                 })
             })
             .collect()

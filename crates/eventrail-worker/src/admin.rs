@@ -249,7 +249,7 @@ impl WorkerAdmin {
             .query(
                 &format!(
                     "SELECT consumer, from_position, to_position, reason,
-                            concat_ws(' ', 'observed=' || observed_snapshot, 'horizon=' || horizon_xid, 'proven=' || proven_snapshot),
+                            concat_ws(' ', 'observed=' || observed_snapshot, 'candidates=' || horizon_xid, 'proven=' || proven_snapshot),
                             skipped_at
                      FROM {} WHERE $1::text IS NULL OR consumer = $1 ORDER BY id DESC LIMIT $2",
                     self.tables.gap_skips

@@ -318,7 +318,7 @@ async fn run_batch(
                 &to_i64(skip.from),
                 &to_i64(skip.to),
                 &snapshot_text(&skip.evidence.observed),
-                &skip.evidence.horizon.to_string(),
+                &skip.evidence.candidates_text(),
                 &snapshot_text(&skip.proven_by),
                 &skip.evidence.first_seen,
             ],

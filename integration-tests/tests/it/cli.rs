@@ -175,7 +175,7 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
     );
     let gaps = eventrail(&["gaps", "--database-url", &db.url]).await?;
     assert!(
-        gaps.contains("projection") && gaps.contains("proven") && gaps.contains("horizon="),
+        gaps.contains("projection") && gaps.contains("proven") && gaps.contains("candidates="),
         "{gaps}"
     );
 

@@ -11,6 +11,7 @@ mod migrations;
 mod outbox;
 mod outbox_aws;
 mod outbox_pubsub;
+mod poison;
 mod processors;
 mod store;
 mod worker;
