@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use eventrail_core::BoxError;
+use eventrail_core::{BoxError, StoreError};
 use eventrail_store_postgres::{FrontierStall, GapSkip, GapWatch, Snapshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -37,6 +37,14 @@ enum BatchEnd {
         at: Option<u64>,
         /// The handler's error.
         error: BoxError,
+    },
+    /// The store cannot decode the row at `position` (written by raw SQL, an older version, a
+    /// bug): retrying cannot help, so the consumer parks there once the prefix is committed.
+    Undecodable {
+        /// The row's position.
+        position: u64,
+        /// The store's decode error.
+        error: StoreError,
     },
 }
 
@@ -310,6 +318,15 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                     return;
                 }
             }
+            BatchEnd::Undecodable { position, error } => {
+                let text = eventrail_core::error_chain(&error);
+                warn!(position, error = %text, "an event cannot be decoded; the prefix before it commits, then the consumer parks there");
+                suspect = Some(Suspect {
+                    position,
+                    error: text,
+                    park: true,
+                });
+            }
             BatchEnd::Moved => {
                 // An operator rewound, paused or resumed it: start isolating afresh.
                 suspect = None;
@@ -456,7 +473,7 @@ async fn run_batch(
     if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);
     }
-    let events = ctx
+    let events = match ctx
         .shared
         .store
         .read_range_with(
@@ -466,7 +483,19 @@ async fn run_batch(
             optional(&scope.categories),
             optional(&scope.event_types),
         )
-        .await?;
+        .await
+    {
+        Ok(events) => events,
+        // Only this consumer's read met the row: it parks, the others go on (a consumer whose
+        // scope excludes the row never reads it).
+        Err(StoreError::Decode { position, source }) if position > after && position <= up_to => {
+            return Ok(BatchEnd::Undecodable {
+                position,
+                error: StoreError::Decode { position, source },
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     for event in &events {
         in_flight.store(event.global_position, Ordering::Relaxed);
         if let Err(error) = ctx.consumer.handle(&tx, event).await {

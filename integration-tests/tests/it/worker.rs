@@ -1066,3 +1066,115 @@ async fn handled(db: &TestDb, consumer: &str) -> anyhow::Result<Vec<(u64, i64)>>
         .map(|r| (to_u64(r.get(0)), r.get::<_, i64>(1)))
         .collect())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_row_parks_only_the_consumers_that_read_it_and_can_be_skipped_or_fixed()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    append(&store, "good-1", 3).await?;
+    // Written by raw SQL (an older version, a bug): a number where a string is expected. The
+    // xid first, as the store's own appends do, so the gap proof holds for this writer too.
+    let bad: i64 = {
+        let mut client = db.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_current_xact_id()", &[]).await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO eventrail.events (stream_name, stream_version, event_id, event_type, data, metadata)
+                 VALUES ('bad-1', 0, gen_random_uuid(), 'Happened', '{}', '{\"correlation_id\": 42}')
+                 RETURNING global_position",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        row.get(0)
+    };
+    let bad = to_u64(bad);
+    let last = append(&store, "good-2", 3).await?;
+    let mut other = Recorder::new("other", "w");
+    other.scope = ConsumerScope::all().categories(["good"]);
+    let w = start(
+        &db,
+        fast(),
+        &[
+            Recorder::new("skipper", "w"),
+            Recorder::new("fixer", "w"),
+            other,
+        ],
+    )?;
+    // A consumer whose scope excludes the row never reads it: it is not stopped at all.
+    db.wait_for("other", last, Duration::from_secs(20)).await?;
+    for consumer in ["skipper", "fixer"] {
+        match db.wait_for(consumer, last, Duration::from_secs(20)).await {
+            Err(WorkerError::ConsumerParked { .. }) => {}
+            other => panic!("expected {consumer} parked at the bad row, got {other:?}"),
+        }
+        let status = admin.status().await?;
+        let s = status
+            .consumers
+            .iter()
+            .find(|c| c.consumer == consumer)
+            .expect("status");
+        assert_eq!(s.position, bad - 1, "{consumer}: the good prefix committed");
+        assert_eq!(
+            s.parked_position,
+            Some(bad),
+            "{consumer}: parked at the row"
+        );
+        let error = s.parked_error.clone().unwrap_or_default();
+        assert!(
+            error.contains(&bad.to_string()),
+            "names the position: {error}"
+        );
+        assert_eq!(
+            handled(&db, consumer).await?,
+            (1..bad).map(|p| (p, 1)).collect::<Vec<_>>(),
+            "{consumer}: everything before the row, once"
+        );
+    }
+
+    // One operator skips it (audited) ...
+    assert_eq!(admin.skip("skipper").await?, bad);
+    db.wait_for("skipper", last, Duration::from_secs(20))
+        .await?;
+    assert_eq!(
+        handled(&db, "skipper").await?,
+        (1..=last)
+            .filter(|p| *p != bad)
+            .map(|p| (p, 1))
+            .collect::<Vec<_>>()
+    );
+    let gaps = admin.gaps(Some("skipper"), 10).await?;
+    assert!(
+        gaps.iter()
+            .any(|g| g.from == bad && g.to == bad && g.reason == "poison"),
+        "{gaps:?}"
+    );
+    assert!(matches!(
+        admin.skip("skipper").await,
+        Err(WorkerError::NotParked { .. })
+    ));
+
+    // ... another fixes the row (events are immutable: a superuser lifts the trigger for it)
+    // and resumes.
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "BEGIN;
+             ALTER TABLE eventrail.events DISABLE TRIGGER events_immutable_rows;
+             UPDATE eventrail.events SET metadata = '{{\"correlation_id\": \"42\"}}' WHERE global_position = {bad};
+             ALTER TABLE eventrail.events ENABLE TRIGGER events_immutable_rows;
+             COMMIT;"
+        ))
+        .await?;
+    admin.resume("fixer").await?;
+    db.wait_for("fixer", last, Duration::from_secs(20)).await?;
+    assert_eq!(
+        handled(&db, "fixer").await?,
+        (1..=last).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+    w.stop().await?;
+    Ok(())
+}
