@@ -5,7 +5,7 @@
 //! eventrail stream read <stream> [--from VERSION] [--backward] [--limit N]
 //! eventrail category read <category> [--from POSITION] [--limit N]
 //! eventrail status
-//! eventrail consumer rewind <name> --to POSITION | reset <name> | pause <name> | resume <name>
+//! eventrail consumer rewind <name> --to POSITION | reset <name> | pause <name> | resume <name> | skip <name>
 //! eventrail gaps [--consumer NAME] [--limit N]
 //! eventrail outbox status
 //! eventrail outbox dead list [--limit N] | requeue [ID..|--all] | purge [ID..|--all]
@@ -157,6 +157,13 @@ pub enum ConsumerAction {
         /// The consumer.
         name: String,
     },
+    /// Skip exactly the event a parked consumer is parked at (a poison event or an undecodable
+    /// row) and resume it after that event; audited in `gaps` with reason `poison`. Refused
+    /// unless the consumer is parked at an event.
+    Skip {
+        /// The consumer.
+        name: String,
+    },
 }
 
 /// Stream commands.
@@ -292,6 +299,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 ConsumerAction::Resume { name } => {
                     admin.resume(name).await?;
                     (name, "resumed".to_owned())
+                }
+                ConsumerAction::Skip { name } => {
+                    let position = admin.skip(name).await?;
+                    (
+                        name,
+                        format!("skipped position {position} (audited in gaps) and resumed"),
+                    )
                 }
             };
             writeln!(out, "consumer {name} {done}")?;
@@ -448,7 +462,10 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
         .iter()
         .map(|c| {
             let state = match (&c.parked_error, c.paused) {
-                (Some(e), _) => format!("parked: {e}"),
+                (Some(e), _) => match c.parked_position {
+                    Some(p) => format!("parked at {p}: {e}"),
+                    None => format!("parked: {e}"),
+                },
                 (None, true) => "paused".to_owned(),
                 (None, false) => "running".to_owned(),
             };

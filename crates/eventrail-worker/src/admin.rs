@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use deadpool_postgres::Pool;
 
 use crate::error::db;
-use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held};
+use crate::runtime::{
+    CHECKPOINT_CHANNEL, IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held,
+};
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
@@ -42,8 +44,11 @@ pub struct ConsumerStatus {
     pub lag_seconds: f64,
     /// Paused by an operator.
     pub paused: bool,
-    /// The error it is parked with, if parked.
+    /// The error it is parked with (with every cause), if parked.
     pub parked_error: Option<String>,
+    /// The event it is parked at (its checkpoint is right before it), when it parked at one:
+    /// a handler that kept failing on it, or a row the store cannot decode.
+    pub parked_position: Option<u64>,
 }
 
 /// Everything `eventrail status` shows.
@@ -64,9 +69,11 @@ pub struct GapRecord {
     pub from: u64,
     /// Last position.
     pub to: u64,
-    /// `proven` or `timeout`.
+    /// `proven` (a hole proven permanent), `timeout` (the opt-in stall escape) or `poison` (an
+    /// operator skipped the event a consumer was parked at).
     pub reason: String,
-    /// The evidence: snapshot when first seen, horizon xid, proving snapshot.
+    /// The evidence: snapshot when first seen, candidate xids (appenders then), proving snapshot; for a poison
+    /// skip, the error the consumer was parked with and who skipped it.
     pub evidence: String,
     /// When it was skipped.
     pub skipped_at: SystemTime,
@@ -143,7 +150,8 @@ impl WorkerAdmin {
                             greatest(coalesce((SELECT max(global_position) FROM {events}), 0) - c.position, 0),
                             coalesce(extract(epoch FROM now() - (SELECT e.recorded_at FROM {events} e
                                 WHERE e.global_position > c.position ORDER BY e.global_position LIMIT 1))::float8, 0),
-                            c.paused, CASE WHEN c.parked_at IS NOT NULL THEN c.last_error END
+                            c.paused, CASE WHEN c.parked_at IS NOT NULL THEN c.last_error END,
+                            CASE WHEN c.parked_at IS NOT NULL THEN c.parked_position END
                      FROM {checkpoints} c LEFT JOIN {assignments} a USING (consumer) ORDER BY c.consumer",
                     checkpoints = t.checkpoints,
                     assignments = t.assignments
@@ -162,6 +170,7 @@ impl WorkerAdmin {
                 lag_seconds: r.get(5),
                 paused: r.get(6),
                 parked_error: r.get(7),
+                parked_position: r.get::<_, Option<i64>>(8).map(to_u64),
             })
             .collect();
         Ok(Status { workers, consumers })
@@ -208,7 +217,7 @@ impl WorkerAdmin {
     pub async fn reset(&self, consumer: &str) -> Result<(), WorkerError> {
         self.update(
             consumer,
-            "position = 0, failures = 0, parked_at = NULL, last_error = NULL",
+            "position = 0, failures = 0, parked_at = NULL, parked_position = NULL, last_error = NULL",
             None,
         )
         .await
@@ -229,10 +238,86 @@ impl WorkerAdmin {
     pub async fn resume(&self, consumer: &str) -> Result<(), WorkerError> {
         self.update(
             consumer,
-            "paused = false, failures = 0, parked_at = NULL, last_error = NULL",
+            "paused = false, failures = 0, parked_at = NULL, parked_position = NULL, last_error = NULL",
             None,
         )
         .await
+    }
+
+    /// Skips the event a parked consumer is parked at (a poison event its handler keeps failing
+    /// on, or a row the store cannot decode) and resumes it after that event. The skip is
+    /// audited in the gap skips with reason `poison`, the parked error and the database user.
+    /// Returns the skipped position.
+    ///
+    /// Only exactly the parked event is skipped: a consumer that is not parked, parked without
+    /// a position, or whose checkpoint moved since it parked (rewound) is refused.
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConsumer`], [`WorkerError::NotParked`], [`WorkerError::Database`].
+    pub async fn skip(&self, consumer: &str) -> Result<u64, WorkerError> {
+        let t = &self.tables;
+        let mut client = self.pool.get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The row lock waits for a batch in flight and keeps the consumer still meanwhile.
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT position, parked_at IS NOT NULL, parked_position, last_error, parked_at
+                     FROM {} WHERE consumer = $1 FOR UPDATE",
+                    t.checkpoints
+                ),
+                &[&consumer],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| WorkerError::UnknownConsumer(consumer.to_owned()))?;
+        let (position, parked, at): (i64, bool, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+        let not_parked = |reason: &'static str| WorkerError::NotParked {
+            consumer: consumer.to_owned(),
+            reason,
+        };
+        let at = match (parked, at) {
+            (false, _) => return Err(not_parked("it is not parked")),
+            (true, None) => {
+                return Err(not_parked(
+                    "it is parked without an event to skip (resume it)",
+                ));
+            }
+            (true, Some(at)) if at != position + 1 => {
+                return Err(not_parked(
+                    "its checkpoint moved since it parked (resume it)",
+                ));
+            }
+            (true, Some(at)) => at,
+        };
+        let error: Option<String> = row.get(3);
+        let parked_at: std::time::SystemTime = row.get(4);
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (consumer, from_position, to_position, reason, detail, skipped_by, first_seen_at)
+                 VALUES ($1, $2, $2, 'poison', $3, current_user, $4)",
+                t.gap_skips
+            ),
+            &[&consumer, &at, &error, &parked_at],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            &format!(
+                "WITH skipped AS (
+                     UPDATE {} SET position = $2, paused = false, failures = 0, parked_at = NULL,
+                         parked_position = NULL, last_error = NULL, updated_at = now()
+                     WHERE consumer = $1 RETURNING consumer, position
+                 )
+                 SELECT pg_notify($3, consumer || ' ' || position) FROM skipped",
+                t.checkpoints
+            ),
+            &[&consumer, &at, &CHECKPOINT_CHANNEL],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(to_u64(at))
     }
 
     /// Audited skips, newest first, optionally of one consumer.
@@ -249,7 +334,8 @@ impl WorkerAdmin {
             .query(
                 &format!(
                     "SELECT consumer, from_position, to_position, reason,
-                            concat_ws(' ', 'observed=' || observed_snapshot, 'candidates=' || horizon_xid, 'proven=' || proven_snapshot),
+                            concat_ws(' ', 'observed=' || observed_snapshot, 'candidates=' || candidate_xids, 'proven=' || proven_snapshot,
+                                      'by=' || skipped_by, 'error=' || detail),
                             skipped_at
                      FROM {} WHERE $1::text IS NULL OR consumer = $1 ORDER BY id DESC LIMIT $2",
                     self.tables.gap_skips

@@ -48,11 +48,13 @@ pub trait Consumer: Send + Sync + 'static {
         ConsumerScope::all()
     }
 
-    /// Handles one event. It must not commit or roll back `tx`: an error rolls the whole batch
-    /// back and the worker retries it.
+    /// Handles one event. It must not commit or roll back `tx`: an error rolls the batch back.
     ///
     /// # Errors
-    /// Any error: the batch is rolled back and retried with backoff, then the consumer is parked.
+    /// Any error: the batch is rolled back, the events before this one are handled again in a
+    /// new transaction and committed, this event is retried alone with backoff, then the
+    /// consumer is parked at it. Effects outside `tx` may thus happen twice for the events
+    /// before a failing one (at-least-once).
     fn handle(
         &self,
         tx: &Transaction<'_>,

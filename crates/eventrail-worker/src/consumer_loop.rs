@@ -1,9 +1,10 @@
 //! One consumer's loop: probe the frontier, run a batch in one transaction, checkpoint, repeat.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use eventrail_core::BoxError;
+use eventrail_core::{BoxError, StoreError};
 use eventrail_store_postgres::{FrontierStall, GapSkip, GapWatch, Snapshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -29,8 +30,39 @@ enum BatchEnd {
     Moved,
     /// The assignment changed: this worker must stop running the consumer.
     Fenced,
-    /// A handler failed; the batch was rolled back.
-    Failed(BoxError),
+    /// A handler failed (or the batch timed out) on the event at `at` (`None`: not on an
+    /// event); the batch was rolled back.
+    Failed {
+        /// The failing event's position.
+        at: Option<u64>,
+        /// The handler's error.
+        error: BoxError,
+    },
+    /// The store cannot decode the row at `position` (written by raw SQL, an older version, a
+    /// bug): retrying cannot help, so the consumer parks there once the prefix is committed.
+    Undecodable {
+        /// The row's position.
+        position: u64,
+        /// The store's decode error.
+        error: StoreError,
+    },
+}
+
+/// A failing event being isolated. The batch shrinks to it: first the good prefix before it
+/// commits (re-run in a new transaction), then it is retried alone per the retry policy, then
+/// the consumer parks at exactly this position.
+///
+/// The prefix is re-run rather than protected by a savepoint per event: a savepoint costs a
+/// round trip on every event of every batch, and more than 64 subtransactions that write make
+/// the transaction's subxid cache overflow, which slows every snapshot in the cluster (the gap
+/// proof takes many). Re-running costs only when an event fails, once per failure.
+struct Suspect {
+    /// The failing event's position.
+    position: u64,
+    /// Its last error, with every cause.
+    error: String,
+    /// Park as soon as the prefix is committed, without retrying.
+    park: bool,
 }
 
 struct Checkpoint {
@@ -82,6 +114,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
     let mut head = ctx.shared.head.subscribe();
     let mut idle = options.base_poll_interval;
     let mut failures: u32 = 0;
+    let mut suspect: Option<Suspect> = None;
     let mut last_stall_report: Option<std::time::Instant> = None;
     // After a committed batch the position is known; otherwise (start, idle, moved, failed) the
     // checkpoint row is read again, which also notices pauses, parks and rewinds.
@@ -111,6 +144,36 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             // Resumed through the table (CLI); look again at the slow pace.
             if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
                 return;
+            }
+            continue;
+        }
+        if suspect
+            .as_ref()
+            .is_some_and(|s| checkpoint.position >= s.position)
+        {
+            suspect = None; // passed it (an operator moved the checkpoint)
+            failures = 0;
+        }
+        if let Some(s) = &suspect
+            && checkpoint.position + 1 == s.position
+            && (s.park || failures >= options.retry.max_attempts)
+        {
+            // The good prefix is committed: park at exactly the failing event.
+            match park(&ctx, s, failures).await {
+                Ok(parked) => {
+                    if parked {
+                        error!(position = s.position, error = %s.error, failures, "consumer parked at a failing event; fix and `eventrail consumer resume`, or `eventrail consumer skip` it");
+                        metrics::counter!("eventrail_consumer_parked_total").increment(1);
+                    }
+                    suspect = None;
+                    failures = 0;
+                }
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "parking the consumer failed");
+                    if sleep_or_cancel(options.max_poll_interval, &ctx.cancel).await {
+                        return;
+                    }
+                }
             }
             continue;
         }
@@ -154,6 +217,17 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 warn!(from = stall.from, ?age, holders = ?stall.holders, ?pids, "frontier waits on a transaction holding a lower position");
             }
         }
+        if let Some(s) = &suspect
+            && escaped.is_none()
+        {
+            // Isolating a failing event: the prefix before it, then the event alone.
+            let limit = if checkpoint.position + 1 < s.position {
+                s.position - 1
+            } else {
+                s.position
+            };
+            up_to = up_to.min(limit);
+        }
         if up_to == checkpoint.position {
             // Nothing readable: wait for a wakeup, hot while a hole may resolve any moment.
             let wait = if frontier.stall.is_some() {
@@ -174,6 +248,8 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             continue;
         }
         let started = std::time::Instant::now();
+        // The event the handler is on, to know which one a timed-out batch was stuck on.
+        let in_flight = AtomicU64::new(0);
         let attempt = tokio::time::timeout(
             options.batch_timeout,
             run_batch(
@@ -183,6 +259,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 up_to,
                 &frontier.skipped,
                 escaped.as_ref(),
+                &in_flight,
             ),
         )
         .await;
@@ -195,14 +272,14 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 }
                 continue;
             }
-            Err(_) => BatchEnd::Failed(
-                format!("batch timed out after {:?}", options.batch_timeout).into(),
-            ),
+            Err(_) => BatchEnd::Failed {
+                at: Some(in_flight.load(Ordering::Relaxed)).filter(|p| *p > 0),
+                error: format!("batch timed out after {:?}", options.batch_timeout).into(),
+            },
         };
         match end {
             BatchEnd::Committed { position, handled } => {
                 known = Some(position);
-                failures = 0;
                 idle = options.base_poll_interval;
                 metrics::histogram!("eventrail_consumer_batch_events").record(handled as f64);
                 metrics::histogram!("eventrail_consumer_batch_seconds")
@@ -215,6 +292,25 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 metrics::gauge!("eventrail_consumer_lag_positions", "consumer" => consumer)
                     .set(head.saturating_sub(position) as f64);
                 debug!(position, handled, "batch committed");
+                match &suspect {
+                    Some(s) if position >= s.position => {
+                        // The failing event passed alone: back to whole batches.
+                        suspect = None;
+                        failures = 0;
+                    }
+                    Some(s) if position + 1 == s.position && !s.park => {
+                        // The good prefix is in; the failing event is retried alone after
+                        // the backoff, or parked at (next turn) when out of attempts.
+                        if failures < options.retry.max_attempts
+                            && sleep_or_cancel(options.retry.backoff(failures), &ctx.cancel).await
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(_) => {} // a part of the prefix: keep isolating
+                    None => failures = 0,
+                }
                 if frontier.more
                     && !options.batch_pause.is_zero()
                     && sleep_or_cancel(options.batch_pause, &ctx.cancel).await
@@ -222,57 +318,139 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                     return;
                 }
             }
-            BatchEnd::Moved => {}
+            BatchEnd::Undecodable { position, error } => {
+                let text = eventrail_core::error_chain(&error);
+                warn!(position, error = %text, "an event cannot be decoded; the prefix before it commits, then the consumer parks there");
+                suspect = Some(Suspect {
+                    position,
+                    error: text,
+                    park: true,
+                });
+            }
+            BatchEnd::Moved => {
+                // An operator rewound, paused or resumed it: start isolating afresh.
+                suspect = None;
+                failures = 0;
+            }
             BatchEnd::Fenced => {
                 info!("the consumer was reassigned: stopping it here");
                 return;
             }
-            BatchEnd::Failed(error) => {
+            BatchEnd::Failed { at, error } => {
                 failures += 1;
-                let parked = record_failure(&ctx, &error, failures).await;
-                if parked {
-                    error!(error = %error, failures, "consumer parked after repeated failures; resume it with `eventrail consumer resume`");
-                    metrics::counter!("eventrail_consumer_parked_total").increment(1);
-                    failures = 0;
-                } else {
-                    warn!(error = %error, failures, "handler failed; the batch was rolled back and will be retried");
-                    if sleep_or_cancel(options.retry.backoff(failures), &ctx.cancel).await {
-                        return;
+                let text = eventrail_core::error_chain(&*error);
+                let Some(at) = at else {
+                    // Not on an event: retry the whole batch, park without a position.
+                    let park = failures >= options.retry.max_attempts;
+                    match record_failure(&ctx, &text, failures, park).await {
+                        Ok(true) => {
+                            error!(error = %text, failures, "consumer parked after repeated failures; resume it with `eventrail consumer resume`");
+                            metrics::counter!("eventrail_consumer_parked_total").increment(1);
+                            failures = 0;
+                        }
+                        Ok(false) => {
+                            warn!(error = %text, failures, "batch failed; it was rolled back and will be retried");
+                            if sleep_or_cancel(options.retry.backoff(failures), &ctx.cancel).await {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %crate::error::chain(&e), "recording the failure failed")
+                        }
                     }
+                    continue;
+                };
+                if suspect.as_ref().is_some_and(|s| s.position != at) {
+                    failures = 1; // another event (of the prefix) failed: isolate that one
+                }
+                warn!(position = at, error = %text, failures, "handler failed; the good prefix commits and the event is retried alone");
+                if let Err(e) = record_failure(&ctx, &text, failures, false).await {
+                    warn!(error = %crate::error::chain(&e), "recording the failure failed");
+                }
+                let prefix = checkpoint.position + 1 < at;
+                suspect = Some(Suspect {
+                    position: at,
+                    error: text,
+                    park: false,
+                });
+                // Without a prefix to commit first, wait before the next attempt (or park).
+                if !prefix
+                    && failures < options.retry.max_attempts
+                    && sleep_or_cancel(options.retry.backoff(failures), &ctx.cancel).await
+                {
+                    return;
                 }
             }
         }
     }
 }
 
-/// Counts a failure; parks the consumer when the policy says so. Returns whether it parked.
-async fn record_failure(ctx: &ConsumerContext, error: &BoxError, failures: u32) -> bool {
-    let max = i32::try_from(ctx.shared.options.retry.max_attempts).unwrap_or(i32::MAX);
+/// Records a failure on the checkpoint row (shown by `eventrail status`); parks the consumer
+/// without a position when `park`. Returns whether it parked.
+async fn record_failure(
+    ctx: &ConsumerContext,
+    error: &str,
+    failures: u32,
+    park: bool,
+) -> Result<bool, WorkerError> {
     let failures = i32::try_from(failures).unwrap_or(i32::MAX);
-    let text = error.to_string();
-    let result = async {
-        let client = ctx.shared.store.pool().get().await.map_err(db)?;
-        let row = client
-            .query_one(
-                &format!(
-                    "WITH failed AS (
-                        UPDATE {} SET failures = $2::int4, last_error = $3::text,
-                            parked_at = CASE WHEN $2::int4 >= $4::int4 THEN now() END
-                        WHERE consumer = $1::text RETURNING parked_at IS NOT NULL AS parked
-                     )
-                     SELECT parked, CASE WHEN parked THEN pg_notify($5::text, $1::text || ' parked') END IS NULL FROM failed",
-                    ctx.shared.tables.checkpoints
-                ),
-                &[&ctx.consumer.name(), &failures, &text, &max, &CHECKPOINT_CHANNEL],
-            )
-            .await
-            .map_err(db)?;
-        Ok::<bool, WorkerError>(row.get(0))
-    };
-    result.await.unwrap_or_else(|e| {
-        warn!(error = %crate::error::chain(&e), "recording the failure failed");
-        false
-    })
+    let client = ctx.shared.store.pool().get().await.map_err(db)?;
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH failed AS (
+                    UPDATE {} SET failures = $2::int4, last_error = $3::text,
+                        parked_at = CASE WHEN $4::bool THEN now() END, parked_position = NULL
+                    WHERE consumer = $1::text RETURNING parked_at IS NOT NULL AS parked
+                 )
+                 SELECT parked, CASE WHEN parked THEN pg_notify($5::text, $1::text || ' parked') END IS NULL FROM failed",
+                ctx.shared.tables.checkpoints
+            ),
+            &[&ctx.consumer.name(), &failures, &error, &park, &CHECKPOINT_CHANNEL],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// Parks the consumer at the suspect event, whose good prefix is committed. Fenced like a
+/// checkpoint write (this worker, this epoch) and only while the checkpoint is still right
+/// before the event. Returns whether it parked.
+async fn park(
+    ctx: &ConsumerContext,
+    suspect: &Suspect,
+    failures: u32,
+) -> Result<bool, WorkerError> {
+    let t = &ctx.shared.tables;
+    let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+    let client = ctx.shared.store.pool().get().await.map_err(db)?;
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH parked AS (
+                    UPDATE {checkpoints} SET failures = $2::int4, last_error = $3::text,
+                        parked_at = now(), parked_position = $4::int8, updated_at = now()
+                    WHERE consumer = $1::text AND position = $4::int8 - 1
+                      AND EXISTS (SELECT 1 FROM {assignments} a WHERE a.consumer = $1::text AND a.worker_id = $5 AND a.epoch = $6)
+                    RETURNING consumer
+                 )
+                 SELECT pg_notify($7::text, consumer || ' parked') IS NULL FROM parked",
+                checkpoints = t.checkpoints,
+                assignments = t.assignments
+            ),
+            &[
+                &ctx.consumer.name(),
+                &failures,
+                &suspect.error,
+                &to_i64(suspect.position),
+                &ctx.shared.id,
+                &ctx.epoch,
+                &CHECKPOINT_CHANNEL,
+            ],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.is_some())
 }
 
 async fn run_batch(
@@ -282,6 +460,7 @@ async fn run_batch(
     up_to: u64,
     skipped: &[GapSkip],
     escaped: Option<&FrontierStall>,
+    in_flight: &AtomicU64,
 ) -> Result<BatchEnd, WorkerError> {
     let t = &ctx.shared.tables;
     let name = ctx.consumer.name();
@@ -294,7 +473,7 @@ async fn run_batch(
     if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);
     }
-    let events = ctx
+    let events = match ctx
         .shared
         .store
         .read_range_with(
@@ -304,10 +483,27 @@ async fn run_batch(
             optional(&scope.categories),
             optional(&scope.event_types),
         )
-        .await?;
+        .await
+    {
+        Ok(events) => events,
+        // Only this consumer's read met the row: it parks, the others go on (a consumer whose
+        // scope excludes the row never reads it).
+        Err(StoreError::Decode { position, source }) if position > after && position <= up_to => {
+            return Ok(BatchEnd::Undecodable {
+                position,
+                error: StoreError::Decode { position, source },
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     for event in &events {
-        if let Err(e) = ctx.consumer.handle(&tx, event).await {
-            return Ok(BatchEnd::Failed(e));
+        in_flight.store(event.global_position, Ordering::Relaxed);
+        if let Err(error) = ctx.consumer.handle(&tx, event).await {
+            // Dropping `tx` rolls the batch back; the loop commits the prefix before it.
+            return Ok(BatchEnd::Failed {
+                at: Some(event.global_position),
+                error,
+            });
         }
     }
     for skip in skipped.iter().filter(|s| s.from > after && s.to <= up_to) {

@@ -32,6 +32,15 @@ pub enum WorkerError {
         /// Its last error.
         error: String,
     },
+    /// `skip` was refused: the consumer is not parked at an event whose checkpoint is right
+    /// before it. See `eventrail status`; resume it instead if nothing is to be skipped.
+    #[error("consumer {consumer} has no parked event to skip: {reason}")]
+    NotParked {
+        /// The consumer.
+        consumer: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// No such consumer is registered.
     #[error("unknown consumer {0:?}")]
     UnknownConsumer(String),

@@ -26,7 +26,8 @@ pub enum LeaderMode {
 /// What to do with a failing handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Failed attempts of one batch before the consumer is parked.
+    /// Failed attempts of one event (the first in its batch, the others alone) before the
+    /// consumer is parked at it.
     pub max_attempts: u32,
     /// Wait after the first failure; doubled after each further failure.
     pub initial_backoff: Duration,

@@ -441,7 +441,7 @@ async fn rebalance(shared: &Shared) -> Result<(), WorkerError> {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let names: Vec<String> = current.keys().cloned().collect();
-    let wanted = assign(&names, &live);
+    let wanted = assign(&names, &live, &current);
     let mut moved = 0;
     for (consumer, worker) in &wanted {
         if current.get(consumer) != Some(worker) {

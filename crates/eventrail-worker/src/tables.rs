@@ -9,6 +9,13 @@ pub const WORKER_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0002_worker.sql"),
 };
 
+/// The worker's fault-handling migration (number 4): parked positions, poison skips.
+pub const WORKER_FAULTS_MIGRATION: Migration = Migration {
+    version: 4,
+    name: "worker_faults",
+    template: include_str!("../../../migrations/0004_worker_faults.sql"),
+};
+
 /// Validated, quoted, schema-qualified table names.
 #[derive(Debug, Clone)]
 pub(crate) struct Tables {
@@ -72,7 +79,7 @@ impl Tables {
                  SELECT pg_notify($5, consumer || ' ' || position) IS NULL FROM saved"
             ),
             insert_proven_skip: format!(
-                "INSERT INTO {gap_skips} (consumer, from_position, to_position, reason, observed_snapshot, horizon_xid, proven_snapshot, first_seen_at)
+                "INSERT INTO {gap_skips} (consumer, from_position, to_position, reason, observed_snapshot, candidate_xids, proven_snapshot, first_seen_at)
                  VALUES ($1, $2, $3, 'proven', $4, $5, $6, $7)"
             ),
             insert_timeout_skip: format!(
@@ -90,15 +97,15 @@ impl Tables {
 
 /// A migrator for the event store and the worker tables, with these names.
 ///
-/// The names are fixed by the first run on a schema: migration 2 is recorded as applied, so a
-/// later run with other names creates nothing (rename the tables by hand, or use another schema).
+/// The names are fixed by the first run on a schema: migrations 2 and 4 are recorded as applied,
+/// so a later run with other names creates nothing (rename the tables by hand, or use another schema).
 ///
 /// # Errors
 /// [`ConfigError::InvalidIdentifier`] for a schema or table name that is not a plain identifier.
 pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, ConfigError> {
     let tables = Tables::new(names, schema)?;
     let mut migrator = Migrator::new(schema)?
-        .with_migrations(&[WORKER_MIGRATION])
+        .with_migrations(&[WORKER_MIGRATION, WORKER_FAULTS_MIGRATION])
         .with_replacement("{worker_nodes}", &tables.nodes)
         .with_replacement("{consumer_assignments}", &tables.assignments)
         .with_replacement("{consumer_checkpoints}", &tables.checkpoints)

@@ -29,7 +29,7 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
         "cli_schema",
     ])
     .await?;
-    assert!(out.contains("applied migrations [1, 2, 3]"), "{out}");
+    assert!(out.contains("applied migrations [1, 2, 3, 4]"), "{out}");
     let out = eventrail(&[
         "migrate",
         "--database-url",
@@ -224,6 +224,142 @@ async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
     db.wait_for("projection", last, std::time::Duration::from_secs(10))
         .await?;
     let err = eventrail(&["consumer", "reset", "nobody", "--database-url", &db.url])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown consumer"), "{err}");
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+/// Fails on every event of type `Poison`; records the others in `handled`.
+#[derive(Clone)]
+struct Picky;
+
+impl eventrail_worker::Consumer for Picky {
+    fn name(&self) -> &str {
+        "picky"
+    }
+
+    async fn handle(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        event: &eventrail_core::RecordedEvent,
+    ) -> Result<(), eventrail_core::BoxError> {
+        if event.event_type == "Poison" {
+            return Err("cannot handle a Poison event".into());
+        }
+        let position = i64::try_from(event.global_position)?;
+        tx.execute(
+            "INSERT INTO handled (consumer, position, worker) VALUES ('picky', $1, 'w')",
+            &[&position],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_skip_passes_exactly_the_parked_event_audited_and_refuses_otherwise()
+-> anyhow::Result<()> {
+    use eventrail_worker::{RetryPolicy, Worker, WorkerError, WorkerOptions};
+    use integration_tests::{HANDLED_DDL, Recorder};
+
+    let db = TestDb::new().await?;
+    db.client().await?.batch_execute(HANDLED_DDL).await?;
+    let store = db.store();
+    let append = |event_type: &'static str| {
+        let store = store.clone();
+        async move {
+            anyhow::Ok(
+                store
+                    .append(AppendRequest::new(
+                        "skip-1".parse()?,
+                        ExpectedVersion::Any,
+                        vec![NewEvent::json(event_type, serde_json::json!({}))],
+                    ))
+                    .await?
+                    .last_position(),
+            )
+        }
+    };
+    append("Good").await?;
+    let poison = append("Poison").await?;
+    append("Good").await?;
+    let last = append("Good").await?;
+    let worker = Worker::builder(db.store(), db.config())
+        .options(
+            WorkerOptions::new()
+                .heartbeat_interval(std::time::Duration::from_millis(100))
+                .rebalance_interval(std::time::Duration::from_millis(100))
+                .retry(RetryPolicy {
+                    max_attempts: 2,
+                    initial_backoff: std::time::Duration::from_millis(10),
+                    max_backoff: std::time::Duration::from_millis(10),
+                }),
+        )
+        .consumer(Picky)
+        .consumer(Recorder::new("fine", "w"))
+        .build()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    match db
+        .wait_for("picky", last, std::time::Duration::from_secs(20))
+        .await
+    {
+        Err(WorkerError::ConsumerParked { .. }) => {}
+        other => panic!("expected picky parked, got {other:?}"),
+    }
+    db.wait_for("fine", last, std::time::Duration::from_secs(20))
+        .await?;
+    let status = eventrail(&["status", "--database-url", &db.url]).await?;
+    assert!(
+        status.contains(&format!("parked at {poison}: cannot handle a Poison event")),
+        "{status}"
+    );
+    let err = eventrail(&["consumer", "skip", "fine", "--database-url", &db.url])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not parked"), "{err}");
+
+    let out = eventrail(&["consumer", "skip", "picky", "--database-url", &db.url]).await?;
+    assert!(
+        out.contains(&format!("consumer picky skipped position {poison}")),
+        "{out}"
+    );
+    db.wait_for("picky", last, std::time::Duration::from_secs(20))
+        .await?;
+    let handled: Vec<i64> = db
+        .client()
+        .await?
+        .query(
+            "SELECT position FROM handled WHERE consumer = 'picky' ORDER BY position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<i64> = (1..=i64::try_from(last)?)
+        .filter(|p| *p != i64::try_from(poison).unwrap_or_default())
+        .collect();
+    assert_eq!(handled, expected, "every event but the skipped one, once");
+    let gaps = eventrail(&["gaps", "--consumer", "picky", "--database-url", &db.url]).await?;
+    assert!(
+        gaps.contains(&format!("{poison}..={poison}"))
+            && gaps.contains("poison")
+            && gaps.contains("error=cannot handle a Poison event")
+            && gaps.contains("by=postgres"),
+        "{gaps}"
+    );
+    let err = eventrail(&["consumer", "skip", "picky", "--database-url", &db.url])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not parked"),
+        "skipped once: {err}"
+    );
+    let err = eventrail(&["consumer", "skip", "nobody", "--database-url", &db.url])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown consumer"), "{err}");
