@@ -14,3 +14,4 @@ mod outbox_pubsub;
 mod processors;
 mod store;
 mod worker;
+mod worker_faults;
