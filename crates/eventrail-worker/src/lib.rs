@@ -22,6 +22,7 @@ mod consumer;
 mod consumer_loop;
 mod dispatcher;
 mod error;
+mod fence;
 mod options;
 mod runtime;
 mod tables;
