@@ -13,6 +13,13 @@
 //! `consumer_gap_skips` and saves the checkpoint. A failing handler rolls the batch back and is
 //! retried with backoff, then parked (its error visible in `eventrail status`) until resumed.
 //!
+//! Faults: a worker whose session connection is lost (terminated, the server restarted or
+//! failed over) reconnects with backoff, registers again and resumes. A leader whose heartbeat
+//! is past the timeout loses leadership even if its session is alive (a candidate terminates
+//! that session: the worker's role needs `pg_signal_backend`), and a deposed leader's rebalance
+//! is refused in its own transaction. Batches carry server-side timeouts, and a batch of an
+//! outdated epoch that holds a checkpoint row is terminated by the consumer's new owner.
+//!
 //! Read-your-writes: [`wait_for`] returns once a consumer's checkpoint reached a position.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
