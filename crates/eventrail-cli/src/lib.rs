@@ -64,8 +64,13 @@ pub enum Command {
         #[command(subcommand)]
         action: CategoryAction,
     },
-    /// Workers (heartbeat age, leader), assignments, checkpoints, lag, parked errors.
-    Status,
+    /// Workers (heartbeat age, leader, stale), assignments, checkpoints, lag, parked errors.
+    Status {
+        /// The workers' heartbeat timeout in seconds: a worker (or leader) whose heartbeat is
+        /// older is shown as stale.
+        #[arg(long, default_value_t = 5.0)]
+        heartbeat_timeout: f64,
+    },
     /// Operate a consumer.
     Consumer {
         /// What to do with it.
@@ -275,9 +280,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 .max_count(limit);
             print_events(out, &store.read_category(&category, options).await?)?;
         }
-        Command::Status => print_status(
+        Command::Status { heartbeat_timeout } => print_status(
             out,
             &admin(cli.database_url.as_deref(), &cli.schema)?
+                .heartbeat_timeout(
+                    std::time::Duration::try_from_secs_f64(heartbeat_timeout)
+                        .context("--heartbeat-timeout must be a non-negative number of seconds")?,
+                )
                 .status()
                 .await?,
         )?,
@@ -448,12 +457,13 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
                 format!("{:.1}s", w.heartbeat_age_seconds),
                 if w.session_alive { "yes" } else { "no" }.to_owned(),
                 if w.leader { "leader" } else { "" }.to_owned(),
+                if w.stale { "stale" } else { "live" }.to_owned(),
             ]
         })
         .collect();
     print_table(
         out,
-        &["ID", "NAME", "HEARTBEAT AGE", "SESSION", "ROLE"],
+        &["ID", "NAME", "HEARTBEAT AGE", "SESSION", "ROLE", "STATE"],
         &rows,
     )?;
     writeln!(out, "\nconsumers")?;

@@ -341,3 +341,31 @@ pub fn stop_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
         &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"],
     )
 }
+
+/// Restarts a throwaway cluster started by [`start_throwaway_cluster`] (`pg_ctl restart -m
+/// fast`): every session is terminated, then the server accepts connections again on the same
+/// port with the same settings. For tests of what survives a database restart.
+///
+/// # Errors
+/// [`DevDbError::Command`] when `pg_ctl restart` fails.
+pub fn restart_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })?;
+    let log = dir.join("server.log");
+    run_pg(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            &dir.to_string_lossy(),
+            "-l",
+            &log.to_string_lossy(),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        ],
+    )
+}

@@ -25,6 +25,9 @@ pub struct WorkerStatus {
     pub session_alive: bool,
     /// Whether it is the leader.
     pub leader: bool,
+    /// Whether its heartbeat is older than the heartbeat timeout: it is dead (or frozen) to the
+    /// others, who move its consumers and, if it leads, depose it.
+    pub stale: bool,
 }
 
 /// A consumer's assignment and progress.
@@ -85,6 +88,7 @@ pub struct WorkerAdmin {
     pool: Pool,
     schema: String,
     tables: Tables,
+    heartbeat_timeout: std::time::Duration,
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -101,7 +105,16 @@ impl WorkerAdmin {
             pool,
             schema: eventrail_store_postgres::validate_identifier("schema", schema)?,
             tables: Tables::new(tables, schema)?,
+            heartbeat_timeout: crate::WorkerOptions::default().heartbeat_timeout,
         })
+    }
+
+    /// The workers' heartbeat timeout (default: the workers' default, 5 s), to mark stale
+    /// workers in [`status`](Self::status); give the one the workers run with.
+    #[must_use]
+    pub fn heartbeat_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.heartbeat_timeout = timeout;
+        self
     }
 
     /// Workers, leader, assignments, checkpoints, lag, parked errors.
@@ -123,7 +136,7 @@ impl WorkerAdmin {
         let workers = client
             .query(
                 &format!(
-                    "SELECT n.worker_id, n.name, extract(epoch FROM now() - n.heartbeat_at)::float8, {alive},
+                    "SELECT n.worker_id, n.name, extract(epoch FROM clock_timestamp() - n.heartbeat_at)::float8, {alive},
                             {leader_lock} OR EXISTS (SELECT 1 FROM {leader} w WHERE w.worker_id = n.worker_id AND w.expires_at > now())
                      FROM {nodes} n ORDER BY n.started_at",
                     leader = t.leader,
@@ -140,6 +153,7 @@ impl WorkerAdmin {
                 heartbeat_age_seconds: r.get(2),
                 session_alive: r.get(3),
                 leader: r.get(4),
+                stale: r.get::<_, f64>(2) > self.heartbeat_timeout.as_secs_f64(),
             })
             .collect();
         let events = format!("{}.events", self.schema);

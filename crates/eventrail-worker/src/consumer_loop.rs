@@ -466,9 +466,36 @@ async fn run_batch(
     let name = ctx.consumer.name();
     let mut client = ctx.shared.store.pool().get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
+    // Server-side batch timeout, a short wait for the checkpoint row, a tag naming the epoch.
+    tx.batch_execute(&crate::fence::batch_settings(
+        &ctx.shared.options,
+        name,
+        ctx.epoch,
+    ))
+    .await
+    .map_err(db)?;
     // The row lock serialises batches of this consumer across workers during a handover.
     let lock = tx.prepare_cached(&t.lock_checkpoint).await.map_err(db)?;
-    let row = tx.query_one(&lock, &[&name]).await.map_err(db)?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+    let (locked, reset) = futures::join!(
+        tx.query_one(&lock, &args),
+        tx.batch_execute(crate::fence::RESET_LOCK_WAIT)
+    );
+    let row = match locked {
+        Ok(row) => row,
+        // Held by a previous owner's batch (frozen, or not yet told): clear a fenced one away.
+        Err(e) if crate::fence::is_lock_busy(&e) => {
+            drop(tx.rollback().await);
+            let ended = crate::fence::terminate_fenced_batches(&client, name, ctx.epoch).await?;
+            debug!(
+                ended,
+                "the checkpoint row was locked by another transaction; trying again"
+            );
+            return Ok(BatchEnd::Moved);
+        }
+        Err(e) => return Err(db(e)),
+    };
+    reset.map_err(db)?;
     // Moved (rewound, or advanced by a previous owner) or paused meanwhile: look again.
     if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);

@@ -20,8 +20,9 @@ pub enum WorkerError {
     /// as stale): the worker stopped instead of running unseen. Restart it.
     #[error("worker {0} is no longer registered")]
     Deregistered(uuid::Uuid),
-    /// The worker's own session connection (holding its identity and leadership locks) was lost:
-    /// the worker stopped so that others take over. Restart it.
+    /// The worker's own session connection (holding its identity and leadership locks) was lost.
+    /// [`Worker::run`](crate::Worker::run) no longer returns it: it reconnects with backoff and
+    /// registers again. Kept for callers that match on it.
     #[error("the worker's session connection was lost")]
     SessionLost(#[source] BoxError),
     /// The consumer is parked after repeated failures: see its error, fix, then resume it.

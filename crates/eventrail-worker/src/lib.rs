@@ -17,6 +17,13 @@
 //! until an operator resumes it or skips the event ([`WorkerAdmin::skip`], audited). A row the
 //! store cannot decode parks the consumers that read it the same way, without retries.
 //!
+//! Faults: a worker whose session connection is lost (terminated, the server restarted or
+//! failed over) reconnects with backoff, registers again and resumes. A leader whose heartbeat
+//! is past the timeout loses leadership even if its session is alive (a candidate terminates
+//! that session: the worker's role needs `pg_signal_backend`), and a deposed leader's rebalance
+//! is refused in its own transaction. Batches carry server-side timeouts, and a batch of an
+//! outdated epoch that holds a checkpoint row is terminated by the consumer's new owner.
+//!
 //! Read-your-writes: [`wait_for`] returns once a consumer's checkpoint reached a position.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -26,6 +33,7 @@ mod consumer;
 mod consumer_loop;
 mod dispatcher;
 mod error;
+mod fence;
 mod options;
 mod runtime;
 mod tables;

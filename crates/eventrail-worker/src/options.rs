@@ -102,6 +102,7 @@ pub struct WorkerOptions {
     pub(crate) tables: TableNames,
     pub(crate) retry: RetryPolicy,
     pub(crate) stall_escape: Option<Duration>,
+    pub(crate) max_reconnect_interval: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -123,6 +124,7 @@ impl Default for WorkerOptions {
             tables: TableNames::default(),
             retry: RetryPolicy::default(),
             stall_escape: None,
+            max_reconnect_interval: Duration::from_secs(2),
         }
     }
 }
@@ -223,6 +225,15 @@ impl WorkerOptions {
     /// Retries of failing handlers (default 5 attempts, 100 ms doubling to 10 s).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Longest wait between attempts to reconnect the worker's session after it was lost (the
+    /// server restarted, failed over, or ended the session); the wait grows from 100 ms with
+    /// jitter (default 2 s). Once the database accepts connections again the worker is back
+    /// within about this interval.
+    pub fn max_reconnect_interval(mut self, d: Duration) -> Self {
+        self.max_reconnect_interval = d.max(Duration::from_millis(100));
         self
     }
 

@@ -166,10 +166,16 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled (then finishes or rolls back the batches in flight and
-    /// releases its assignments and leadership at once) or a fatal error.
+    /// releases its assignments and leadership at once) or the worker is deregistered.
+    ///
+    /// Database faults do not end it: when its session connection is lost (terminated, the
+    /// server restarted or failed over) it reconnects with capped exponential backoff and
+    /// jitter, registers again under the same id, takes its identity lock again and rejoins
+    /// leader election; its consumer loops and dispatcher back off and resume meanwhile.
     ///
     /// # Errors
-    /// [`WorkerError::Deregistered`], [`WorkerError::SessionLost`], [`WorkerError::Database`].
+    /// [`WorkerError::Deregistered`] when its registration row was removed while its session
+    /// was alive (an operator removed it).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let span = info_span!("worker", id = %self.id, name = %self.options.name);
         self.run_inner(shutdown).instrument(span).await
@@ -177,67 +183,6 @@ impl Worker {
 
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let names: Vec<String> = self.consumers.iter().map(|c| c.name().to_owned()).collect();
-        let t = &self.tables;
-        {
-            let client = self.store.pool().get().await.map_err(db)?;
-            // Best effort: only registrations far older than the liveness timeout.
-            let stale = format!(
-                "{} seconds",
-                self.options.heartbeat_timeout.as_secs_f64() * 10.0
-            );
-            if let Err(e) = client
-                .execute(
-                    &format!(
-                        "DELETE FROM {} WHERE heartbeat_at < now() - $1::text::interval",
-                        t.nodes
-                    ),
-                    &[&stale],
-                )
-                .await
-            {
-                warn!(error = %crate::error::chain(&e), "could not clean up stale workers");
-            }
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {} (worker_id, name, consumers) VALUES ($1, $2, $3)",
-                        t.nodes
-                    ),
-                    &[&self.id, &self.options.name, &names],
-                )
-                .await
-                .map_err(db)?;
-            client
-                .execute(
-                    &format!(
-                        "WITH added AS (INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING consumer)
-                         SELECT pg_notify($2, consumer || ' 0') FROM added",
-                        t.checkpoints
-                    ),
-                    &[&names, &CHECKPOINT_CHANNEL],
-                )
-                .await
-                .map_err(db)?;
-            for table in [&t.assignments] {
-                client
-                    .execute(
-                        &format!("INSERT INTO {table} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"),
-                        &[&names],
-                    )
-                    .await
-                    .map_err(db)?;
-            }
-        }
-        let (session, mut session_dead) = connect_session(&self.connect).await?;
-        session
-            .execute(
-                "SELECT pg_advisory_lock($1, hashtext($2::text))",
-                &[&IDENTITY_LOCK, &self.id.to_string()],
-            )
-            .await
-            .map_err(db)?;
-        info!(consumers = ?names, "worker registered");
-
         let (head, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             id: self.id,
@@ -248,6 +193,14 @@ impl Worker {
             head,
         });
         let stop = shutdown.child_token();
+        let Some(first) = establish(&shared, &names, &stop, true).await else {
+            // Shut down before the database ever answered: nothing to hand back.
+            info!("worker stopped before it could register");
+            return Ok(());
+        };
+        info!(consumers = ?names, "worker registered");
+        let mut session = Some(first);
+
         let dispatcher = tokio::spawn(run_dispatcher(shared.clone(), stop.clone()));
         let consumers: HashMap<String, Arc<dyn DynConsumer>> = self
             .consumers
@@ -264,20 +217,48 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heartbeat = tokio::time::Instant::now() - self.options.heartbeat_interval;
         let outcome = loop {
-            tokio::select! {
-                () = stop.cancelled() => break Ok(()),
-                dead = &mut session_dead => break Err(WorkerError::SessionLost(dead.unwrap_or_else(|_| "connection closed".into()))),
-                _ = tick.tick() => {}
+            let lost = match session.as_mut() {
+                None => None,
+                Some(s) => tokio::select! {
+                    () = stop.cancelled() => break Ok(()),
+                    dead = &mut s.dead => Some(dead.unwrap_or_else(|_| "connection closed".into())),
+                    _ = tick.tick() => None,
+                },
+            };
+            if session.is_none() || lost.is_some() {
+                // The session's end released the identity lock and leadership: the others see
+                // this worker as dead and move its consumers (whose checkpoint writes are fenced
+                // by epoch meanwhile). Come back as a new member under the same id.
+                let error = lost.unwrap_or_else(|| "connection closed".into());
+                warn!(error = %crate::error::chain(&*error), was_leader = leader, "the worker's session connection was lost; reconnecting");
+                if leader {
+                    metrics::gauge!("eventrail_worker_leader").set(0.0);
+                }
+                leader = false;
+                session = None;
+                metrics::counter!("eventrail_worker_session_reconnects_total").increment(1);
+                match establish(&shared, &names, &stop, false).await {
+                    Some(s) => session = Some(s),
+                    None => break Ok(()),
+                }
+                info!("worker registered again after losing its session");
+                continue;
             }
+            let Some(s) = session.as_ref() else {
+                continue;
+            };
             if last_heartbeat.elapsed() >= self.options.heartbeat_interval {
                 last_heartbeat = tokio::time::Instant::now();
                 match heartbeat(&shared).await {
                     Ok(true) => {}
+                    // A closed session explains a missing row (cleaned up while this worker was
+                    // cut off): reconnecting registers again. Otherwise an operator removed it.
+                    Ok(false) if s.client.is_closed() => {}
                     Ok(false) => break Err(WorkerError::Deregistered(self.id)),
                     Err(e) => warn!(error = %crate::error::chain(&e), "heartbeat failed"),
                 }
             }
-            match take_leadership(&shared, &session, leader).await {
+            match take_leadership(&shared, s, leader).await {
                 Ok(now_leader) => {
                     if now_leader != leader {
                         info!(leader = now_leader, "leadership changed");
@@ -291,8 +272,21 @@ impl Worker {
                 }
                 Err(e) => warn!(error = %crate::error::chain(&e), "leader election failed"),
             }
-            if leader && let Err(e) = rebalance(&shared).await {
-                warn!(error = %crate::error::chain(&e), "rebalance failed");
+            if leader {
+                match rebalance(&shared, s.pid).await {
+                    Ok(Rebalanced::Done) => {}
+                    Ok(Rebalanced::Busy) => {
+                        debug!(
+                            "assignments are locked by another transaction; rebalancing at the next tick"
+                        );
+                    }
+                    Ok(Rebalanced::NotLeader) => {
+                        warn!("no longer the leader (deposed): the rebalance was refused");
+                        metrics::gauge!("eventrail_worker_leader").set(0.0);
+                        leader = false;
+                    }
+                    Err(e) => warn!(error = %crate::error::chain(&e), "rebalance failed"),
+                }
             }
             if let Err(e) = follow_assignments(&shared, &consumers, &running, &stop).await {
                 warn!(error = %crate::error::chain(&e), "reading assignments failed");
@@ -308,9 +302,7 @@ impl Worker {
             let _ = r.task.await;
         }
         let _ = dispatcher.await;
-        if let Err(e) = release(&shared, &session, leader).await {
-            warn!(error = %crate::error::chain(&e), "releasing assignments failed; others take over after the heartbeat timeout");
-        }
+        release(&shared, session.as_ref(), leader).await;
         info!("worker stopped");
         outcome
     }
@@ -353,6 +345,170 @@ pub(crate) async fn connect_session(
     Ok((client, rx))
 }
 
+/// The worker's own connection: it holds the identity lock and, in advisory-lock mode,
+/// leadership.
+pub(crate) struct Session {
+    client: Client,
+    /// Its backend's pid: a rebalance checks that this backend still holds the leader lock.
+    pid: i32,
+    /// Resolves when the connection ends.
+    dead: tokio::sync::oneshot::Receiver<eventrail_core::BoxError>,
+}
+
+/// Registers (again) and opens the session, retrying with capped exponential backoff and
+/// jitter until it succeeds; `None` when `stop` is cancelled first.
+async fn establish(
+    shared: &Shared,
+    names: &[String],
+    stop: &CancellationToken,
+    first: bool,
+) -> Option<Session> {
+    let mut failures: u32 = 0;
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        match try_establish(shared, names, first && failures == 0).await {
+            Ok(session) => return Some(session),
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = reconnect_backoff(&shared.options, failures);
+                warn!(error = %crate::error::chain(&e), failures, retry_in = ?wait, "registering the worker failed; retrying");
+                if sleep_or_cancel(wait, stop).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter: a random wait in the upper half of
+/// `100 ms × 2^(failures-1)`, capped at the reconnect cap (so a fleet does not reconnect in
+/// lockstep, and progress resumes within about the cap once the database is back).
+pub(crate) fn reconnect_backoff(options: &WorkerOptions, failures: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let cap = options.max_reconnect_interval;
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    let full = Duration::from_millis(100).saturating_mul(factor).min(cap);
+    // A per-call random number without a dependency: std's hasher keys are random.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = full / 2;
+    half + Duration::from_nanos(random % u64::try_from(half.as_nanos()).unwrap_or(1).max(1))
+}
+
+/// One attempt: register (the row may still exist, or may have been cleaned up), make sure the
+/// consumers' rows exist, open the session and take the identity lock.
+async fn try_establish(
+    shared: &Shared,
+    names: &[String],
+    clean_up: bool,
+) -> Result<Session, WorkerError> {
+    let t = &shared.tables;
+    {
+        let client = shared.store.pool().get().await.map_err(db)?;
+        if clean_up {
+            // Best effort: only registrations far older than the liveness timeout.
+            let stale = format!(
+                "{} seconds",
+                shared.options.heartbeat_timeout.as_secs_f64() * 10.0
+            );
+            if let Err(e) = client
+                .execute(
+                    &format!(
+                        "DELETE FROM {} WHERE heartbeat_at < now() - $1::text::interval",
+                        t.nodes
+                    ),
+                    &[&stale],
+                )
+                .await
+            {
+                warn!(error = %crate::error::chain(&e), "could not clean up stale workers");
+            }
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "INSERT INTO {} (worker_id, name, consumers) VALUES ($1, $2, $3)
+                     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), name = EXCLUDED.name, consumers = EXCLUDED.consumers
+                     RETURNING xmax = 0",
+                    t.nodes
+                ),
+                &[&shared.id, &shared.options.name, &names],
+            )
+            .await
+            .map_err(db)?;
+        if !clean_up {
+            let inserted: bool = row.get(0);
+            debug!(
+                row_was_cleaned_up = inserted,
+                "registration row written again"
+            );
+        }
+        client
+            .execute(
+                &format!(
+                    "WITH added AS (INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING consumer)
+                     SELECT pg_notify($2, consumer || ' 0') FROM added",
+                    t.checkpoints
+                ),
+                &[&names, &CHECKPOINT_CHANNEL],
+            )
+            .await
+            .map_err(db)?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                    t.assignments
+                ),
+                &[&names],
+            )
+            .await
+            .map_err(db)?;
+    }
+    let connect = connect_session(&shared.connect);
+    let (client, dead) = tokio::time::timeout(shared.options.heartbeat_timeout, connect)
+        .await
+        .map_err(|_| db("opening the session connection timed out"))??;
+    // A session of this worker that the server still believes alive (cut off, not closed) would
+    // keep the identity lock forever: it is ours and dead to us, so end it.
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT pg_backend_pid(),
+                        (SELECT count(pg_terminate_backend(l.pid, 1000)) FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+                           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND l.classid = {IDENTITY_LOCK}::oid AND l.objid = hashtext($1::text)::oid AND l.objsubid = 2)"
+            ),
+            &[&shared.id.to_string()],
+        )
+        .await
+        .map_err(db)?;
+    let pid: i32 = row.get(0);
+    let ended: i64 = row.get(1);
+    if ended > 0 {
+        info!(
+            sessions = ended,
+            "ended an old session of this worker that still held its identity lock"
+        );
+    }
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2::text))",
+            &[&IDENTITY_LOCK, &shared.id.to_string()],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if !locked {
+        return Err(db("the identity lock is still held by an old session"));
+    }
+    Ok(Session { client, pid, dead })
+}
+
 async fn heartbeat(shared: &Shared) -> Result<bool, WorkerError> {
     let client = shared.store.pool().get().await.map_err(db)?;
     let n = client
@@ -370,27 +526,48 @@ async fn heartbeat(shared: &Shared) -> Result<bool, WorkerError> {
 
 async fn take_leadership(
     shared: &Shared,
-    session: &Client,
+    session: &Session,
     leader: bool,
 ) -> Result<bool, WorkerError> {
     match shared.options.leader_mode {
         LeaderMode::AdvisoryLock => {
             if leader {
-                return Ok(true); // the session lock is held until the session ends
+                // Held until the session ends (or is ended by a candidate because this
+                // worker's heartbeat went stale: the session's death is noticed then).
+                return Ok(true);
             }
-            let row = session
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&LEADER_LOCK, &shared.tables.checkpoints],
-                )
-                .await
-                .map_err(db)?;
-            Ok(row.get(0))
+            let try_lock = || async {
+                session
+                    .client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                        &[&LEADER_LOCK, &shared.tables.checkpoints],
+                    )
+                    .await
+                    .map(|row| row.get::<_, bool>(0))
+                    .map_err(db)
+            };
+            if try_lock().await? {
+                return Ok(true);
+            }
+            // Held: by a live leader, or by a frozen one whose session outlives it.
+            if crate::fence::depose_stale_leader(shared, &session.client).await? {
+                return try_lock().await;
+            }
+            Ok(false)
         }
         LeaderMode::Lease => {
             let ttl = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
-            let client = shared.store.pool().get().await.map_err(db)?;
-            let n = client
+            let mut client = shared.store.pool().get().await.map_err(db)?;
+            let tx = client.transaction().await.map_err(db)?;
+            // A leader's rebalance holds the row FOR SHARE while it writes: wait only briefly.
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                crate::fence::lock_wait(&shared.options).as_millis().max(1)
+            ))
+            .await
+            .map_err(db)?;
+            let n = match tx
                 .execute(
                     &format!(
                         "UPDATE {} SET worker_id = $1, expires_at = now() + $2::text::interval
@@ -400,34 +577,40 @@ async fn take_leadership(
                     &[&shared.id, &ttl],
                 )
                 .await
-                .map_err(db)?;
+            {
+                Ok(n) => n,
+                Err(e) if crate::fence::is_lock_busy(&e) => return Ok(false),
+                Err(e) => return Err(db(e)),
+            };
+            tx.commit().await.map_err(db)?;
             Ok(n == 1)
         }
     }
 }
 
+/// What a rebalance attempt ended with.
+enum Rebalanced {
+    /// Assignments are up to date.
+    Done,
+    /// Another transaction (a deposed leader's) holds the assignment rows: try at the next tick.
+    Busy,
+    /// This worker is not the leader any more: nothing was written.
+    NotLeader,
+}
+
 /// The leader's step: recompute assignments over live workers and move what changed.
-async fn rebalance(shared: &Shared) -> Result<(), WorkerError> {
+///
+/// Fenced: after locking the assignment rows, and in the same transaction, it checks that this
+/// worker still leads (its session `session_pid` holds the leader lock, or its lease is current
+/// and locked against takeover until commit); a deposed leader writes nothing.
+async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, WorkerError> {
     let t = &shared.tables;
     let mut client = shared.store.pool().get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
-    let liveness = match shared.options.leader_mode {
-        // A worker whose session died has lost its identity lock: it is dead at once.
-        LeaderMode::AdvisoryLock => format!("AND {}", identity_lock_held("n.worker_id")),
-        LeaderMode::Lease => String::new(),
-    };
-    let timeout = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
-    let live: Vec<LiveWorker> = tx
-        .query(
-            &format!("SELECT worker_id, consumers FROM {} n WHERE heartbeat_at > now() - $1::text::interval {liveness}", t.nodes),
-            &[&timeout],
-        )
+    tx.batch_execute(&crate::fence::rebalance_settings(&shared.options))
         .await
-        .map_err(db)?
-        .iter()
-        .map(|r| LiveWorker { id: r.get(0), consumers: r.get(1) })
-        .collect();
-    let current: HashMap<String, Option<Uuid>> = tx
+        .map_err(db)?;
+    let current: HashMap<String, Option<Uuid>> = match tx
         .query(
             &format!(
                 "SELECT consumer, worker_id FROM {} FOR UPDATE",
@@ -436,9 +619,57 @@ async fn rebalance(shared: &Shared) -> Result<(), WorkerError> {
             &[],
         )
         .await
+    {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(e) if crate::fence::is_lock_busy(&e) => return Ok(Rebalanced::Busy),
+        Err(e) => return Err(db(e)),
+    };
+    let still_leader = match shared.options.leader_mode {
+        LeaderMode::AdvisoryLock => tx
+            .query_one(
+                &format!(
+                    "SELECT {}",
+                    advisory_lock_held(LEADER_LOCK, "$1::text", "AND l.pid = $2")
+                ),
+                &[&t.checkpoints, &session_pid],
+            )
+            .await
+            .map_err(db)?
+            .get::<_, bool>(0),
+        // clock_timestamp(): `now()` is when the transaction began, maybe before a long pause.
+        LeaderMode::Lease => match tx
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {} WHERE id = 1 AND worker_id = $1 AND expires_at > clock_timestamp() FOR SHARE",
+                    t.leader
+                ),
+                &[&shared.id],
+            )
+            .await
+        {
+            Ok(row) => row.is_some(),
+            Err(e) if crate::fence::is_lock_busy(&e) => return Ok(Rebalanced::Busy),
+            Err(e) => return Err(db(e)),
+        },
+    };
+    if !still_leader {
+        return Ok(Rebalanced::NotLeader);
+    }
+    let liveness = match shared.options.leader_mode {
+        // A worker whose session died has lost its identity lock: it is dead at once.
+        LeaderMode::AdvisoryLock => format!("AND {}", identity_lock_held("n.worker_id")),
+        LeaderMode::Lease => String::new(),
+    };
+    let timeout = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
+    let live: Vec<LiveWorker> = tx
+        .query(
+            &format!("SELECT worker_id, consumers FROM {} n WHERE heartbeat_at > clock_timestamp() - $1::text::interval {liveness}", t.nodes),
+            &[&timeout],
+        )
+        .await
         .map_err(db)?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| LiveWorker { id: r.get(0), consumers: r.get(1) })
         .collect();
     let names: Vec<String> = current.keys().cloned().collect();
     let wanted = assign(&names, &live, &current);
@@ -459,7 +690,7 @@ async fn rebalance(shared: &Shared) -> Result<(), WorkerError> {
         info!(moved, live = live.len(), "rebalanced consumers");
         metrics::counter!("eventrail_worker_rebalanced_total").increment(moved);
     }
-    Ok(())
+    Ok(Rebalanced::Done)
 }
 
 /// Starts the consumers assigned here, stops those moved away or re-assigned with a new epoch.
@@ -526,41 +757,69 @@ async fn follow_assignments(
     Ok(())
 }
 
-async fn release(shared: &Shared, session: &Client, leader: bool) -> Result<(), WorkerError> {
-    let client = shared.store.pool().get().await.map_err(db)?;
+/// Hands everything back at once on shutdown, logging what was and was not released.
+async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
     let t = &shared.tables;
-    client
-        .execute(
-            &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
-            &[&shared.id],
-        )
-        .await
-        .map_err(db)?;
-    client
-        .execute(
-            &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
-            &[&shared.id],
-        )
-        .await
-        .map_err(db)?;
-    if leader && shared.options.leader_mode == LeaderMode::Lease {
-        client
+    let released = async {
+        let client = shared.store.pool().get().await.map_err(db)?;
+        let n = client
             .execute(
-                &format!(
-                    "UPDATE {} SET worker_id = NULL, expires_at = '-infinity' WHERE worker_id = $1",
-                    t.leader
-                ),
+                &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
                 &[&shared.id],
             )
             .await
             .map_err(db)?;
+        Ok::<_, WorkerError>((client, n))
     }
-    // Ends the session: its identity and leadership locks go with it.
-    session
-        .execute("SELECT pg_advisory_unlock_all()", &[])
-        .await
-        .map_err(db)?;
-    Ok(())
+    .await;
+    let client = match released {
+        Ok((client, n)) => {
+            debug!(assignments = n, "assignments released");
+            Some(client)
+        }
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "releasing assignments failed; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
+            None
+        }
+    };
+    if let Some(client) = &client {
+        if let Err(e) = client
+            .execute(
+                &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
+                &[&shared.id],
+            )
+            .await
+        {
+            warn!(error = %crate::error::chain(&e), "removing the registration failed; it stays listed until cleaned up as stale");
+        }
+        if leader
+            && shared.options.leader_mode == LeaderMode::Lease
+            && let Err(e) = client
+                .execute(
+                    &format!(
+                        "UPDATE {} SET worker_id = NULL, expires_at = '-infinity' WHERE worker_id = $1",
+                        t.leader
+                    ),
+                    &[&shared.id],
+                )
+                .await
+        {
+            warn!(error = %crate::error::chain(&e), "giving up the leader lease failed; another worker leads once it expires");
+        }
+    }
+    // The session's locks (identity, leadership) go at once; the connection closes on drop.
+    match session {
+        Some(s) => {
+            if let Err(e) = s
+                .client
+                .execute("SELECT pg_advisory_unlock_all()", &[])
+                .await
+            {
+                debug!(error = %crate::error::chain(&e), "unlocking on the session failed; its locks end with the connection");
+            }
+        }
+        None => debug!("no session to release: its locks ended with it"),
+    }
 }
 
 /// Sleeps for `d` unless cancelled first; returns whether it was cancelled.

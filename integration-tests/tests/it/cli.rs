@@ -426,3 +426,53 @@ async fn outbox_status_and_dead_letters() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn status_marks_workers_and_a_leader_past_the_heartbeat_timeout_as_stale()
+-> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let (frozen, fresh) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let client = db.client().await?;
+    client
+        .execute(
+            "INSERT INTO eventrail.worker_nodes (worker_id, name, heartbeat_at) VALUES
+                 ($1, 'frozen-leader', now() - interval '1 minute'), ($2, 'fresh-follower', now())",
+            &[&frozen, &fresh],
+        )
+        .await?;
+    // A frozen leader: its session still holds its identity and the leader lock.
+    let session = db.client().await?;
+    session
+        .execute(
+            "SELECT pg_advisory_lock(1701147140, hashtext($1::text)),
+                    pg_advisory_lock(1701147141, hashtext('\"eventrail\".\"consumer_checkpoints\"'))",
+            &[&frozen.to_string()],
+        )
+        .await?;
+    let line = |status: &str, name: &str| {
+        status
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let status = eventrail(&["status", "--database-url", &db.url]).await?;
+    let leader = line(&status, "frozen-leader");
+    assert!(
+        leader.contains("leader") && leader.split_whitespace().last() == Some("stale"),
+        "{status}"
+    );
+    let follower = line(&status, "fresh-follower");
+    assert_eq!(follower.split_whitespace().last(), Some("live"), "{status}");
+    // With the timeout the workers really run with (here two minutes), nobody is stale.
+    let status = eventrail(&[
+        "status",
+        "--database-url",
+        &db.url,
+        "--heartbeat-timeout",
+        "120",
+    ])
+    .await?;
+    assert!(!status.contains("stale"), "{status}");
+    Ok(())
+}

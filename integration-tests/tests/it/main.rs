@@ -15,3 +15,4 @@ mod poison;
 mod processors;
 mod store;
 mod worker;
+mod worker_faults;

@@ -118,13 +118,10 @@ async fn assignment_loads(admin: &WorkerAdmin) -> anyhow::Result<BTreeMap<Option
     Ok(loads)
 }
 
+/// Every consumer reached `position`; false while none is registered yet (not vacuously true).
 async fn all_at(admin: &WorkerAdmin, position: u64) -> anyhow::Result<bool> {
-    Ok(admin
-        .status()
-        .await?
-        .consumers
-        .iter()
-        .all(|c| c.position >= position))
+    let consumers = admin.status().await?.consumers;
+    Ok(!consumers.is_empty() && consumers.iter().all(|c| c.position >= position))
 }
 
 /// Every consumer handled every committed event exactly once.
