@@ -72,7 +72,7 @@ mod sink;
 mod sqs;
 mod tables;
 
-pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
+pub use admin::{DeadMessage, DestinationStatus, OutboxAdmin, OutboxStatus};
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
@@ -88,7 +88,7 @@ pub use aws_sdk_kinesis;
 #[cfg(feature = "sqs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 pub use aws_sdk_sqs;
-pub use error::{OutboxError, SinkError};
+pub use error::{FailureClass, OutboxError, SinkError};
 /// The Google Cloud client core (retry policies, the client builder's error) of the
 /// [`PubSubSink`].
 #[cfg(feature = "pubsub")]
@@ -110,7 +110,7 @@ pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};
-pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
+pub use options::{DestinationBackoff, OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 #[cfg(feature = "pubsub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
@@ -126,4 +126,6 @@ pub use sqs::{
     SQS_BODY_ENCODING_ATTRIBUTE, SQS_CONTENT_TYPE_ATTRIBUTE, SQS_MESSAGE_ID_ATTRIBUTE,
     SQS_PARTITION_KEY_ATTRIBUTE, SqsSink,
 };
-pub use tables::{OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration};
+pub use tables::{
+    OUTBOX_DESTINATIONS_MIGRATION, OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration,
+};

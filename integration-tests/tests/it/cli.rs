@@ -6,7 +6,7 @@ use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 
 use crate::harness::TestDb;
 
-async fn eventrail(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn eventrail(args: &[&str]) -> anyhow::Result<String> {
     let cli = Cli::try_parse_from(std::iter::once("eventrail").chain(args.iter().copied()))?;
     let mut out = Vec::new();
     run(cli, &mut out).await?;
