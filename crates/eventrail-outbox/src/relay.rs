@@ -799,7 +799,8 @@ impl<S: Sink> Relay<S> {
 
     /// Deletes sent messages older than the retention (measured on the database clock at each
     /// statement, so the cut-off slides), in statements of at most the cleanup batch size,
-    /// until none is left. Returns how many were deleted.
+    /// until none is left, and forgets backed-off destinations that have no pending message
+    /// left. Returns how many messages were deleted.
     ///
     /// # Errors
     /// [`OutboxError::Database`].
@@ -825,6 +826,16 @@ impl<S: Sink> Relay<S> {
         }
         if total > 0 {
             debug!(deleted = total, "cleaned up sent messages");
+        }
+        let forgotten = client
+            .execute(&self.tables.forget_destinations, &[])
+            .await
+            .map_err(db)?;
+        if forgotten > 0 {
+            debug!(
+                destinations = forgotten,
+                "forgot backed-off destinations without pending messages"
+            );
         }
         Ok(total)
     }

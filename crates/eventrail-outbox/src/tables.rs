@@ -57,6 +57,7 @@ pub(crate) struct Tables {
     pub(crate) renew: String,
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
+    pub(crate) forget_destinations: String,
     pub(crate) stats: String,
 }
 
@@ -249,6 +250,16 @@ impl Tables {
                      SELECT sequence FROM {outbox}
                      WHERE state = 'sent' AND sent_at < now() - $1::float8 * interval '1 millisecond'
                      ORDER BY sent_at LIMIT $2
+                 )"
+            ),
+            // A backed-off destination with no pending message left (purged, or all sent by a
+            // relay that missed the row) has nothing to probe it: forget it, so that status does
+            // not show a stale outage; a new message to it simply tries it.
+            forget_destinations: format!(
+                "DELETE FROM {destinations} AS d
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM {outbox} AS o
+                     WHERE o.state = 'pending' AND o.destination = d.destination
                  )"
             ),
             stats: format!(

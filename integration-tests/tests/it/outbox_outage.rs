@@ -535,3 +535,28 @@ async fn status_tells_messages_blocked_behind_a_dead_one_from_the_backlog() -> a
     assert!(out.contains("blocked    3 on 2 keys"), "{out}");
     Ok(())
 }
+
+#[tokio::test]
+async fn cleanup_forgets_a_backed_off_destination_with_nothing_pending() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    enqueue(&db, vec![NewMessage::new("orders", "a", b"1".to_vec())]).await?;
+    db.pool
+        .get()
+        .await?
+        .batch_execute(
+            "INSERT INTO eventrail.outbox_destinations (destination, reason, next_attempt_at, last_error)
+             VALUES ('orders', 'unavailable', now() + interval '1 hour', 'connection refused'),
+                    ('gone', 'missing', now() + interval '1 hour', 'no such queue')",
+        )
+        .await?;
+    let relay = Relay::new(db.pool.clone(), Switch::default(), OutboxOptions::new())?;
+    relay.cleanup().await?;
+    let left: Vec<String> = status(&db)
+        .await?
+        .backed_off
+        .into_iter()
+        .map(|d| d.destination)
+        .collect();
+    assert_eq!(left, ["orders"], "the one with a pending message stays");
+    Ok(())
+}
