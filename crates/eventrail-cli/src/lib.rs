@@ -363,6 +363,12 @@ async fn outbox(
         OutboxAction::Status => {
             let s = admin.status().await?;
             writeln!(out, "pending      {}", s.pending)?;
+            writeln!(out, "  backlog    {}", s.pending - s.blocked.min(s.pending))?;
+            writeln!(
+                out,
+                "  blocked    {} on {} keys behind a dead message (requeue or purge it)",
+                s.blocked, s.blocked_keys
+            )?;
             writeln!(out, "keys leased  {}", s.in_flight)?;
             writeln!(out, "oldest age   {:.1}s", s.oldest_pending_age_seconds)?;
             writeln!(out, "sent (kept)  {}", s.sent)?;
@@ -373,6 +379,35 @@ async fn outbox(
                 .map(|(d, n)| vec![d.clone(), n.to_string()])
                 .collect();
             print_table(out, &["DESTINATION", "DEAD"], &rows)?;
+            writeln!(out, "\ndestinations backed off")?;
+            let rows: Vec<Vec<String>> = s
+                .backed_off
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.destination.clone(),
+                        d.class.to_string(),
+                        timestamp(d.since),
+                        d.failures.to_string(),
+                        timestamp(d.next_attempt_at),
+                        d.pending.to_string(),
+                        d.last_error.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                out,
+                &[
+                    "DESTINATION",
+                    "STATE",
+                    "SINCE",
+                    "FAILURES",
+                    "NEXT TRY",
+                    "PENDING",
+                    "LAST ERROR",
+                ],
+                &rows,
+            )?;
         }
         OutboxAction::Dead {
             action: DeadAction::List { limit },

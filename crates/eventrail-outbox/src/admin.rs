@@ -6,14 +6,20 @@ use uuid::Uuid;
 
 use crate::error::db;
 use crate::tables::Tables;
-use crate::{OutboxError, OutboxOptions};
+use crate::{FailureClass, OutboxError, OutboxOptions};
 
 /// The outbox at a glance.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct OutboxStatus {
-    /// Messages waiting to be sent (leased ones included).
+    /// Messages waiting to be sent (leased ones included, and those blocked behind a dead
+    /// message).
     pub pending: u64,
+    /// Pending messages that wait behind a dead message of their partition key: they move only
+    /// once an operator requeues or purges it. `pending - blocked` is the ordinary backlog.
+    pub blocked: u64,
+    /// Partition keys parked by a dead message that have pending messages behind it.
+    pub blocked_keys: u64,
     /// Partition keys currently held by a relay (a relay leases a key's oldest unsent message,
     /// and that lease holds the messages it claimed behind it).
     pub in_flight: u64,
@@ -23,6 +29,30 @@ pub struct OutboxStatus {
     pub sent: u64,
     /// Dead messages per destination.
     pub dead_by_destination: Vec<(String, u64)>,
+    /// Destinations backed off because they were unavailable or missing, by destination.
+    pub backed_off: Vec<DestinationStatus>,
+}
+
+/// A destination the relays back off as a whole: its messages keep their attempts until it
+/// answers again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DestinationStatus {
+    /// The destination (as in [`NewMessage::destination`](crate::NewMessage::destination)).
+    pub destination: String,
+    /// [`FailureClass::DestinationUnavailable`] or [`FailureClass::DestinationMissing`].
+    pub class: FailureClass,
+    /// When this outage was first seen.
+    pub since: SystemTime,
+    /// Failed probes so far, the first failure included.
+    pub failures: u32,
+    /// When a relay publishes to it again (the probe); in the past when the backoff has ended
+    /// and no relay has tried yet.
+    pub next_attempt_at: SystemTime,
+    /// The whole error chain of the last failure.
+    pub last_error: String,
+    /// Pending messages to it.
+    pub pending: u64,
 }
 
 /// A dead message, for operators (no payload).
@@ -68,7 +98,8 @@ impl OutboxAdmin {
         })
     }
 
-    /// Counts by state, the oldest pending age and the dead letters per destination.
+    /// Counts by state, the oldest pending age, the dead letters per destination, the messages
+    /// blocked behind dead ones, and the destinations backed off.
     ///
     /// # Errors
     /// [`OutboxError::Database`].
@@ -83,6 +114,35 @@ impl OutboxAdmin {
                             coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8, 0),
                             count(*) FILTER (WHERE state = 'sent')
                      FROM {t}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        // A key is blocked when a dead message of it precedes pending ones: the relay claims a
+        // key only from its oldest unsent message, which is the dead one.
+        let blocked = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(DISTINCT p.partition_key)
+                     FROM {t} AS p
+                     WHERE p.state = 'pending' AND EXISTS (
+                         SELECT 1 FROM {t} AS d
+                         WHERE d.state = 'dead' AND d.partition_key = p.partition_key
+                           AND d.sequence < p.sequence
+                     )"
+                ),
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let destinations = client
+            .query(
+                &format!(
+                    "SELECT d.destination, d.reason, d.since, d.failures, d.next_attempt_at, d.last_error,
+                            (SELECT count(*) FROM {t} AS o WHERE o.state = 'pending' AND o.destination = d.destination)
+                     FROM {} AS d ORDER BY d.destination",
+                    self.tables.destinations
                 ),
                 &[],
             )
@@ -103,6 +163,21 @@ impl OutboxAdmin {
             oldest_pending_age_seconds: row.get(2),
             sent: to_u64(row.get(3)),
             dead_by_destination: dead.iter().map(|r| (r.get(0), to_u64(r.get(1)))).collect(),
+            blocked: to_u64(blocked.get(0)),
+            blocked_keys: to_u64(blocked.get(1)),
+            backed_off: destinations
+                .iter()
+                .map(|r| DestinationStatus {
+                    destination: r.get(0),
+                    class: FailureClass::from_name(r.get(1))
+                        .unwrap_or(FailureClass::DestinationUnavailable),
+                    since: r.get(2),
+                    failures: u32::try_from(r.get::<_, i32>(3)).unwrap_or_default(),
+                    next_attempt_at: r.get(4),
+                    last_error: r.get(5),
+                    pending: to_u64(r.get(6)),
+                })
+                .collect(),
         })
     }
 

@@ -18,12 +18,19 @@ pub const AMQP_PARTITION_KEY_HEADER: &str = "eventrail-partition-key";
 /// Publishes to RabbitMQ on a channel with publisher confirms: the exchange is the sink's, the
 /// routing key the message's destination; the message id goes in the `message_id` property,
 /// the partition key in [`AMQP_PARTITION_KEY_HEADER`], delivery is persistent and mandatory. A
-/// message counts as sent once the broker confirmed it; a message returned as unroutable or
-/// negatively acknowledged is a transient failure (a binding may appear; the attempts limit
-/// dead-letters the rest).
+/// message counts as sent once the broker confirmed it.
+///
+/// Failures are classified by AMQP reply code (see [`SinkError`]): the connection refused or
+/// lost, access refused (403), a locked resource (405), no consumers (313) and connection-level
+/// errors make the destination unavailable; a missing exchange (404, the channel is closed) or
+/// an unroutable message (312, returned: no queue is bound for its routing key yet) make it
+/// missing — an operator may create it — so it is backed off without spending attempts; content
+/// too large (311) and a precondition failure (406, which RabbitMQ also answers to a message over
+/// its `max_message_size`) are permanent for the message; a negative acknowledgement counts
+/// against the message.
 ///
 /// When the broker closes the channel (for example on a publish to an exchange that does not
-/// exist) the publish fails as transient and the next one opens a new channel; when the
+/// exist) the publish fails and the next one opens a new channel; when the
 /// connection is lost, a sink made by [`AmqpSink::connect`] (or [`AmqpSink::connect_with`])
 /// connects again (one attempt per
 /// publish, so the relay's backoff paces the attempts), while a sink made by [`AmqpSink::new`]
@@ -187,7 +194,14 @@ impl Sink for AmqpSink {
             .with_content_type(message.content_type.as_str().into())
             .with_delivery_mode(2)
             .with_headers(headers);
-        let channel = self.open_channel().await.map_err(SinkError::transient)?;
+        // Not even a channel: the broker is unreachable or refuses this client.
+        let channel = self
+            .open_channel()
+            .await
+            .map_err(|e| match reply_code(&e) {
+                Some(404) => SinkError::missing(e),
+                _ => SinkError::unavailable(e),
+            })?;
         let confirm = channel
             .basic_publish(
                 self.inner.exchange.as_str().into(),
@@ -200,19 +214,71 @@ impl Sink for AmqpSink {
                 properties,
             )
             .await
-            .map_err(SinkError::transient)?
+            .map_err(classify)?
             .await
-            .map_err(SinkError::transient)?;
+            .map_err(classify)?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(SinkError::transient(Refused::Returned {
-                    code: returned.reply_code,
+                let code = returned.reply_code;
+                let refused = Refused::Returned {
+                    code,
                     text: returned.reply_text.to_string(),
-                }))
+                };
+                Err(by_code(code, refused))
             }
             Confirmation::Nack(None) => Err(SinkError::transient(Refused::Nacked)),
             Confirmation::NotRequested => Err(SinkError::permanent(Refused::NoConfirms)),
+        }
+    }
+}
+
+/// The AMQP reply code of a broker's error, when it is one.
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// A failed publish: a broker's error by its reply code, anything else (the connection or the
+/// channel broken, an IO error) makes the destination unavailable.
+fn classify(error: lapin::Error) -> SinkError {
+    match reply_code(&error) {
+        Some(code) => by_code(code, error),
+        None => SinkError::unavailable(error),
+    }
+}
+
+/// AMQP reply codes: whom the failure is about.
+fn by_code(code: u16, error: impl Into<eventrail_core::BoxError>) -> SinkError {
+    match code {
+        // CONTENT_TOO_LARGE, PRECONDITION_FAILED (RabbitMQ's answer to a message over its
+        // max_message_size, or to malformed properties): this message will never pass.
+        311 | 406 => SinkError::permanent(error),
+        // NO_ROUTE (no queue bound for the routing key), NOT_FOUND (no such exchange).
+        312 | 404 => SinkError::missing(error),
+        // NO_CONSUMERS, ACCESS_REFUSED, RESOURCE_LOCKED, and the connection-level (hard)
+        // errors: the broker, not the message.
+        313 | 403 | 405 | 320.. => SinkError::unavailable(error),
+        _ => SinkError::transient(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FailureClass;
+
+    #[test]
+    fn reply_codes_are_classified_by_whom_they_are_about() {
+        let class = |code| by_code(code, "refused").class();
+        assert_eq!(class(311), FailureClass::MessagePermanent);
+        assert_eq!(class(406), FailureClass::MessagePermanent);
+        assert_eq!(class(312), FailureClass::DestinationMissing);
+        assert_eq!(class(404), FailureClass::DestinationMissing);
+        for code in [313, 403, 405, 320, 501, 541] {
+            assert_eq!(class(code), FailureClass::DestinationUnavailable, "{code}");
         }
     }
 }

@@ -10,6 +10,9 @@ use crate::{OutboxMessage, Sink, SinkError};
 /// Error codes of requests that will never succeed as they are.
 const PERMANENT: &[&str] = &["ValidationException", "InvalidArgumentException"];
 
+/// Error codes of a stream that does not exist (yet).
+const MISSING: &[&str] = &["ResourceNotFoundException"];
+
 /// Publishes to Amazon Kinesis Data Streams with `PutRecord`: the destination is the stream
 /// name, the partition key is the record's partition key (so a key's records land on one shard,
 /// in order: the relay never has two of a key in flight), and the record's data is the payload.
@@ -19,6 +22,10 @@ const PERMANENT: &[&str] = &["ValidationException", "InvalidArgumentException"];
 /// need to deduplicate downstream put an id in the payload (e.g. the event id the message was
 /// derived from, also usable as its [`NewMessage::id`](crate::NewMessage::id)). A message counts
 /// as sent once `PutRecord` returned its sequence number.
+///
+/// A stream that does not exist makes the destination missing and backs it off without
+/// spending attempts; timeouts, connection failures, throttling
+/// (`ProvisionedThroughputExceededException`) and 5xx make it unavailable.
 ///
 /// Build the client with `aws-config` (credentials, region, endpoint) as usual.
 #[derive(Clone)]
@@ -55,7 +62,7 @@ impl Sink for KinesisSink {
             .data(Blob::new(message.payload.clone()))
             .send()
             .await
-            .map_err(|e| crate::aws::classify(e, PERMANENT))?;
+            .map_err(|e| crate::aws::classify(e, PERMANENT, MISSING))?;
         Ok(())
     }
 }

@@ -10,7 +10,13 @@
 //!   concurrently; several relays may run at once. Failures retry with exponential backoff and
 //!   jitter computed on the database clock; after the last attempt (or a permanent error) a
 //!   message is dead and its key parked until an operator requeues or purges it
-//!   ([`OutboxAdmin`]). Enqueue sends a NOTIFY hint; relays also poll. Sent messages are
+//!   ([`OutboxAdmin`]). Only failures of the message count as attempts: a sink classifies each
+//!   failure ([`SinkError`], [`FailureClass`]), and a destination that is unavailable or missing
+//!   is backed off as a whole (exponential backoff with jitter on the database clock, see
+//!   [`OutboxOptions::destination_backoff`]) while its messages keep their attempts; its keys are
+//!   not claimed meanwhile, one publish probes it when the backoff ends, and any answer of the
+//!   destination ends the backoff. [`OutboxAdmin::status`] shows the destinations backed off and
+//!   the messages blocked behind a dead one. Enqueue sends a NOTIFY hint; relays also poll. Sent messages are
 //!   cleaned up after a sliding retention, in bounded batches.
 //! - Sinks: [`InMemorySink`], [`PgTableSink`], and behind features NATS JetStream (`nats`),
 //!   RabbitMQ (`amqp`), Amazon SQS (`sqs`), Amazon Kinesis (`kinesis`) and Google Cloud Pub/Sub
@@ -20,9 +26,9 @@
 //! - [`Inbox`] gives consumers exactly-once effect: record the id in the transaction that
 //!   applies the message.
 //!
-//! The tables are migration 3, with overridable names: [`outbox_migrator`] applies migrations
-//! 1 (the event store) and 3 with one runner; [`with_outbox_migration`] adds migration 3 to a
-//! migrator of yours (for example the worker's, to apply 1 to 3).
+//! The tables are migrations 3 and 5 (the destinations backed off), with overridable names:
+//! [`outbox_migrator`] applies migrations 1 (the event store), 3 and 5 with one runner;
+//! [`with_outbox_migration`] adds 3 and 5 to a migrator of yours (for example the worker's).
 //!
 //! # Claiming, and why it keeps per-key order
 //!
@@ -72,7 +78,7 @@ mod sink;
 mod sqs;
 mod tables;
 
-pub use admin::{DeadMessage, OutboxAdmin, OutboxStatus};
+pub use admin::{DeadMessage, DestinationStatus, OutboxAdmin, OutboxStatus};
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use amqp::{AMQP_PARTITION_KEY_HEADER, AmqpSink};
@@ -88,7 +94,7 @@ pub use aws_sdk_kinesis;
 #[cfg(feature = "sqs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 pub use aws_sdk_sqs;
-pub use error::{OutboxError, SinkError};
+pub use error::{FailureClass, OutboxError, SinkError};
 /// The Google Cloud client core (retry policies, the client builder's error) of the
 /// [`PubSubSink`].
 #[cfg(feature = "pubsub")]
@@ -110,7 +116,7 @@ pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};
-pub use options::{OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
+pub use options::{DestinationBackoff, OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 #[cfg(feature = "pubsub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
@@ -126,4 +132,6 @@ pub use sqs::{
     SQS_BODY_ENCODING_ATTRIBUTE, SQS_CONTENT_TYPE_ATTRIBUTE, SQS_MESSAGE_ID_ATTRIBUTE,
     SQS_PARTITION_KEY_ATTRIBUTE, SqsSink,
 };
-pub use tables::{OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration};
+pub use tables::{
+    OUTBOX_DESTINATIONS_MIGRATION, OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration,
+};

@@ -8,6 +8,8 @@ pub struct OutboxTables {
     pub outbox: String,
     /// The consumers' inbox (default `inbox`).
     pub inbox: String,
+    /// The destinations backed off after an outage (default `outbox_destinations`).
+    pub destinations: String,
 }
 
 impl Default for OutboxTables {
@@ -15,6 +17,7 @@ impl Default for OutboxTables {
         Self {
             outbox: "outbox".into(),
             inbox: "inbox".into(),
+            destinations: "outbox_destinations".into(),
         }
     }
 }
@@ -37,6 +40,26 @@ impl Default for RetryPolicy {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long a destination that is down is left alone: exponential backoff with jitter, computed
+/// on the database clock. Its messages keep their attempts meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestinationBackoff {
+    /// Wait after the first failure; doubled after each failed probe, then jittered to between
+    /// half and all of it.
+    pub initial: Duration,
+    /// Longest wait between probes.
+    pub max: Duration,
+}
+
+impl Default for DestinationBackoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +91,7 @@ pub struct OutboxOptions {
     pub(crate) poll_interval: Duration,
     pub(crate) wakeup: Wakeup,
     pub(crate) retry: RetryPolicy,
+    pub(crate) destination_backoff: DestinationBackoff,
     pub(crate) retention: Duration,
     pub(crate) cleanup_interval: Duration,
     pub(crate) cleanup_batch: usize,
@@ -89,6 +113,7 @@ impl Default for OutboxOptions {
             poll_interval: Duration::from_millis(500),
             wakeup: Wakeup::Notify,
             retry: RetryPolicy::default(),
+            destination_backoff: DestinationBackoff::default(),
             retention: Duration::from_secs(7 * 24 * 3600),
             cleanup_interval: Duration::from_secs(60),
             cleanup_batch: 1000,
@@ -110,7 +135,7 @@ impl OutboxOptions {
         self
     }
 
-    /// The table names (defaults `outbox`, `inbox`).
+    /// The table names (defaults `outbox`, `inbox`, `outbox_destinations`).
     pub fn tables(mut self, tables: OutboxTables) -> Self {
         self.tables = tables;
         self
@@ -177,6 +202,17 @@ impl OutboxOptions {
     /// Retries and dead-lettering (default 10 attempts, 200 ms doubling to 60 s).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// How a destination that is down (its sink reported [`SinkError::Unavailable`] or
+    /// [`SinkError::Missing`]) is backed off as a whole (default 500 ms doubling to 30 s).
+    /// Failures of that class do not count against the messages' attempts.
+    ///
+    /// [`SinkError::Unavailable`]: crate::SinkError::Unavailable
+    /// [`SinkError::Missing`]: crate::SinkError::Missing
+    pub fn destination_backoff(mut self, backoff: DestinationBackoff) -> Self {
+        self.destination_backoff = backoff;
         self
     }
 

@@ -13,7 +13,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 use tracing::debug;
 
-use crate::{OutboxMessage, Sink, SinkError};
+use crate::{FailureClass, OutboxMessage, Sink, SinkError};
 
 /// Attribute carrying the message id. Pub/Sub has no publisher-side dedup id and delivers at
 /// least once, so consumers deduplicate on this attribute (e.g. with [`Inbox`](crate::Inbox)).
@@ -51,12 +51,15 @@ const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 /// message's ordering key; the sink resumes it at once, since the relay never has two messages of
 /// one key in flight and retries only after the failure was recorded.
 ///
-/// Failures are transient (the relay retries, and dead-letters after its last attempt) except
-/// those that the same message would meet again whatever the broker's state: a destination that is
-/// not a valid topic id, a payload over 10 MB, and `INVALID_ARGUMENT` (too many or too long
-/// attributes, an ordering key over its limit). A missing topic (`NOT_FOUND`) is transient: topics
-/// are often created by deployment after the producers started, as NATS streams and AMQP bindings
-/// are; the same goes for `PERMISSION_DENIED`, which an operator can fix.
+/// Failures are classified (see [`SinkError`]). Permanent for the message: what the same message
+/// would meet again whatever the broker's state — a destination that is not a valid topic id, a
+/// payload over 10 MB, and `INVALID_ARGUMENT` (too many or too long attributes, an ordering key
+/// over its limit). A missing topic (`NOT_FOUND`) makes the destination missing: topics are often
+/// created by deployment after the producers started, so it is backed off without spending
+/// attempts. No answer (timeouts, IO and connection errors, `UNAVAILABLE`, `DEADLINE_EXCEEDED`),
+/// `RESOURCE_EXHAUSTED` (quota, throttling) and refused credentials (`PERMISSION_DENIED`,
+/// `UNAUTHENTICATED`, which an operator fixes) make it unavailable. The rest (`INTERNAL`,
+/// `ABORTED`, a paused ordering key, a publisher shut down) counts against the message.
 ///
 /// The sink keeps one [`Publisher`] per topic, created on first use and shared by its clones.
 /// The client inside keeps a small task for every ordering key it has seen on a topic, for as long
@@ -246,22 +249,43 @@ impl Sink for PubSubSink {
     }
 }
 
-/// Only what the same message would meet again is permanent; see [`PubSubSink`].
+/// Whom a failure is about; see [`PubSubSink`].
 fn classify(error: PublishError) -> SinkError {
-    let permanent = match &error {
+    let class = match &error {
         PublishError::Rpc(rpc) => {
-            rpc.is_serialization()
-                || rpc.is_binding()
-                || rpc
-                    .status()
-                    .is_some_and(|s| s.code == Code::InvalidArgument)
+            let code = rpc.status().map(|s| s.code);
+            if rpc.is_serialization() || rpc.is_binding() || code == Some(Code::InvalidArgument) {
+                FailureClass::MessagePermanent
+            } else if code == Some(Code::NotFound) {
+                FailureClass::DestinationMissing
+            } else if rpc.is_timeout()
+                || rpc.is_io()
+                || rpc.is_connect()
+                || rpc.is_transport()
+                || rpc.is_authentication()
+                || code.is_some_and(|c| {
+                    matches!(
+                        c,
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::ResourceExhausted
+                            | Code::PermissionDenied
+                            | Code::Unauthenticated
+                    )
+                })
+            {
+                FailureClass::DestinationUnavailable
+            } else {
+                FailureClass::MessageTransient
+            }
         }
-        _ => false,
+        _ => FailureClass::MessageTransient,
     };
-    if permanent {
-        SinkError::permanent(error)
-    } else {
-        SinkError::transient(error)
+    match class {
+        FailureClass::MessagePermanent => SinkError::permanent(error),
+        FailureClass::DestinationMissing => SinkError::missing(error),
+        FailureClass::DestinationUnavailable => SinkError::unavailable(error),
+        _ => SinkError::transient(error),
     }
 }
 
@@ -330,5 +354,29 @@ mod tests {
         assert!(!classify(PublishError::Shutdown).is_permanent());
         let io = PublishError::Rpc(Arc::new(Error::io("connection reset")));
         assert!(!classify(io).is_permanent());
+    }
+
+    #[test]
+    fn the_destination_is_blamed_for_what_is_about_it() {
+        let class = |code| classify(rpc(code)).class();
+        assert_eq!(class(Code::NotFound), FailureClass::DestinationMissing);
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert_eq!(
+                class(code),
+                FailureClass::DestinationUnavailable,
+                "{code:?}"
+            );
+        }
+        for code in [Code::Internal, Code::Aborted, Code::FailedPrecondition] {
+            assert_eq!(class(code), FailureClass::MessageTransient, "{code:?}");
+        }
+        let io = PublishError::Rpc(Arc::new(Error::io("connection reset")));
+        assert_eq!(classify(io).class(), FailureClass::DestinationUnavailable);
     }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::error::{chain, db};
 use crate::message::headers_from_json;
 use crate::tables::Tables;
-use crate::{OutboxError, OutboxMessage, OutboxOptions, Sink, Wakeup};
+use crate::{FailureClass, OutboxError, OutboxMessage, OutboxOptions, Sink, SinkError, Wakeup};
 
 /// What happened to one claimed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,10 @@ enum Outcome {
     Failed,
     Permanent,
     Returned,
+    /// The destination was unavailable: handed back with its attempt, the destination backed off.
+    Unavailable,
+    /// The destination does not exist: as `Unavailable`.
+    Missing,
 }
 
 impl Outcome {
@@ -35,6 +39,8 @@ impl Outcome {
             Self::Failed => "f",
             Self::Permanent => "p",
             Self::Returned => "r",
+            Self::Unavailable => "u",
+            Self::Missing => "m",
         }
     }
 }
@@ -53,6 +59,9 @@ pub struct CycleReport {
     pub dead: usize,
     /// Messages handed back untried (after a failure of their key, or at shutdown).
     pub returned: usize,
+    /// Messages handed back with their attempts because their destination was unavailable or
+    /// missing (the destination is backed off).
+    pub deferred: usize,
 }
 
 impl CycleReport {
@@ -62,28 +71,35 @@ impl CycleReport {
         self.retried += other.retried;
         self.dead += other.dead;
         self.returned += other.returned;
+        self.deferred += other.deferred;
     }
 }
 
-/// The arrays of one settle statement: each message, its key's head, its outcome and error.
-struct Settlement {
+/// The arrays of one settle statement: each message, its key's head, its outcome and error,
+/// and its destination.
+struct Settlement<'m> {
     sequences: Vec<i64>,
     heads: Vec<i64>,
     codes: Vec<&'static str>,
     errors: Vec<Option<String>>,
+    destinations: Vec<&'m str>,
 }
 
-impl Settlement {
+impl<'m> Settlement<'m> {
     /// The messages of these keys; a message without an outcome is handed back untried.
-    fn of<'a, 'm: 'a>(
+    fn of<'a>(
         groups: impl Iterator<Item = &'a (i64, Vec<&'m OutboxMessage>)>,
         outcomes: &HashMap<i64, (Outcome, Option<String>)>,
-    ) -> Self {
+    ) -> Self
+    where
+        'm: 'a,
+    {
         let mut rows = Self {
             sequences: Vec::new(),
             heads: Vec::new(),
             codes: Vec::new(),
             errors: Vec::new(),
+            destinations: Vec::new(),
         };
         for (head, group) in groups {
             for m in group {
@@ -94,6 +110,7 @@ impl Settlement {
                 rows.heads.push(*head);
                 rows.codes.push(outcome.code());
                 rows.errors.push(error);
+                rows.destinations.push(m.destination.as_str());
             }
         }
         rows
@@ -138,6 +155,43 @@ struct Batch {
     more: bool,
     /// When the claim was sent: the lease runs from a database instant after this one.
     leased_at: Instant,
+    /// Destinations whose backoff has just ended: one publish probes each first.
+    probes: HashSet<String>,
+}
+
+/// What a batch knows of a destination while it publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Publish.
+    Open,
+    /// Its backoff has just ended: the first publish probes it, the others wait for the result.
+    Probe,
+    /// A publish found it unavailable or missing: the batch's other messages to it go back
+    /// untried.
+    Down,
+}
+
+/// One destination's [`Reach`] within a batch, and the lock a probe holds while it publishes.
+struct Gate {
+    reach: Mutex<Reach>,
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl Gate {
+    fn new(reach: Reach) -> Self {
+        Self {
+            reach: Mutex::new(reach),
+            probing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn reach(&self) -> Reach {
+        *self.reach.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, reach: Reach) {
+        *self.reach.lock().unwrap_or_else(PoisonError::into_inner) = reach;
+    }
 }
 
 /// Which keys of a batch this relay still holds, as far as it knows.
@@ -289,6 +343,8 @@ impl<S: Sink> Relay<S> {
                     claim = true;
                     continue;
                 }
+                // Keys of backed-off destinations are not claimed: with only those due, the
+                // claim comes back empty and the relay waits here, it does not spin.
                 // A settle frees keys; a hint or the poll interval may bring new messages.
                 claim = tokio::select! {
                     () = shutdown.cancelled() => true,
@@ -359,11 +415,23 @@ impl<S: Sink> Relay<S> {
             settled: HashSet::new(),
             valid_until: batch.leased_at + self.options.lease,
         });
+        let gates: HashMap<&str, Gate> = batch
+            .messages
+            .iter()
+            .map(|m| {
+                let reach = if batch.probes.contains(&m.destination) {
+                    Reach::Probe
+                } else {
+                    Reach::Open
+                };
+                (m.destination.as_str(), Gate::new(reach))
+            })
+            .collect();
         let outcomes = Mutex::new(HashMap::with_capacity(batch.messages.len()));
         let (finished, mut to_settle) = tokio::sync::mpsc::unbounded_channel::<usize>();
         let publishing = async {
             let reported = self
-                .publish(&groups, &leases, &outcomes, &finished, shutdown)
+                .publish(&groups, &gates, &leases, &outcomes, &finished, shutdown)
                 .await;
             // Keys abandoned at the shutdown deadline: the rest of their runs goes back.
             for (i, done) in reported.iter().enumerate() {
@@ -496,6 +564,7 @@ impl<S: Sink> Relay<S> {
                 heads: Vec::new(),
                 more: false,
                 leased_at,
+                probes: HashSet::new(),
             });
         }
         let rows_statement = tx.prepare_cached(&t.claim_rows).await.map_err(db)?;
@@ -517,6 +586,12 @@ impl<S: Sink> Relay<S> {
         // In outbox order (the statement sorts), so each key's messages are in order.
         let messages: Vec<OutboxMessage> = rows.iter().map(message).collect();
         let heads: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
+        let probes: HashSet<String> = rows
+            .iter()
+            .zip(&messages)
+            .filter(|(r, _)| r.get::<_, bool>(10))
+            .map(|(_, m)| m.destination.clone())
+            .collect();
         let taken = heads.iter().collect::<HashSet<_>>().len();
         self.in_flight_messages
             .fetch_add(messages.len(), Ordering::Relaxed);
@@ -529,6 +604,7 @@ impl<S: Sink> Relay<S> {
             heads,
             more: keys.len() >= key_limit,
             leased_at,
+            probes,
         })
     }
 
@@ -539,6 +615,7 @@ impl<S: Sink> Relay<S> {
     async fn publish(
         &self,
         groups: &[(i64, Vec<&OutboxMessage>)],
+        gates: &HashMap<&str, Gate>,
         leases: &Mutex<Leases>,
         outcomes: &Mutex<HashMap<i64, (Outcome, Option<String>)>>,
         finished: &tokio::sync::mpsc::UnboundedSender<usize>,
@@ -569,9 +646,36 @@ impl<S: Sink> Relay<S> {
                     if !holds(*head) {
                         break; // handed back untried: another relay holds the key now
                     }
+                    let Some(gate) = gates.get(m.destination.as_str()) else {
+                        break; // every destination of the batch has a gate
+                    };
+                    // A probe holds `probing` while it publishes, so that the batch's other
+                    // messages to its destination wait for its result instead of each
+                    // knocking on a destination that is probably still down.
+                    let _probing = match gate.reach() {
+                        Reach::Open => None,
+                        Reach::Down => break, // handed back untried
+                        Reach::Probe => {
+                            let guard = gate.probing.lock().await;
+                            match gate.reach() {
+                                Reach::Open => None,
+                                Reach::Down => break,
+                                Reach::Probe => Some(guard),
+                            }
+                        }
+                    };
                     let started = Instant::now();
                     let result = self.sink.publish(m).await;
                     attempts += 1;
+                    let class = result.as_ref().err().map(SinkError::class);
+                    // Any answer of the destination, success or a failure of the message,
+                    // proves it reachable; a publish that started before another found it down
+                    // does not open it again.
+                    if class.is_some_and(FailureClass::is_destination) {
+                        gate.set(Reach::Down);
+                    } else if gate.reach() == Reach::Probe {
+                        gate.set(Reach::Open);
+                    }
                     match result {
                         Ok(()) => {
                             metrics::histogram!("eventrail_outbox_publish_seconds")
@@ -579,12 +683,19 @@ impl<S: Sink> Relay<S> {
                             record(m.sequence, Outcome::Sent, None);
                         }
                         Err(e) => {
-                            let outcome = if e.is_permanent() {
-                                Outcome::Permanent
-                            } else {
-                                Outcome::Failed
+                            let outcome = match e.class() {
+                                FailureClass::MessagePermanent => Outcome::Permanent,
+                                FailureClass::DestinationUnavailable => Outcome::Unavailable,
+                                FailureClass::DestinationMissing => Outcome::Missing,
+                                _ => Outcome::Failed,
                             };
-                            warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, error = %chain(&e), "publish failed");
+                            if matches!(outcome, Outcome::Unavailable | Outcome::Missing) {
+                                warn!(destination = %m.destination, class = %e.class(), error = %chain(&e), "destination unavailable: backing it off");
+                                metrics::counter!("eventrail_outbox_destination_failures_total", "destination" => m.destination.clone())
+                                    .increment(1);
+                            } else {
+                                warn!(message_id = %m.id, key = %m.partition_key, attempts = m.attempts, class = %e.class(), error = %chain(&e), "publish failed");
+                            }
                             record(m.sequence, outcome, Some(chain(&e)));
                             break;
                         }
@@ -607,13 +718,17 @@ impl<S: Sink> Relay<S> {
     }
 
     /// Marks settled keys' messages in one statement.
-    async fn settle(&self, rows: Settlement) -> Result<CycleReport, OutboxError> {
+    async fn settle(&self, rows: Settlement<'_>) -> Result<CycleReport, OutboxError> {
         let Settlement {
             sequences,
             heads,
             codes,
             errors,
+            destinations,
         } = rows;
+        let backoff = &self.options.destination_backoff;
+        let destination_initial_ms = backoff.initial.as_secs_f64() * 1000.0;
+        let destination_max_ms = backoff.max.as_secs_f64() * 1000.0;
         let retry = &self.options.retry;
         let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
@@ -635,6 +750,9 @@ impl<S: Sink> Relay<S> {
                     &max_ms,
                     &self.id,
                     &heads,
+                    &destinations,
+                    &destination_initial_ms,
+                    &destination_max_ms,
                 ],
             )
             .await
@@ -655,6 +773,7 @@ impl<S: Sink> Relay<S> {
                         .increment(1);
                 }
                 (_, "r") => report.returned += 1,
+                (_, "u" | "m") => report.deferred += 1,
                 _ => report.retried += 1,
             }
         }
@@ -680,7 +799,8 @@ impl<S: Sink> Relay<S> {
 
     /// Deletes sent messages older than the retention (measured on the database clock at each
     /// statement, so the cut-off slides), in statements of at most the cleanup batch size,
-    /// until none is left. Returns how many were deleted.
+    /// until none is left, and forgets backed-off destinations that have no pending message
+    /// left. Returns how many messages were deleted.
     ///
     /// # Errors
     /// [`OutboxError::Database`].
@@ -706,6 +826,16 @@ impl<S: Sink> Relay<S> {
         }
         if total > 0 {
             debug!(deleted = total, "cleaned up sent messages");
+        }
+        let forgotten = client
+            .execute(&self.tables.forget_destinations, &[])
+            .await
+            .map_err(db)?;
+        if forgotten > 0 {
+            debug!(
+                destinations = forgotten,
+                "forgot backed-off destinations without pending messages"
+            );
         }
         Ok(total)
     }

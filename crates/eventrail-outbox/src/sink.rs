@@ -18,7 +18,10 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers one message and waits for the broker's acknowledgement.
     ///
     /// # Errors
-    /// [`SinkError::Transient`] to retry later, [`SinkError::Permanent`] to dead-letter at once.
+    /// [`SinkError::Transient`] to retry the message later (counting the attempt),
+    /// [`SinkError::Permanent`] to dead-letter it at once, [`SinkError::Unavailable`] or
+    /// [`SinkError::Missing`] to back the whole destination off (not counting the attempt).
+    /// Classify by whom the failure is about: the message, or the destination.
     fn publish(
         &self,
         message: &OutboxMessage,
@@ -35,7 +38,8 @@ impl<S: Sink> Sink for Arc<S> {
 }
 
 /// A sink that keeps every delivery in memory (duplicates included), for tests and for
-/// measuring the database side of the relay alone. Clones share the deliveries.
+/// measuring the database side of the relay alone. Clones share the deliveries. It never fails,
+/// so it has no failure to classify.
 #[derive(Clone, Default)]
 pub struct InMemorySink {
     delivered: Arc<Mutex<Vec<OutboxMessage>>>,
@@ -93,6 +97,10 @@ impl Sink for InMemorySink {
 
 /// A sink that inserts each message into a PostgreSQL table (possibly in another database),
 /// keyed by message id: a redelivery is absorbed by the primary key. The commit is the ack.
+///
+/// Failures are classified by SQLSTATE: a connection that cannot be had or is lost makes the
+/// destination unavailable, a missing table or schema makes it missing, bad data (classes 22
+/// and 23) is permanent for the message.
 #[derive(Clone)]
 pub struct PgTableSink {
     pool: Pool,
@@ -160,7 +168,8 @@ impl PgTableSink {
 
 impl Sink for PgTableSink {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
-        let client = self.pool.get().await.map_err(SinkError::transient)?;
+        // No connection from the pool: the database is unreachable (or the pool exhausted).
+        let client = self.pool.get().await.map_err(SinkError::unavailable)?;
         let statement = client
             .prepare_cached(&self.insert)
             .await
@@ -184,15 +193,26 @@ impl Sink for PgTableSink {
     }
 }
 
-/// Bad data and integrity errors will fail again; everything else (connections, locks,
-/// a missing table that may be created) is worth retrying.
+/// By SQLSTATE: bad data and integrity errors (classes 22 and 23, a duplicate id aside) are
+/// the message's and fail again; a missing table or schema (which an operator may create) makes
+/// the destination missing; a lost or refused connection (no SQLSTATE, class 08, a server
+/// shutting down or starting, out of resources, privileges refused) makes it unavailable; the
+/// rest (serialization failures, lock timeouts…) counts against the message.
 fn classify(error: tokio_postgres::Error) -> SinkError {
-    let permanent = error.code().is_some_and(|c| {
-        let class = &c.code()[..2];
-        (class == "22" || class == "23") && c != &SqlState::UNIQUE_VIOLATION
-    });
-    if permanent {
+    let Some(code) = error.code() else {
+        return SinkError::unavailable(error); // the connection, not the database, failed
+    };
+    let class = &code.code()[..2];
+    if (class == "22" || class == "23") && code != &SqlState::UNIQUE_VIOLATION {
         SinkError::permanent(error)
+    } else if code == &SqlState::UNDEFINED_TABLE || code == &SqlState::INVALID_SCHEMA_NAME {
+        SinkError::missing(error)
+    } else if class == "08"
+        || class == "53"
+        || class == "57"
+        || code == &SqlState::INSUFFICIENT_PRIVILEGE
+    {
+        SinkError::unavailable(error)
     } else {
         SinkError::transient(error)
     }

@@ -33,6 +33,12 @@ const PERMANENT: &[&str] = &[
     "AWS.SimpleQueueService.UnsupportedOperation",
 ];
 
+/// Error codes of a queue that does not exist (yet).
+const MISSING: &[&str] = &[
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+];
+
 /// Publishes to Amazon SQS with `SendMessage`. The destination is a queue name (resolved to its
 /// URL once, with `GetQueueUrl`) or a queue URL.
 ///
@@ -47,6 +53,10 @@ const PERMANENT: &[&str] = &[
 /// further string attributes (SQS allows ten in all: more is a permanent failure). A payload
 /// that is not UTF-8 goes as base64 with [`SQS_BODY_ENCODING_ATTRIBUTE`] set. A message counts
 /// as sent once `SendMessage` returned.
+///
+/// A queue that does not exist makes the destination missing and backs it off without
+/// spending attempts; timeouts, connection failures, throttling and 5xx make it unavailable;
+/// an oversized or malformed message is permanent.
 ///
 /// Build the client with `aws-config` (credentials, region, endpoint) as usual.
 #[derive(Clone)]
@@ -112,7 +122,7 @@ impl SqsSink {
             .queue_name(destination)
             .send()
             .await
-            .map_err(|e| crate::aws::classify(e, PERMANENT))?
+            .map_err(|e| crate::aws::classify(e, PERMANENT, MISSING))?
             .queue_url
             .ok_or_else(|| SinkError::transient(Refused::NoQueueUrl(destination.to_owned())))?;
         self.urls
@@ -165,7 +175,7 @@ impl Sink for SqsSink {
         request
             .send()
             .await
-            .map_err(|e| crate::aws::classify(e, PERMANENT))?;
+            .map_err(|e| crate::aws::classify(e, PERMANENT, MISSING))?;
         Ok(())
     }
 }

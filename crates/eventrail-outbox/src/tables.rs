@@ -9,6 +9,13 @@ pub const OUTBOX_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0003_outbox.sql"),
 };
 
+/// The outbox's backed-off destinations (number 5; 4 belongs to the worker).
+pub const OUTBOX_DESTINATIONS_MIGRATION: Migration = Migration {
+    version: 5,
+    name: "outbox_destinations",
+    template: include_str!("../../../migrations/0005_outbox_destinations.sql"),
+};
+
 /// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
 /// sequence order is its commit order.
 pub(crate) const KEY_LOCK: i32 = 1_701_147_150;
@@ -39,6 +46,7 @@ pub(crate) struct Tables {
     pub(crate) outbox: String,
     pub(crate) outbox_bare: String,
     pub(crate) inbox: String,
+    pub(crate) destinations: String,
     pub(crate) channel: String,
     schemas: Vec<String>,
     pub(crate) lock_keys: String,
@@ -49,6 +57,7 @@ pub(crate) struct Tables {
     pub(crate) renew: String,
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
+    pub(crate) forget_destinations: String,
     pub(crate) stats: String,
 }
 
@@ -65,8 +74,10 @@ impl Tables {
         let (outbox, outbox_schema, outbox_bare) =
             qualify("outbox table", &names.outbox, default_schema)?;
         let (inbox, inbox_schema, _) = qualify("inbox table", &names.inbox, default_schema)?;
+        let (destinations, destinations_schema, _) =
+            qualify("destinations table", &names.destinations, default_schema)?;
         validate_identifier("notify channel", channel)?;
-        let mut schemas = vec![outbox_schema, inbox_schema];
+        let mut schemas = vec![outbox_schema, inbox_schema, destinations_schema];
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
@@ -90,6 +101,8 @@ impl Tables {
             // its key. The lock's recheck of the head sees a claim committed meanwhile.
             // The heads are found by a loose index scan: one descent of the
             // (partition_key, sequence) index per key, instead of reading every unsent row.
+            // A key whose head goes to a backed-off destination is not claimed at all, so a
+            // destination that is down costs no claim, lease or publish until its backoff ends.
             claim_keys: format!(
                 "WITH RECURSIVE heads AS (
                      (SELECT partition_key, sequence FROM {outbox}
@@ -104,6 +117,10 @@ impl Tables {
                  )
                  SELECT o.partition_key FROM {outbox} AS o
                  WHERE o.sequence IN (SELECT sequence FROM heads) AND {eligible_o}
+                   AND NOT EXISTS (
+                       SELECT 1 FROM {destinations} AS d
+                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
+                   )
                  ORDER BY o.sequence LIMIT $1
                  FOR UPDATE OF o SKIP LOCKED"
             ),
@@ -115,7 +132,10 @@ impl Tables {
             // claim a key whose head is leased, so the head's lease holds the whole run, and a
             // claim writes one row per key instead of one per message. The others' attempts
             // are counted when they settle; `attempts` is returned as this attempt's number.
-            // The run is read with its payloads, so that no row is looked up twice.
+            // The run is read with its payloads, so that no row is looked up twice. A message
+            // to a backed-off destination ends the run too; `probe` says that the message's
+            // destination was backed off and its backoff has ended: the relay publishes one
+            // message to it first, and the others only if that one got through.
             claim_rows: format!(
                 "WITH runs AS (
                      SELECT r.*
@@ -125,12 +145,16 @@ impl Tables {
                                 c.payload, c.content_type, c.created_at, c.attempts,
                                 row_number() OVER w AS n,
                                 first_value(c.sequence) OVER w AS head,
-                                count(*) FILTER (WHERE NOT ({eligible_c})) OVER w AS blocked
+                                count(*) FILTER (
+                                    WHERE NOT ({eligible_c}) OR d.next_attempt_at > now()
+                                ) OVER w AS blocked,
+                                d.destination IS NOT NULL AS probe
                          FROM (
                              SELECT * FROM {outbox}
                              WHERE state <> 'sent' AND partition_key = k.key
                              ORDER BY sequence LIMIT $2
                          ) AS c
+                         LEFT JOIN {destinations} AS d ON d.destination = c.destination
                          WINDOW w AS (ORDER BY c.sequence)
                      ) AS r
                      WHERE r.blocked = 0
@@ -142,17 +166,23 @@ impl Tables {
                      WHERE o.sequence = runs.sequence AND runs.n = 1 AND {eligible_o}
                      RETURNING o.sequence
                  )
-                 SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head
+                 SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head, probe
                  FROM runs
                  WHERE head IN (SELECT sequence FROM leased)
                  ORDER BY sequence"
             ),
             // One statement settles a whole batch: `s` sent, `f` failed (retry or dead), `p`
-            // permanently failed (dead), `r` handed back untried. $8 is each message's head:
+            // permanently failed (dead), `r` handed back untried, `u` and `m` handed back
+            // because the destination ($9) is unavailable or missing. $8 is each message's head:
             // only keys whose head this relay still leases change, and their heads are locked
             // first, so a relay whose lease expired cannot overwrite its successor's work.
-            // The head's attempt was counted at the claim, the others' are counted here.
-            // Backoff: initial * 2^(attempts-1), capped, then jittered to [1/2, 1] of it.
+            // The head's attempt was counted at the claim, the others' are counted here; `r`,
+            // `u` and `m` give the head's back. Backoff: initial * 2^(attempts-1), capped,
+            // then jittered to [1/2, 1] of it.
+            // A destination failure backs its destination off: a new row, or, when the
+            // backoff had ended (this was a probe), the next, doubled backoff; a failure
+            // reported while the backoff still runs (a publish started before it) leaves it.
+            // Any answer of a destination (sent, or a failure of the message) ends its backoff.
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
@@ -162,18 +192,41 @@ impl Tables {
                      SELECT seq, outcome, error, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
                      FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[]) AS f(seq, outcome, error, head)
                      WHERE head IN (SELECT sequence FROM held)
+                 ), reported AS (
+                     SELECT outcome, error, destination
+                     FROM unnest($2::text[], $3::text[], $9::text[]) AS r(outcome, error, destination)
+                 ), down AS (
+                     INSERT INTO {destinations} AS d (destination, reason, next_attempt_at, last_error)
+                     SELECT DISTINCT ON (destination) destination,
+                            CASE WHEN outcome = 'm' THEN 'missing' ELSE 'unavailable' END,
+                            now() + least($11::float8, $10::float8) * (0.5 + random() / 2) * interval '1 millisecond',
+                            coalesce(error, '')
+                     FROM reported WHERE outcome IN ('u', 'm')
+                     ORDER BY destination
+                     ON CONFLICT (destination) DO UPDATE SET
+                         reason = excluded.reason,
+                         last_error = excluded.last_error,
+                         failures = CASE WHEN d.next_attempt_at <= now() THEN d.failures + 1 ELSE d.failures END,
+                         next_attempt_at = CASE WHEN d.next_attempt_at <= now() THEN
+                             now() + least($11::float8, $10::float8 * power(2::float8, least(d.failures, 40)))
+                                     * (0.5 + random() / 2) * interval '1 millisecond'
+                             ELSE d.next_attempt_at END
+                 ), up AS (
+                     DELETE FROM {destinations}
+                     WHERE destination IN (SELECT destination FROM reported WHERE outcome IN ('s', 'f', 'p'))
+                       AND destination NOT IN (SELECT destination FROM reported WHERE outcome IN ('u', 'm'))
                  )
                  UPDATE {outbox} AS o SET
                      state = CASE WHEN f.outcome = 's' THEN 'sent'
                                   WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
                                   ELSE 'pending' END,
                      sent_at = CASE WHEN f.outcome = 's' THEN now() END,
-                     last_error = CASE WHEN f.outcome IN ('f', 'p') THEN f.error ELSE o.last_error END,
+                     last_error = CASE WHEN f.outcome IN ('f', 'p', 'u', 'm') THEN f.error ELSE o.last_error END,
                      next_attempt_at = CASE WHEN f.outcome = 'f' THEN
                          now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts + f.uncounted - 1, 0), 40)))
                                  * (0.5 + random() / 2) * interval '1 millisecond'
                          ELSE o.next_attempt_at END,
-                     attempts = CASE WHEN f.outcome = 'r' THEN greatest(o.attempts + f.uncounted - 1, 0)
+                     attempts = CASE WHEN f.outcome IN ('r', 'u', 'm') THEN greatest(o.attempts + f.uncounted - 1, 0)
                                      ELSE o.attempts + f.uncounted END,
                      lease_owner = NULL,
                      lease_expires_at = NULL
@@ -199,6 +252,16 @@ impl Tables {
                      ORDER BY sent_at LIMIT $2
                  )"
             ),
+            // A backed-off destination with no pending message left (purged, or all sent by a
+            // relay that missed the row) has nothing to probe it: forget it, so that status does
+            // not show a stale outage; a new message to it simply tries it.
+            forget_destinations: format!(
+                "DELETE FROM {destinations} AS d
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM {outbox} AS o
+                     WHERE o.state = 'pending' AND o.destination = d.destination
+                 )"
+            ),
             stats: format!(
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
                  FROM {outbox} WHERE state = 'pending'"
@@ -207,12 +270,13 @@ impl Tables {
             outbox,
             outbox_bare,
             inbox,
+            destinations,
             schemas,
         })
     }
 }
 
-/// Adds the outbox's migration, with these table names, to `migrator` (for example one from
+/// Adds the outbox's migrations (3 and 5), with these table names, to `migrator` (for example one from
 /// `eventrail_worker::worker_migrator`), so that one runner applies everything.
 ///
 /// The names are fixed by the first run on a schema, as for the worker tables.
@@ -226,7 +290,8 @@ pub fn with_outbox_migration(
 ) -> Result<Migrator, ConfigError> {
     let tables = Tables::from_names(names, schema, "eventrail_outbox")?;
     let mut migrator = migrator
-        .with_migrations(&[OUTBOX_MIGRATION])
+        .with_migrations(&[OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION])
+        .with_replacement("{outbox_destinations}", &tables.destinations)
         .with_replacement("{outbox}", &tables.outbox)
         .with_replacement("{inbox}", &tables.inbox);
     for s in &tables.schemas {
@@ -235,7 +300,8 @@ pub fn with_outbox_migration(
     Ok(migrator)
 }
 
-/// A migrator for the event store (migration 1) and the outbox with these names (migration 3).
+/// A migrator for the event store (migration 1) and the outbox with these names (migrations 3
+/// and 5).
 /// To apply the worker tables with the same runner, pass
 /// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
 ///
@@ -259,7 +325,12 @@ mod tests {
         assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"ops\""));
         assert!(sql.contains("CREATE TABLE \"ops\".\"messages\""));
         assert!(sql.contains("CREATE TABLE \"eventrail\".\"inbox\""));
-        assert!(!sql.contains("{outbox}") && !sql.contains("{inbox}"));
+        assert!(sql.contains("CREATE TABLE \"eventrail\".\"outbox_destinations\""));
+        assert!(
+            !sql.contains("{outbox}")
+                && !sql.contains("{inbox}")
+                && !sql.contains("{outbox_destinations}")
+        );
         let versions: Vec<i32> = outbox_migrator("eventrail", &names)
             .unwrap()
             .migrations()
@@ -268,7 +339,7 @@ mod tests {
             .collect();
         assert_eq!(
             versions,
-            [1, 3],
+            [1, 3, 5],
             "the event store and the outbox, no worker tables"
         );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {

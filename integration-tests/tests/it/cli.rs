@@ -6,7 +6,7 @@ use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 
 use crate::harness::TestDb;
 
-async fn eventrail(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn eventrail(args: &[&str]) -> anyhow::Result<String> {
     let cli = Cli::try_parse_from(std::iter::once("eventrail").chain(args.iter().copied()))?;
     let mut out = Vec::new();
     run(cli, &mut out).await?;
@@ -29,7 +29,7 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
         "cli_schema",
     ])
     .await?;
-    assert!(out.contains("applied migrations [1, 2, 3, 4]"), "{out}");
+    assert!(out.contains("applied migrations [1, 2, 3, 4, 5]"), "{out}");
     let out = eventrail(&[
         "migrate",
         "--database-url",

@@ -10,6 +10,7 @@ mod message_db;
 mod migrations;
 mod outbox;
 mod outbox_aws;
+mod outbox_outage;
 mod outbox_pubsub;
 mod poison;
 mod processors;

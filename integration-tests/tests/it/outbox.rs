@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use eventrail_core::{AppendRequest, ExpectedVersion, NewEvent, StreamName};
 use eventrail_outbox::{
-    InMemorySink, Inbox, NewMessage, Outbox, OutboxAdmin, OutboxError, OutboxMessage,
-    OutboxOptions, PgTableSink, Relay, RetryPolicy, Sink, SinkError, Wakeup,
+    DestinationBackoff, InMemorySink, Inbox, NewMessage, Outbox, OutboxAdmin, OutboxError,
+    OutboxMessage, OutboxOptions, PgTableSink, Relay, RetryPolicy, Sink, SinkError, Wakeup,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,10 @@ pub(crate) fn fast() -> OutboxOptions {
             max_attempts: 1000,
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(50),
+        })
+        .destination_backoff(DestinationBackoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(50),
         })
 }
 
@@ -779,7 +783,7 @@ async fn postgres_table_sink_delivers_once_per_id() -> anyhow::Result<()> {
 }
 
 /// NATS on this machine (or `NATS_URL`); the test fails when it is unreachable.
-fn nats_url() -> String {
+pub(crate) fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
@@ -841,7 +845,7 @@ async fn nats_jetstream_sink_delivers_with_the_message_id_as_dedup_id() -> anyho
 }
 
 /// RabbitMQ on this machine (or `AMQP_URL`); the test fails when it is unreachable.
-fn amqp_url() -> String {
+pub(crate) fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 

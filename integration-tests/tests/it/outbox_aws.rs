@@ -202,10 +202,15 @@ async fn sqs_standard_queue_by_url_and_error_classification() -> anyhow::Result<
         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
     assert_eq!(group, None, "no group id on a standard queue");
 
-    // A queue that does not exist (yet) is worth retrying; a message SQS can never take is not.
+    // A queue that does not exist (yet) backs its destination off (it may be created, and its
+    // messages keep their attempts); a message SQS can never take is dead at once.
     let missing = message_to(&format!("missing-{}", Uuid::now_v7().simple()));
     let error = sink.publish(&claimed(&missing, 1)).await.unwrap_err();
-    assert!(!error.is_permanent(), "{error:?}");
+    assert_eq!(
+        error.class(),
+        eventrail_outbox::FailureClass::DestinationMissing,
+        "{error:?}"
+    );
     let mut crowded = message_to(&name);
     crowded.headers = (0..11).map(|i| (format!("h{i}"), "v".to_owned())).collect();
     let error = sink.publish(&claimed(&crowded, 1)).await.unwrap_err();
@@ -292,10 +297,14 @@ async fn kinesis_sink_keeps_each_partition_key_in_order() -> anyhow::Result<()> 
     seen.sort_unstable();
     assert_eq!(seen, (0..20).collect::<Vec<_>>(), "each message once");
 
-    // A stream that does not exist (yet) is worth retrying.
+    // A stream that does not exist (yet) backs its destination off.
     let missing = message_to(&format!("missing-{}", Uuid::now_v7().simple()));
     let error = sink.publish(&claimed(&missing, 1)).await.unwrap_err();
-    assert!(!error.is_permanent(), "{error:?}");
+    assert_eq!(
+        error.class(),
+        eventrail_outbox::FailureClass::DestinationMissing,
+        "{error:?}"
+    );
     sink.client()
         .delete_stream()
         .stream_name(&name)

@@ -216,11 +216,12 @@ async fn pubsub_sink_retries_a_missing_topic_and_refuses_what_can_never_publish(
     let prefix = unique_prefix();
     let sink = emulator.sink(&prefix).await?;
 
-    // A topic that does not exist yet: transient, so the relay retries (and does not dead-letter)
-    // until it is created; the key the client paused on the failure is resumed for the retry.
+    // A topic that does not exist yet: the destination is missing, so the relay backs it off
+    // (and does not dead-letter, nor spend attempts) until it is created; the key the client
+    // paused on the failure is resumed for the retry.
     let missing = sink.publish(&message("late", "k")).await;
     assert!(
-        matches!(&missing, Err(SinkError::Transient(_))),
+        matches!(&missing, Err(SinkError::Missing(_))),
         "{missing:?}"
     );
     enqueue(
@@ -231,14 +232,25 @@ async fn pubsub_sink_retries_a_missing_topic_and_refuses_what_can_never_publish(
     )
     .await?;
     let running = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
-    eventually(30, "the relay retrying the missing topic", || async {
-        Ok(count(&db, "attempts >= 3").await? >= 1)
+    eventually(30, "the relay probing the missing topic", || async {
+        Ok(count(
+            &db,
+            "EXISTS (SELECT 1 FROM eventrail.outbox_destinations
+                     WHERE destination = 'late' AND reason = 'missing' AND failures >= 3)",
+        )
+        .await?
+            >= 1)
     })
     .await?;
     assert_eq!(
         count(&db, "state <> 'pending'").await?,
         0,
         "none sent nor dead"
+    );
+    assert_eq!(
+        count(&db, "attempts > 1").await?,
+        0,
+        "no attempt spent (one may be in flight)"
     );
     let topic = sink.topic_name("late");
     let subscription = emulator.topic_with_ordered_subscription(&topic).await?;
