@@ -185,6 +185,21 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// A conditional append (an expected version other than `Any`, or a position precondition)
+    /// was asked for inside a transaction above READ COMMITTED, whose snapshot may be older than
+    /// appends it must see. Nothing was written and the caller's transaction is still usable:
+    /// run the append in a READ COMMITTED transaction, or append unconditionally.
+    #[error("conditional appends need READ COMMITTED, the transaction is {level}")]
+    IsolationNotSupported {
+        /// The transaction's isolation level, as PostgreSQL names it.
+        level: String,
+    },
+    /// The caller's REPEATABLE READ or SERIALIZABLE transaction conflicts with a concurrent
+    /// transaction (its snapshot is older than an append to the same stream, or PostgreSQL
+    /// reported a serialization failure): the transaction is aborted; roll it back and run it
+    /// again.
+    #[error("the transaction conflicts with a concurrent one: roll back and retry it")]
+    SerializationConflict(#[source] BoxError),
     /// Encoding or decoding event data failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -204,7 +219,7 @@ impl StoreError {
     /// are: the caller must decide again or fix the input.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Backend(_))
+        matches!(self, Self::Backend(_) | Self::SerializationConflict(_))
     }
 
     /// Maps a processor's answer to the store error a caller sees.

@@ -16,11 +16,19 @@ pub struct Migration {
 }
 
 /// The event store's migrations, from the workspace's `migrations/` folder.
-const EVENT_STORE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_log",
-    template: include_str!("../../../migrations/0001_event_log.sql"),
-}];
+const EVENT_STORE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_log",
+        template: include_str!("../../../migrations/0001_event_log.sql"),
+    },
+    // 2–5 belong to the worker and the outbox; the numbering is shared.
+    Migration {
+        version: 6,
+        name: "append_isolation",
+        template: include_str!("../../../migrations/0006_append_isolation.sql"),
+    },
+];
 
 const ROLES_TEMPLATE: &str = include_str!("../../../migrations/optional/roles.sql");
 

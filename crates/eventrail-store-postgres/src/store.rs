@@ -11,7 +11,8 @@ use eventrail_core::{
 use futures::future::BoxFuture;
 use futures::{Stream, TryStreamExt};
 use postgres_types::{Json, ToSql, Type};
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
 use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
@@ -292,6 +293,41 @@ fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
     StoreError::Backend(error.into())
 }
 
+/// How a failed `append_events` call is reported.
+enum AppendFailure {
+    /// An event id is already stored (the caller may look up which).
+    DuplicateId,
+    /// Anything else, already typed.
+    Other(StoreError),
+}
+
+impl AppendFailure {
+    fn into_error(self) -> StoreError {
+        match self {
+            Self::DuplicateId => StoreError::DuplicateEventId { event_id: None },
+            Self::Other(e) => e,
+        }
+    }
+}
+
+/// Classifies a failed append by SQLSTATE and constraint. A stream version collision can only
+/// come from a snapshot older than an append to the same stream (above READ COMMITTED: the stream
+/// lock serialises appends otherwise), which is a serialization conflict like PostgreSQL's own.
+fn classify(error: tokio_postgres::Error) -> AppendFailure {
+    if is_unique_violation(&error, "events_event_id_key") {
+        return AppendFailure::DuplicateId;
+    }
+    let serialization = is_unique_violation(&error, "events_stream_version_key")
+        || error.code().is_some_and(|code| {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+        });
+    AppendFailure::Other(if serialization {
+        StoreError::SerializationConflict(error.into())
+    } else {
+        backend(error)
+    })
+}
+
 /// Turns `append_events` rows into the outcome and the recorded events.
 fn interpret(
     request: &AppendRequest,
@@ -317,6 +353,14 @@ fn interpret(
                     .clone()
                     .ok_or_else(|| backend("conflict without precondition"))?,
                 head: actual.map(to_u64).unwrap_or_default(),
+            });
+        }
+        3 => {
+            return Err(StoreError::IsolationNotSupported {
+                level: first
+                    .try_get::<_, Option<String>>(5)
+                    .map_err(backend)?
+                    .unwrap_or_default(),
             });
         }
         0 => {}
@@ -493,23 +537,40 @@ impl PgEventStore {
             .await
             .map_err(backend)?;
         if self.inner.processors.is_empty() && staged.is_none() {
-            // One statement in autocommit: one round trip.
-            return match client.query(&statement, &params.untyped()).await {
-                Ok(rows) => interpret_positions(&request, &rows),
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
-                    Err(self.duplicate_id(&**client, &params.ids).await)
-                }
-                Err(e) => Err(backend(e)),
-            };
+            // One statement in autocommit: one round trip. A database whose default isolation is
+            // above READ COMMITTED refuses a conditional append (nothing written) or reports a
+            // stale version: run it again below, explicitly at READ COMMITTED.
+            match client.query(&statement, &params.untyped()).await {
+                Ok(rows) => match interpret_positions(&request, &rows) {
+                    Err(StoreError::IsolationNotSupported { .. }) => {}
+                    other => return other,
+                },
+                Err(e) => match classify(e) {
+                    AppendFailure::DuplicateId => {
+                        return Err(self.duplicate_id(&**client, &params.ids).await);
+                    }
+                    AppendFailure::Other(StoreError::SerializationConflict(_)) => {}
+                    AppendFailure::Other(e) => return Err(e),
+                },
+            }
         }
-        let tx = client.transaction().await.map_err(backend)?;
+        // The store's own transaction is READ COMMITTED whatever the database default: the checks
+        // in `append_events` rely on it.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(backend)?;
         let rows = match tx.query(&statement, &params.untyped()).await {
             Ok(rows) => rows,
-            Err(e) if is_unique_violation(&e, "events_event_id_key") => {
-                drop(tx);
-                return Err(self.duplicate_id(&**client, &params.ids).await);
-            }
-            Err(e) => return Err(backend(e)),
+            Err(e) => match classify(e) {
+                AppendFailure::DuplicateId => {
+                    drop(tx);
+                    return Err(self.duplicate_id(&**client, &params.ids).await);
+                }
+                AppendFailure::Other(e) => return Err(e),
+            },
         };
         let (outcome, recorded) = interpret(&request, &rows)?;
         for p in &self.inner.processors {
@@ -562,10 +623,7 @@ impl PgEventStore {
         if self.inner.processors.is_empty() {
             return match tx.query_typed(&self.inner.sql.append, &typed).await {
                 Ok(rows) => interpret_positions(&request, &rows),
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
-                    Err(StoreError::DuplicateEventId { event_id: None })
-                }
-                Err(e) => Err(backend(e)),
+                Err(e) => Err(classify(e).into_error()),
             };
         }
         // The savepoint and the append are pipelined: still one round trip.
@@ -577,10 +635,7 @@ impl PgEventStore {
         let attempt = async {
             let rows = match result {
                 Ok(((), rows)) => rows,
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
-                    return Err(StoreError::DuplicateEventId { event_id: None });
-                }
-                Err(e) => return Err(backend(e)),
+                Err(e) => return Err(classify(e).into_error()),
             };
             let (outcome, recorded) = interpret(&request, &rows)?;
             for p in &self.inner.processors {
@@ -953,7 +1008,14 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let after = to_i64(after.unwrap_or(0), "position")?;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        // READ COMMITTED whatever the database default: the read after the lock must take a new
+        // snapshot, or it misses what the appends we waited for committed.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(backend)?;
         // Waiting for the scope's exclusive lock waits out every append in flight in that scope
         // (each holds it shared): what is read next is complete.
         let rows = match scope {

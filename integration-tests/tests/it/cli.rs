@@ -29,7 +29,10 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
         "cli_schema",
     ])
     .await?;
-    assert!(out.contains("applied migrations [1, 2, 3, 4, 5]"), "{out}");
+    assert!(
+        out.contains("applied migrations [1, 2, 3, 4, 5, 6]"),
+        "{out}"
+    );
     let out = eventrail(&[
         "migrate",
         "--database-url",

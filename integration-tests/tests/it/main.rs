@@ -6,6 +6,7 @@ mod cli;
 mod devdb;
 mod gaps;
 mod harness;
+mod isolation;
 mod message_db;
 mod migrations;
 mod outbox;
