@@ -398,15 +398,28 @@ async fn record_failure(
     let row = client
         .query_opt(
             &format!(
+                // Fenced like a checkpoint write: a worker that lost the consumer (frozen, then
+                // resumed) must not count failures against, or park, the new owner's consumer.
                 "WITH failed AS (
-                    UPDATE {} SET failures = $2::int4, last_error = $3::text,
+                    UPDATE {checkpoints} SET failures = $2::int4, last_error = $3::text,
                         parked_at = CASE WHEN $4::bool THEN now() END, parked_position = NULL
-                    WHERE consumer = $1::text RETURNING parked_at IS NOT NULL AS parked
+                    WHERE consumer = $1::text
+                      AND EXISTS (SELECT 1 FROM {assignments} a WHERE a.consumer = $1::text AND a.worker_id = $6 AND a.epoch = $7)
+                    RETURNING parked_at IS NOT NULL AS parked
                  )
                  SELECT parked, CASE WHEN parked THEN pg_notify($5::text, $1::text || ' parked') END IS NULL FROM failed",
-                ctx.shared.tables.checkpoints
+                checkpoints = ctx.shared.tables.checkpoints,
+                assignments = ctx.shared.tables.assignments,
             ),
-            &[&ctx.consumer.name(), &failures, &error, &park, &CHECKPOINT_CHANNEL],
+            &[
+                &ctx.consumer.name(),
+                &failures,
+                &error,
+                &park,
+                &CHECKPOINT_CHANNEL,
+                &ctx.shared.id,
+                &ctx.epoch,
+            ],
         )
         .await
         .map_err(db)?;
