@@ -324,8 +324,13 @@ pub(crate) fn identity_lock_held(worker_id_sql: &str) -> String {
 }
 
 /// Opens the worker's own connection; the receiver resolves when the connection ends.
+///
+/// TCP keepalives on both ends, scaled to the heartbeat timeout: a peer that vanished without
+/// closing (a hung host, a cut network) is noticed by the server, which then ends the session and
+/// releases its identity and leader locks, and by this side, which then reconnects.
 pub(crate) async fn connect_session(
     config: &tokio_postgres::Config,
+    heartbeat_timeout: Duration,
 ) -> Result<
     (
         Client,
@@ -333,6 +338,13 @@ pub(crate) async fn connect_session(
     ),
     WorkerError,
 > {
+    let probe = (heartbeat_timeout / 3).max(Duration::from_secs(1));
+    let mut config = config.clone();
+    config
+        .keepalives(true)
+        .keepalives_idle(probe)
+        .keepalives_interval(probe)
+        .keepalives_retries(3);
     let (client, connection) = config.connect(NoTls).await.map_err(db)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -342,6 +354,14 @@ pub(crate) async fn connect_session(
         };
         let _ = tx.send(error);
     });
+    let seconds = probe.as_secs();
+    client
+        .batch_execute(&format!(
+            "SET tcp_keepalives_idle = {seconds}; SET tcp_keepalives_interval = {seconds}; \
+             SET tcp_keepalives_count = 3"
+        ))
+        .await
+        .map_err(db)?;
     Ok((client, rx))
 }
 
@@ -468,7 +488,7 @@ async fn try_establish(
             .await
             .map_err(db)?;
     }
-    let connect = connect_session(&shared.connect);
+    let connect = connect_session(&shared.connect, shared.options.heartbeat_timeout);
     let (client, dead) = tokio::time::timeout(shared.options.heartbeat_timeout, connect)
         .await
         .map_err(|_| db("opening the session connection timed out"))??;
