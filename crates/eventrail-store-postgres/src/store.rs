@@ -293,6 +293,19 @@ fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
     StoreError::Backend(error.into())
 }
 
+/// A transaction at READ COMMITTED whatever the database default: the checks of `append_events`
+/// and the complete scope read take a new snapshot after waiting for their locks.
+async fn read_committed(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(backend)
+}
+
 /// How a failed `append_events` call is reported.
 enum AppendFailure {
     /// An event id is already stored (the caller may look up which).
@@ -556,12 +569,7 @@ impl PgEventStore {
         }
         // The store's own transaction is READ COMMITTED whatever the database default: the checks
         // in `append_events` rely on it.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(backend)?;
+        let tx = read_committed(&mut client).await?;
         let rows = match tx.query(&statement, &params.untyped()).await {
             Ok(rows) => rows,
             Err(e) => match classify(e) {
@@ -1010,12 +1018,7 @@ impl EventStore for PgEventStore {
         let mut client = self.client().await?;
         // READ COMMITTED whatever the database default: the read after the lock must take a new
         // snapshot, or it misses what the appends we waited for committed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(backend)?;
+        let tx = read_committed(&mut client).await?;
         // Waiting for the scope's exclusive lock waits out every append in flight in that scope
         // (each holds it shared): what is read next is complete.
         let rows = match scope {

@@ -126,29 +126,7 @@ async fn all_at(admin: &WorkerAdmin, position: u64) -> anyhow::Result<bool> {
 
 /// Every consumer handled every committed event exactly once.
 async fn assert_exactly_once(db: &TestDb, consumers: usize) -> anyhow::Result<()> {
-    let client = db.client().await?;
-    let committed: i64 = client
-        .query_one("SELECT count(*) FROM eventrail.events", &[])
-        .await?
-        .get(0);
-    let rows = client
-        .query("SELECT consumer, count(*), count(DISTINCT position) FROM handled GROUP BY consumer ORDER BY consumer", &[])
-        .await?;
-    assert_eq!(rows.len(), consumers, "every consumer handled events");
-    for r in rows {
-        let (consumer, n, distinct): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
-        assert_eq!(
-            (n, distinct),
-            (committed, committed),
-            "{consumer}: each of {committed} events exactly once"
-        );
-    }
-    let strays: i64 = client
-        .query_one("SELECT count(*) FROM handled h WHERE NOT EXISTS (SELECT 1 FROM eventrail.events e WHERE e.global_position = h.position)", &[])
-        .await?
-        .get(0);
-    assert_eq!(strays, 0);
-    Ok(())
+    crate::worker_faults::assert_exactly_once_in_order(&db.client().await?, consumers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

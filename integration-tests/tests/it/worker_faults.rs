@@ -58,7 +58,10 @@ async fn all_at(admin: &WorkerAdmin, position: u64) -> anyhow::Result<bool> {
 }
 
 /// Every consumer handled every committed event exactly once, in position order.
-async fn assert_exactly_once_in_order(client: &Client, consumers: usize) -> anyhow::Result<()> {
+pub(crate) async fn assert_exactly_once_in_order(
+    client: &Client,
+    consumers: usize,
+) -> anyhow::Result<()> {
     let committed: i64 = client
         .query_one("SELECT count(*) FROM eventrail.events", &[])
         .await?
