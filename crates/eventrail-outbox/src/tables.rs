@@ -316,6 +316,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn its_migrations_are_in_the_catalogue() {
+        assert!(
+            [OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION]
+                .iter()
+                .all(eventrail_store_postgres::is_known_migration)
+        );
+    }
+
+    #[test]
     fn names_are_qualified_and_validated() {
         let names = OutboxTables {
             outbox: "ops.messages".into(),

@@ -122,6 +122,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn its_migrations_are_in_the_catalogue() {
+        assert!(
+            [WORKER_MIGRATION, WORKER_FAULTS_MIGRATION]
+                .iter()
+                .all(eventrail_store_postgres::is_known_migration)
+        );
+    }
+
+    #[test]
     fn names_are_qualified_and_validated() {
         let names = TableNames {
             worker_nodes: "ops.nodes".into(),

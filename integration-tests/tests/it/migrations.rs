@@ -2,7 +2,7 @@
 
 use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
 use eventrail_store_postgres::{
-    ConfigError, MigrationError, Migrator, PgEventStore, PgStoreOptions,
+    ConfigError, MigrationError, MigrationState, Migrator, PgEventStore, PgStoreOptions,
 };
 use tokio_postgres::error::SqlState;
 
@@ -286,5 +286,146 @@ async fn summary_views() -> anyhow::Result<()> {
         .await?
         .get(0);
     assert_eq!(version, 2);
+    Ok(())
+}
+
+/// Runs `psql` on `url` with `sql` as a file, stopping at the first error.
+fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("eventrail-{}.sql", uuid::Uuid::now_v7()));
+    std::fs::write(&file, sql)?;
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+        .arg(&file)
+        .output()?;
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn print_sql_applied_with_psql_is_accepted_by_migrate_and_listed_by_info()
+-> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sql = crate::cli::eventrail(&["migrate", "--print-sql", "--schema", "by_psql"]).await?;
+    psql(&db.url, &sql)?;
+    // A later `eventrail migrate` finds everything applied, with the right checksums.
+    let out = crate::cli::eventrail(&["migrate", "--schema", "by_psql", "--database-url", &db.url])
+        .await?;
+    assert!(out.contains("up to date"), "{out}");
+    let info = Migrator::new("by_psql")?.info(&db.client().await?).await?;
+    assert_eq!(
+        info.iter()
+            .map(|m| (m.version, m.state))
+            .collect::<Vec<_>>(),
+        [
+            (1, MigrationState::Applied),
+            (2, MigrationState::OtherComponent),
+            (3, MigrationState::OtherComponent),
+            (4, MigrationState::OtherComponent),
+            (5, MigrationState::OtherComponent),
+            (6, MigrationState::Applied)
+        ],
+        "the CLI printed every component's migrations: {info:?}"
+    );
+    assert!(
+        info.iter()
+            .filter(|m| m.state == MigrationState::Applied)
+            .all(|m| m.applied_checksum == m.checksum)
+    );
+    let out = crate::cli::eventrail(&[
+        "migrate",
+        "info",
+        "--schema",
+        "by_psql",
+        "--database-url",
+        &db.url,
+    ])
+    .await?;
+    assert!(
+        out.contains("event_log") && out.contains("applied"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_holding_an_unknown_migration_is_refused_and_info_names_it() -> anyhow::Result<()>
+{
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    // A newer eventrail applied a migration this binary does not know.
+    client
+        .execute(
+            "INSERT INTO eventrail.eventrail_migrations (version, name, checksum) VALUES (99, 'from_the_future', 'x')",
+            &[],
+        )
+        .await?;
+    match Migrator::new("eventrail")?.run(&mut client).await {
+        Err(MigrationError::UnknownMigration { version: 99, name }) => {
+            assert_eq!(name, "from_the_future");
+        }
+        other => panic!("expected an unknown migration, got {other:?}"),
+    }
+    // Migrations of the other eventrail components are known, not unknown.
+    let info = Migrator::new("eventrail")?.info(&client).await?;
+    let states: Vec<(i32, MigrationState)> = info.iter().map(|m| (m.version, m.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (1, MigrationState::Applied),
+            (2, MigrationState::OtherComponent),
+            (3, MigrationState::OtherComponent),
+            (4, MigrationState::OtherComponent),
+            (5, MigrationState::OtherComponent),
+            (6, MigrationState::Applied),
+            (99, MigrationState::Unknown),
+        ]
+    );
+    let out = crate::cli::eventrail(&["migrate", "info", "--database-url", &db.url]).await?;
+    assert!(
+        out.contains("from_the_future") && out.contains("unknown"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_migrator_waiting_for_the_lock_names_its_holder() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let holder = crate::harness::connect(&format!("{}?application_name=deploy-7", db.url)).await?;
+    let pid: i32 = holder
+        .query_one(
+            "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(1701147136, hashtext('eventrail'))) l",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut client = db.client().await?;
+    let waited = Migrator::new("eventrail")?
+        .lock_timeout(std::time::Duration::from_millis(300))
+        .run(&mut client)
+        .await;
+    match waited {
+        Err(MigrationError::Locked {
+            pid: Some(p),
+            application_name: Some(app),
+        }) => {
+            assert_eq!(p, pid);
+            assert_eq!(app, "deploy-7");
+        }
+        other => panic!("expected the lock holder to be named, got {other:?}"),
+    }
+    drop(holder);
+    assert!(
+        Migrator::new("eventrail")?
+            .lock_timeout(std::time::Duration::from_secs(10))
+            .run(&mut client)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
