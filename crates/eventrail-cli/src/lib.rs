@@ -48,7 +48,7 @@ pub enum Command {
         /// Print the SQL instead of applying it, for your own migration tool.
         #[arg(long)]
         print_sql: bool,
-        /// Also create least-privilege roles <PREFIX>_reader, _writer and _admin.
+        /// Also create least-privilege roles <PREFIX>_reader, _writer, _worker and _admin.
         #[arg(long, value_name = "PREFIX")]
         roles: Option<String>,
         /// `info`: list applied, pending and unknown migrations instead.
@@ -289,7 +289,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 migrator.install_roles(&mut client, &prefix).await?;
                 writeln!(
                     out,
-                    "roles {prefix}_reader, {prefix}_writer, {prefix}_admin are in place"
+                    "roles {prefix}_reader, {prefix}_writer, {prefix}_worker, {prefix}_admin are in place"
                 )?;
             }
         }

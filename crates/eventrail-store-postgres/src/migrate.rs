@@ -31,6 +31,11 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
         name: "append_isolation",
         template: include_str!("../../../migrations/0006_append_isolation.sql"),
     },
+    Migration {
+        version: 7,
+        name: "append_privileges",
+        template: include_str!("../../../migrations/0007_append_privileges.sql"),
+    },
 ];
 
 /// Every migration any eventrail component ships, by version (the numbering is shared). An applied
@@ -42,6 +47,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (4, "worker_faults"),
     (5, "outbox_destinations"),
     (6, "append_isolation"),
+    (7, "append_privileges"),
 ];
 
 /// Whether `migration` is in the catalogue of eventrail's migrations (each component checks
@@ -120,6 +126,7 @@ pub struct Migrator {
     migrations: Vec<Migration>,
     replacements: Vec<(String, String)>,
     extra_schemas: Vec<String>,
+    roles: Vec<&'static str>,
     lock_timeout: Option<Duration>,
 }
 
@@ -135,6 +142,7 @@ impl Migrator {
             migrations: EVENT_STORE_MIGRATIONS.to_vec(),
             replacements: Vec::new(),
             extra_schemas: Vec::new(),
+            roles: vec![ROLES_TEMPLATE],
             lock_timeout: None,
         })
     }
@@ -162,6 +170,14 @@ impl Migrator {
     pub fn with_replacement(mut self, placeholder: &str, sql: &str) -> Self {
         self.replacements
             .push((placeholder.to_owned(), sql.to_owned()));
+        self
+    }
+
+    /// Adds a component's part of the optional roles (a template with the same placeholders as
+    /// its migrations, plus `{role_prefix}`), applied after the event store's.
+    #[must_use]
+    pub fn with_roles(mut self, template: &'static str) -> Self {
+        self.roles.push(template);
         self
     }
 
@@ -304,22 +320,33 @@ impl Migrator {
         Ok(out)
     }
 
-    /// The optional least-privilege roles `<prefix>_reader`, `<prefix>_writer`, `<prefix>_admin`.
+    /// The optional least-privilege roles `<prefix>_reader`, `_writer`, `_worker` and `_admin`,
+    /// with the parts of every component this runner migrates (see the README for what each
+    /// may do).
     ///
     /// # Errors
     /// [`ConfigError::InvalidIdentifier`] for a prefix that is not a plain identifier.
     pub fn roles_sql(&self, role_prefix: &str) -> Result<String, ConfigError> {
         validate_identifier("role prefix", role_prefix)?;
-        if role_prefix.len() > 56 {
+        if role_prefix.len() > 50 {
             return Err(ConfigError::InvalidIdentifier {
                 what: "role prefix",
                 value: role_prefix.to_owned(),
-                reason: "it is longer than 56 bytes (role names add a suffix)",
+                reason: "it is longer than 50 bytes (role names add a suffix)",
             });
         }
-        Ok(self
-            .render(ROLES_TEMPLATE)
-            .replace("{role_prefix}", role_prefix))
+        let mut sql = String::new();
+        for template in &self.roles {
+            sql.push_str(&self.render(template));
+            sql.push('\n');
+        }
+        // Tables a component placed in a schema of their own.
+        for schema in &self.extra_schemas {
+            sql.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {schema} TO {role_prefix}_reader, {role_prefix}_admin;\n"
+            ));
+        }
+        Ok(sql.replace("{role_prefix}", role_prefix))
     }
 
     /// Creates (or updates the grants of) the optional roles.

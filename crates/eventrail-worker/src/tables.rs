@@ -106,6 +106,9 @@ pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, Con
     let tables = Tables::new(names, schema)?;
     let mut migrator = Migrator::new(schema)?
         .with_migrations(&[WORKER_MIGRATION, WORKER_FAULTS_MIGRATION])
+        .with_roles(include_str!(
+            "../../../migrations/optional/roles_worker.sql"
+        ))
         .with_replacement("{worker_nodes}", &tables.nodes)
         .with_replacement("{consumer_assignments}", &tables.assignments)
         .with_replacement("{consumer_checkpoints}", &tables.checkpoints)
