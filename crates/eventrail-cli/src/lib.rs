@@ -156,6 +156,10 @@ pub enum ConsumerAction {
         /// The new checkpoint (global position).
         #[arg(long)]
         to: u64,
+        /// Allow a position beyond the head of the log (the consumer skips what is appended up
+        /// to there).
+        #[arg(long)]
+        force: bool,
     },
     /// Rewind to the start and clear failures.
     Reset {
@@ -336,8 +340,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Consumer { action } => {
             let admin = admin(cli.database_url.as_deref(), &cli.schema)?;
             let (name, done) = match &action {
-                ConsumerAction::Rewind { name, to } => {
-                    admin.rewind(name, *to).await?;
+                ConsumerAction::Rewind { name, to, force } => {
+                    if *force {
+                        admin.rewind_beyond_head(name, *to).await?;
+                    } else {
+                        admin.rewind(name, *to).await?;
+                    }
                     (name, format!("rewound to position {to}"))
                 }
                 ConsumerAction::Reset { name } => {

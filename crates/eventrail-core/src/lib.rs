@@ -34,7 +34,8 @@ mod memory;
 pub use codec::BincodeCodec;
 pub use codec::{Codec, JsonCodec};
 pub use error::{
-    BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError, error_chain,
+    BoxError, CodecError, DatabaseError, DecodeError, ProcessorError, StoreError, StreamNameError,
+    error_chain, find_database_error,
 };
 pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
 pub use limits::{

@@ -73,6 +73,7 @@ impl AppendRequest {
 
 /// What an append produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendOutcome {
     /// The stream's version after the append (version of its last event).
     pub stream_version: u64,
@@ -81,6 +82,16 @@ pub struct AppendOutcome {
 }
 
 impl AppendOutcome {
+    /// The outcome of an append that left the stream at `stream_version` and wrote `positions`
+    /// (for backends).
+    #[must_use]
+    pub fn new(stream_version: u64, positions: Vec<u64>) -> Self {
+        Self {
+            stream_version,
+            positions,
+        }
+    }
+
     /// Position of the last appended event: wait for a consumer to reach it to read your writes.
     #[must_use]
     pub fn last_position(&self) -> u64 {

@@ -39,7 +39,7 @@ mod options;
 mod rows;
 mod store;
 
-pub use error::{ConfigError, MigrationError};
+pub use error::{ConfigError, MigrationError, classify, database_error, is_retryable_sqlstate};
 pub use frontier::{
     BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
     widen_xid,

@@ -290,7 +290,7 @@ impl<'r> AppendParams<'r> {
 }
 
 fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
-    StoreError::Backend(error.into())
+    StoreError::Backend(crate::classify(error.into()))
 }
 
 /// A transaction at READ COMMITTED whatever the database default: the checks of `append_events`
@@ -397,13 +397,13 @@ fn interpret(
             transaction_id: parse_xid(row.try_get(5).map_err(backend)?)?,
         });
     }
-    let outcome = AppendOutcome {
-        stream_version: recorded
+    let outcome = AppendOutcome::new(
+        recorded
             .last()
             .map(|e| e.stream_version)
             .unwrap_or_default(),
-        positions: recorded.iter().map(|e| e.global_position).collect(),
-    };
+        recorded.iter().map(|e| e.global_position).collect(),
+    );
     Ok((outcome, recorded))
 }
 
@@ -425,10 +425,10 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
         .map(|r| r.try_get::<_, i64>(3))
         .transpose()
         .map_err(backend)?;
-    Ok(AppendOutcome {
-        stream_version: last.map(to_u64).unwrap_or_default(),
+    Ok(AppendOutcome::new(
+        last.map(to_u64).unwrap_or_default(),
         positions,
-    })
+    ))
 }
 
 const SAVEPOINT: &str = "eventrail_append";
@@ -530,7 +530,7 @@ impl PgEventStore {
         {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()),
             Err(e) => {
-                warn!(error = %e, "could not name the duplicate event id");
+                warn!(error = %eventrail_core::error_chain(&e), "could not name the duplicate event id");
                 None
             }
         };

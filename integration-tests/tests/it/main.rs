@@ -4,6 +4,7 @@
 
 mod cli;
 mod devdb;
+mod errors;
 mod gaps;
 mod harness;
 mod isolation;
