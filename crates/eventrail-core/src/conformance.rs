@@ -24,6 +24,7 @@ use crate::{
 /// Runs every check; panics with a message naming the first one that fails.
 pub async fn run<S: EventStore>(store: &S) {
     append_and_read_stream(store).await;
+    long_reads_are_whole(store).await;
     expected_versions(store).await;
     duplicate_and_invalid_requests(store).await;
     category_and_all_reads(store).await;
@@ -122,6 +123,116 @@ pub async fn append_and_read_stream<S: EventStore>(store: &S) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Default reads return a long stream and category whole (stores page internally); an explicit
+/// `max_count` is honoured; paging with a type filter and a small page loses nothing.
+pub async fn long_reads_are_whole<S: EventStore>(store: &S) {
+    const LEN: u64 = 2_500;
+    let category = unique_category();
+    let stream = stream_in(&category);
+    let types: Vec<&str> = (0..LEN).map(|i| if i % 2 == 0 { "A" } else { "B" }).collect();
+    // Three appends, so no read can be one append's batch by accident.
+    let mut expected = ExpectedVersion::NoStream;
+    for chunk in types.chunks(900) {
+        let out = store
+            .append(AppendRequest::new(stream.clone(), expected, events(chunk)))
+            .await
+            .expect("append a chunk of a long stream");
+        expected = ExpectedVersion::Exact(out.stream_version);
+    }
+    let whole = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&whole),
+        (0..LEN).collect::<Vec<_>>(),
+        "a default read returns the whole stream"
+    );
+    let back = store
+        .read_stream(&stream, ReadStreamOptions::default().backward())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&back),
+        (0..LEN).rev().collect::<Vec<_>>(),
+        "a default backward read returns the whole stream"
+    );
+    let small_pages = store
+        .read_stream(&stream, ReadStreamOptions::default().page_size(7))
+        .await
+        .unwrap();
+    assert_eq!(versions(&small_pages), versions(&whole));
+    let only_b = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default()
+                .event_types(["B"])
+                .page_size(100)
+                .from_version(1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&only_b),
+        (1000..LEN).filter(|v| v % 2 == 1).collect::<Vec<_>>()
+    );
+    let back_from = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default()
+                .backward()
+                .from_version(1500)
+                .page_size(333),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&back_from), (0..=1500).rev().collect::<Vec<_>>());
+    let limited = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().max_count(1001).page_size(250),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&limited), (0..1001).collect::<Vec<_>>());
+
+    let cat: Category = category.parse().unwrap();
+    let in_category = store
+        .read_category(&cat, ReadAllOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&in_category),
+        versions(&whole),
+        "a default category read returns every event"
+    );
+    let page = store
+        .read_category(
+            &cat,
+            ReadAllOptions::default()
+                .from_position(whole[10].global_position)
+                .max_count(1200)
+                .page_size(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&page), (10..1210).collect::<Vec<_>>());
+    let all = store
+        .read_all(
+            ReadAllOptions::default()
+                .from_position(whole[0].global_position)
+                .page_size(600),
+        )
+        .await
+        .unwrap();
+    let mine: Vec<u64> = all
+        .iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(mine, versions(&whole), "a default $all read returns every event");
 }
 
 /// Every expectation kind, met and unmet, with the typed conflict.

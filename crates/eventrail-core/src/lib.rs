@@ -49,7 +49,8 @@ pub use processor::{
 };
 pub use registry::{Event, EventRegistry, Upcaster};
 pub use store::{
-    AppendOutcome, AppendRequest, Direction, EventStore, ReadAllOptions, ReadStreamOptions,
+    AppendOutcome, AppendRequest, DEFAULT_PAGE_SIZE, Direction, EventStore, ReadAllOptions,
+    ReadStreamOptions,
 };
 pub use stream_name::{Category, StreamName};
 pub use version::{ExpectedPosition, ExpectedVersion, PositionScope};
