@@ -10,7 +10,7 @@ use tracing::{instrument, warn};
 
 use crate::{
     AppendRequest, BoxError, Codec, CodecError, DecodeError, Event, EventData, EventRegistry,
-    EventStore, ExpectedVersion, JsonCodec, Metadata, NewEvent, RecordedEvent, ReadStreamOptions,
+    EventStore, ExpectedVersion, JsonCodec, Metadata, NewEvent, ReadStreamOptions, RecordedEvent,
     StoreError, StreamName,
 };
 
@@ -36,9 +36,7 @@ type DecodeSnapshot<S> = Box<dyn Fn(&EventData) -> Result<(S, u64), CodecError> 
 /// side effects.
 ///
 /// ```
-/// use eventrail_core::{
-///     CommandError, CommandHandler, Event, EventRegistry, InMemoryStore, StreamName,
-/// };
+/// use eventrail_core::{CommandError, CommandHandler, Event, EventRegistry, StreamName};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize)]
@@ -85,7 +83,7 @@ type DecodeSnapshot<S> = Box<dyn Fn(&EventData) -> Result<(S, u64), CodecError> 
 /// # #[cfg(feature = "test-util")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = InMemoryStore::new();
+/// let store = eventrail_core::InMemoryStore::new(); // or a PgEventStore
 /// let accounts = CommandHandler::new(EventRegistry::<Account>::new(), Balance::default, evolve);
 /// let account: StreamName = "account-1".parse()?;
 ///
@@ -445,7 +443,8 @@ impl<E: Event, S, C: Codec> CommandHandler<E, S, C> {
             }
         }
         let snapshot_version = start.as_ref().map(|(_, version)| *version);
-        let (state, version) = start.map_or_else(|| ((self.initial)(), None), |(s, v)| (s, Some(v)));
+        let (state, version) =
+            start.map_or_else(|| ((self.initial)(), None), |(s, v)| (s, Some(v)));
         let (state, version, events_read) = self.fold_after(store, stream, state, version).await?;
         Ok(Loaded {
             state,
@@ -568,7 +567,13 @@ impl<E: Event, S, C: Codec> CommandHandler<E, S, C> {
                         state = (self.evolve)(state, event);
                     }
                     let snapshot_written = self
-                        .snapshot_if_due(store, stream, &state, snapshot_version, outcome.stream_version)
+                        .snapshot_if_due(
+                            store,
+                            stream,
+                            &state,
+                            snapshot_version,
+                            outcome.stream_version,
+                        )
                         .await;
                     return Ok(Handled {
                         state,

@@ -139,7 +139,9 @@ pub async fn long_reads_are_whole<S: EventStore>(store: &S) {
     const LEN: u64 = 2_500;
     let category = unique_category();
     let stream = stream_in(&category);
-    let types: Vec<&str> = (0..LEN).map(|i| if i % 2 == 0 { "A" } else { "B" }).collect();
+    let types: Vec<&str> = (0..LEN)
+        .map(|i| if i % 2 == 0 { "A" } else { "B" })
+        .collect();
     // Three appends, so no read can be one append's batch by accident.
     let mut expected = ExpectedVersion::NoStream;
     for chunk in types.chunks(900) {
@@ -240,7 +242,11 @@ pub async fn long_reads_are_whole<S: EventStore>(store: &S) {
         .filter(|e| e.stream == stream)
         .map(|e| e.stream_version)
         .collect();
-    assert_eq!(mine, versions(&whole), "a default $all read returns every event");
+    assert_eq!(
+        mine,
+        versions(&whole),
+        "a default $all read returns every event"
+    );
 }
 
 /// Every expectation kind, met and unmet, with the typed conflict.
@@ -833,7 +839,9 @@ pub async fn command_handling<S: EventStore>(store: &S) {
         .await
         .unwrap();
     assert_eq!(
-        read.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
+        read.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
         ["Added", "Added"]
     );
 
@@ -845,14 +853,19 @@ pub async fn command_handling<S: EventStore>(store: &S) {
         .unwrap();
     assert_eq!((done.state.total, done.stream_version), (9, Some(2)));
     let last = store
-        .read_stream(&stream, ReadStreamOptions::default().backward().max_count(1))
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().backward().max_count(1),
+        )
         .await
         .unwrap();
     assert_eq!(last[0].metadata, metadata);
 
     // No events: nothing appended.
     let nothing = handler
-        .handle(store, &stream, |_: &TallyState| Ok::<_, TallyClosed>(vec![]))
+        .handle(store, &stream, |_: &TallyState| {
+            Ok::<_, TallyClosed>(vec![])
+        })
         .await
         .unwrap();
     assert_eq!((nothing.stream_version, nothing.events.len()), (Some(2), 0));
@@ -958,7 +971,9 @@ impl<S: EventStore> EventStore for Interfering<'_, S> {
         after: Option<u64>,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_scope_complete(scope, after, max_count).await
+        self.inner
+            .read_scope_complete(scope, after, max_count)
+            .await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
@@ -985,7 +1000,11 @@ pub async fn command_retries_on_concurrent_appends<S: EventStore>(store: &S) {
         })
         .await
         .expect("two conflicts, three retries allowed");
-    assert_eq!(seen, [1, 101, 201], "each retry decides on the other writer's events");
+    assert_eq!(
+        seen,
+        [1, 101, 201],
+        "each retry decides on the other writer's events"
+    );
     assert_eq!(
         (done.attempts, done.state.total, done.stream_version),
         (3, 206, Some(3))
@@ -1010,7 +1029,11 @@ pub async fn command_retries_on_concurrent_appends<S: EventStore>(store: &S) {
         .read_stream(&stream, ReadStreamOptions::default())
         .await
         .unwrap();
-    assert_eq!(read.len(), 6, "only the other writer's two appends were added");
+    assert_eq!(
+        read.len(),
+        6,
+        "only the other writer's two appends were added"
+    );
     assert!(
         read[4..]
             .iter()
@@ -1037,7 +1060,10 @@ pub async fn command_snapshots<S: EventStore>(store: &S) {
     let v1 = counting(1);
     let stream = stream_in(&unique_category());
     let snapshot_stream = Snapshots::stream_for(&stream).expect("short name");
-    assert_eq!(snapshot_stream.category(), format!("{}:snapshot", stream.category()));
+    assert_eq!(
+        snapshot_stream.category(),
+        format!("{}:snapshot", stream.category())
+    );
 
     let first = v1
         .handle(store, &stream, |_: &TallyState| {
@@ -1047,7 +1073,10 @@ pub async fn command_snapshots<S: EventStore>(store: &S) {
         .unwrap();
     assert_eq!(first.snapshot_written, Some(24));
     let second = v1.handle(store, &stream, add(1000)).await.unwrap();
-    assert_eq!(second.snapshot_written, None, "one event since the snapshot");
+    assert_eq!(
+        second.snapshot_written, None,
+        "one event since the snapshot"
+    );
     let full_total = 325 + 1000;
 
     evolved.store(0, Ordering::SeqCst);
@@ -1056,7 +1085,11 @@ pub async fn command_snapshots<S: EventStore>(store: &S) {
         (loaded.snapshot_version, loaded.events_read, loaded.version),
         (Some(24), 1, Some(25))
     );
-    assert_eq!(evolved.load(Ordering::SeqCst), 1, "only the tail was folded");
+    assert_eq!(
+        evolved.load(Ordering::SeqCst),
+        1,
+        "only the tail was folded"
+    );
     assert_eq!((loaded.state.total, loaded.state.events), (full_total, 26));
     assert!(loaded.ignored_snapshot.is_none());
 
@@ -1079,7 +1112,11 @@ pub async fn command_snapshots<S: EventStore>(store: &S) {
     assert_eq!(third.snapshot_written, Some(26));
     let loaded = v2.load(store, &stream).await.unwrap();
     assert_eq!(
-        (loaded.snapshot_version, loaded.events_read, loaded.state.total),
+        (
+            loaded.snapshot_version,
+            loaded.events_read,
+            loaded.state.total
+        ),
         (Some(26), 0, full_total + 1)
     );
     // A snapshot that does not decode is ignored too.
@@ -1088,8 +1125,11 @@ pub async fn command_snapshots<S: EventStore>(store: &S) {
             snapshot_stream.clone(),
             ExpectedVersion::Any,
             vec![
-                NewEvent::json(crate::SNAPSHOT_EVENT_TYPE, serde_json::json!({"garbage": 1}))
-                    .with_schema_version(2),
+                NewEvent::json(
+                    crate::SNAPSHOT_EVENT_TYPE,
+                    serde_json::json!({"garbage": 1}),
+                )
+                .with_schema_version(2),
             ],
         ))
         .await

@@ -1070,12 +1070,9 @@ impl EventStore for PgEventStore {
             page_size: options.page_size,
             what: "position",
         }
-        .run(
-            self,
-            &self.inner.sql.read_all,
-            options.from_position,
-            |e| e.global_position.checked_add(1),
-        )
+        .run(self, &self.inner.sql.read_all, options.from_position, |e| {
+            e.global_position.checked_add(1)
+        })
         .await
     }
 

@@ -144,9 +144,15 @@ async fn reads_say_when_more_rows_exist() -> anyhow::Result<()> {
     let out = read(&["stream", "read", "counter-1", "--limit", "2", "--from", "2"]).await?;
     assert!(out.ends_with("more events follow: use --from 4\n"), "{out}");
     let out = read(&["stream", "read", "counter-1", "--limit", "2", "--from", "4"]).await?;
-    assert!(out.ends_with("(1 events)\n"), "the last page says nothing more: {out}");
+    assert!(
+        out.ends_with("(1 events)\n"),
+        "the last page says nothing more: {out}"
+    );
     let out = read(&["stream", "read", "counter-1", "--limit", "5"]).await?;
-    assert!(out.ends_with("(5 events)\n"), "exactly the limit, nothing more: {out}");
+    assert!(
+        out.ends_with("(5 events)\n"),
+        "exactly the limit, nothing more: {out}"
+    );
     let out = read(&["stream", "read", "counter-1", "--backward", "--limit", "3"]).await?;
     assert!(out.ends_with("more events follow: use --from 1\n"), "{out}");
 

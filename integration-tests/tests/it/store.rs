@@ -323,6 +323,15 @@ async fn large_reads_stream_in_pages() -> anyhow::Result<()> {
         .await?;
     assert_eq!(evens.len(), 15);
     assert!(evens.iter().all(|e| e.stream.category() == "even"));
+    let capped: Vec<_> = store
+        .stream_all(ReadAllOptions::default().page_size(4).max_count(6))
+        .try_collect()
+        .await?;
+    assert_eq!(
+        capped.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        positions[..6],
+        "max_count caps the whole stream, page_size only the queries"
+    );
     Ok(())
 }
 
