@@ -33,7 +33,9 @@ type DecodeSnapshot<S> = Box<dyn Fn(&EventData) -> Result<(S, u64), CodecError> 
 /// expected version. When another writer appended in between, the handler folds the new events
 /// into its state and decides again, at most [`CommandHandler::retries`] times; then it gives up
 /// with [`CommandError::Conflict`]. `decide` may therefore run more than once: keep it free of
-/// side effects.
+/// side effects. Retries are immediate (the conflicting append has committed, so the next read
+/// sees it); on a stream that many writers hit at once, allow more retries or route each stream's
+/// commands through one task.
 ///
 /// ```
 /// use eventrail_core::{CommandError, CommandHandler, Event, EventRegistry, StreamName};
