@@ -34,6 +34,7 @@
 
 mod error;
 mod frontier;
+pub mod keys;
 mod migrate;
 mod options;
 mod rows;

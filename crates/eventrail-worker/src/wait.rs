@@ -6,7 +6,6 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::db;
-use crate::runtime::CHECKPOINT_CHANNEL;
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
@@ -44,7 +43,7 @@ pub async fn wait_for(
     let mut registered = false;
     let result = tokio::time::timeout(timeout, async {
         // LISTEN first, then read: a commit between the two is not missed.
-        client.batch_execute(&format!("LISTEN {CHECKPOINT_CHANNEL}")).await.map_err(db)?;
+        client.batch_execute(&format!("LISTEN {}", tables.checkpoint_channel)).await.map_err(db)?;
         let query = format!(
             "SELECT position, parked_at IS NOT NULL, coalesce(last_error, '') FROM {} WHERE consumer = $1",
             tables.checkpoints

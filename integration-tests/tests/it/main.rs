@@ -19,5 +19,6 @@ mod poison;
 mod processors;
 mod store;
 mod torture;
+mod two_schemas;
 mod worker;
 mod worker_faults;
