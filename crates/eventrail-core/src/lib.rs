@@ -22,6 +22,7 @@ mod event;
 mod limits;
 mod processor;
 mod registry;
+mod retry;
 mod store;
 mod stream_name;
 mod version;
@@ -56,6 +57,7 @@ pub use processor::{
     catch_up,
 };
 pub use registry::{Event, EventRegistry, Upcaster};
+pub use retry::RetryPolicy;
 pub use store::{
     AppendOutcome, AppendRequest, DEFAULT_PAGE_SIZE, Direction, EventStore, ReadAllOptions,
     ReadStreamOptions,

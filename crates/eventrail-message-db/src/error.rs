@@ -3,8 +3,8 @@ use uuid::Uuid;
 
 use crate::ExpectedVersion;
 
-/// A boxed error from a user handler or an infrastructure layer.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// A boxed error (the one type of the eventrail crates).
+pub use eventrail_core::BoxError;
 
 /// An argument refused before any query was sent.
 ///

@@ -82,9 +82,7 @@ pub struct OutboxAdmin {
     tables: Arc<Tables>,
 }
 
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or_default()
-}
+use eventrail_store_postgres::from_sql_int as to_u64;
 
 impl OutboxAdmin {
     /// Administers the outbox in `pool`'s database.

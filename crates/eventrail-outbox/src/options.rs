@@ -22,27 +22,10 @@ impl Default for OutboxTables {
     }
 }
 
-/// Retries of failed publishes: exponential backoff with jitter, computed on the database clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts of one message before it is dead and its partition key parked.
-    pub max_attempts: u32,
-    /// Wait after the first failure; doubled after each further failure, then jittered to
-    /// between half and all of it.
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(60),
-        }
-    }
-}
+/// Retries of failed publishes: attempts of one message before it is dead and its partition key
+/// parked, with exponential backoff jittered to between half and all of it, computed on the
+/// database clock (shared with the worker; see [`eventrail_core::RetryPolicy`]).
+pub use eventrail_core::RetryPolicy;
 
 /// How long a destination that is down is left alone: exponential backoff with jitter, computed
 /// on the database clock. Its messages keep their attempts meanwhile.
@@ -113,7 +96,7 @@ impl Default for OutboxOptions {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             wakeup: Wakeup::Notify,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::new(10, Duration::from_millis(200), Duration::from_secs(60)),
             destination_backoff: DestinationBackoff::default(),
             retention: Duration::from_secs(7 * 24 * 3600),
             cleanup_interval: Duration::from_secs(60),

@@ -879,9 +879,7 @@ fn settled<R>(result: Result<R, OutboxError>) {
     }
 }
 
-fn to_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
+use eventrail_store_postgres::to_sql_int as to_i64;
 
 fn message(row: &Row) -> OutboxMessage {
     OutboxMessage {

@@ -21,24 +21,14 @@ pub const OUTBOX_DESTINATIONS_MIGRATION: Migration = Migration {
 /// partition key, so outboxes of two schemas never wait for each other).
 pub(crate) const KEY_LOCK: i32 = eventrail_store_postgres::keys::OUTBOX_KEY_LOCK;
 
-/// `name` or `schema.name`, each part validated and quoted; unqualified names go to
-/// `default_schema`. Returns the qualified name, its quoted schema and its bare table name.
+/// `name` or `schema.name` validated: the qualified name, its quoted schema, its bare name.
 fn qualify(
     what: &'static str,
     name: &str,
     default_schema: &str,
 ) -> Result<(String, String, String), ConfigError> {
-    let (schema, table) = match name.split_once('.') {
-        Some((schema, table)) => (schema, table),
-        None => (default_schema, name),
-    };
-    let quoted_schema = validate_identifier("schema", schema)?;
-    let quoted = validate_identifier(what, table)?;
-    Ok((
-        format!("{quoted_schema}.{quoted}"),
-        quoted_schema,
-        table.to_owned(),
-    ))
+    let q = eventrail_store_postgres::qualify_table(what, name, default_schema)?;
+    Ok((q.qualified, q.schema, q.table))
 }
 
 /// Validated names and the statements built from them once.

@@ -46,5 +46,7 @@ pub use frontier::{
     widen_xid,
 };
 pub use migrate::{Migration, MigrationInfo, MigrationState, Migrator, is_known_migration};
-pub use options::{PgStoreOptions, validate_identifier};
+pub use options::{
+    PgStoreOptions, QualifiedTable, from_sql_int, qualify_table, to_sql_int, validate_identifier,
+};
 pub use store::{PgEventStore, PgStatelessProcessor};

@@ -34,6 +34,51 @@ pub fn validate_identifier(what: &'static str, value: &str) -> Result<String, Co
     Ok(format!("\"{value}\""))
 }
 
+/// A table name, validated and quoted (see [`qualify_table`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QualifiedTable {
+    /// `"schema"."table"`.
+    pub qualified: String,
+    /// `"schema"`.
+    pub schema: String,
+    /// `table`, bare, as PostgreSQL reports it in errors.
+    pub table: String,
+}
+
+/// `name` or `schema.name`, each part validated and quoted; an unqualified name goes to
+/// `default_schema`. For the worker's and the outbox's configurable table names.
+///
+/// # Errors
+/// [`ConfigError::InvalidIdentifier`] naming `what` for a refused part.
+pub fn qualify_table(
+    what: &'static str,
+    name: &str,
+    default_schema: &str,
+) -> Result<QualifiedTable, ConfigError> {
+    let (schema, table) = name.split_once('.').unwrap_or((default_schema, name));
+    let quoted_schema = validate_identifier("schema", schema)?;
+    let quoted = validate_identifier(what, table)?;
+    Ok(QualifiedTable {
+        qualified: format!("{quoted_schema}.{quoted}"),
+        schema: quoted_schema,
+        table: table.to_owned(),
+    })
+}
+
+/// A count, position or version read from a `bigint` column: never negative (the schema checks
+/// them), 0 if it ever were.
+#[must_use]
+pub fn from_sql_int(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// A count or limit for a `bigint` parameter, saturating at `i64::MAX`.
+#[must_use]
+pub fn to_sql_int(value: impl TryInto<i64>) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
 /// Settings of a [`PgEventStore`](crate::PgEventStore), as a consuming builder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]

@@ -16,10 +16,7 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::InvalidRequest(format!("{what} {value} is out of range")))
 }
 
-pub(crate) fn to_u64(value: i64) -> u64 {
-    // Positions and versions are never negative: the schema checks them.
-    u64::try_from(value).unwrap_or_default()
-}
+pub(crate) use crate::from_sql_int as to_u64;
 
 pub(crate) fn parse_xid(text: &str) -> Result<u64, StoreError> {
     text.parse()

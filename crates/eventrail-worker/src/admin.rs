@@ -93,9 +93,7 @@ pub struct WorkerAdmin {
     heartbeat_timeout: std::time::Duration,
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
-}
+use eventrail_store_postgres::from_sql_int as to_u64;
 
 impl WorkerAdmin {
     /// Admin over `schema` with these table names.

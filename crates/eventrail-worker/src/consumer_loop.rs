@@ -71,13 +71,7 @@ struct Checkpoint {
     parked: bool,
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or_default()
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+use eventrail_store_postgres::{from_sql_int as to_u64, to_sql_int as to_i64};
 
 fn snapshot_text(s: &Snapshot) -> String {
     let xip: Vec<String> = s.xip.iter().map(u64::to_string).collect();

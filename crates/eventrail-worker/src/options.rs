@@ -23,36 +23,10 @@ pub enum LeaderMode {
     Lease,
 }
 
-/// What to do with a failing handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Failed attempts of one event (the first in its batch, the others alone) before the
-    /// consumer is parked at it.
-    pub max_attempts: u32,
-    /// Wait after the first failure; doubled after each further failure.
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    pub(crate) fn backoff(&self, failures: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
+/// What to do with a failing handler: attempts of one event (the first in its batch, the others
+/// alone) before the consumer is parked at it (shared with the outbox; see
+/// [`eventrail_core::RetryPolicy`]).
+pub use eventrail_core::RetryPolicy;
 
 /// Names of the worker's tables; each may carry a schema (`ops.worker_nodes`). Unqualified
 /// names live in the store's schema.

@@ -1,4 +1,4 @@
-use eventrail_store_postgres::{ConfigError, Migration, Migrator, validate_identifier};
+use eventrail_store_postgres::{ConfigError, Migration, Migrator};
 
 use crate::TableNames;
 
@@ -35,19 +35,14 @@ pub(crate) struct Tables {
     pub(crate) insert_timeout_skip: String,
 }
 
-/// `name` or `schema.name`, each part validated; unqualified names go to `default_schema`.
+/// `name` or `schema.name` validated: the qualified name and its quoted schema.
 fn qualify(
     what: &'static str,
     name: &str,
     default_schema: &str,
 ) -> Result<(String, String), ConfigError> {
-    let (schema, table) = match name.split_once('.') {
-        Some((schema, table)) => (schema, table),
-        None => (default_schema, name),
-    };
-    let schema = validate_identifier("schema", schema)?;
-    let table = validate_identifier(what, table)?;
-    Ok((format!("{schema}.{table}"), schema))
+    let q = eventrail_store_postgres::qualify_table(what, name, default_schema)?;
+    Ok((q.qualified, q.schema))
 }
 
 impl Tables {
