@@ -113,6 +113,19 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
     // After a committed batch the position is known; otherwise (start, idle, moved, failed) the
     // checkpoint row is read again, which also notices pauses, parks and rewinds.
     let mut known: Option<u64> = None;
+    // A previous owner frozen mid-batch holds the checkpoint row until its batch ends; its batch
+    // can never commit (its epoch is older): end it now rather than after a lock wait.
+    match ctx.shared.store.pool().get().await {
+        Ok(client) => {
+            if let Err(e) =
+                crate::fence::terminate_fenced_batches(&client, ctx.consumer.name(), ctx.epoch)
+                    .await
+            {
+                debug!(error = %crate::error::chain(&e), "could not look for fenced batches");
+            }
+        }
+        Err(e) => debug!(error = %e, "could not look for fenced batches"),
+    }
     loop {
         if ctx.cancel.is_cancelled() {
             return;
