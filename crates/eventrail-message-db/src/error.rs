@@ -167,6 +167,10 @@ pub enum MessageDbError {
         /// Message DB's exception text.
         message: String,
     },
+    /// No connection could be opened or taken from the pool (timed out, TLS refused, refused by
+    /// the server), or the connection settings are wrong: see [`ConnectError`](eventrail_store_postgres::ConnectError).
+    #[error(transparent)]
+    Connect(#[from] eventrail_store_postgres::ConnectError),
     /// No connection could be taken from the pool: retry later.
     #[error("no connection from the pool")]
     Pool(#[source] BoxError),

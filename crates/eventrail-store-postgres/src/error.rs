@@ -132,6 +132,20 @@ impl ConnectError {
         )
     }
 
+    /// Whether the settings themselves are wrong (a malformed URL, an unknown `sslmode`, an
+    /// unreadable CA file): no retry can succeed until they are fixed.
+    #[must_use]
+    pub fn is_setting(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidUrl(_)
+                | Self::InvalidParameter { .. }
+                | Self::RootCert { .. }
+                | Self::NoSystemRoots { .. }
+                | Self::TlsConfig(_)
+        )
+    }
+
     /// The SQLSTATE the server sent when it refused the connection.
     #[must_use]
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {

@@ -1,5 +1,5 @@
 use eventrail_core::{BoxError, StoreError};
-use eventrail_store_postgres::ConfigError;
+use eventrail_store_postgres::{ConfigError, ConnectError};
 
 /// Errors of the worker runtime.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,10 @@ pub enum WorkerError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A connection could not be opened (timed out, TLS refused, refused by the server) or its
+    /// settings are wrong: see [`ConnectError`] and its `is_retryable`.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The database or the connection failed.
     #[error("worker database operation failed")]
     Database(#[source] BoxError),
