@@ -16,5 +16,6 @@ mod outbox_pubsub;
 mod poison;
 mod processors;
 mod store;
+mod tls;
 mod worker;
 mod worker_faults;
