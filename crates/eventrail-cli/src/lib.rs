@@ -284,7 +284,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         }
         Command::Status { heartbeat_timeout } => print_status(
             out,
-            &admin(cli.database_url.as_deref(), &cli.schema).await?
+            &admin(cli.database_url.as_deref(), &cli.schema)
+                .await?
                 .heartbeat_timeout(
                     std::time::Duration::try_from_secs_f64(heartbeat_timeout)
                         .context("--heartbeat-timeout must be a non-negative number of seconds")?,
@@ -322,7 +323,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "consumer {name} {done}")?;
         }
         Command::Gaps { consumer, limit } => {
-            let gaps = admin(cli.database_url.as_deref(), &cli.schema).await?
+            let gaps = admin(cli.database_url.as_deref(), &cli.schema)
+                .await?
                 .gaps(consumer.as_deref(), limit)
                 .await?;
             let rows: Vec<Vec<String>> = gaps

@@ -420,7 +420,10 @@ fn start_tls_blocking(
         "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=100 -c fsync=off \
          -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
     );
-    info!(port, "starting a throwaway PostgreSQL cluster with TLS only");
+    info!(
+        port,
+        "starting a throwaway PostgreSQL cluster with TLS only"
+    );
     run_pg(
         &bin.join("pg_ctl"),
         &[

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use eventrail_store_postgres::{ConnectError, ListenEvent, PgConnectOptions};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
-use eventrail_store_postgres::{ConnectError, ListenEvent, PgConnectOptions};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, instrument, warn};

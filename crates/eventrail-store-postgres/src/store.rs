@@ -469,9 +469,12 @@ impl PgEventStore {
     /// [`StoreError::InvalidRequest`] when the URL does not parse or its TLS settings are
     /// refused (the source is a [`ConnectError`](crate::ConnectError)).
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let options: crate::PgConnectOptions = url
-            .parse()
-            .map_err(|e: crate::ConnectError| StoreError::InvalidRequest(format!("invalid database URL: {}", eventrail_core::error_chain(&e))))?;
+        let options: crate::PgConnectOptions = url.parse().map_err(|e: crate::ConnectError| {
+            StoreError::InvalidRequest(format!(
+                "invalid database URL: {}",
+                eventrail_core::error_chain(&e)
+            ))
+        })?;
         Self::connect_with(&options)
     }
 

@@ -492,9 +492,10 @@ mod tests {
 
     #[test]
     fn session_settings() {
-        let o: PgConnectOptions = "postgres://h/db?options=-c%20search_path%3Dx&sslmode=verify-full"
-            .parse()
-            .unwrap();
+        let o: PgConnectOptions =
+            "postgres://h/db?options=-c%20search_path%3Dx&sslmode=verify-full"
+                .parse()
+                .unwrap();
         let o = o.statement_timeout(Duration::from_millis(1500));
         let c = o.session_config("eventrail-cli");
         assert_eq!(c.get_application_name(), Some("eventrail-cli"));

@@ -168,7 +168,10 @@ mod tests {
         let s = split("postgresql://h/db").unwrap();
         assert_eq!(s.rest, "postgresql://h/db");
         assert!(s.ours.is_empty());
-        assert_eq!(split("postgres://h/db?sslmode=%zz"), Err(SplitError::Percent));
+        assert_eq!(
+            split("postgres://h/db?sslmode=%zz"),
+            Err(SplitError::Percent)
+        );
     }
 
     #[test]
