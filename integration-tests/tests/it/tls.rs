@@ -15,7 +15,9 @@ use eventrail_message_db::{MessageDb, MessageDbError};
 use eventrail_outbox::{
     InMemorySink, NatsSink, NewMessage, Outbox, OutboxError, OutboxOptions, Relay,
 };
-use eventrail_store_postgres::{ConnectError, GapWatch, PgConnectOptions, PgEventStore};
+use eventrail_store_postgres::{
+    ConnectError, GapWatch, ListenEvent, PgConnectOptions, PgEventStore,
+};
 use eventrail_worker::{
     Consumer, ConsumerScope, DispatcherStrategy, TableNames, Worker, WorkerError, WorkerOptions,
     wait_for,
@@ -657,5 +659,73 @@ async fn sessions_are_named_per_component_and_pools_time_out() -> anyhow::Result
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(held);
     append(&small, "order-2", 1).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_and_says_notifications_may_be_lost() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let options = PgConnectOptions::from_url(&db.url)?;
+    assert!(
+        options
+            .listener("eventrail-test", &["no such; channel"])
+            .is_err(),
+        "channels are identifiers"
+    );
+    let mut listener = options
+        .listener("eventrail-test-listener", &["test_a", "test_b"])?
+        .max_backoff(Duration::from_millis(200));
+    let deadline = Duration::from_secs(10);
+    let event = tokio::time::timeout(deadline, listener.recv()).await??;
+    assert!(
+        matches!(event, ListenEvent::Listening { reconnected: false }),
+        "{event:?}"
+    );
+    let client = db.client().await?;
+    client
+        .execute("SELECT pg_notify('test_b', 'one')", &[])
+        .await?;
+    match tokio::time::timeout(deadline, listener.recv()).await?? {
+        ListenEvent::Notification(n) => {
+            assert_eq!((n.channel(), n.payload()), ("test_b", "one"));
+        }
+        other => anyhow::bail!("expected a notification, got {other:?}"),
+    }
+    let pid: i32 = listener
+        .client()
+        .context("listening")?
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let name: String = client
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?
+        .get(0);
+    assert_eq!(name, "eventrail-test-listener");
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await?;
+    // The loss, with the server's reason, then the reconnection, flagged as such.
+    let lost = tokio::time::timeout(deadline, listener.recv())
+        .await?
+        .unwrap_err();
+    assert!(matches!(lost, ConnectError::Lost(_)), "{lost:?}");
+    assert_eq!(lost.code(), Some(&SqlState::ADMIN_SHUTDOWN));
+    assert!(!listener.is_listening());
+    let event = tokio::time::timeout(deadline, listener.recv()).await??;
+    assert!(
+        matches!(event, ListenEvent::Listening { reconnected: true }),
+        "{event:?}"
+    );
+    client
+        .execute("SELECT pg_notify('test_a', 'two')", &[])
+        .await?;
+    match tokio::time::timeout(deadline, listener.recv()).await?? {
+        ListenEvent::Notification(n) => assert_eq!(n.payload(), "two"),
+        other => anyhow::bail!("expected a notification, got {other:?}"),
+    }
     Ok(())
 }
