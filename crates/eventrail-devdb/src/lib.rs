@@ -331,7 +331,10 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
 /// Starts a new throwaway cluster in `dir` (stopping and removing one found there) that accepts
 /// TCP connections only over TLS: `ssl = on` with the PEM server certificate and key given, and
 /// a `pg_hba.conf` whose only TCP lines are `hostssl` (trust). Unix-socket connections (in
-/// `dir`) stay open for tools. Returns its URL (without `sslmode`).
+/// `dir`) stay open for tools. With `client_ca`, the server also trusts client certificates
+/// signed by that CA, and the role `eventrail_cert` (create it) may log in over TCP only with a
+/// client certificate whose common name is its name (`cert` authentication). Returns its URL
+/// (without `sslmode`).
 ///
 /// # Errors
 /// [`DevDbError::NoPostgres`] when no binaries are installed, [`DevDbError::Io`] when the files
@@ -341,17 +344,21 @@ pub async fn start_throwaway_tls_cluster(
     port: u16,
     cert: &Path,
     key: &Path,
+    client_ca: Option<&Path>,
 ) -> Result<String, DevDbError> {
     let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
         install: "apt-get install -y postgresql",
     })?;
     let (dir, cert, key) = (dir.to_path_buf(), cert.to_path_buf(), key.to_path_buf());
-    tokio::task::spawn_blocking(move || start_tls_blocking(&bin, &dir, port, &cert, &key))
-        .await
-        .map_err(|e| DevDbError::Io {
-            what: "joining the start task".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let client_ca = client_ca.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || {
+        start_tls_blocking(&bin, &dir, port, (&cert, &key), client_ca.as_deref())
+    })
+    .await
+    .map_err(|e| DevDbError::Io {
+        what: "joining the start task".into(),
+        source: std::io::Error::other(e),
+    })??;
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
@@ -359,8 +366,8 @@ fn start_tls_blocking(
     bin: &Path,
     dir: &Path,
     port: u16,
-    cert: &Path,
-    key: &Path,
+    (cert, key): (&Path, &Path),
+    client_ca: Option<&Path>,
 ) -> Result<(), DevDbError> {
     if dir.join("PG_VERSION").exists() {
         // Left by an earlier run: it may still run.
@@ -409,16 +416,20 @@ fn start_tls_blocking(
         fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
             .map_err(io("protecting the server key"))?;
     }
-    fs::write(
-        dir.join("pg_hba.conf"),
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
-    )
-    .map_err(io("writing pg_hba.conf"))?;
+    let mut hba = String::from("local all all trust\n");
+    let mut ssl_ca = String::new();
+    if let Some(ca) = client_ca {
+        fs::copy(ca, dir.join("root.crt")).map_err(io("copying the client CA"))?;
+        ssl_ca = " -c ssl_ca_file=root.crt".to_owned();
+        hba.push_str("hostssl all eventrail_cert 127.0.0.1/32 cert\n");
+    }
+    hba.push_str("hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n");
+    fs::write(dir.join("pg_hba.conf"), hba).map_err(io("writing pg_hba.conf"))?;
     chown(dir)?;
     let log = dir.join("server.log");
     let options = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=100 -c fsync=off \
-         -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+         -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key{ssl_ca}"
     );
     info!(
         port,

@@ -76,6 +76,16 @@ pub enum ConnectError {
         #[source]
         source: BoxError,
     },
+    /// The client certificate (`sslcert`) or its key (`sslkey`) cannot be read or used: fix the
+    /// path or the file (PEM; the key unencrypted).
+    #[error("cannot use the client certificate or key in {}", path.display())]
+    ClientCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// `verify-ca` or `verify-full` without `sslrootcert`, and no system root certificate could
     /// be loaded: name a CA file with `sslrootcert`.
     #[error("no system root certificates could be loaded ({})", errors.join("; "))]
@@ -141,6 +151,7 @@ impl ConnectError {
             Self::InvalidUrl(_)
                 | Self::InvalidParameter { .. }
                 | Self::RootCert { .. }
+                | Self::ClientCert { .. }
                 | Self::NoSystemRoots { .. }
                 | Self::TlsConfig(_)
         )

@@ -42,7 +42,7 @@ mod store;
 
 pub use connect::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,
-    PgConnectOptions, PgConnection, PgListener, PgTlsStream, SslMode, SslRootCert,
+    PgConnectOptions, PgConnection, PgListener, PgTlsStream, SslClientCert, SslMode, SslRootCert,
 };
 pub use error::{ConfigError, ConnectError, MigrationError};
 pub use frontier::{

@@ -27,12 +27,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{TestDb, eventually};
 
-/// A CA, a server certificate it signed for `localhost` and `127.0.0.1`, and an unrelated CA.
+/// A CA, a server certificate it signed for `localhost` and `127.0.0.1`, a client certificate it
+/// signed for the role `eventrail_cert`, and an unrelated CA.
 struct Certs {
     ca: PathBuf,
     other_ca: PathBuf,
     server_crt: PathBuf,
     server_key: PathBuf,
+    client_crt: PathBuf,
+    client_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -118,7 +121,44 @@ fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
             "server.ext",
         ],
     )?;
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=eventrail_cert",
+    ]);
+    openssl(dir, &args)?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "client.crt",
+            "-extfile",
+            "client.ext",
+        ],
+    )?;
     Ok(Certs {
+        client_crt: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),
         server_crt: dir.join("server.crt"),
@@ -222,6 +262,7 @@ async fn a_tls_only_server_serves_every_component_with_verify_full() -> anyhow::
         port,
         &certs.server_crt,
         &certs.server_key,
+        Some(&certs.ca),
     )
     .await?;
     let result = serve_every_component(port, &certs).await;
@@ -298,6 +339,29 @@ async fn serve_every_component(port: u16, certs: &Certs) -> anyhow::Result<()> {
     .await
     .unwrap_err();
     assert!(matches!(e, ConnectError::RootCert { .. }), "{e:?}");
+
+    // A role that must log in with a client certificate: refused without one, let in with it.
+    admin
+        .batch_execute("CREATE ROLE eventrail_cert LOGIN")
+        .await?;
+    let as_cert_user = |params: &str| {
+        format!(
+            "postgres://eventrail_cert@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca}{params}"
+        )
+    };
+    let e = one_connection(&as_cert_user("")).await.unwrap_err();
+    assert!(matches!(e, ConnectError::Refused(_)), "{e:?}");
+    let with_cert = as_cert_user(&format!(
+        "&sslcert={}&sslkey={}",
+        certs.client_crt.display(),
+        certs.client_key.display()
+    ));
+    let user: String = one_connection(&with_cert)
+        .await?
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
+    assert_eq!(user, "eventrail_cert");
 
     // The CLI migrates over TLS.
     let out = cli(&full("app"), &["migrate"]).await?;

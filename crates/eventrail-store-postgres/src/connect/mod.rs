@@ -114,11 +114,32 @@ pub enum SslRootCert {
     System,
 }
 
+/// A client certificate and its key (`sslcert`, `sslkey`), both PEM files; the key unencrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct SslClientCert {
+    /// The certificate (chain) file.
+    pub cert: PathBuf,
+    /// The private key file.
+    pub key: PathBuf,
+}
+
+impl SslClientCert {
+    /// A certificate file and its key file.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+}
+
 /// How to connect to PostgreSQL: the server and credentials, TLS, timeouts and the pool size.
 ///
 /// Parse it from a URL or a `key=value` string as libpq takes them, including `sslmode`
 /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`), `sslrootcert` (a PEM file, or
-/// `system`), `connect_timeout` (seconds) and `application_name`:
+/// `system`), `sslcert` and `sslkey` (a client certificate, both or neither), `connect_timeout`
+/// (seconds) and `application_name`:
 ///
 /// ```
 /// # fn main() -> Result<(), eventrail_store_postgres::ConnectError> {
@@ -142,6 +163,7 @@ pub struct PgConnectOptions {
     config: tokio_postgres::Config,
     ssl_mode: SslMode,
     ssl_root_cert: Option<SslRootCert>,
+    ssl_client_cert: Option<SslClientCert>,
     connect_timeout: Duration,
     acquire_timeout: Duration,
     statement_timeout: Option<Duration>,
@@ -155,6 +177,7 @@ impl fmt::Debug for PgConnectOptions {
             .field("config", &self.config)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_client_cert", &self.ssl_client_cert)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
@@ -187,6 +210,7 @@ impl From<tokio_postgres::Config> for PgConnectOptions {
             config,
             ssl_mode,
             ssl_root_cert: None,
+            ssl_client_cert: None,
             connect_timeout,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             statement_timeout: None,
@@ -212,7 +236,8 @@ impl PgConnectOptions {
     ///
     /// # Errors
     /// [`ConnectError::InvalidUrl`] when it does not parse (an unknown parameter, a bad port),
-    /// [`ConnectError::InvalidParameter`] for an unknown `sslmode`.
+    /// [`ConnectError::InvalidParameter`] for an unknown `sslmode`, or `sslcert` without
+    /// `sslkey` (or the other way round).
     pub fn from_url(url: &str) -> Result<Self, ConnectError> {
         let split = params::split(url).map_err(|e| ConnectError::InvalidUrl(e.into()))?;
         let config: tokio_postgres::Config = split
@@ -229,6 +254,25 @@ impl PgConnectOptions {
             Some("system") => Some(SslRootCert::System),
             Some(path) => Some(SslRootCert::File(PathBuf::from(path))),
         };
+        let given = |name| split.get(name).filter(|v| !v.is_empty());
+        options.ssl_client_cert = match (given("sslcert"), given("sslkey")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(SslClientCert::new(cert, key)),
+            (Some(_), None) => {
+                return Err(ConnectError::InvalidParameter {
+                    name: "sslkey",
+                    value: String::new(),
+                    reason: "sslcert needs the key file too",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConnectError::InvalidParameter {
+                    name: "sslcert",
+                    value: String::new(),
+                    reason: "sslkey needs the certificate file too",
+                });
+            }
+        };
         Ok(options)
     }
 
@@ -243,6 +287,13 @@ impl PgConnectOptions {
     #[must_use]
     pub fn ssl_root_cert(mut self, root: SslRootCert) -> Self {
         self.ssl_root_cert = Some(root);
+        self
+    }
+
+    /// Presents a client certificate (`sslcert`, `sslkey`) when the connection is encrypted.
+    #[must_use]
+    pub fn ssl_client_cert(mut self, client: SslClientCert) -> Self {
+        self.ssl_client_cert = Some(client);
         self
     }
 
@@ -306,6 +357,12 @@ impl PgConnectOptions {
         self.ssl_root_cert.as_ref()
     }
 
+    /// The client certificate, when set.
+    #[must_use]
+    pub fn get_ssl_client_cert(&self) -> Option<&SslClientCert> {
+        self.ssl_client_cert.as_ref()
+    }
+
     /// The connect timeout.
     #[must_use]
     pub fn get_connect_timeout(&self) -> Duration {
@@ -364,9 +421,14 @@ impl PgConnectOptions {
     /// Checks the TLS settings (reads the CA file) without connecting.
     ///
     /// # Errors
-    /// [`ConnectError::RootCert`], [`ConnectError::NoSystemRoots`], [`ConnectError::TlsConfig`].
+    /// [`ConnectError::RootCert`], [`ConnectError::ClientCert`], [`ConnectError::NoSystemRoots`],
+    /// [`ConnectError::TlsConfig`].
     pub fn tls(&self) -> Result<MakeRustlsConnect, ConnectError> {
-        tls::connector(self.ssl_mode, self.ssl_root_cert.as_ref())
+        tls::connector(
+            self.ssl_mode,
+            self.ssl_root_cert.as_ref(),
+            self.ssl_client_cert.as_ref(),
+        )
     }
 
     /// Opens one connection for `component` (its `application_name` unless one is set), within
@@ -480,6 +542,17 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            "postgres://h/db?sslcert=/c.pem".parse::<PgConnectOptions>(),
+            Err(ConnectError::InvalidParameter { name: "sslkey", .. })
+        ));
+        let o: PgConnectOptions = "postgres://h/db?sslcert=/c.pem&sslkey=/k.pem"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            o.get_ssl_client_cert(),
+            Some(&SslClientCert::new("/c.pem", "/k.pem"))
+        );
         assert!(matches!(
             "postgres://h:notaport/db".parse::<PgConnectOptions>(),
             Err(ConnectError::InvalidUrl(_))

@@ -5,7 +5,7 @@
 //! parameter it does not know; libpq users write `sslmode=verify-full&sslrootcert=ca.pem`.
 
 /// Parameters handled here rather than by tokio-postgres.
-pub(crate) const OURS: [&str; 2] = ["sslmode", "sslrootcert"];
+pub(crate) const OURS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// A connection string split into what tokio-postgres parses and the parameters we handle.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,13 +7,13 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{SslMode, SslRootCert};
+use super::{SslClientCert, SslMode, SslRootCert};
 use crate::ConnectError;
 
 /// The ring provider, named explicitly: a dependency graph that also enables aws-lc-rs would
@@ -89,20 +89,63 @@ fn roots(root: Option<&SslRootCert>) -> Result<RootCertStore, ConnectError> {
     Ok(store)
 }
 
+/// The client certificate chain and key, read from their PEM files.
+fn client_identity(
+    client: &SslClientCert,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConnectError> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::ClientCert {
+            path,
+            source,
+        }
+    };
+    let certs = CertificateDer::pem_file_iter(&client.cert)
+        .map_err(|e| fail(&client.cert)(e.into()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&client.cert)(e.into()))?;
+    if certs.is_empty() {
+        return Err(fail(&client.cert)(
+            "the file holds no PEM certificate".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&client.key).map_err(|e| fail(&client.key)(e.into()))?;
+    Ok((certs, key))
+}
+
 /// The TLS connector for `mode` (unused by tokio-postgres under `disable`).
 pub(crate) fn connector(
     mode: SslMode,
     root: Option<&SslRootCert>,
+    client: Option<&SslClientCert>,
 ) -> Result<MakeRustlsConnect, ConnectError> {
     let provider = provider();
+    let identity = match client {
+        Some(client) if mode != SslMode::Disable => Some((client, client_identity(client)?)),
+        _ => None,
+    };
+    let finish = |builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>| {
+        match identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((client, (certs, key))) => {
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| ConnectError::ClientCert {
+                        path: client.key.clone(),
+                        source: e.into(),
+                    })
+            }
+        }
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(ConnectError::TlsConfig)?;
     let mut config = match verification(mode, root.is_some()) {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth(),
+        Verify::Nothing => finish(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))),
+        )?,
         Verify::Chain => {
             let inner = WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots(root)?),
@@ -110,14 +153,13 @@ pub(crate) fn connector(
             )
             .build()
             .map_err(|e| ConnectError::TlsConfig(Error::General(e.to_string())))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { inner, provider }))
-                .with_no_client_auth()
+            finish(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly { inner, provider })),
+            )?
         }
-        Verify::Full => builder
-            .with_root_certificates(roots(root)?)
-            .with_no_client_auth(),
+        Verify::Full => finish(builder.with_root_certificates(roots(root)?))?,
     };
     // PostgreSQL 17 checks the ALPN name when a client sends one; older servers ignore it.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
@@ -260,16 +302,25 @@ mod tests {
     fn a_missing_or_empty_ca_file_is_a_typed_error() {
         let missing = SslRootCert::File("/nonexistent/ca.pem".into());
         assert!(matches!(
-            connector(SslMode::VerifyFull, Some(&missing)),
+            connector(SslMode::VerifyFull, Some(&missing), None),
             Err(ConnectError::RootCert { .. })
         ));
         let dir = std::env::temp_dir().join(format!("eventrail-empty-ca-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate\n").unwrap();
         let empty = SslRootCert::File(dir.clone());
-        let result = connector(SslMode::VerifyCa, Some(&empty));
+        let result = connector(SslMode::VerifyCa, Some(&empty), None);
+        let client = SslClientCert {
+            cert: dir.clone(),
+            key: "/nonexistent/client.key".into(),
+        };
+        let client_result = connector(SslMode::Require, None, Some(&client));
         std::fs::remove_file(&dir).unwrap();
         assert!(matches!(result, Err(ConnectError::RootCert { .. })));
+        assert!(matches!(
+            client_result,
+            Err(ConnectError::ClientCert { .. })
+        ));
         // Nothing is read when nothing is verified.
-        assert!(connector(SslMode::Prefer, None).is_ok());
+        assert!(connector(SslMode::Prefer, None, None).is_ok());
     }
 }
