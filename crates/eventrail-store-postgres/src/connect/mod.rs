@@ -312,7 +312,10 @@ impl PgConnectOptions {
         self
     }
 
-    /// Sets `statement_timeout` for every session opened here (default: the server's).
+    /// Sets `statement_timeout` for every session opened here (default: the server's). It is
+    /// sent in the startup packet's `options`, which PgBouncer refuses unless `options` is in its
+    /// `ignore_startup_parameters`; behind PgBouncer, set it on the role instead
+    /// (`ALTER ROLE .. SET statement_timeout`).
     #[must_use]
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = Some(timeout);
