@@ -20,3 +20,11 @@ bench-message-db:
 # the quickstart example
 demo:
     bash scripts/demo.sh
+
+# the long torture run (default 10 minutes): faults of every kind, then every invariant checked
+torture minutes="10":
+    EVENTRAIL_TORTURE_MINUTES={{minutes}} cargo nextest run --release --locked -p integration-tests --all-features --run-ignored only -E 'test(torture_long)' --no-capture
+
+# consumer lag under churn and recovery after each fault, with the default worker options
+bench-faults:
+    cargo run --release --locked -p eventrail-bench -- faults

@@ -4,6 +4,12 @@ use eventrail_core::{BoxError, RecordedEvent};
 use eventrail_worker::{Consumer, ConsumerScope};
 use tokio_postgres::Transaction;
 
+pub mod checks;
+pub mod fleet;
+pub mod servers;
+pub mod torture;
+pub mod worker_process;
+
 /// The table a [`Recorder`] writes to: one row per consumer and event, so a duplicate effect
 /// fails the batch.
 pub const HANDLED_DDL: &str = "CREATE TABLE IF NOT EXISTS handled (

@@ -9,6 +9,9 @@
 //! `cargo run --release -p eventrail-bench -- outbox` measures the outbox relay (see the
 //! `outbox_bench` module).
 //!
+//! `cargo run --release -p eventrail-bench -- faults` measures consumer lag under churn and the
+//! recovery after each fault of the torture run (see the `faults_bench` module).
+//!
 //! `cargo run --release -p eventrail-bench -- message-db` measures the Message DB client (see
 //! the `message_db` module). It works in a database of its own,
 //! `eventrail_bench`, created afresh.
@@ -18,6 +21,7 @@ mod message_db;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod faults_bench;
 mod outbox_bench;
 mod worker_bench;
 
@@ -83,6 +87,22 @@ enum Bench {
         /// Most messages one claim takes.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
+    },
+    /// Consumer lag under churn (with and without a long transaction in another database) and
+    /// recovery time after each fault of the torture run, with the default worker options.
+    Faults {
+        /// Seconds of each lag measurement.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Rounds of the six faults.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// A worker process of the `faults` benchmark (started by it).
+    #[command(hide = true)]
+    WorkerProcess {
+        /// `<database-url> <name> <consumers>`.
+        args: Vec<String>,
     },
 }
 
@@ -334,5 +354,9 @@ async fn main() -> anyhow::Result<()> {
             relays,
             batch,
         } => outbox_bench::run(messages, keys, relays, batch).await,
+        Bench::Faults { seconds, rounds } => faults_bench::run(seconds, rounds).await,
+        Bench::WorkerProcess { args } => {
+            integration_tests::worker_process::run(args.into_iter()).await
+        }
     }
 }

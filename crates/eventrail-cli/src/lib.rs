@@ -1,7 +1,7 @@
 //! The `eventrail` operator command, as a library so that its commands can be tested.
 //!
 //! ```text
-//! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX]
+//! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX] | migrate info
 //! eventrail stream read <stream> [--from VERSION] [--backward] [--limit N]
 //! eventrail category read <category> [--from POSITION] [--limit N]
 //! eventrail status
@@ -49,9 +49,12 @@ pub enum Command {
         /// Print the SQL instead of applying it, for your own migration tool.
         #[arg(long)]
         print_sql: bool,
-        /// Also create least-privilege roles <PREFIX>_reader, _writer and _admin.
+        /// Also create least-privilege roles <PREFIX>_reader, _writer, _worker and _admin.
         #[arg(long, value_name = "PREFIX")]
         roles: Option<String>,
+        /// `info`: list applied, pending and unknown migrations instead.
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
     },
     /// Inspect a stream.
     Stream {
@@ -93,6 +96,13 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+}
+
+/// Migration commands.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Applied, pending, other components' and unknown migrations, with their checksums.
+    Info,
 }
 
 /// Outbox commands.
@@ -214,8 +224,36 @@ pub enum CategoryAction {
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate {
+            action: Some(MigrateAction::Info),
+            ..
+        } => {
+            let migrator = migrator(&cli.schema)?;
+            let url = require_url(cli.database_url.as_deref())?;
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to the database")?;
+            tokio::spawn(connection);
+            writeln!(
+                out,
+                "{:>7}  {:<22} {:<16} {:<32} APPLIED AT",
+                "VERSION", "NAME", "STATE", "CHECKSUM"
+            )?;
+            for m in migrator.info(&client).await? {
+                writeln!(
+                    out,
+                    "{:>7}  {:<22} {:<16} {:<32} {}",
+                    m.version,
+                    m.name,
+                    m.state.as_str(),
+                    m.applied_checksum.or(m.checksum).unwrap_or_default(),
+                    m.applied_at.unwrap_or_else(|| "-".into())
+                )?;
+            }
+        }
+        Command::Migrate {
             print_sql: true,
             roles,
+            action: None,
         } => {
             let migrator = migrator(&cli.schema)?;
             writeln!(out, "{}", migrator.print_sql())?;
@@ -226,8 +264,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Migrate {
             print_sql: false,
             roles,
+            action: None,
         } => {
             let migrator = migrator(&cli.schema)?;
+            // A bad prefix is refused before anything is applied.
+            if let Some(prefix) = &roles {
+                migrator.roles_sql(prefix)?;
+            }
             let url = require_url(cli.database_url.as_deref())?;
             let (mut client, connection) = connect_options(url)?
                 .connect(CLI_COMPONENT)
@@ -248,7 +291,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 migrator.install_roles(&mut client, &prefix).await?;
                 writeln!(
                     out,
-                    "roles {prefix}_reader, {prefix}_writer, {prefix}_admin are in place"
+                    "roles {prefix}_reader, {prefix}_writer, {prefix}_worker, {prefix}_admin are in place"
                 )?;
             }
         }

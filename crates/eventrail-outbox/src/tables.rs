@@ -291,6 +291,9 @@ pub fn with_outbox_migration(
     let tables = Tables::from_names(names, schema, "eventrail_outbox")?;
     let mut migrator = migrator
         .with_migrations(&[OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION])
+        .with_roles(include_str!(
+            "../../../migrations/optional/roles_outbox.sql"
+        ))
         .with_replacement("{outbox_destinations}", &tables.destinations)
         .with_replacement("{outbox}", &tables.outbox)
         .with_replacement("{inbox}", &tables.inbox);
@@ -316,6 +319,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn its_migrations_are_in_the_catalogue() {
+        assert!(
+            [OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION]
+                .iter()
+                .all(eventrail_store_postgres::is_known_migration)
+        );
+    }
+
+    #[test]
     fn names_are_qualified_and_validated() {
         let names = OutboxTables {
             outbox: "ops.messages".into(),
@@ -339,7 +351,7 @@ mod tests {
             .collect();
         assert_eq!(
             versions,
-            [1, 3, 5, 6],
+            [1, 3, 5, 6, 7],
             "the event store and the outbox, no worker tables"
         );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {

@@ -29,6 +29,27 @@ pub enum MigrationError {
         /// Its name.
         name: String,
     },
+    /// The database holds a migration this binary does not know: a newer eventrail migrated it.
+    /// Upgrade this binary; nothing was applied.
+    #[error(
+        "the database holds migration {version} ({name}), unknown to this eventrail: upgrade it"
+    )]
+    UnknownMigration {
+        /// Its version.
+        version: i32,
+        /// Its recorded name.
+        name: String,
+    },
+    /// Another migrator held the schema's migration lock longer than the lock timeout.
+    #[error(
+        "another migrator holds the migration lock (pid {pid:?}, application {application_name:?})"
+    )]
+    Locked {
+        /// The holder's backend pid, when it could be seen.
+        pid: Option<i32>,
+        /// The holder's `application_name`, when it could be seen.
+        application_name: Option<String>,
+    },
     /// A configuration value was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -49,6 +49,6 @@ pub use frontier::{
     BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
     widen_xid,
 };
-pub use migrate::{Migration, Migrator};
+pub use migrate::{Migration, MigrationInfo, MigrationState, Migrator, is_known_migration};
 pub use options::{PgStoreOptions, validate_identifier};
 pub use store::{PgEventStore, PgStatelessProcessor};

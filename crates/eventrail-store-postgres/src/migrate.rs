@@ -1,5 +1,8 @@
+use std::time::Duration;
+
 use tokio_postgres::Client;
-use tracing::{info, instrument};
+use tokio_postgres::error::SqlState;
+use tracing::{info, instrument, warn};
 
 use crate::options::validate_identifier;
 use crate::{ConfigError, MigrationError};
@@ -28,7 +31,79 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
         name: "append_isolation",
         template: include_str!("../../../migrations/0006_append_isolation.sql"),
     },
+    Migration {
+        version: 7,
+        name: "append_privileges",
+        template: include_str!("../../../migrations/0007_append_privileges.sql"),
+    },
 ];
+
+/// Every migration any eventrail component ships, by version (the numbering is shared). An applied
+/// migration missing here was written by a newer eventrail: this binary refuses to run on it.
+const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
+    (1, "event_log"),
+    (2, "worker"),
+    (3, "outbox"),
+    (4, "worker_faults"),
+    (5, "outbox_destinations"),
+    (6, "append_isolation"),
+    (7, "append_privileges"),
+];
+
+/// Whether `migration` is in the catalogue of eventrail's migrations (each component checks
+/// its own in a test, so that the catalogue cannot fall behind).
+#[must_use]
+pub fn is_known_migration(migration: &Migration) -> bool {
+    KNOWN_MIGRATIONS.contains(&(migration.version, migration.name))
+}
+
+/// Where a migration stands in a database (see [`Migrator::info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationState {
+    /// Applied, with the checksum of this binary's SQL.
+    Applied,
+    /// Applied with another checksum: someone edited an applied migration.
+    Changed,
+    /// Part of this runner, not applied yet.
+    Pending,
+    /// Applied by another eventrail component (the worker, the outbox) sharing the schema.
+    OtherComponent,
+    /// Applied, but unknown to this binary: a newer eventrail migrated this database.
+    Unknown,
+}
+
+impl MigrationState {
+    /// A lowercase word for listings.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Changed => "changed",
+            Self::Pending => "pending",
+            Self::OtherComponent => "other component",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One row of [`Migrator::info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationInfo {
+    /// Its version.
+    pub version: i32,
+    /// Its name.
+    pub name: String,
+    /// Where it stands.
+    pub state: MigrationState,
+    /// The checksum (md5 of its SQL template) this runner would record, when it is this runner's.
+    pub checksum: Option<String>,
+    /// The checksum recorded when it was applied, if it was.
+    pub applied_checksum: Option<String>,
+    /// When it was applied (the database's text form), if it was.
+    pub applied_at: Option<String>,
+}
 
 const ROLES_TEMPLATE: &str = include_str!("../../../migrations/optional/roles.sql");
 
@@ -51,6 +126,8 @@ pub struct Migrator {
     migrations: Vec<Migration>,
     replacements: Vec<(String, String)>,
     extra_schemas: Vec<String>,
+    roles: Vec<&'static str>,
+    lock_timeout: Option<Duration>,
 }
 
 impl Migrator {
@@ -65,7 +142,18 @@ impl Migrator {
             migrations: EVENT_STORE_MIGRATIONS.to_vec(),
             replacements: Vec::new(),
             extra_schemas: Vec::new(),
+            roles: vec![ROLES_TEMPLATE],
+            lock_timeout: None,
         })
+    }
+
+    /// Gives up waiting for another migrator's lock after `timeout`, with
+    /// [`MigrationError::Locked`] naming the holder (default: wait as long as it takes, logging
+    /// who holds it).
+    #[must_use]
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
     }
 
     /// Adds migrations of another component (they share the numbering and the checksum table).
@@ -82,6 +170,14 @@ impl Migrator {
     pub fn with_replacement(mut self, placeholder: &str, sql: &str) -> Self {
         self.replacements
             .push((placeholder.to_owned(), sql.to_owned()));
+        self
+    }
+
+    /// Adds a component's part of the optional roles (a template with the same placeholders as
+    /// its migrations, plus `{role_prefix}`), applied after the event store's.
+    #[must_use]
+    pub fn with_roles(mut self, template: &'static str) -> Self {
+        self.roles.push(template);
         self
     }
 
@@ -115,33 +211,142 @@ impl Migrator {
             .collect()
     }
 
-    /// The whole schema as one SQL script, for users who run their own migration tool.
+    fn bookkeeping_table(&self) -> String {
+        format!("{}.eventrail_migrations", self.quoted)
+    }
+
+    fn bookkeeping_ddl(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 checksum text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );\n",
+            self.bookkeeping_table()
+        )
+    }
+
+    /// The whole schema as one SQL script, for users who run their own migration tool. It also
+    /// records each migration with its checksum, as [`Migrator::run`] does, so that a later
+    /// `run` (or `eventrail migrate`) finds them applied.
     #[must_use]
     pub fn print_sql(&self) -> String {
         let mut sql = self.create_schemas();
+        sql.push_str(&self.bookkeeping_ddl());
         for m in &self.migrations {
             sql.push_str(&format!("\n-- migration {}: {}\n", m.version, m.name));
             sql.push_str(&self.render(m.template));
+            sql.push_str(&format!(
+                "\nINSERT INTO {} (version, name, checksum) VALUES ({}, '{}', '{}');\n",
+                self.bookkeeping_table(),
+                m.version,
+                m.name,
+                checksum(m)
+            ));
         }
         sql
     }
 
-    /// The optional least-privilege roles `<prefix>_reader`, `<prefix>_writer`, `<prefix>_admin`.
+    /// Every migration this runner knows and every one the database recorded, by version: which
+    /// are applied (and with which checksum), pending, applied by another component, or
+    /// unknown to this binary.
+    ///
+    /// # Errors
+    /// [`MigrationError::Database`] when the bookkeeping cannot be read.
+    pub async fn info(&self, client: &Client) -> Result<Vec<MigrationInfo>, MigrationError> {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&self.bookkeeping_table()],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        let applied = if exists {
+            client
+                .query(
+                    &format!(
+                        "SELECT version, name, checksum, applied_at::text FROM {} ORDER BY version",
+                        self.bookkeeping_table()
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db)?
+        } else {
+            Vec::new()
+        };
+        let mut out: Vec<MigrationInfo> = self
+            .migrations
+            .iter()
+            .map(|m| MigrationInfo {
+                version: m.version,
+                name: m.name.to_owned(),
+                state: MigrationState::Pending,
+                checksum: Some(checksum(m)),
+                applied_checksum: None,
+                applied_at: None,
+            })
+            .collect();
+        for row in applied {
+            let (version, name, checksum, at): (i32, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if let Some(known) = out.iter_mut().find(|i| i.version == version) {
+                known.state = if known.checksum.as_deref() == Some(checksum.as_str()) {
+                    MigrationState::Applied
+                } else {
+                    MigrationState::Changed
+                };
+                known.applied_checksum = Some(checksum);
+                known.applied_at = Some(at);
+            } else {
+                let state = if KNOWN_MIGRATIONS.contains(&(version, name.as_str())) {
+                    MigrationState::OtherComponent
+                } else {
+                    MigrationState::Unknown
+                };
+                out.push(MigrationInfo {
+                    version,
+                    name,
+                    state,
+                    checksum: None,
+                    applied_checksum: Some(checksum),
+                    applied_at: Some(at),
+                });
+            }
+        }
+        out.sort_by_key(|i| i.version);
+        Ok(out)
+    }
+
+    /// The optional least-privilege roles `<prefix>_reader`, `_writer`, `_worker` and `_admin`,
+    /// with the parts of every component this runner migrates (see the README for what each
+    /// may do).
     ///
     /// # Errors
     /// [`ConfigError::InvalidIdentifier`] for a prefix that is not a plain identifier.
     pub fn roles_sql(&self, role_prefix: &str) -> Result<String, ConfigError> {
         validate_identifier("role prefix", role_prefix)?;
-        if role_prefix.len() > 56 {
+        if role_prefix.len() > 50 {
             return Err(ConfigError::InvalidIdentifier {
                 what: "role prefix",
                 value: role_prefix.to_owned(),
-                reason: "it is longer than 56 bytes (role names add a suffix)",
+                reason: "it is longer than 50 bytes (role names add a suffix)",
             });
         }
-        Ok(self
-            .render(ROLES_TEMPLATE)
-            .replace("{role_prefix}", role_prefix))
+        let mut sql = String::new();
+        for template in &self.roles {
+            sql.push_str(&self.render(template));
+            sql.push('\n');
+        }
+        // Tables a component placed in a schema of their own.
+        for schema in &self.extra_schemas {
+            sql.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {schema} TO {role_prefix}_reader, {role_prefix}_admin;\n"
+            ));
+        }
+        Ok(sql.replace("{role_prefix}", role_prefix))
     }
 
     /// Creates (or updates the grants of) the optional roles.
@@ -169,13 +374,7 @@ impl Migrator {
     /// [`MigrationError::Database`] when a statement fails (that migration is rolled back).
     #[instrument(skip_all, fields(schema = %self.schema))]
     pub async fn run(&self, client: &mut Client) -> Result<Vec<i32>, MigrationError> {
-        client
-            .execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))",
-                &[&MIGRATION_LOCK_CLASS, &self.schema],
-            )
-            .await
-            .map_err(db)?;
+        self.lock(client).await?;
         let result = self.run_locked(client).await;
         let unlocked = client
             .execute(
@@ -188,22 +387,91 @@ impl Migrator {
         Ok(applied)
     }
 
+    /// Takes the migration lock of this schema; while another migrator holds it, says who.
+    async fn lock(&self, client: &Client) -> Result<(), MigrationError> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&MIGRATION_LOCK_CLASS, &self.schema];
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &params)
+            .await
+            .map_err(db)?
+            .get(0);
+        if taken {
+            return Ok(());
+        }
+        let holder = client
+            .query_opt(
+                "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int4::oid
+                    AND l.objid = hashtext($2)::oid AND l.objsubid = 2
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &params,
+            )
+            .await
+            .map_err(db)?;
+        let (pid, application_name): (Option<i32>, Option<String>) =
+            holder.map_or((None, None), |r| (Some(r.get(0)), Some(r.get(1))));
+        warn!(
+            schema = %self.schema,
+            holder_pid = ?pid,
+            holder_application = ?application_name,
+            "waiting for the migration lock, held by another migrator"
+        );
+        let Some(timeout) = self.lock_timeout else {
+            client
+                .execute("SELECT pg_advisory_lock($1, hashtext($2))", &params)
+                .await
+                .map_err(db)?;
+            return Ok(());
+        };
+        let millis = i64::try_from(timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        client
+            .batch_execute(&format!("SET lock_timeout = {millis}"))
+            .await
+            .map_err(db)?;
+        let waited = client
+            .execute("SELECT pg_advisory_lock($1, hashtext($2))", &params)
+            .await;
+        client
+            .batch_execute("RESET lock_timeout")
+            .await
+            .map_err(db)?;
+        match waited {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(MigrationError::Locked {
+                    pid,
+                    application_name,
+                })
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
     async fn run_locked(&self, client: &mut Client) -> Result<Vec<i32>, MigrationError> {
         client
             .batch_execute(&format!(
-                "{create_schemas}
-                 CREATE TABLE IF NOT EXISTS {schema}.eventrail_migrations (
-                     version integer PRIMARY KEY,
-                     name text NOT NULL,
-                     checksum text NOT NULL,
-                     applied_at timestamptz NOT NULL DEFAULT now()
-                 );",
-                create_schemas = self.create_schemas(),
-                schema = self.quoted
+                "{}{}",
+                self.create_schemas(),
+                self.bookkeeping_ddl()
             ))
             .await
             .map_err(db)?;
-        let table = format!("{}.eventrail_migrations", self.quoted);
+        let table = self.bookkeeping_table();
+        // A database migrated by a newer eventrail is not "up to date" for this one.
+        if let Some(unknown) = self
+            .info(client)
+            .await?
+            .into_iter()
+            .find(|i| i.state == MigrationState::Unknown)
+        {
+            return Err(MigrationError::UnknownMigration {
+                version: unknown.version,
+                name: unknown.name,
+            });
+        }
         let mut applied = Vec::new();
         for m in &self.migrations {
             let tx = client.transaction().await.map_err(db)?;
@@ -241,6 +509,16 @@ impl Migrator {
     }
 }
 
+/// The checksum recorded for a migration: the md5 of its template, in hex (as PostgreSQL's
+/// `md5()` gives it, which older versions recorded).
+fn checksum(m: &Migration) -> String {
+    use md5::Digest;
+    md5::Md5::digest(m.template.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn db(error: tokio_postgres::Error) -> MigrationError {
     MigrationError::Database(error.into())
 }
@@ -260,5 +538,21 @@ mod tests {
         assert!(roles.contains("app_writer"));
         assert!(m.roles_sql("App; DROP").is_err());
         assert!(Migrator::new("x\"; DROP SCHEMA public; --").is_err());
+    }
+
+    #[test]
+    fn checksums_are_postgres_md5_hex() {
+        let m = Migration {
+            version: 0,
+            name: "x",
+            template: "abc",
+        };
+        // SELECT md5('abc')
+        assert_eq!(checksum(&m), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn the_store_s_migrations_are_in_the_catalogue() {
+        assert!(EVENT_STORE_MIGRATIONS.iter().all(is_known_migration));
     }
 }

@@ -106,6 +106,9 @@ pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, Con
     let tables = Tables::new(names, schema)?;
     let mut migrator = Migrator::new(schema)?
         .with_migrations(&[WORKER_MIGRATION, WORKER_FAULTS_MIGRATION])
+        .with_roles(include_str!(
+            "../../../migrations/optional/roles_worker.sql"
+        ))
         .with_replacement("{worker_nodes}", &tables.nodes)
         .with_replacement("{consumer_assignments}", &tables.assignments)
         .with_replacement("{consumer_checkpoints}", &tables.checkpoints)
@@ -120,6 +123,15 @@ pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn its_migrations_are_in_the_catalogue() {
+        assert!(
+            [WORKER_MIGRATION, WORKER_FAULTS_MIGRATION]
+                .iter()
+                .all(eventrail_store_postgres::is_known_migration)
+        );
+    }
 
     #[test]
     fn names_are_qualified_and_validated() {

@@ -217,31 +217,8 @@ impl Drop for TestDb {
     }
 }
 
-/// Waits until `condition` holds, looking again every 10 ms, or fails after `seconds`.
-///
-/// For state that only a query can observe (assignments, checkpoints written by other
-/// processes); not a sleep standing in for synchronisation.
-pub(crate) async fn eventually<F, Fut>(
-    seconds: u64,
-    what: &str,
-    mut condition: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    loop {
-        if condition().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {seconds} s waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
+/// Waits until a condition holds (shared with the library's fault tools).
+pub(crate) use integration_tests::servers::eventually;
 
 impl TestDb {
     /// A fresh database with Message DB installed from its published package (its `install.sh`

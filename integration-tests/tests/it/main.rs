@@ -17,5 +17,6 @@ mod poison;
 mod processors;
 mod store;
 mod tls;
+mod torture;
 mod worker;
 mod worker_faults;

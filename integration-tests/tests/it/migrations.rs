@@ -2,7 +2,7 @@
 
 use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
 use eventrail_store_postgres::{
-    ConfigError, MigrationError, Migrator, PgEventStore, PgStoreOptions,
+    ConfigError, MigrationError, MigrationState, Migrator, PgEventStore, PgStoreOptions,
 };
 use tokio_postgres::error::SqlState;
 
@@ -30,7 +30,7 @@ async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refus
     }
     assert_eq!(
         applied,
-        [1, 6],
+        [1, 6, 7],
         "one runner applied the store's migrations, the others found them applied"
     );
 
@@ -166,65 +166,233 @@ async fn events_are_immutable() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn least_privilege_roles() -> anyhow::Result<()> {
+/// The roles of one prefix, and a login role in each, dropped when the test ends.
+struct Roles {
+    prefix: String,
+    admin_url: String,
+}
+
+impl Roles {
+    /// Login roles `<prefix>_<group>_login`, members of each group role.
+    async fn logins(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        for group in ["reader", "writer", "worker", "admin"] {
+            client
+                .batch_execute(&format!(
+                    "CREATE ROLE {p}_{group}_login LOGIN IN ROLE {p}_{group}",
+                    p = self.prefix
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `url` with the login role of `group` as user.
+    fn url(&self, url: &str, group: &str) -> String {
+        url.replacen("postgres@", &format!("{}_{group}_login@", self.prefix), 1)
+    }
+
+    async fn drop_all(&self) -> anyhow::Result<()> {
+        let client = crate::harness::connect(&self.admin_url).await?;
+        let roles: Vec<String> = client
+            .query(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%login' DESC",
+                &[&self.prefix],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for db in client
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'eventrail_test%'",
+                &[],
+            )
+            .await?
+        {
+            let name: String = db.get(0);
+            let Ok(url) = eventrail_devdb::with_database(&self.admin_url, &name) else {
+                continue;
+            };
+            if let Ok(c) = crate::harness::connect(&url).await {
+                for role in &roles {
+                    let _ = c.batch_execute(&format!("DROP OWNED BY {role}")).await;
+                }
+            }
+        }
+        for role in &roles {
+            client
+                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn refused(result: Result<impl std::fmt::Debug, tokio_postgres::Error>, what: &str) {
+    match result {
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{what}: {e:?}"
+        ),
+        Ok(v) => panic!("{what} was allowed: {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_privilege_roles_allow_what_each_needs_and_refuse_the_rest() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    let prefix = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let mut client = db.client().await?;
-    Migrator::new("eventrail")?
-        .install_roles(&mut client, &prefix)
-        .await?;
-    db.store()
-        .append(AppendRequest::new(
-            "role-1".parse()?,
-            ExpectedVersion::Any,
-            vec![event("A")],
-        ))
-        .await?;
-    let append = "SELECT * FROM eventrail.append_events('role-2', 0::smallint, 0, NULL, 0, \
-                  ARRAY[gen_random_uuid()], ARRAY['A'], ARRAY[1], ARRAY['{}'::jsonb], ARRAY[NULL::bytea], ARRAY['{}'::jsonb], NULL)";
-
+    let roles = Roles {
+        prefix: format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        admin_url: eventrail_devdb::database_url().await?,
+    };
     let result = async {
-        client
-            .batch_execute(&format!("SET ROLE {prefix}_reader"))
+        // Through the CLI, as a user would: every component's roles.
+        crate::cli::eventrail(&["migrate", "--roles", &roles.prefix, "--database-url", &db.url])
             .await?;
-        client
-            .query_one("SELECT count(*) FROM eventrail.events_by_type", &[])
+        let owner = db.client().await?;
+        roles.logins(&owner).await?;
+        owner
+            .batch_execute(&format!(
+                "{}; GRANT SELECT, INSERT ON handled TO {p}_worker",
+                integration_tests::HANDLED_DDL,
+                p = roles.prefix
+            ))
             .await?;
-        let denied = client
-            .batch_execute(append)
-            .await
-            .expect_err("a reader cannot append");
-        assert_eq!(
-            denied.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{denied}"
+        let raw_insert = "INSERT INTO eventrail.events (stream_name, stream_version, event_id, event_type, schema_version, data, metadata)
+                          VALUES ('raw-1', 0, gen_random_uuid(), 'Raw', 1, '{}', '{}')";
+
+        // writer: appends through the API and enqueues outbox messages; no raw INSERT, no
+        // UPDATE or DELETE of events, no outbox payloads, no worker tables.
+        let writer_url = roles.url(&db.url, "writer");
+        let writer = PgEventStore::new(eventrail_devdb::pool(&writer_url, 2)?);
+        let outbox = eventrail_outbox::Outbox::new(&eventrail_outbox::OutboxOptions::new())?;
+        let (appended, _) = outbox
+            .append_and_enqueue(
+                &writer,
+                AppendRequest::new("role-1".parse()?, ExpectedVersion::NoStream, vec![event("A")]),
+                vec![eventrail_outbox::NewMessage::new("orders", "k", b"secret".to_vec())],
+            )
+            .await?;
+        let w = crate::harness::connect(&writer_url).await?;
+        refused(w.execute(raw_insert, &[]).await, "a raw INSERT into events by the writer");
+        refused(w.execute("UPDATE eventrail.events SET event_type = 'B'", &[]).await, "UPDATE events");
+        refused(w.execute("DELETE FROM eventrail.events", &[]).await, "DELETE events");
+        refused(w.query("SELECT payload FROM eventrail.outbox", &[]).await, "reading payloads");
+        refused(
+            w.execute("UPDATE eventrail.consumer_checkpoints SET position = 0", &[]).await,
+            "moving checkpoints",
         );
 
-        client
-            .batch_execute(&format!("RESET ROLE; SET ROLE {prefix}_writer"))
+        // reader: reads events and views; no append, no outbox payloads.
+        let reader_url = roles.url(&db.url, "reader");
+        let reader = PgEventStore::new(eventrail_devdb::pool(&reader_url, 2)?);
+        let read = reader
+            .read_stream(&"role-1".parse()?, eventrail_core::ReadStreamOptions::default())
             .await?;
-        client.batch_execute(append).await?;
-        let denied = client
-            .batch_execute("UPDATE eventrail.events SET event_type = 'B'")
-            .await
-            .expect_err("no update");
-        assert_eq!(
-            denied.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{denied}"
+        assert_eq!(read.len(), 1);
+        let r = crate::harness::connect(&reader_url).await?;
+        r.query("SELECT * FROM eventrail.events_by_type", &[]).await?;
+        r.query("SELECT state, destination FROM eventrail.outbox", &[]).await?;
+        refused(r.query("SELECT payload FROM eventrail.outbox", &[]).await, "a reader reading payloads");
+        refused(
+            reader
+                .append(AppendRequest::new("role-2".parse()?, ExpectedVersion::Any, vec![event("A")]))
+                .await
+                .map_err(|e| match e {
+                    eventrail_core::StoreError::Backend(b) => *b
+                        .downcast::<tokio_postgres::Error>()
+                        .expect("a database error"),
+                    other => panic!("unexpected {other:?}"),
+                }),
+            "an append by the reader",
         );
-        client.batch_execute("RESET ROLE").await?;
+        refused(r.execute(raw_insert, &[]).await, "a raw INSERT by the reader");
+
+        // worker: runs consumers to the head and relays the outbox; no appends, no event edits.
+        let worker_url = roles.url(&db.url, "worker");
+        let worker = eventrail_worker::Worker::builder(
+            PgEventStore::new(eventrail_devdb::pool(&worker_url, 4)?),
+            worker_url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
+        )
+        .options(
+            eventrail_worker::WorkerOptions::new()
+                .heartbeat_interval(std::time::Duration::from_millis(100))
+                .rebalance_interval(std::time::Duration::from_millis(100)),
+        )
+        .consumer(integration_tests::Recorder::new("c0", "w"))
+        .build()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        let admin = eventrail_worker::WorkerAdmin::new(
+            eventrail_devdb::pool(&worker_url, 2)?,
+            "eventrail",
+            &eventrail_worker::TableNames::default(),
+        )?;
+        crate::harness::eventually(20, "the worker's consumer at the head", || async {
+            Ok(admin
+                .status()
+                .await?
+                .consumers
+                .iter()
+                .any(|c| c.position >= appended.last_position()))
+        })
+        .await?;
+        stop.cancel();
+        task.await??;
+        let sink = eventrail_outbox::InMemorySink::new();
+        let relay = eventrail_outbox::Relay::new(
+            eventrail_devdb::pool(&worker_url, 2)?,
+            sink.clone(),
+            eventrail_outbox::OutboxOptions::new(),
+        )?;
+        let report = relay.relay_once().await?;
+        assert_eq!(sink.messages().len(), 1, "{report:?}");
+        let k = crate::harness::connect(&worker_url).await?;
+        refused(k.execute(raw_insert, &[]).await, "a raw INSERT by the worker");
+        refused(k.execute("UPDATE eventrail.events SET event_type = 'B'", &[]).await, "UPDATE events by the worker");
+
+        // admin: operates consumers; still cannot rewrite history.
+        let admin_url = roles.url(&db.url, "admin");
+        crate::cli::eventrail(&["consumer", "rewind", "c0", "--to", "0", "--database-url", &admin_url])
+            .await?;
+        let a = crate::harness::connect(&admin_url).await?;
+        refused(a.execute("UPDATE eventrail.events SET event_type = 'B'", &[]).await, "UPDATE events by the admin");
+        refused(a.execute("DELETE FROM eventrail.events", &[]).await, "DELETE events by the admin");
+
+        // A table a later migration adds is covered by the default privileges.
+        owner.batch_execute("CREATE TABLE eventrail.added_later (x int)").await?;
+        r.query("SELECT * FROM eventrail.added_later", &[]).await?;
+        a.execute("INSERT INTO eventrail.added_later VALUES (1)", &[]).await?;
         anyhow::Ok(())
     }
     .await;
-    client
-        .batch_execute(&format!(
-            "RESET ROLE; DROP OWNED BY {prefix}_reader, {prefix}_writer, {prefix}_admin;
-             DROP ROLE {prefix}_admin; DROP ROLE {prefix}_writer; DROP ROLE {prefix}_reader;"
-        ))
-        .await?;
+    roles.drop_all().await?;
     result
+}
+
+#[tokio::test]
+async fn a_bad_role_prefix_is_refused_before_anything_is_applied() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let refused = crate::cli::eventrail(&[
+        "migrate",
+        "--schema",
+        "untouched",
+        "--roles",
+        "Bad-Prefix",
+        "--database-url",
+        &db.url,
+    ])
+    .await;
+    assert!(refused.is_err());
+    let exists: bool = db
+        .client()
+        .await?
+        .query_one("SELECT to_regnamespace('untouched') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    assert!(!exists, "nothing was applied");
+    Ok(())
 }
 
 #[tokio::test]
@@ -286,5 +454,148 @@ async fn summary_views() -> anyhow::Result<()> {
         .await?
         .get(0);
     assert_eq!(version, 2);
+    Ok(())
+}
+
+/// Runs `psql` on `url` with `sql` as a file, stopping at the first error.
+fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("eventrail-{}.sql", uuid::Uuid::now_v7()));
+    std::fs::write(&file, sql)?;
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+        .arg(&file)
+        .output()?;
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn print_sql_applied_with_psql_is_accepted_by_migrate_and_listed_by_info()
+-> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sql = crate::cli::eventrail(&["migrate", "--print-sql", "--schema", "by_psql"]).await?;
+    psql(&db.url, &sql)?;
+    // A later `eventrail migrate` finds everything applied, with the right checksums.
+    let out = crate::cli::eventrail(&["migrate", "--schema", "by_psql", "--database-url", &db.url])
+        .await?;
+    assert!(out.contains("up to date"), "{out}");
+    let info = Migrator::new("by_psql")?.info(&db.client().await?).await?;
+    assert_eq!(
+        info.iter()
+            .map(|m| (m.version, m.state))
+            .collect::<Vec<_>>(),
+        [
+            (1, MigrationState::Applied),
+            (2, MigrationState::OtherComponent),
+            (3, MigrationState::OtherComponent),
+            (4, MigrationState::OtherComponent),
+            (5, MigrationState::OtherComponent),
+            (6, MigrationState::Applied),
+            (7, MigrationState::Applied)
+        ],
+        "the CLI printed every component's migrations: {info:?}"
+    );
+    assert!(
+        info.iter()
+            .filter(|m| m.state == MigrationState::Applied)
+            .all(|m| m.applied_checksum == m.checksum)
+    );
+    let out = crate::cli::eventrail(&[
+        "migrate",
+        "info",
+        "--schema",
+        "by_psql",
+        "--database-url",
+        &db.url,
+    ])
+    .await?;
+    assert!(
+        out.contains("event_log") && out.contains("applied"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_holding_an_unknown_migration_is_refused_and_info_names_it() -> anyhow::Result<()>
+{
+    let db = TestDb::new().await?;
+    let mut client = db.client().await?;
+    // A newer eventrail applied a migration this binary does not know.
+    client
+        .execute(
+            "INSERT INTO eventrail.eventrail_migrations (version, name, checksum) VALUES (99, 'from_the_future', 'x')",
+            &[],
+        )
+        .await?;
+    match Migrator::new("eventrail")?.run(&mut client).await {
+        Err(MigrationError::UnknownMigration { version: 99, name }) => {
+            assert_eq!(name, "from_the_future");
+        }
+        other => panic!("expected an unknown migration, got {other:?}"),
+    }
+    // Migrations of the other eventrail components are known, not unknown.
+    let info = Migrator::new("eventrail")?.info(&client).await?;
+    let states: Vec<(i32, MigrationState)> = info.iter().map(|m| (m.version, m.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (1, MigrationState::Applied),
+            (2, MigrationState::OtherComponent),
+            (3, MigrationState::OtherComponent),
+            (4, MigrationState::OtherComponent),
+            (5, MigrationState::OtherComponent),
+            (6, MigrationState::Applied),
+            (7, MigrationState::Applied),
+            (99, MigrationState::Unknown),
+        ]
+    );
+    let out = crate::cli::eventrail(&["migrate", "info", "--database-url", &db.url]).await?;
+    assert!(
+        out.contains("from_the_future") && out.contains("unknown"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_migrator_waiting_for_the_lock_names_its_holder() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let holder = crate::harness::connect(&format!("{}?application_name=deploy-7", db.url)).await?;
+    let pid: i32 = holder
+        .query_one(
+            "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(1701147136, hashtext('eventrail'))) l",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut client = db.client().await?;
+    let waited = Migrator::new("eventrail")?
+        .lock_timeout(std::time::Duration::from_millis(300))
+        .run(&mut client)
+        .await;
+    match waited {
+        Err(MigrationError::Locked {
+            pid: Some(p),
+            application_name: Some(app),
+        }) => {
+            assert_eq!(p, pid);
+            assert_eq!(app, "deploy-7");
+        }
+        other => panic!("expected the lock holder to be named, got {other:?}"),
+    }
+    drop(holder);
+    assert!(
+        Migrator::new("eventrail")?
+            .lock_timeout(std::time::Duration::from_secs(10))
+            .run(&mut client)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }

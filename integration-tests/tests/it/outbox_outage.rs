@@ -3,8 +3,6 @@
 //! a message count against it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,83 +14,10 @@ use eventrail_outbox::{
 };
 use uuid::Uuid;
 
+use integration_tests::servers::NatsServer;
+
 use crate::harness::{TestDb, eventually};
 use crate::outbox::{claimed, count, enqueue, start};
-
-/// A nats-server with JetStream of this test's own (never the shared one on 4222), on a free
-/// port, with its store in a temporary directory, so that the test can kill and restart it.
-struct NatsServer {
-    port: u16,
-    store: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let store = std::env::temp_dir().join(format!("eventrail-nats-outage-{}", Uuid::now_v7()));
-        std::fs::create_dir_all(&store)?;
-        let mut server = Self {
-            port,
-            store,
-            child: None,
-        };
-        server.restart().await?;
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again, on the same port and store) and waits until it accepts.
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("nats-server must be installed for this test")?;
-        self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.port);
-        eventually(
-            30,
-            "the test's nats-server accepting connections",
-            || async { Ok(tokio::net::TcpStream::connect(&address).await.is_ok()) },
-        )
-        .await
-    }
-
-    /// SIGKILLs the server: the broker is gone, as in a crash.
-    fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
 
 /// Few attempts and short backoffs: an outage of a few seconds outlasts them all.
 fn few_attempts() -> OutboxOptions {

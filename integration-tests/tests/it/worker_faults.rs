@@ -4,116 +4,23 @@
 //! Workers run in separate OS processes (the `test-worker` binary) where a signal must stop a
 //! whole process; a restarted server is a throwaway cluster on a port of its own.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamName};
 use eventrail_store_postgres::PgEventStore;
 use eventrail_worker::{TableNames, Worker, WorkerAdmin, WorkerOptions};
-use integration_tests::{HANDLED_DDL, Recorder};
-use tokio_postgres::Client;
+use integration_tests::Recorder;
+use integration_tests::checks::{assert_exactly_once_in_order, create_handled};
+use integration_tests::fleet::{WorkerCommand, WorkerProcess};
+use integration_tests::servers::Cluster;
+use integration_tests::torture::session_pid;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::harness::{TestDb, connect, eventually};
-
-/// Identity-lock class of a worker (see `eventrail_worker::runtime`).
-const IDENTITY_LOCK: i32 = 1_701_147_140;
-
-/// `handled` plus the order in which rows were written, to check per-consumer order.
-async fn create_handled(client: &Client) -> anyhow::Result<()> {
-    client.batch_execute(HANDLED_DDL).await?;
-    client
-        .batch_execute(
-            "ALTER TABLE handled ADD COLUMN IF NOT EXISTS seq bigint GENERATED ALWAYS AS IDENTITY",
-        )
-        .await?;
-    Ok(())
-}
-
-async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<u64> {
-    let events = (0..n)
-        .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
-        .collect();
-    Ok(store
-        .append(AppendRequest::new(
-            stream.parse::<StreamName>()?,
-            ExpectedVersion::Any,
-            events,
-        ))
-        .await?
-        .last_position())
-}
+use crate::worker::{all_at, append};
 
 fn admin_on(pool: deadpool_postgres::Pool) -> anyhow::Result<WorkerAdmin> {
     Ok(WorkerAdmin::new(pool, "eventrail", &TableNames::default())?)
-}
-
-/// Every consumer reached `position`; false while none is registered yet (not vacuously true).
-async fn all_at(admin: &WorkerAdmin, position: u64) -> anyhow::Result<bool> {
-    let consumers = admin.status().await?.consumers;
-    Ok(!consumers.is_empty() && consumers.iter().all(|c| c.position >= position))
-}
-
-/// Every consumer handled every committed event exactly once, in position order.
-pub(crate) async fn assert_exactly_once_in_order(
-    client: &Client,
-    consumers: usize,
-) -> anyhow::Result<()> {
-    let committed: i64 = client
-        .query_one("SELECT count(*) FROM eventrail.events", &[])
-        .await?
-        .get(0);
-    let rows = client
-        .query("SELECT consumer, count(*), count(DISTINCT position) FROM handled GROUP BY consumer ORDER BY consumer", &[])
-        .await?;
-    assert_eq!(rows.len(), consumers, "every consumer handled events");
-    for r in rows {
-        let (consumer, n, distinct): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
-        assert_eq!(
-            (n, distinct),
-            (committed, committed),
-            "{consumer}: each of {committed} events exactly once"
-        );
-    }
-    let strays: i64 = client
-        .query_one("SELECT count(*) FROM handled h WHERE NOT EXISTS (SELECT 1 FROM eventrail.events e WHERE e.global_position = h.position)", &[])
-        .await?
-        .get(0);
-    assert_eq!(strays, 0);
-    let has_seq: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'handled' AND column_name = 'seq')",
-            &[],
-        )
-        .await?
-        .get(0);
-    if has_seq {
-        let out_of_order: i64 = client
-            .query_one(
-                "SELECT count(*) FROM (SELECT position < lag(position) OVER (PARTITION BY consumer ORDER BY seq) AS back FROM handled) x WHERE back",
-                &[],
-            )
-            .await?
-            .get(0);
-        assert_eq!(out_of_order, 0, "each consumer handled events in order");
-    }
-    Ok(())
-}
-
-/// The pid of the session holding `worker`'s identity lock, if any.
-async fn session_pid(client: &Client, worker: Uuid) -> anyhow::Result<Option<i32>> {
-    Ok(client
-        .query_opt(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::int4::oid
-               AND objid = hashtext($2::text)::oid AND objsubid = 2
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&IDENTITY_LOCK, &worker.to_string()],
-        )
-        .await?
-        .map(|r| r.get(0)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,79 +96,10 @@ async fn a_worker_whose_session_backend_is_terminated_reconnects_and_handles_eve
     assert_exactly_once_in_order(&client, 2).await
 }
 
-/// A `test-worker` process; killed (after a SIGCONT) when dropped.
-struct Proc {
-    child: Child,
-    id: Uuid,
-    name: String,
-}
-
-impl Proc {
-    fn spawn(
-        url: &str,
-        name: &str,
-        consumers: usize,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_test-worker"));
-        command
-            .args([url, name, &consumers.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-        let id = line
-            .trim()
-            .strip_prefix("worker ")
-            .ok_or_else(|| anyhow::anyhow!("unexpected line {line:?}"))?
-            .parse()?;
-        Ok(Self {
-            child,
-            id,
-            name: name.to_owned(),
-        })
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.name);
-        Ok(())
-    }
-
-    fn running(&mut self) -> anyhow::Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    /// Graceful stop (stdin closes); the process must exit successfully.
-    fn stop(mut self) -> anyhow::Result<()> {
-        drop(self.child.stdin.take());
-        let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "{} exited with {status}", self.name);
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.signal("CONT");
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn fault_env(heartbeat_timeout_ms: u64) -> Vec<(&'static str, String)> {
-    vec![(
-        "EVENTRAIL_TEST_HEARTBEAT_TIMEOUT_MS",
-        heartbeat_timeout_ms.to_string(),
-    )]
+/// `test-worker` processes with this heartbeat timeout.
+fn fault_command(heartbeat_timeout_ms: u64) -> WorkerCommand {
+    WorkerCommand::new(env!("CARGO_BIN_EXE_test-worker"))
+        .env("EVENTRAIL_TEST_HEARTBEAT_TIMEOUT_MS", heartbeat_timeout_ms)
 }
 
 fn leaders(status: &eventrail_worker::Status) -> Vec<Uuid> {
@@ -282,14 +120,14 @@ async fn a_leader_frozen_with_sigstop_is_deposed_within_the_timeout_and_fenced_a
     let store = db.store();
     let admin = admin_on(db.pool.clone())?;
     let timeout_ms = 3000;
-    let env = fault_env(timeout_ms);
-    let p1 = Proc::spawn(&db.url, "p1", 3, &env)?;
+    let command = fault_command(timeout_ms);
+    let p1 = WorkerProcess::spawn(&command, &db.url, "p1", 3)?;
     eventually(20, "the first process to lead", || async {
         Ok(leaders(&admin.status().await?) == [p1.id])
     })
     .await?;
-    let p2 = Proc::spawn(&db.url, "p2", 3, &env)?;
-    let mut p3 = Proc::spawn(&db.url, "p3", 3, &env)?;
+    let p2 = WorkerProcess::spawn(&command, &db.url, "p2", 3)?;
+    let mut p3 = WorkerProcess::spawn(&command, &db.url, "p3", 3)?;
     eventually(20, "three processes to run a consumer each", || async {
         let status = admin.status().await?;
         Ok([p1.id, p2.id, p3.id].iter().all(|id| {
@@ -307,8 +145,7 @@ async fn a_leader_frozen_with_sigstop_is_deposed_within_the_timeout_and_fenced_a
 
     // The leader stops with its connections open; a follower really dies meanwhile.
     p1.signal("STOP")?;
-    p3.child.kill()?;
-    p3.child.wait()?;
+    p3.kill()?;
     let frozen = std::time::Instant::now();
     let last = append(&store, "pay-2", 30).await?;
     eventually(
@@ -380,15 +217,15 @@ async fn a_follower_frozen_mid_batch_loses_its_consumer_within_the_timeout_and_b
     let admin = admin_on(db.pool.clone())?;
     let hold_dir = std::env::temp_dir().join(format!("eventrail-hold-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&hold_dir)?;
-    let mut env = fault_env(3000);
-    env.push(("EVENTRAIL_TEST_BATCH_TIMEOUT_MS", "60000".to_owned()));
-    env.push(("EVENTRAIL_TEST_HOLD_DIR", hold_dir.display().to_string()));
-    let p1 = Proc::spawn(&db.url, "p1", 2, &env)?;
+    let mut command = fault_command(3000);
+    command = command.env("EVENTRAIL_TEST_BATCH_TIMEOUT_MS", 60000);
+    command = command.env("EVENTRAIL_TEST_HOLD_DIR", hold_dir.display());
+    let p1 = WorkerProcess::spawn(&command, &db.url, "p1", 2)?;
     eventually(20, "the first process to lead", || async {
         Ok(leaders(&admin.status().await?) == [p1.id])
     })
     .await?;
-    let p2 = Proc::spawn(&db.url, "p2", 2, &env)?;
+    let p2 = WorkerProcess::spawn(&command, &db.url, "p2", 2)?;
     eventually(20, "each process to run one consumer", || async {
         let status = admin.status().await?;
         Ok([p1.id, p2.id].iter().all(|id| {
@@ -465,46 +302,10 @@ async fn a_follower_frozen_mid_batch_loses_its_consumer_within_the_timeout_and_b
     assert_exactly_once_in_order(&client, 2).await
 }
 
-/// A throwaway cluster of its own, stopped and removed when dropped.
-struct Cluster {
-    dir: PathBuf,
-    admin_url: String,
-}
-
-impl Cluster {
-    async fn start(port: u16) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir()
-            .join(format!("eventrail-restart-{}", Uuid::new_v4().simple()))
-            .join("data");
-        let admin_url = eventrail_devdb::start_throwaway_cluster(&dir, port).await?;
-        Ok(Self { dir, admin_url })
-    }
-
-    async fn restart(&self) -> anyhow::Result<()> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || eventrail_devdb::restart_throwaway_cluster(&dir))
-            .await??;
-        Ok(())
-    }
-
-    fn data(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = eventrail_devdb::stop_throwaway_cluster(self.data());
-        if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_processes_survive_a_real_database_restart_and_handle_everything_once_in_order()
 -> anyhow::Result<()> {
-    let cluster = Cluster::start(54_343).await?;
+    let cluster = Cluster::start(None).await?;
     let url = eventrail_devdb::recreate_database(&cluster.admin_url, "eventrail_restart").await?;
     {
         let mut client = connect(&url).await?;
@@ -517,9 +318,9 @@ async fn worker_processes_survive_a_real_database_restart_and_handle_everything_
         Ok(PgEventStore::new(eventrail_devdb::pool(&url, 4)?))
     };
     let admin = admin_on(eventrail_devdb::pool(&url, 4)?)?;
-    let env = fault_env(3000);
-    let mut p1 = Proc::spawn(&url, "p1", 3, &env)?;
-    let mut p2 = Proc::spawn(&url, "p2", 3, &env)?;
+    let command = fault_command(3000);
+    let mut p1 = WorkerProcess::spawn(&command, &url, "p1", 3)?;
+    let mut p2 = WorkerProcess::spawn(&command, &url, "p2", 3)?;
     eventually(20, "both processes to run consumers", || async {
         let status = admin.status().await?;
         Ok([p1.id, p2.id]

@@ -1,0 +1,182 @@
+//! Servers of a test's own, which it may kill and restart: a throwaway PostgreSQL cluster and a
+//! nats-server with JetStream, each on a free port (never the shared ones).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+use uuid::Uuid;
+
+/// Waits until `condition` holds, checking every 10 ms; fails after `seconds` with `what`.
+///
+/// # Errors
+/// The condition's error, or a timeout naming `what`.
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP port nobody listens on right now.
+///
+/// # Errors
+/// When no local port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A throwaway PostgreSQL cluster of its own, stopped and removed when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    /// URL of its `postgres` database.
+    pub admin_url: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Initialises and starts a cluster on `port` (a free one when `None`).
+    ///
+    /// # Errors
+    /// When PostgreSQL is not installed or does not start.
+    pub async fn start(port: Option<u16>) -> anyhow::Result<Self> {
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let dir = std::env::temp_dir()
+            .join(format!("eventrail-cluster-{}", Uuid::new_v4().simple()))
+            .join("data");
+        let admin_url = eventrail_devdb::start_throwaway_cluster(&dir, port).await?;
+        Ok(Self {
+            dir,
+            admin_url,
+            port,
+        })
+    }
+
+    /// `pg_ctl restart -m fast`: every session is cut, then the server accepts connections
+    /// again on the same port.
+    ///
+    /// # Errors
+    /// When `pg_ctl` fails.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || eventrail_devdb::restart_throwaway_cluster(&dir))
+            .await??;
+        Ok(())
+    }
+
+    /// Its data folder.
+    #[must_use]
+    pub fn data(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = eventrail_devdb::stop_throwaway_cluster(self.data());
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}
+
+/// A nats-server with JetStream of its own, on a free port, with its store in a temporary
+/// folder, so that a test can kill and restart it.
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When nats-server is not installed or does not start.
+    pub async fn start() -> anyhow::Result<Self> {
+        let store = std::env::temp_dir().join(format!("eventrail-nats-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&store)?;
+        let mut server = Self {
+            port: free_port()?,
+            store,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Its URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and store) and waits until it accepts.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not accept within 30 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("nats-server must be installed (scripts/ensure-brokers.sh installs it)")?;
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        eventually(30, "the nats-server accepting connections", || async {
+            Ok(tokio::net::TcpStream::connect(&address).await.is_ok())
+        })
+        .await
+    }
+
+    /// SIGKILLs the server: the broker is gone, as in a crash.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
