@@ -229,7 +229,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         } => {
             let migrator = migrator(&cli.schema)?;
             let url = require_url(cli.database_url.as_deref())?;
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            let (client, connection) = connect_options(url)?
+                .connect(CLI_COMPONENT)
                 .await
                 .context("connecting to the database")?;
             tokio::spawn(connection);

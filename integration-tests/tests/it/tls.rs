@@ -366,6 +366,8 @@ async fn serve_every_component(port: u16, certs: &Certs) -> anyhow::Result<()> {
     // The CLI migrates over TLS.
     let out = cli(&full("app"), &["migrate"]).await?;
     assert!(out.contains("applied migrations"), "{out}");
+    let info = cli(&full("app"), &["migrate", "info"]).await?;
+    assert!(info.contains("applied"), "{info}");
 
     // The store appends and follows the log.
     let store = PgEventStore::connect(&full("app"))?;
@@ -623,7 +625,7 @@ async fn every_entry_point_times_out_on_a_server_that_never_answers() -> anyhow:
     assert!(started.elapsed() < limit);
 
     // The CLI, for a command on the pool and for migrate.
-    for args in [&["status"][..], &["migrate"][..]] {
+    for args in [&["status"][..], &["migrate"][..], &["migrate", "info"][..]] {
         let started = Instant::now();
         let e = cli(&url, args).await.unwrap_err();
         assert!(
