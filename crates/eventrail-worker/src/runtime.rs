@@ -415,7 +415,8 @@ async fn establish_first(
 
 /// Registers (again) and opens the session, retrying with capped exponential backoff and
 /// jitter until it succeeds; `None` when `stop` is cancelled first. Each failure is kept in
-/// `last`; a connection setting that can never work ends it with that error.
+/// `last`; at start (`first`), a connection setting that can never work ends it with that
+/// error.
 async fn establish(
     shared: &Shared,
     names: &[String],
@@ -442,7 +443,10 @@ async fn establish(
         };
         match outcome {
             Ok(session) => return Ok(Some(session)),
-            Err(WorkerError::Connect(e)) if e.is_setting() => return Err(WorkerError::Connect(e)),
+            // Only at start: a running worker keeps retrying (a CA file being replaced).
+            Err(WorkerError::Connect(e)) if first && e.is_setting() => {
+                return Err(WorkerError::Connect(e));
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = reconnect_backoff(&shared.options, failures);
@@ -548,7 +552,10 @@ async fn try_establish(
             .await
             .map_err(db)?;
     }
-    let (client, dead) = connect_session(shared).await?;
+    let within = shared.options.heartbeat_timeout;
+    let (client, dead) = tokio::time::timeout(within, connect_session(shared))
+        .await
+        .map_err(|_| WorkerError::Connect(ConnectError::Timeout { after: within }))??;
     // A session of this worker that the server still believes alive (cut off, not closed) would
     // keep the identity lock forever: it is ours and dead to us, so end it.
     let row = client

@@ -687,6 +687,40 @@ async fn sessions_are_named_per_component_and_pools_time_out() -> anyhow::Result
     running.await??;
     relay_task.await??;
 
+    // A CA file that cannot be read ends a worker's start at once, and wait_for, with the cause.
+    let unreadable = PgConnectOptions::from_url(&format!(
+        "{}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        db.url
+    ))?;
+    let worker = Worker::builder(store.clone(), &unreadable)
+        .options(fast_worker("no-ca"))
+        .consumer(reactor(&Seen::default()))
+        .build()?;
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker.run(CancellationToken::new()),
+    )
+    .await?
+    .unwrap_err();
+    assert!(
+        matches!(e, WorkerError::Connect(ConnectError::RootCert { .. })),
+        "{e:?}"
+    );
+    let e = wait_for(
+        &unreadable,
+        "eventrail",
+        &TableNames::default(),
+        "tls-reactor",
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, WorkerError::Connect(ConnectError::RootCert { .. })),
+        "{e:?}"
+    );
+
     // A URL's application_name wins.
     let named = PgConnectOptions::from_url(&format!("{}?application_name=billing", db.url))?;
     let (c, connection) = named.connect("eventrail-store").await?;
