@@ -157,10 +157,25 @@ impl ConnectError {
     /// Whether trying again later may succeed without changing the settings.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout { .. } | Self::AcquireTimeout { .. } | Self::Failed(_) | Self::Lost(_)
-        )
+        use tokio_postgres::error::SqlState;
+        match self {
+            Self::Timeout { .. }
+            | Self::AcquireTimeout { .. }
+            | Self::Failed(_)
+            | Self::Lost(_) => true,
+            // The server is starting, shutting down or out of connection slots: it may let us
+            // in later. Authentication and pg_hba.conf refusals stay refused.
+            Self::Refused(e) => e.code().is_some_and(|code| {
+                [
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                ]
+                .contains(code)
+            }),
+            _ => false,
+        }
     }
 
     /// Whether the settings themselves are wrong (a malformed URL, an unknown `sslmode`, an

@@ -294,6 +294,24 @@ async fn serve_every_component(port: u16, certs: &Certs) -> anyhow::Result<()> {
         .await?
         .get(0);
     assert!(ssl, "require encrypts");
+    // `prefer` encrypts when the server offers TLS.
+    let preferred = one_connection(&url("postgres", "sslmode=prefer")).await?;
+    let ssl: bool = preferred
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(ssl, "prefer encrypts when it can");
+    // verify-full without sslrootcert trusts the system's roots, which do not hold the test CA.
+    let e = one_connection(&url("postgres", "sslmode=verify-full"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ConnectError::Tls(_) | ConnectError::NoSystemRoots { .. }),
+        "{e:?}"
+    );
     admin.batch_execute("CREATE DATABASE app").await?;
     admin.batch_execute("CREATE DATABASE msgdb").await?;
 
@@ -305,6 +323,10 @@ async fn serve_every_component(port: u16, certs: &Certs) -> anyhow::Result<()> {
     assert_eq!(
         refused.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    assert!(
+        !refused.is_retryable(),
+        "pg_hba.conf will not change its mind"
     );
     assert!(
         eventrail_core::error_chain(&refused).contains("no encryption"),
