@@ -157,6 +157,10 @@ pub enum ConsumerAction {
         /// The new checkpoint (global position).
         #[arg(long)]
         to: u64,
+        /// Allow a position beyond the head of the log (the consumer skips what is appended up
+        /// to there).
+        #[arg(long)]
+        force: bool,
     },
     /// Rewind to the start and clear failures.
     Reset {
@@ -195,7 +199,7 @@ pub enum StreamAction {
         /// Newest first.
         #[arg(long)]
         backward: bool,
-        /// Most events to show.
+        /// Most events to show; the output says when more follow and where to continue.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -211,7 +215,7 @@ pub enum CategoryAction {
         /// First global position to show.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Most events to show.
+        /// Most events to show; the output says when more follow and where to continue.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -307,14 +311,28 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         } => {
             let stream: StreamName = name.parse()?;
             let store = store(cli.database_url.as_deref(), &cli.schema).await?;
-            let mut options = ReadStreamOptions::default().max_count(limit);
+            // One row more than shown tells whether the stream goes on.
+            let mut options = ReadStreamOptions::default().max_count(limit.saturating_add(1));
             if backward {
                 options = options.backward();
             }
             if let Some(v) = from {
                 options = options.from_version(v);
             }
-            print_events(out, &store.read_stream(&stream, options).await?)?;
+            let mut events = store.read_stream(&stream, options).await?;
+            let more = events.len() > limit;
+            events.truncate(limit);
+            print_events(out, &events)?;
+            if more {
+                let next = events.last().map(|last| {
+                    if backward {
+                        last.stream_version.saturating_sub(1)
+                    } else {
+                        last.stream_version + 1
+                    }
+                });
+                print_more(out, next)?;
+            }
         }
         Command::Category {
             action: CategoryAction::Read { name, from, limit },
@@ -323,8 +341,14 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let store = store(cli.database_url.as_deref(), &cli.schema).await?;
             let options = ReadAllOptions::default()
                 .from_position(from)
-                .max_count(limit);
-            print_events(out, &store.read_category(&category, options).await?)?;
+                .max_count(limit.saturating_add(1));
+            let mut events = store.read_category(&category, options).await?;
+            let more = events.len() > limit;
+            events.truncate(limit);
+            print_events(out, &events)?;
+            if more {
+                print_more(out, events.last().map(|last| last.global_position + 1))?;
+            }
         }
         Command::Status { heartbeat_timeout } => print_status(
             out,
@@ -340,8 +364,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Consumer { action } => {
             let admin = admin(cli.database_url.as_deref(), &cli.schema).await?;
             let (name, done) = match &action {
-                ConsumerAction::Rewind { name, to } => {
-                    admin.rewind(name, *to).await?;
+                ConsumerAction::Rewind { name, to, force } => {
+                    if *force {
+                        admin.rewind_beyond_head(name, *to).await?;
+                    } else {
+                        admin.rewind(name, *to).await?;
+                    }
                     (name, format!("rewound to position {to}"))
                 }
                 ConsumerAction::Reset { name } => {
@@ -657,6 +685,15 @@ fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> a
 }
 
 /// Prints events as an aligned table.
+/// Says that a read stopped at `--limit` and where the next page starts.
+fn print_more(out: &mut impl Write, next: Option<u64>) -> anyhow::Result<()> {
+    match next {
+        Some(from) => writeln!(out, "more events follow: use --from {from}")?,
+        None => writeln!(out, "more events follow: raise --limit")?,
+    }
+    Ok(())
+}
+
 fn print_events(out: &mut impl Write, events: &[RecordedEvent]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = events
         .iter()

@@ -11,19 +11,25 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
 use crate::{
-    AppendRequest, Category, EventData, EventStore, ExpectedPosition, ExpectedVersion, Metadata,
+    AppendOutcome, AppendRequest, Category, CommandError, CommandHandler, Event, EventData,
+    EventRegistry, EventStore, ExpectedPosition, ExpectedVersion, IgnoredSnapshot, Metadata,
     NewEvent, PositionScope, ProcessorError, ReadAllOptions, ReadStreamOptions, RecordedEvent,
-    StatefulProcessor, StoreError, StreamName, append_consistent, catch_up,
+    Snapshots, StatefulProcessor, StoreError, StreamName, append_consistent, catch_up,
 };
 
 /// Runs every check; panics with a message naming the first one that fails.
 pub async fn run<S: EventStore>(store: &S) {
     append_and_read_stream(store).await;
+    long_reads_are_whole(store).await;
     expected_versions(store).await;
     duplicate_and_invalid_requests(store).await;
     category_and_all_reads(store).await;
@@ -31,6 +37,9 @@ pub async fn run<S: EventStore>(store: &S) {
     expected_positions(store).await;
     stateful_processor_catches_up_and_retries(store).await;
     stateful_processor_veto(store).await;
+    command_handling(store).await;
+    command_retries_on_concurrent_appends(store).await;
+    command_snapshots(store).await;
 }
 
 fn unique_category() -> String {
@@ -121,6 +130,122 @@ pub async fn append_and_read_stream<S: EventStore>(store: &S) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Default reads return a long stream and category whole (stores page internally); an explicit
+/// `max_count` is honoured; paging with a type filter and a small page loses nothing.
+pub async fn long_reads_are_whole<S: EventStore>(store: &S) {
+    const LEN: u64 = 2_500;
+    let category = unique_category();
+    let stream = stream_in(&category);
+    let types: Vec<&str> = (0..LEN)
+        .map(|i| if i % 2 == 0 { "A" } else { "B" })
+        .collect();
+    // Three appends, so no read can be one append's batch by accident.
+    let mut expected = ExpectedVersion::NoStream;
+    for chunk in types.chunks(900) {
+        let out = store
+            .append(AppendRequest::new(stream.clone(), expected, events(chunk)))
+            .await
+            .expect("append a chunk of a long stream");
+        expected = ExpectedVersion::Exact(out.stream_version);
+    }
+    let whole = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&whole),
+        (0..LEN).collect::<Vec<_>>(),
+        "a default read returns the whole stream"
+    );
+    let back = store
+        .read_stream(&stream, ReadStreamOptions::default().backward())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&back),
+        (0..LEN).rev().collect::<Vec<_>>(),
+        "a default backward read returns the whole stream"
+    );
+    let small_pages = store
+        .read_stream(&stream, ReadStreamOptions::default().page_size(7))
+        .await
+        .unwrap();
+    assert_eq!(versions(&small_pages), versions(&whole));
+    let only_b = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default()
+                .event_types(["B"])
+                .page_size(100)
+                .from_version(1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&only_b),
+        (1000..LEN).filter(|v| v % 2 == 1).collect::<Vec<_>>()
+    );
+    let back_from = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default()
+                .backward()
+                .from_version(1500)
+                .page_size(333),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&back_from), (0..=1500).rev().collect::<Vec<_>>());
+    let limited = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().max_count(1001).page_size(250),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&limited), (0..1001).collect::<Vec<_>>());
+
+    let cat: Category = category.parse().unwrap();
+    let in_category = store
+        .read_category(&cat, ReadAllOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(&in_category),
+        versions(&whole),
+        "a default category read returns every event"
+    );
+    let page = store
+        .read_category(
+            &cat,
+            ReadAllOptions::default()
+                .from_position(whole[10].global_position)
+                .max_count(1200)
+                .page_size(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions(&page), (10..1210).collect::<Vec<_>>());
+    let all = store
+        .read_all(
+            ReadAllOptions::default()
+                .from_position(whole[0].global_position)
+                .page_size(600),
+        )
+        .await
+        .unwrap();
+    let mine: Vec<u64> = all
+        .iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(
+        mine,
+        versions(&whole),
+        "a default $all read returns every event"
     );
 }
 
@@ -639,4 +764,399 @@ pub async fn stateful_processor_veto<S: EventStore>(store: &S) {
         (state.rollbacks, state.applied.len(), state.staged.len()),
         (1, 0, 0)
     );
+}
+
+/// The events of a tally, for the command-handling checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum Tally {
+    Added { n: u64 },
+    Closed,
+}
+
+impl Event for Tally {
+    const EVENT_TYPES: &'static [&'static str] = &["Added", "Closed"];
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Added { .. } => "Added",
+            Self::Closed => "Closed",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct TallyState {
+    total: u64,
+    events: u64,
+    closed: bool,
+}
+
+fn tally_evolve(mut state: TallyState, event: &Tally) -> TallyState {
+    state.events += 1;
+    match event {
+        Tally::Added { n } => state.total += n,
+        Tally::Closed => state.closed = true,
+    }
+    state
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("the tally is closed")]
+struct TallyClosed;
+
+fn add(n: u64) -> impl FnMut(&TallyState) -> Result<Vec<Tally>, TallyClosed> {
+    move |state| {
+        if state.closed {
+            return Err(TallyClosed);
+        }
+        Ok(vec![Tally::Added { n }])
+    }
+}
+
+fn tally_handler() -> CommandHandler<Tally, TallyState> {
+    CommandHandler::new(EventRegistry::new(), TallyState::default, tally_evolve)
+}
+
+/// Load, evolve, decide, append with the expected version; typed rejections and decode errors.
+pub async fn command_handling<S: EventStore>(store: &S) {
+    let handler = tally_handler().page_size(2);
+    let stream = stream_in(&unique_category());
+    let done = handler
+        .handle(store, &stream, |state: &TallyState| {
+            assert_eq!(state, &TallyState::default(), "a new stream starts empty");
+            Ok::<_, TallyClosed>(vec![Tally::Added { n: 2 }, Tally::Added { n: 3 }])
+        })
+        .await
+        .expect("first command");
+    assert_eq!(
+        (done.state.total, done.stream_version, done.attempts),
+        (5, Some(1), 1)
+    );
+    assert_eq!(done.positions.len(), 2);
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["Added", "Added"]
+    );
+
+    // Metadata reaches every appended event.
+    let metadata = Metadata::default().with_correlation_id("command-1");
+    let done = handler
+        .handle_with_metadata(store, &stream, &metadata, add(4))
+        .await
+        .unwrap();
+    assert_eq!((done.state.total, done.stream_version), (9, Some(2)));
+    let last = store
+        .read_stream(
+            &stream,
+            ReadStreamOptions::default().backward().max_count(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(last[0].metadata, metadata);
+
+    // No events: nothing appended.
+    let nothing = handler
+        .handle(store, &stream, |_: &TallyState| {
+            Ok::<_, TallyClosed>(vec![])
+        })
+        .await
+        .unwrap();
+    assert_eq!((nothing.stream_version, nothing.events.len()), (Some(2), 0));
+
+    handler
+        .handle(store, &stream, |_: &TallyState| {
+            Ok::<_, TallyClosed>(vec![Tally::Closed])
+        })
+        .await
+        .unwrap();
+    match handler.handle(store, &stream, add(1)).await {
+        Err(CommandError::Rejected(TallyClosed)) => {}
+        other => panic!("a closed tally rejects: {other:?}"),
+    }
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        Some(3),
+        "a rejected command writes nothing"
+    );
+    let loaded = handler.load(store, &stream).await.unwrap();
+    assert_eq!(
+        (loaded.state.total, loaded.state.closed, loaded.version),
+        (9, true, Some(3))
+    );
+    assert_eq!(loaded.events_read, 4, "folded in pages of 2");
+
+    // An event the handler does not know is a typed error naming its position.
+    let foreign = store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            events(&["Unknown"]),
+        ))
+        .await
+        .unwrap();
+    match handler.handle(store, &stream, add(1)).await {
+        Err(CommandError::Decode { position, .. }) => {
+            assert_eq!(position, foreign.last_position());
+        }
+        other => panic!("an unknown event type: {other:?}"),
+    }
+}
+
+/// A store that lets another writer append to `stream` just before each of the next `times`
+/// appends to it: a concurrent append between a command's load and its append.
+struct Interfering<'a, S> {
+    inner: &'a S,
+    stream: StreamName,
+    times: AtomicU32,
+}
+
+impl<S: EventStore> EventStore for Interfering<'_, S> {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        if request.stream == self.stream
+            && self
+                .times
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+                .is_ok()
+        {
+            let other = NewEvent::json("Added", serde_json::json!({ "type": "Added", "n": 100 }));
+            self.inner
+                .append(AppendRequest::new(
+                    self.stream.clone(),
+                    ExpectedVersion::Any,
+                    vec![other],
+                ))
+                .await?;
+        }
+        self.inner.append(request).await
+    }
+
+    async fn append_staged<P: StatefulProcessor + ?Sized>(
+        &self,
+        request: AppendRequest,
+        processor: &P,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner.append_staged(request, processor).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream(stream, options).await
+    }
+
+    async fn read_category(
+        &self,
+        category: &Category,
+        options: ReadAllOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_category(category, options).await
+    }
+
+    async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(options).await
+    }
+
+    async fn read_scope_complete(
+        &self,
+        scope: &PositionScope,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner
+            .read_scope_complete(scope, after, max_count)
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+}
+
+/// A concurrent append between load and append is folded in and decided again, within the
+/// retry bound; past it, a typed conflict and nothing written.
+pub async fn command_retries_on_concurrent_appends<S: EventStore>(store: &S) {
+    let handler = tally_handler().retries(3);
+    let stream = stream_in(&unique_category());
+    handler.handle(store, &stream, add(1)).await.unwrap();
+    let racing = Interfering {
+        inner: store,
+        stream: stream.clone(),
+        times: AtomicU32::new(2),
+    };
+    let mut seen = Vec::new();
+    let done = handler
+        .handle(&racing, &stream, |state: &TallyState| {
+            seen.push(state.total);
+            Ok::<_, TallyClosed>(vec![Tally::Added { n: 5 }])
+        })
+        .await
+        .expect("two conflicts, three retries allowed");
+    assert_eq!(
+        seen,
+        [1, 101, 201],
+        "each retry decides on the other writer's events"
+    );
+    assert_eq!(
+        (done.attempts, done.state.total, done.stream_version),
+        (3, 206, Some(3))
+    );
+
+    let racing = Interfering {
+        inner: store,
+        stream: stream.clone(),
+        times: AtomicU32::new(10),
+    };
+    match handler.retries(1).handle(&racing, &stream, add(5)).await {
+        Err(CommandError::Conflict {
+            attempts,
+            source: StoreError::WrongExpectedVersion { .. },
+            stream: s,
+        }) => {
+            assert_eq!((attempts, s.as_str()), (2, stream.as_str()));
+        }
+        other => panic!("retries exhausted: {other:?}"),
+    }
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        read.len(),
+        6,
+        "only the other writer's two appends were added"
+    );
+    assert!(
+        read[4..]
+            .iter()
+            .all(|e| e.data == EventData::Json(serde_json::json!({ "type": "Added", "n": 100 })))
+    );
+}
+
+/// Snapshots every N events: loading reads the snapshot and only the tail; a snapshot of
+/// another state version is ignored (typed) and replaced by the next command.
+pub async fn command_snapshots<S: EventStore>(store: &S) {
+    let evolved = Arc::new(AtomicUsize::new(0));
+    let counting = |version: u32| {
+        let evolved = Arc::clone(&evolved);
+        CommandHandler::new(
+            EventRegistry::<Tally>::new(),
+            TallyState::default,
+            move |state, event| {
+                evolved.fetch_add(1, Ordering::SeqCst);
+                tally_evolve(state, event)
+            },
+        )
+        .snapshots(Snapshots::every(10).state_version(version))
+    };
+    let v1 = counting(1);
+    let stream = stream_in(&unique_category());
+    let snapshot_stream = Snapshots::stream_for(&stream).expect("short name");
+    assert_eq!(
+        snapshot_stream.category(),
+        format!("{}:snapshot", stream.category())
+    );
+
+    let first = v1
+        .handle(store, &stream, |_: &TallyState| {
+            Ok::<_, TallyClosed>((1..=25).map(|n| Tally::Added { n }).collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.snapshot_written, Some(24));
+    let second = v1.handle(store, &stream, add(1000)).await.unwrap();
+    assert_eq!(
+        second.snapshot_written, None,
+        "one event since the snapshot"
+    );
+    let full_total = 325 + 1000;
+
+    evolved.store(0, Ordering::SeqCst);
+    let loaded = v1.load(store, &stream).await.unwrap();
+    assert_eq!(
+        (loaded.snapshot_version, loaded.events_read, loaded.version),
+        (Some(24), 1, Some(25))
+    );
+    assert_eq!(
+        evolved.load(Ordering::SeqCst),
+        1,
+        "only the tail was folded"
+    );
+    assert_eq!((loaded.state.total, loaded.state.events), (full_total, 26));
+    assert!(loaded.ignored_snapshot.is_none());
+
+    // The state's schema changed: the old snapshot is ignored and the stream folded whole.
+    let v2 = counting(2);
+    evolved.store(0, Ordering::SeqCst);
+    let loaded = v2.load(store, &stream).await.unwrap();
+    match loaded.ignored_snapshot {
+        Some(IgnoredSnapshot::StateVersion {
+            found: 1,
+            expected: 2,
+        }) => {}
+        other => panic!("a v1 snapshot for a v2 handler: {other:?}"),
+    }
+    assert_eq!((loaded.snapshot_version, loaded.events_read), (None, 26));
+    assert_eq!(evolved.load(Ordering::SeqCst), 26);
+    assert_eq!(loaded.state.total, full_total);
+    // The next command writes a v2 snapshot, which the next load uses.
+    let third = v2.handle(store, &stream, add(1)).await.unwrap();
+    assert_eq!(third.snapshot_written, Some(26));
+    let loaded = v2.load(store, &stream).await.unwrap();
+    assert_eq!(
+        (
+            loaded.snapshot_version,
+            loaded.events_read,
+            loaded.state.total
+        ),
+        (Some(26), 0, full_total + 1)
+    );
+    // A snapshot that does not decode is ignored too.
+    store
+        .append(AppendRequest::new(
+            snapshot_stream.clone(),
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::json(
+                    crate::SNAPSHOT_EVENT_TYPE,
+                    serde_json::json!({"garbage": 1}),
+                )
+                .with_schema_version(2),
+            ],
+        ))
+        .await
+        .unwrap();
+    let loaded = v2.load(store, &stream).await.unwrap();
+    assert!(
+        matches!(
+            loaded.ignored_snapshot,
+            Some(IgnoredSnapshot::Undecodable { .. })
+        ),
+        "{:?}",
+        loaded.ignored_snapshot
+    );
+    assert_eq!(
+        (loaded.events_read, loaded.state.total),
+        (27, full_total + 1)
+    );
+    // Category readers of the stream's category never see snapshots.
+    let cat: Category = stream.category().parse().unwrap();
+    let in_category = store
+        .read_category(&cat, ReadAllOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        in_category
+            .iter()
+            .all(|e| e.event_type != crate::SNAPSHOT_EVENT_TYPE)
+    );
+    assert_eq!(in_category.len(), 27);
 }

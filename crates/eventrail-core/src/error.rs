@@ -219,7 +219,31 @@ impl StoreError {
     /// are: the caller must decide again or fix the input.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Backend(_) | Self::SerializationConflict(_))
+        match self {
+            Self::SerializationConflict(_) => true,
+            Self::Backend(_) => self
+                .database_error()
+                .is_none_or(DatabaseError::is_retryable),
+            _ => false,
+        }
+    }
+
+    /// The database error behind this one, if a database reported it.
+    #[must_use]
+    pub fn database_error(&self) -> Option<&DatabaseError> {
+        find_database_error(self)
+    }
+
+    /// The SQLSTATE of the database error behind this one (such as `42P01`), if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.database_error().and_then(DatabaseError::code)
+    }
+
+    /// The constraint the database named, if any.
+    #[must_use]
+    pub fn constraint(&self) -> Option<&str> {
+        self.database_error().and_then(DatabaseError::constraint)
     }
 
     /// Maps a processor's answer to the store error a caller sees.
@@ -236,6 +260,71 @@ impl StoreError {
             },
         }
     }
+}
+
+/// A database's error with what an operator and a retry loop need: its SQLSTATE, the constraint
+/// it names, and whether retrying may succeed (serialization failures, deadlocks, lost or
+/// refused connections, a server shutting down, timeouts). Backends wrap their driver's error in
+/// it; find it behind any error with [`find_database_error`].
+#[derive(Debug, thiserror::Error)]
+#[error("database error{}{}", .code.as_ref().map_or_else(String::new, |c| format!(" [SQLSTATE {c}]")), .constraint.as_ref().map_or_else(String::new, |c| format!(" [constraint {c}]")))]
+pub struct DatabaseError {
+    code: Option<String>,
+    constraint: Option<String>,
+    retryable: bool,
+    #[source]
+    source: BoxError,
+}
+
+impl DatabaseError {
+    /// Wraps a driver error with its SQLSTATE (none for errors that did not come from the
+    /// server), the constraint it names, and whether a retry may succeed.
+    pub fn new(
+        code: Option<String>,
+        constraint: Option<String>,
+        retryable: bool,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self {
+            code,
+            constraint,
+            retryable,
+            source: source.into(),
+        }
+    }
+
+    /// The SQLSTATE, such as `23505`.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The constraint the error names.
+    #[must_use]
+    pub fn constraint(&self) -> Option<&str> {
+        self.constraint.as_deref()
+    }
+
+    /// Whether retrying the operation may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+/// The first [`DatabaseError`] in `error`'s chain (itself or one of its sources).
+#[must_use]
+pub fn find_database_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a DatabaseError> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<DatabaseError>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn display_version(version: Option<u64>) -> String {

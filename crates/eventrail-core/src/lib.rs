@@ -9,11 +9,14 @@
 //! - [`ExpectedVersion`] and [`ExpectedPosition`] are the optimistic concurrency checks.
 //! - [`Codec`] turns values into [`EventData`]; [`Event`] and [`EventRegistry`] give typed events
 //!   with schema versions and upcasters.
+//! - [`CommandHandler`] is the write side: load a stream, fold it with `evolve`, `decide`, append
+//!   with the expected version, retry on a concurrent append; optional [`Snapshots`].
 //! - [`EventStore`] is the store trait; [`StatelessProcessor`], [`StatefulProcessor`] and
 //!   [`Reactor`] are the three module kinds.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;
+mod command;
 mod error;
 mod event;
 mod limits;
@@ -33,8 +36,13 @@ mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
 pub use codec::BincodeCodec;
 pub use codec::{Codec, JsonCodec};
+pub use command::{
+    CommandError, CommandHandler, DEFAULT_RETRIES, Handled, IgnoredSnapshot, LoadError, Loaded,
+    SNAPSHOT_EVENT_TYPE, Snapshots,
+};
 pub use error::{
-    BoxError, CodecError, DecodeError, ProcessorError, StoreError, StreamNameError, error_chain,
+    BoxError, CodecError, DatabaseError, DecodeError, ProcessorError, StoreError, StreamNameError,
+    error_chain, find_database_error,
 };
 pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
 pub use limits::{
@@ -49,7 +57,8 @@ pub use processor::{
 };
 pub use registry::{Event, EventRegistry, Upcaster};
 pub use store::{
-    AppendOutcome, AppendRequest, Direction, EventStore, ReadAllOptions, ReadStreamOptions,
+    AppendOutcome, AppendRequest, DEFAULT_PAGE_SIZE, Direction, EventStore, ReadAllOptions,
+    ReadStreamOptions,
 };
 pub use stream_name::{Category, StreamName};
 pub use version::{ExpectedPosition, ExpectedVersion, PositionScope};

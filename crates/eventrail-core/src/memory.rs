@@ -177,7 +177,7 @@ impl InMemoryStore {
                     && keep(e)
                     && type_ok(options.event_types.as_deref(), e)
             })
-            .take(options.max_count)
+            .take(options.max_count.unwrap_or(usize::MAX))
             .cloned()
             .collect()
     }
@@ -220,14 +220,14 @@ impl EventStore for InMemoryStore {
             Direction::Forward => of_stream
                 .filter(|e| options.from_version.is_none_or(|v| e.stream_version >= v))
                 .filter(keep)
-                .take(options.max_count)
+                .take(options.max_count.unwrap_or(usize::MAX))
                 .cloned()
                 .collect(),
             Direction::Backward => of_stream
                 .rev()
                 .filter(|e| options.from_version.is_none_or(|v| e.stream_version <= v))
                 .filter(keep)
-                .take(options.max_count)
+                .take(options.max_count.unwrap_or(usize::MAX))
                 .cloned()
                 .collect(),
         };

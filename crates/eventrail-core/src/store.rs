@@ -73,6 +73,7 @@ impl AppendRequest {
 
 /// What an append produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendOutcome {
     /// The stream's version after the append (version of its last event).
     pub stream_version: u64,
@@ -81,6 +82,16 @@ pub struct AppendOutcome {
 }
 
 impl AppendOutcome {
+    /// The outcome of an append that left the stream at `stream_version` and wrote `positions`
+    /// (for backends).
+    #[must_use]
+    pub fn new(stream_version: u64, positions: Vec<u64>) -> Self {
+        Self {
+            stream_version,
+            positions,
+        }
+    }
+
     /// Position of the last appended event: wait for a consumer to reach it to read your writes.
     #[must_use]
     pub fn last_position(&self) -> u64 {
@@ -98,7 +109,15 @@ pub enum Direction {
     Backward,
 }
 
+/// Rows a store fetches per query when it pages through a long read.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
 /// Options of a stream read.
+///
+/// By default a read returns every matching event: a store pages through a long stream
+/// internally ([`ReadStreamOptions::page_size`] rows per query), so nothing is cut off behind the
+/// caller's back. [`ReadStreamOptions::max_count`] asks for at most `n` events; to learn whether
+/// more exist, ask for `n + 1` and show `n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct ReadStreamOptions {
@@ -106,8 +125,10 @@ pub struct ReadStreamOptions {
     pub direction: Direction,
     /// First version to return (inclusive); `None`: the start (forward) or the end (backward).
     pub from_version: Option<u64>,
-    /// Most events to return.
-    pub max_count: usize,
+    /// Most events to return; `None` (the default): every matching event.
+    pub max_count: Option<usize>,
+    /// Rows fetched per query when paging (at least 1).
+    pub page_size: usize,
     /// Only these event types (all when `None`).
     pub event_types: Option<Vec<String>>,
 }
@@ -117,7 +138,8 @@ impl Default for ReadStreamOptions {
         Self {
             direction: Direction::Forward,
             from_version: None,
-            max_count: 1000,
+            max_count: None,
+            page_size: DEFAULT_PAGE_SIZE,
             event_types: None,
         }
     }
@@ -136,9 +158,15 @@ impl ReadStreamOptions {
         self
     }
 
-    /// Returns at most `n` events.
+    /// Returns at most `n` events (without it: every matching event).
     pub fn max_count(mut self, n: usize) -> Self {
-        self.max_count = n;
+        self.max_count = Some(n);
+        self
+    }
+
+    /// Fetches `n` rows per query when paging (1 when `n` is 0).
+    pub fn page_size(mut self, n: usize) -> Self {
+        self.page_size = n.max(1);
         self
     }
 
@@ -150,13 +178,20 @@ impl ReadStreamOptions {
 }
 
 /// Options of a category or `$all` read, by global position.
+///
+/// As with [`ReadStreamOptions`], the default returns every matching event from
+/// [`ReadAllOptions::from_position`] on, fetched in pages; set [`ReadAllOptions::max_count`] to
+/// read a bounded page (ask for `n + 1` to learn whether more exist), or use the store's
+/// streaming reads (`PgEventStore::stream_all`) to hold one page in memory at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct ReadAllOptions {
     /// First global position to return (inclusive).
     pub from_position: u64,
-    /// Most events to return.
-    pub max_count: usize,
+    /// Most events to return; `None` (the default): every matching event.
+    pub max_count: Option<usize>,
+    /// Rows fetched per query when paging (at least 1).
+    pub page_size: usize,
     /// Only these event types (all when `None`).
     pub event_types: Option<Vec<String>>,
 }
@@ -165,7 +200,8 @@ impl Default for ReadAllOptions {
     fn default() -> Self {
         Self {
             from_position: 0,
-            max_count: 1000,
+            max_count: None,
+            page_size: DEFAULT_PAGE_SIZE,
             event_types: None,
         }
     }
@@ -178,9 +214,15 @@ impl ReadAllOptions {
         self
     }
 
-    /// Returns at most `n` events.
+    /// Returns at most `n` events (without it: every matching event).
     pub fn max_count(mut self, n: usize) -> Self {
-        self.max_count = n;
+        self.max_count = Some(n);
+        self
+    }
+
+    /// Fetches `n` rows per query when paging (1 when `n` is 0).
+    pub fn page_size(mut self, n: usize) -> Self {
+        self.page_size = n.max(1);
         self
     }
 
@@ -219,7 +261,8 @@ pub trait EventStore: Send + Sync {
         processor: &P,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
-    /// Reads one stream.
+    /// Reads one stream: every matching event unless `options` set a
+    /// [`max_count`](ReadStreamOptions::max_count).
     ///
     /// # Errors
     /// [`StoreError::Backend`].
@@ -229,7 +272,8 @@ pub trait EventStore: Send + Sync {
         options: ReadStreamOptions,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
-    /// Reads one category by global position.
+    /// Reads one category by global position: every matching event from the start position
+    /// unless `options` set a [`max_count`](ReadAllOptions::max_count).
     ///
     /// # Errors
     /// [`StoreError::Backend`].
@@ -239,7 +283,8 @@ pub trait EventStore: Send + Sync {
         options: ReadAllOptions,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
-    /// Reads the whole log by global position.
+    /// Reads the whole log by global position: every matching event from the start position
+    /// unless `options` set a [`max_count`](ReadAllOptions::max_count).
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -179,6 +179,32 @@ pub enum MessageDbError {
     Database(#[source] tokio_postgres::Error),
 }
 
+impl MessageDbError {
+    /// The SQLSTATE of the database error behind this one (such as `40001`), if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Database(e) => e.code().map(SqlState::code),
+            Self::Connect(e) => e.code().map(SqlState::code),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: a pool timeout, a lost connection, a
+    /// serialization failure or deadlock, a server restarting; not a refused call or bad input.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Connect(e) => e.is_retryable(),
+            Self::Database(e) => e
+                .code()
+                .is_none_or(|c| eventrail_store_postgres::is_retryable_sqlstate(c.code())),
+            _ => false,
+        }
+    }
+}
+
 fn fmt_version(version: Option<u64>) -> String {
     version.map_or_else(|| "-1 (no stream)".to_owned(), |v| v.to_string())
 }

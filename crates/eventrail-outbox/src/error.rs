@@ -32,7 +32,36 @@ pub enum OutboxError {
 }
 
 pub(crate) fn db(error: impl Into<BoxError>) -> OutboxError {
-    OutboxError::Database(error.into())
+    OutboxError::Database(eventrail_store_postgres::classify(error.into()))
+}
+
+impl OutboxError {
+    /// The database error behind this one, if a database reported it.
+    #[must_use]
+    pub fn database_error(&self) -> Option<&eventrail_core::DatabaseError> {
+        eventrail_core::find_database_error(self)
+    }
+
+    /// The SQLSTATE of the database error behind this one, if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.database_error()
+            .and_then(eventrail_core::DatabaseError::code)
+    }
+
+    /// Whether trying again later may succeed (a lost connection, a serialization failure), as
+    /// opposed to a mistake that must be fixed first.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Connect(e) => e.is_retryable(),
+            Self::Database(_) => self
+                .database_error()
+                .is_none_or(eventrail_core::DatabaseError::is_retryable),
+            _ => false,
+        }
+    }
 }
 
 /// A sink could not deliver a message, classified by whom the failure is about: the message

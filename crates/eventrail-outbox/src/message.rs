@@ -99,6 +99,7 @@ impl NewMessage {
 
 /// A message claimed by a relay, as handed to a [`Sink`](crate::Sink).
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutboxMessage {
     /// Its id: pass it as the broker's dedup/message id.
     pub id: Uuid,
@@ -118,6 +119,25 @@ pub struct OutboxMessage {
     pub created_at: SystemTime,
     /// Publish attempts started, this one included.
     pub attempts: u32,
+}
+
+impl OutboxMessage {
+    /// `message` as a relay hands it to a sink after claiming it at `sequence` for the
+    /// `attempts`-th time: to test a sink of your own.
+    #[must_use]
+    pub fn claimed(message: NewMessage, sequence: i64, attempts: u32) -> Self {
+        Self {
+            id: message.id,
+            sequence,
+            partition_key: message.partition_key,
+            destination: message.destination,
+            headers: message.headers,
+            payload: message.payload,
+            content_type: message.content_type,
+            created_at: SystemTime::now(),
+            attempts,
+        }
+    }
 }
 
 impl fmt::Debug for OutboxMessage {

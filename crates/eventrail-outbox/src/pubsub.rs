@@ -242,7 +242,7 @@ impl Sink for PubSubSink {
                     // The publisher's background task is gone: build a new one next time.
                     self.lock().remove(&topic);
                 }
-                debug!(topic, error = %error, "pubsub publish failed");
+                debug!(topic, error = %eventrail_core::error_chain(&error), "pubsub publish failed");
                 Err(classify(error))
             }
         }

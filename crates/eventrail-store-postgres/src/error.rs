@@ -1,4 +1,4 @@
-use eventrail_core::BoxError;
+use eventrail_core::{BoxError, DatabaseError};
 
 /// A configuration value was refused before anything touched the database.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +56,14 @@ pub enum MigrationError {
     /// The database failed: the failing migration was rolled back.
     #[error("migration failed")]
     Database(#[source] BoxError),
+}
+
+impl MigrationError {
+    /// The SQLSTATE of the database error behind this one, if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        eventrail_core::find_database_error(self).and_then(DatabaseError::code)
+    }
 }
 
 pub(crate) fn is_unique_violation(error: &tokio_postgres::Error, constraint: &str) -> bool {
@@ -253,4 +261,57 @@ fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
         next = e.source();
     }
     false
+}
+
+/// A PostgreSQL driver error as a [`DatabaseError`]: its SQLSTATE, the constraint it names, and
+/// whether a retry may succeed.
+#[must_use]
+pub fn database_error(error: tokio_postgres::Error) -> DatabaseError {
+    let code = error.code().map(|c| c.code().to_owned());
+    let constraint = error
+        .as_db_error()
+        .and_then(|db| db.constraint())
+        .map(str::to_owned);
+    let retryable = code.as_deref().is_none_or(is_retryable_sqlstate);
+    DatabaseError::new(code, constraint, retryable, error)
+}
+
+/// SQLSTATEs after which the same operation may succeed: connection exceptions (08), transaction
+/// rollbacks such as serialization failures and deadlocks (40), insufficient resources (53), a
+/// server shutting down or not accepting connections yet (57P01-57P03), a lock or statement
+/// timeout (55P03, 57014).
+#[must_use]
+pub fn is_retryable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("40")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "55P03" | "57014")
+}
+
+/// `error` with a PostgreSQL driver or pool error behind it wrapped as a [`DatabaseError`], so
+/// that callers can read its SQLSTATE and whether to retry (see
+/// [`eventrail_core::find_database_error`]); other errors unchanged.
+#[must_use]
+pub fn classify(error: BoxError) -> BoxError {
+    // A connection that could not be made or taken: its own classification decides.
+    let error = match error.downcast::<ConnectError>() {
+        Ok(e) => {
+            let code = e.code().map(|c| c.code().to_owned());
+            let retryable = e.is_retryable();
+            return Box::new(DatabaseError::new(code, None, retryable, *e));
+        }
+        Err(other) => other,
+    };
+    let error = match error.downcast::<tokio_postgres::Error>() {
+        Ok(e) => return Box::new(database_error(*e)),
+        Err(other) => other,
+    };
+    match error.downcast::<deadpool_postgres::PoolError>() {
+        Ok(pool) => match *pool {
+            deadpool_postgres::PoolError::Backend(e) => Box::new(database_error(e)),
+            // Timeouts and a closed pool: nothing the server said; a retry may succeed.
+            other => Box::new(DatabaseError::new(None, None, true, other)),
+        },
+        Err(other) => other,
+    }
 }

@@ -65,6 +65,7 @@ impl FromStr for Snapshot {
 /// snapshot, every holder has ended before that snapshot, and a hole still missing from the rows
 /// read under it can never be filled. Unrelated transactions of the cluster never take part.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HoleEvidence {
     /// The snapshot in which the hole was seen (taken by the statement that read the positions).
     pub observed: Snapshot,
@@ -134,6 +135,7 @@ pub fn widen_xid(xid: u32, reference: u64) -> u64 {
 
 /// A permanent hole the reader skipped, with the evidence: audit it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GapSkip {
     /// First missing position.
     pub from: u64,
@@ -147,6 +149,7 @@ pub struct GapSkip {
 
 /// A hole the reader waits on: a transaction that took a position in it is still in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FrontierStall {
     /// First missing position.
     pub from: u64,
@@ -161,6 +164,7 @@ pub struct FrontierStall {
 
 /// A session holding a transaction that blocks the frontier.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BlockingSession {
     /// Backend process id (`pg_terminate_backend` takes it).
     pub pid: i32,
@@ -224,6 +228,7 @@ impl GapWatch {
 
 /// Where the frontier is after one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Frontier {
     /// Every position at or below is committed or proven permanently missing; read up to here.
     pub safe: u64,
@@ -308,6 +313,7 @@ pub(crate) fn advance(
 
 /// Events up to a proven-safe frontier, and what it took to get there.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SafeRead {
     /// Events after the reader's position up to `frontier.safe`, in position order (only those
     /// matching the read's filter).

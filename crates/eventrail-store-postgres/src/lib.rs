@@ -44,7 +44,9 @@ pub use connect::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,
     PgConnectOptions, PgConnection, PgListener, PgTlsStream, SslClientCert, SslMode, SslRootCert,
 };
-pub use error::{ConfigError, ConnectError, MigrationError};
+pub use error::{
+    ConfigError, ConnectError, MigrationError, classify, database_error, is_retryable_sqlstate,
+};
 pub use frontier::{
     BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
     widen_xid,

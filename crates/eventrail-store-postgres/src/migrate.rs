@@ -520,7 +520,7 @@ fn checksum(m: &Migration) -> String {
 }
 
 fn db(error: tokio_postgres::Error) -> MigrationError {
-    MigrationError::Database(error.into())
+    MigrationError::Database(Box::new(crate::database_error(error)))
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ impl<'r> AppendParams<'r> {
 }
 
 fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
-    StoreError::Backend(error.into())
+    StoreError::Backend(crate::classify(error.into()))
 }
 
 /// A transaction at READ COMMITTED whatever the database default: the checks of `append_events`
@@ -397,13 +397,13 @@ fn interpret(
             transaction_id: parse_xid(row.try_get(5).map_err(backend)?)?,
         });
     }
-    let outcome = AppendOutcome {
-        stream_version: recorded
+    let outcome = AppendOutcome::new(
+        recorded
             .last()
             .map(|e| e.stream_version)
             .unwrap_or_default(),
-        positions: recorded.iter().map(|e| e.global_position).collect(),
-    };
+        recorded.iter().map(|e| e.global_position).collect(),
+    );
     Ok((outcome, recorded))
 }
 
@@ -425,10 +425,10 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
         .map(|r| r.try_get::<_, i64>(3))
         .transpose()
         .map_err(backend)?;
-    Ok(AppendOutcome {
-        stream_version: last.map(to_u64).unwrap_or_default(),
+    Ok(AppendOutcome::new(
+        last.map(to_u64).unwrap_or_default(),
         positions,
-    })
+    ))
 }
 
 const SAVEPOINT: &str = "eventrail_append";
@@ -541,7 +541,7 @@ impl PgEventStore {
         {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()),
             Err(e) => {
-                warn!(error = %e, "could not name the duplicate event id");
+                warn!(error = %eventrail_core::error_chain(&e), "could not name the duplicate event id");
                 None
             }
         };
@@ -682,7 +682,8 @@ impl PgEventStore {
         }
     }
 
-    /// Reads `$all` from a position as a stream of events, fetching pages of `max_count`.
+    /// Reads `$all` from a position as a stream of events, fetching pages of `page_size` (up to
+    /// `max_count` events in all, when set), so only one page is held in memory.
     pub fn stream_all(
         &self,
         options: ReadAllOptions,
@@ -690,7 +691,8 @@ impl PgEventStore {
         self.paged(None, options)
     }
 
-    /// Reads a category from a position as a stream of events, fetching pages of `max_count`.
+    /// Reads a category from a position as a stream of events, fetching pages of `page_size` (up
+    /// to `max_count` events in all, when set), so only one page is held in memory.
     pub fn stream_category<'a>(
         &'a self,
         category: &'a Category,
@@ -704,12 +706,14 @@ impl PgEventStore {
         category: Option<&'a Category>,
         options: ReadAllOptions,
     ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
-        let page = options.max_count.max(1);
-        futures::stream::try_unfold(Some(options), move |next| async move {
-            let Some(opts) = next else {
+        let page = options.page_size.max(1);
+        let remaining = options.max_count.unwrap_or(usize::MAX);
+        futures::stream::try_unfold(Some((options, remaining)), move |next| async move {
+            let Some((opts, remaining)) = next.filter(|(_, r)| *r > 0) else {
                 return Ok::<_, StoreError>(None);
             };
-            let opts = opts.max_count(page);
+            let want = page.min(remaining);
+            let opts = opts.max_count(want);
             let events = match category {
                 Some(c) => self.read_category(c, opts.clone()).await?,
                 None => self.read_all(opts.clone()).await?,
@@ -717,7 +721,12 @@ impl PgEventStore {
             let Some(last) = events.last() else {
                 return Ok(None);
             };
-            let next = (events.len() == page).then(|| opts.from_position(last.global_position + 1));
+            let next = (events.len() == want).then(|| {
+                (
+                    opts.from_position(last.global_position + 1),
+                    remaining - want,
+                )
+            });
             Ok(Some((
                 futures::stream::iter(events.into_iter().map(Ok)),
                 next,
@@ -924,21 +933,64 @@ impl PgEventStore {
             })
             .collect()
     }
-
-    async fn query_events(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(backend)?;
-        let rows = client.query(&statement, params).await.map_err(backend)?;
-        recorded_events(&rows)
-    }
 }
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A read that returns every matching row (or `max_count` of them) in pages of `page_size`, so a
+/// long stream is neither cut off nor fetched in one result set. Each page is a query
+/// `(key?, cursor, event_types, limit)` ordered by the cursor column; the next page starts after
+/// the last row returned. Pages are separate statements: a later page may include events
+/// appended after the first was read, never fewer than a single statement would return.
+struct Paged<'a> {
+    key: Option<&'a (dyn ToSql + Sync)>,
+    event_types: &'a Option<Vec<String>>,
+    max_count: Option<usize>,
+    page_size: usize,
+    what: &'static str,
+}
+
+impl Paged<'_> {
+    async fn run(
+        self,
+        store: &PgEventStore,
+        sql: &str,
+        mut cursor: u64,
+        next: impl Fn(&RecordedEvent) -> Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let page = self.page_size.max(1);
+        let mut remaining = self.max_count.unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        if remaining == 0 {
+            return Ok(events);
+        }
+        let client = store.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        while remaining > 0 {
+            let want = page.min(remaining);
+            let from = to_i64(cursor, self.what)?;
+            let want_sql = limit(want);
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(4);
+            params.extend(self.key);
+            params.extend([&from as &(dyn ToSql + Sync), self.event_types, &want_sql]);
+            let rows = client.query(&statement, &params).await.map_err(backend)?;
+            let batch = recorded_events(&rows)?;
+            remaining -= batch.len();
+            let following = if batch.len() == want {
+                batch.last().and_then(&next)
+            } else {
+                None
+            };
+            events.extend(batch);
+            match following {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        Ok(events)
+    }
 }
 
 impl EventStore for PgEventStore {
@@ -969,27 +1021,34 @@ impl EventStore for PgEventStore {
         stream: &StreamName,
         options: ReadStreamOptions,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (sql, from) = match options.direction {
-            Direction::Forward => (
-                &self.inner.sql.read_stream_forward,
-                options.from_version.unwrap_or(0),
-            ),
-            Direction::Backward => (
-                &self.inner.sql.read_stream_backward,
-                options.from_version.unwrap_or(i64::MAX as u64),
-            ),
+        let name = stream.as_str();
+        let read = Paged {
+            key: Some(&name),
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "version",
         };
-        let from = to_i64(from, "version")?;
-        self.query_events(
-            sql,
-            &[
-                &stream.as_str(),
-                &from,
-                &options.event_types,
-                &limit(options.max_count),
-            ],
-        )
-        .await
+        match options.direction {
+            Direction::Forward => {
+                read.run(
+                    self,
+                    &self.inner.sql.read_stream_forward,
+                    options.from_version.unwrap_or(0),
+                    |e| e.stream_version.checked_add(1),
+                )
+                .await
+            }
+            Direction::Backward => {
+                read.run(
+                    self,
+                    &self.inner.sql.read_stream_backward,
+                    options.from_version.unwrap_or(i64::MAX as u64),
+                    |e| e.stream_version.checked_sub(1),
+                )
+                .await
+            }
+        }
     }
 
     async fn read_category(
@@ -997,25 +1056,34 @@ impl EventStore for PgEventStore {
         category: &Category,
         options: ReadAllOptions,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = to_i64(options.from_position, "position")?;
-        self.query_events(
+        let name = category.as_str();
+        Paged {
+            key: Some(&name),
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "position",
+        }
+        .run(
+            self,
             &self.inner.sql.read_category,
-            &[
-                &category.as_str(),
-                &from,
-                &options.event_types,
-                &limit(options.max_count),
-            ],
+            options.from_position,
+            |e| e.global_position.checked_add(1),
         )
         .await
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = to_i64(options.from_position, "position")?;
-        self.query_events(
-            &self.inner.sql.read_all,
-            &[&from, &options.event_types, &limit(options.max_count)],
-        )
+        Paged {
+            key: None,
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "position",
+        }
+        .run(self, &self.inner.sql.read_all, options.from_position, |e| {
+            e.global_position.checked_add(1)
+        })
         .await
     }
 

@@ -14,6 +14,7 @@ use crate::{TableNames, WorkerError};
 
 /// A registered worker.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct WorkerStatus {
     /// Its id.
     pub id: uuid::Uuid,
@@ -32,6 +33,7 @@ pub struct WorkerStatus {
 
 /// A consumer's assignment and progress.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ConsumerStatus {
     /// Its name.
     pub consumer: String,
@@ -56,6 +58,7 @@ pub struct ConsumerStatus {
 
 /// Everything `eventrail status` shows.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Status {
     /// Registered workers.
     pub workers: Vec<WorkerStatus>,
@@ -65,6 +68,7 @@ pub struct Status {
 
 /// An audited skip.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct GapRecord {
     /// The consumer that skipped.
     pub consumer: String,
@@ -215,13 +219,53 @@ impl WorkerAdmin {
     }
 
     /// Moves a consumer's checkpoint back (or forward) to `position`: it handles the events after
-    /// it again. The running batch, if any, finishes first (it holds the checkpoint row).
+    /// it again. The running batch, if any, finishes first (it holds the checkpoint row). A
+    /// position beyond the head of the log is refused: the consumer would silently pass the
+    /// events appended up to there (see [`WorkerAdmin::rewind_beyond_head`]).
     ///
     /// # Errors
+    /// [`WorkerError::InvalidPosition`], [`WorkerError::BeyondHead`],
     /// [`WorkerError::UnknownConsumer`], [`WorkerError::Database`].
     pub async fn rewind(&self, consumer: &str, position: u64) -> Result<(), WorkerError> {
-        let position = i64::try_from(position).map_err(|_| db("position out of range"))?;
-        self.update(consumer, "position = $2", Some(position)).await
+        let checked = Self::position(position)?;
+        let client = self.pool.get().await.map_err(db)?;
+        let head: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(max(global_position), 0) FROM {}.events",
+                    self.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if checked > head {
+            return Err(WorkerError::BeyondHead {
+                position,
+                head: u64::try_from(head).unwrap_or(0),
+            });
+        }
+        self.update(consumer, "position = $2", Some(checked)).await
+    }
+
+    /// [`WorkerAdmin::rewind`] without the head check (`eventrail consumer rewind --force`): the
+    /// consumer skips every event up to `position`, including ones not appended yet.
+    ///
+    /// # Errors
+    /// [`WorkerError::InvalidPosition`], [`WorkerError::UnknownConsumer`],
+    /// [`WorkerError::Database`].
+    pub async fn rewind_beyond_head(
+        &self,
+        consumer: &str,
+        position: u64,
+    ) -> Result<(), WorkerError> {
+        self.update(consumer, "position = $2", Some(Self::position(position)?))
+            .await
+    }
+
+    fn position(position: u64) -> Result<i64, WorkerError> {
+        i64::try_from(position).map_err(|_| WorkerError::InvalidPosition { position })
     }
 
     /// Rewinds to the start and clears failures.

@@ -338,7 +338,8 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             }
             BatchEnd::Failed { at, error } => {
                 failures += 1;
-                let text = eventrail_core::error_chain(&*error);
+                // A handler's SQL error keeps its SQLSTATE in the stored text.
+                let text = eventrail_core::error_chain(&*eventrail_store_postgres::classify(error));
                 let Some(at) = at else {
                     // Not on an event: retry the whole batch, park without a position.
                     let park = failures >= options.retry.max_attempts;

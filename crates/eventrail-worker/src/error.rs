@@ -60,13 +60,62 @@ pub enum WorkerError {
     /// settings are wrong: see [`ConnectError`] and its `is_retryable`.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// A position PostgreSQL cannot hold (above `i64::MAX`).
+    #[error("position {position} is out of range")]
+    InvalidPosition {
+        /// The refused position.
+        position: u64,
+    },
+    /// A rewind to a position beyond the head of the log: the consumer would pass events that
+    /// are not appended yet. Force it (`--force`, [`WorkerAdmin::rewind_beyond_head`]) if meant.
+    ///
+    /// [`WorkerAdmin::rewind_beyond_head`]: crate::WorkerAdmin::rewind_beyond_head
+    #[error(
+        "position {position} is beyond the head of the log ({head}): use --force to rewind there anyway"
+    )]
+    BeyondHead {
+        /// The refused position.
+        position: u64,
+        /// The head of the log.
+        head: u64,
+    },
     /// The database or the connection failed.
     #[error("worker database operation failed")]
     Database(#[source] BoxError),
 }
 
 pub(crate) fn db(error: impl Into<BoxError>) -> WorkerError {
-    WorkerError::Database(error.into())
+    WorkerError::Database(eventrail_store_postgres::classify(error.into()))
+}
+
+impl WorkerError {
+    /// The database error behind this one, if a database reported it.
+    #[must_use]
+    pub fn database_error(&self) -> Option<&eventrail_core::DatabaseError> {
+        eventrail_core::find_database_error(self)
+    }
+
+    /// The SQLSTATE of the database error behind this one, if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.database_error()
+            .and_then(eventrail_core::DatabaseError::code)
+    }
+
+    /// Whether trying again later may succeed (a lost connection, a serialization failure, a
+    /// server restarting), as opposed to a mistake that must be fixed first.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Connect(e) => e.is_retryable(),
+            Self::SessionLost(_) | Self::Timeout { .. } => true,
+            Self::Database(_) => self
+                .database_error()
+                .is_none_or(eventrail_core::DatabaseError::is_retryable),
+            _ => false,
+        }
+    }
 }
 
 pub(crate) use eventrail_core::error_chain as chain;

@@ -116,6 +116,58 @@ async fn stream_and_category_read_print_tables() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn reads_say_when_more_rows_exist() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let events = (0..5)
+        .map(|n| NewEvent::json("Counted", serde_json::json!({ "n": n })))
+        .collect();
+    let positions = store
+        .append(AppendRequest::new(
+            "counter-1".parse()?,
+            ExpectedVersion::NoStream,
+            events,
+        ))
+        .await?
+        .positions;
+    let read = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", db.url.as_str()]);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        async move { eventrail(&all.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    let out = read(&["stream", "read", "counter-1", "--limit", "2"]).await?;
+    assert!(out.contains("(2 events)"), "{out}");
+    assert!(out.ends_with("more events follow: use --from 2\n"), "{out}");
+    let out = read(&["stream", "read", "counter-1", "--limit", "2", "--from", "2"]).await?;
+    assert!(out.ends_with("more events follow: use --from 4\n"), "{out}");
+    let out = read(&["stream", "read", "counter-1", "--limit", "2", "--from", "4"]).await?;
+    assert!(
+        out.ends_with("(1 events)\n"),
+        "the last page says nothing more: {out}"
+    );
+    let out = read(&["stream", "read", "counter-1", "--limit", "5"]).await?;
+    assert!(
+        out.ends_with("(5 events)\n"),
+        "exactly the limit, nothing more: {out}"
+    );
+    let out = read(&["stream", "read", "counter-1", "--backward", "--limit", "3"]).await?;
+    assert!(out.ends_with("more events follow: use --from 1\n"), "{out}");
+
+    let out = read(&["category", "read", "counter", "--limit", "4"]).await?;
+    let next = positions[3] + 1;
+    assert!(out.contains("(4 events)"), "{out}");
+    assert!(
+        out.ends_with(&format!("more events follow: use --from {next}\n")),
+        "{out}"
+    );
+    let out = read(&["category", "read", "counter", "--from", &next.to_string()]).await?;
+    assert!(out.ends_with("(1 events)\n"), "{out}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_consumer_operations_and_gaps() -> anyhow::Result<()> {
     use eventrail_worker::{Worker, WorkerOptions};

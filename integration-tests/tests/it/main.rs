@@ -3,7 +3,9 @@
 //! Each test gets its own database cloned from a migrated template (see [`harness`]).
 
 mod cli;
+mod commands;
 mod devdb;
+mod errors;
 mod gaps;
 mod harness;
 mod isolation;

@@ -295,18 +295,16 @@ async fn least_privilege_roles_allow_what_each_needs_and_refuse_the_rest() -> an
         r.query("SELECT * FROM eventrail.events_by_type", &[]).await?;
         r.query("SELECT state, destination FROM eventrail.outbox", &[]).await?;
         refused(r.query("SELECT payload FROM eventrail.outbox", &[]).await, "a reader reading payloads");
-        refused(
-            reader
-                .append(AppendRequest::new("role-2".parse()?, ExpectedVersion::Any, vec![event("A")]))
-                .await
-                .map_err(|e| match e {
-                    eventrail_core::StoreError::Backend(b) => *b
-                        .downcast::<tokio_postgres::Error>()
-                        .expect("a database error"),
-                    other => panic!("unexpected {other:?}"),
-                }),
-            "an append by the reader",
-        );
+        let denied = reader
+            .append(AppendRequest::new(
+                "role-2".parse()?,
+                ExpectedVersion::Any,
+                vec![event("A")],
+            ))
+            .await
+            .expect_err("an append by the reader");
+        assert_eq!(denied.code(), Some("42501"), "{denied:?}");
+        assert!(!denied.is_retryable());
         refused(r.execute(raw_insert, &[]).await, "a raw INSERT by the reader");
 
         // worker: runs consumers to the head and relays the outbox; no appends, no event edits.

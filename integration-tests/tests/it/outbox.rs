@@ -77,17 +77,7 @@ pub(crate) fn start<S: Sink>(relay: Relay<S>) -> Running {
 /// `message` as a relay hands it to a sink after claiming it at `sequence`, to publish it
 /// directly (a republish, or a sink's verdict on one message).
 pub(crate) fn claimed(message: &NewMessage, sequence: i64) -> OutboxMessage {
-    OutboxMessage {
-        id: message.id,
-        sequence,
-        partition_key: message.partition_key.clone(),
-        destination: message.destination.clone(),
-        headers: message.headers.clone(),
-        payload: message.payload.clone(),
-        content_type: message.content_type.clone(),
-        created_at: std::time::SystemTime::now(),
-        attempts: 1,
-    }
+    OutboxMessage::claimed(message.clone(), sequence, 1)
 }
 
 /// Relays the outbox to `sink` until `n` messages are sent, then stops the relay.

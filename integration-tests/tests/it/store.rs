@@ -309,7 +309,7 @@ async fn large_reads_stream_in_pages() -> anyhow::Result<()> {
         );
     }
     let all: Vec<_> = store
-        .stream_all(ReadAllOptions::default().max_count(4))
+        .stream_all(ReadAllOptions::default().page_size(4))
         .try_collect()
         .await?;
     assert_eq!(
@@ -318,11 +318,20 @@ async fn large_reads_stream_in_pages() -> anyhow::Result<()> {
     );
     let even: Category = "even".parse()?;
     let evens: Vec<_> = store
-        .stream_category(&even, ReadAllOptions::default().max_count(2))
+        .stream_category(&even, ReadAllOptions::default().page_size(2))
         .try_collect()
         .await?;
     assert_eq!(evens.len(), 15);
     assert!(evens.iter().all(|e| e.stream.category() == "even"));
+    let capped: Vec<_> = store
+        .stream_all(ReadAllOptions::default().page_size(4).max_count(6))
+        .try_collect()
+        .await?;
+    assert_eq!(
+        capped.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        positions[..6],
+        "max_count caps the whole stream, page_size only the queries"
+    );
     Ok(())
 }
 

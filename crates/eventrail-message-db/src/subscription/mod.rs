@@ -370,7 +370,7 @@ impl Poller {
     }
 
     fn report_dropped(&self, error: &SubscriptionError) {
-        tracing::warn!(error = %error, "message db subscription dropped");
+        tracing::warn!(error = %eventrail_core::error_chain(error), "message db subscription dropped");
         metrics::counter!("message_db_subscription_drops").increment(1);
         if let Some(callback) = &self.sub.on_dropped {
             callback(error);
