@@ -82,7 +82,8 @@ pub enum Wakeup {
 pub struct OutboxOptions {
     pub(crate) schema: String,
     pub(crate) tables: OutboxTables,
-    pub(crate) notify_channel: String,
+    /// `None`: `<schema>_outbox`.
+    pub(crate) notify_channel: Option<String>,
     pub(crate) batch_size: usize,
     pub(crate) max_per_key: usize,
     pub(crate) max_in_flight: usize,
@@ -104,7 +105,7 @@ impl Default for OutboxOptions {
         Self {
             schema: "eventrail".into(),
             tables: OutboxTables::default(),
-            notify_channel: "eventrail_outbox".into(),
+            notify_channel: None,
             batch_size: 512,
             max_per_key: 16,
             max_in_flight: 256,
@@ -141,9 +142,10 @@ impl OutboxOptions {
         self
     }
 
-    /// The channel of enqueue hints (default `eventrail_outbox`).
+    /// The channel of enqueue hints (default `<schema>_outbox`, so that two schemas never wake
+    /// each other's relays).
     pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
-        self.notify_channel = channel.into();
+        self.notify_channel = Some(channel.into());
         self
     }
 

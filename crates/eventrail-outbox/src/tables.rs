@@ -17,8 +17,9 @@ pub const OUTBOX_DESTINATIONS_MIGRATION: Migration = Migration {
 };
 
 /// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
-/// sequence order is its commit order.
-pub(crate) const KEY_LOCK: i32 = 1_701_147_150;
+/// sequence order is its commit order (key: the hash of the qualified outbox table and the
+/// partition key, so outboxes of two schemas never wait for each other).
+pub(crate) const KEY_LOCK: i32 = eventrail_store_postgres::keys::OUTBOX_KEY_LOCK;
 
 /// `name` or `schema.name`, each part validated and quoted; unqualified names go to
 /// `default_schema`. Returns the qualified name, its quoted schema and its bare table name.
@@ -63,7 +64,10 @@ pub(crate) struct Tables {
 
 impl Tables {
     pub(crate) fn new(options: &OutboxOptions) -> Result<Self, ConfigError> {
-        Self::from_names(&options.tables, &options.schema, &options.notify_channel)
+        let channel = options.notify_channel.clone().unwrap_or_else(|| {
+            eventrail_store_postgres::keys::default_channel(&options.schema, "outbox")
+        });
+        Self::from_names(&options.tables, &options.schema, &channel)
     }
 
     pub(crate) fn from_names(
@@ -85,7 +89,7 @@ impl Tables {
         Ok(Self {
             // Sorted, so that two producers locking several keys cannot deadlock each other.
             lock_keys: format!(
-                "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
+                "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext('{outbox}/' || k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
             ),
             insert: format!(
                 "INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
@@ -288,7 +292,11 @@ pub fn with_outbox_migration(
     schema: &str,
     names: &OutboxTables,
 ) -> Result<Migrator, ConfigError> {
-    let tables = Tables::from_names(names, schema, "eventrail_outbox")?;
+    let tables = Tables::from_names(
+        names,
+        schema,
+        &eventrail_store_postgres::keys::default_channel(schema, "outbox"),
+    )?;
     let mut migrator = migrator
         .with_migrations(&[OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION])
         .with_roles(include_str!(

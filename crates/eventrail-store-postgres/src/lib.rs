@@ -35,6 +35,7 @@
 mod connect;
 mod error;
 mod frontier;
+pub mod keys;
 mod migrate;
 mod options;
 mod rows;

@@ -33,8 +33,8 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 7,
-        name: "append_privileges",
-        template: include_str!("../../../migrations/0007_append_privileges.sql"),
+        name: "append_keys_and_privileges",
+        template: include_str!("../../../migrations/0007_append_keys_and_privileges.sql"),
     },
 ];
 
@@ -47,7 +47,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (4, "worker_faults"),
     (5, "outbox_destinations"),
     (6, "append_isolation"),
-    (7, "append_privileges"),
+    (7, "append_keys_and_privileges"),
 ];
 
 /// Whether `migration` is in the catalogue of eventrail's migrations (each component checks
@@ -108,7 +108,7 @@ pub struct MigrationInfo {
 const ROLES_TEMPLATE: &str = include_str!("../../../migrations/optional/roles.sql");
 
 /// Advisory lock class of the migration runner (the key is the schema's hash).
-const MIGRATION_LOCK_CLASS: i32 = 1_701_147_136;
+const MIGRATION_LOCK_CLASS: i32 = crate::keys::MIGRATION_LOCK;
 
 /// Applies the embedded migrations to one schema, once, under an advisory lock, recording a
 /// checksum of each; refuses to run when an applied migration was changed.
@@ -197,7 +197,10 @@ impl Migrator {
     }
 
     fn render(&self, template: &str) -> String {
-        let mut sql = template.replace("{schema}", &self.quoted);
+        let mut sql = template.replace("{schema}", &self.quoted).replace(
+            "{lock_namespace}",
+            &format!("'{}'", crate::keys::lock_namespace(&self.schema)),
+        );
         for (placeholder, value) in &self.replacements {
             sql = sql.replace(placeholder.as_str(), value);
         }

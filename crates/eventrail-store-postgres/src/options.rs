@@ -39,20 +39,29 @@ pub fn validate_identifier(what: &'static str, value: &str) -> Result<String, Co
 #[must_use]
 pub struct PgStoreOptions {
     pub(crate) schema: String,
-    pub(crate) notify_channel: Option<String>,
+    notify: Notify,
+}
+
+/// Which channel appends notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Notify {
+    /// `<schema>_events` (see [`crate::keys::default_channel`]).
+    Derived,
+    Named(String),
+    Off,
 }
 
 impl Default for PgStoreOptions {
     fn default() -> Self {
         Self {
             schema: "eventrail".into(),
-            notify_channel: Some("eventrail_events".into()),
+            notify: Notify::Derived,
         }
     }
 }
 
 impl PgStoreOptions {
-    /// Defaults: schema `eventrail`, notify channel `eventrail_events`.
+    /// Defaults: schema `eventrail`, notify channel `<schema>_events` (`eventrail_events`).
     pub fn new() -> Self {
         Self::default()
     }
@@ -63,15 +72,17 @@ impl PgStoreOptions {
         self
     }
 
-    /// The channel of the `pg_notify` hint sent by every append (default `eventrail_events`).
+    /// The channel of the `pg_notify` hint sent by every append (default `<schema>_events`,
+    /// so that two schemas never wake each other's subscribers). A worker on this store listens
+    /// on it.
     pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
-        self.notify_channel = Some(channel.into());
+        self.notify = Notify::Named(channel.into());
         self
     }
 
     /// Sends no notification: subscribers then rely on polling alone.
     pub fn without_notify(mut self) -> Self {
-        self.notify_channel = None;
+        self.notify = Notify::Off;
         self
     }
 
@@ -83,15 +94,20 @@ impl PgStoreOptions {
 
     /// The notify channel, if any.
     #[must_use]
-    pub fn channel(&self) -> Option<&str> {
-        self.notify_channel.as_deref()
+    pub fn channel(&self) -> Option<String> {
+        match &self.notify {
+            Notify::Derived => Some(crate::keys::default_channel(&self.schema, "events")),
+            Notify::Named(channel) => Some(channel.clone()),
+            Notify::Off => None,
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<String, ConfigError> {
-        if let Some(channel) = &self.notify_channel {
-            validate_identifier("notify channel", channel)?;
+        let schema = validate_identifier("schema", &self.schema)?;
+        if let Some(channel) = self.channel() {
+            validate_identifier("notify channel", &channel)?;
         }
-        validate_identifier("schema", &self.schema)
+        Ok(schema)
     }
 }
 

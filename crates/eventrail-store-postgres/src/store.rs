@@ -55,14 +55,7 @@ impl<P: PgStatelessProcessor> DynProcessor for P {
     }
 }
 
-/// Advisory lock classes shared with `append_events` (see the migration).
-const SCOPE_ALL_LOCK: i32 = 1_701_147_137;
-const SCOPE_CATEGORY_LOCK: i32 = 1_701_147_138;
-/// The appender lock: the whole-log scope lock, which every append holds (shared, or exclusive
-/// for a whole-log precondition) from before it takes a position until it ends. The gap proof
-/// reads its holders (see `HoleEvidence`).
-const APPENDER_LOCK_CLASS: i32 = SCOPE_ALL_LOCK;
-const APPENDER_LOCK_KEY: i32 = 0;
+use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK};
 
 const APPEND_TYPES: [Type; 12] = [
     Type::TEXT,
@@ -97,7 +90,9 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(schema: &str) -> Self {
+    /// `schema` quoted, `name` as the user gave it (the lock namespace).
+    fn new(schema: &str, name: &str) -> Self {
+        let namespace = crate::keys::lock_namespace(name);
         let events = format!("{schema}.events");
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
         Self {
@@ -152,7 +147,8 @@ impl Sql {
                   AND x.mode = 'ExclusiveLock' AND x.granted \
                  WHERE a.locktype = 'advisory' AND a.granted \
                   AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                  AND a.classid = {APPENDER_LOCK_CLASS}::oid AND a.objid = {APPENDER_LOCK_KEY}::oid AND a.objsubid = 2)"
+                  AND a.classid = {SCOPE_ALL_LOCK}::oid AND a.objsubid = 2 \
+                  AND a.objid IN (hashtext('{namespace}')::oid, 0::oid))"
             ),
             existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
         }
@@ -161,6 +157,8 @@ impl Sql {
 
 struct Inner {
     options: PgStoreOptions,
+    /// The resolved notify channel.
+    channel: Option<String>,
     sql: Sql,
     processors: Vec<Arc<dyn DynProcessor>>,
 }
@@ -452,7 +450,8 @@ impl PgEventStore {
         Ok(Self {
             pool,
             inner: Arc::new(Inner {
-                sql: Sql::new(&schema),
+                sql: Sql::new(&schema, options.schema_name()),
+                channel: options.channel(),
                 options,
                 processors: Vec::new(),
             }),
@@ -522,7 +521,13 @@ impl PgEventStore {
         &self.pool
     }
 
-    /// The options.
+    /// The channel its appends notify, if any: a worker on this store listens on it.
+    #[must_use]
+    pub fn notify_channel(&self) -> Option<&str> {
+        self.inner.channel.as_deref()
+    }
+
+    /// Its options.
     pub fn options(&self) -> &PgStoreOptions {
         &self.inner.options
     }
@@ -554,7 +559,7 @@ impl PgEventStore {
         staged: Option<&P>,
     ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
-        let params = AppendParams::new(&request, self.inner.options.channel())?;
+        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
         let mut client = self.client().await?;
         let statement = client
             .prepare_typed_cached(&self.inner.sql.append, &APPEND_TYPES)
@@ -637,7 +642,7 @@ impl PgEventStore {
         request: AppendRequest,
     ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
-        let params = AppendParams::new(&request, self.inner.options.channel())?;
+        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
         let typed = params.typed();
         if self.inner.processors.is_empty() {
             return match tx.query_typed(&self.inner.sql.append, &typed).await {
@@ -1104,7 +1109,14 @@ impl EventStore for PgEventStore {
             PositionScope::Category(c) => {
                 tx.execute(
                     "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                    &[&SCOPE_CATEGORY_LOCK, &c.as_str()],
+                    &[
+                        &SCOPE_CATEGORY_LOCK,
+                        &format!(
+                            "{}{}",
+                            crate::keys::lock_namespace(self.inner.options.schema_name()),
+                            c.as_str()
+                        ),
+                    ],
                 )
                 .await
                 .map_err(backend)?;
@@ -1116,9 +1128,15 @@ impl EventStore for PgEventStore {
                 .map_err(backend)?
             }
             _ => {
-                tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&SCOPE_ALL_LOCK])
-                    .await
-                    .map_err(backend)?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[
+                        &SCOPE_ALL_LOCK,
+                        &crate::keys::lock_namespace(self.inner.options.schema_name()),
+                    ],
+                )
+                .await
+                .map_err(backend)?;
                 tx.query(&self.inner.sql.read_scope_all, &[&after, &limit(max_count)])
                     .await
                     .map_err(backend)?

@@ -6,9 +6,7 @@ use std::time::SystemTime;
 use deadpool_postgres::Pool;
 
 use crate::error::db;
-use crate::runtime::{
-    CHECKPOINT_CHANNEL, IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held,
-};
+use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held};
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
@@ -370,7 +368,7 @@ impl WorkerAdmin {
                  SELECT pg_notify($3, consumer || ' ' || position) FROM skipped",
                 t.checkpoints
             ),
-            &[&consumer, &at, &CHECKPOINT_CHANNEL],
+            &[&consumer, &at, &self.tables.checkpoint_channel],
         )
         .await
         .map_err(db)?;

@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::consumer::DynConsumer;
 use crate::error::db;
-use crate::runtime::{CHECKPOINT_CHANNEL, Shared, sleep_or_cancel};
+use crate::runtime::{Shared, sleep_or_cancel};
 use crate::{ConsumerScope, WorkerError};
 
 pub(crate) struct ConsumerContext {
@@ -417,7 +417,7 @@ async fn record_failure(
                 &failures,
                 &error,
                 &park,
-                &CHECKPOINT_CHANNEL,
+                &ctx.shared.tables.checkpoint_channel,
                 &ctx.shared.id,
                 &ctx.epoch,
             ],
@@ -459,7 +459,7 @@ async fn park(
                 &to_i64(suspect.position),
                 &ctx.shared.id,
                 &ctx.epoch,
-                &CHECKPOINT_CHANNEL,
+                &ctx.shared.tables.checkpoint_channel,
             ],
         )
         .await
@@ -580,7 +580,7 @@ async fn run_batch(
                 &to_i64(up_to),
                 &ctx.shared.id,
                 &ctx.epoch,
-                &CHECKPOINT_CHANNEL,
+                &ctx.shared.tables.checkpoint_channel,
             ],
         )
         .await

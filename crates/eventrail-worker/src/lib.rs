@@ -43,6 +43,6 @@ pub use admin::{ConsumerStatus, GapRecord, Status, WorkerAdmin, WorkerStatus};
 pub use consumer::{Consumer, ConsumerScope, ReactorConsumer, StatefulConsumer};
 pub use error::WorkerError;
 pub use options::{DispatcherStrategy, LeaderMode, RetryPolicy, TableNames, WorkerOptions};
-pub use runtime::{CHECKPOINT_CHANNEL, Worker, WorkerBuilder};
-pub use tables::{WORKER_FAULTS_MIGRATION, WORKER_MIGRATION, worker_migrator};
+pub use runtime::{Worker, WorkerBuilder};
+pub use tables::{WORKER_FAULTS_MIGRATION, WORKER_MIGRATION, checkpoint_channel, worker_migrator};
 pub use wait::wait_for;

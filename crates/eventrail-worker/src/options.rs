@@ -98,6 +98,7 @@ pub struct WorkerOptions {
     pub(crate) batch_timeout: Duration,
     pub(crate) dispatcher: DispatcherStrategy,
     pub(crate) leader_mode: LeaderMode,
+    /// Taken from the store when the worker is built.
     pub(crate) notify_channel: String,
     pub(crate) tables: TableNames,
     pub(crate) retry: RetryPolicy,
@@ -121,7 +122,7 @@ impl Default for WorkerOptions {
             batch_timeout: Duration::from_secs(30),
             dispatcher: DispatcherStrategy::Notify,
             leader_mode: LeaderMode::AdvisoryLock,
-            notify_channel: "eventrail_events".into(),
+            notify_channel: String::new(),
             tables: TableNames::default(),
             retry: RetryPolicy::default(),
             stall_escape: None,
@@ -208,12 +209,6 @@ impl WorkerOptions {
     /// Advisory-lock or lease leadership (default advisory lock).
     pub fn leader_mode(mut self, mode: LeaderMode) -> Self {
         self.leader_mode = mode;
-        self
-    }
-
-    /// The store's notify channel (default `eventrail_events`).
-    pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
-        self.notify_channel = channel.into();
         self
     }
 

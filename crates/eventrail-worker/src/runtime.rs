@@ -22,11 +22,9 @@ use crate::tables::Tables;
 use crate::{Consumer, LeaderMode, WorkerError, WorkerOptions};
 
 /// Advisory lock class of a worker's identity (key: hash of its id).
-pub(crate) const IDENTITY_LOCK: i32 = 1_701_147_140;
+pub(crate) const IDENTITY_LOCK: i32 = eventrail_store_postgres::keys::WORKER_IDENTITY_LOCK;
 /// Advisory lock class of leadership (key: hash of the checkpoint table's name).
-pub(crate) const LEADER_LOCK: i32 = 1_701_147_141;
-/// Channel on which batch commits announce checkpoints (`consumer position`).
-pub const CHECKPOINT_CHANNEL: &str = "eventrail_checkpoints";
+pub(crate) const LEADER_LOCK: i32 = eventrail_store_postgres::keys::WORKER_LEADER_LOCK;
 
 /// Builds a [`Worker`].
 #[must_use]
@@ -86,16 +84,22 @@ impl WorkerBuilder {
                 });
             }
         }
-        eventrail_store_postgres::validate_identifier(
-            "notify channel",
-            &self.options.notify_channel,
-        )?;
-        let tables = Tables::new(&self.options.tables, self.store.options().schema_name())?;
+        // The store's channel: a worker cannot listen where its appends do not notify.
+        let mut options = self.options;
+        match self.store.notify_channel() {
+            Some(channel) => options.notify_channel = channel.to_owned(),
+            None if options.dispatcher == crate::DispatcherStrategy::Notify => {
+                tracing::info!("the store sends no notifications: the worker polls");
+                options.dispatcher = crate::DispatcherStrategy::Poll;
+            }
+            None => {}
+        }
+        let tables = Tables::new(&options.tables, self.store.options().schema_name())?;
         Ok(Worker {
             id: Uuid::now_v7(),
             store: self.store,
             connect: self.connect,
-            options: Arc::new(self.options),
+            options: Arc::new(options),
             tables: Arc::new(tables),
             consumers: self.consumers,
         })
@@ -537,7 +541,7 @@ async fn try_establish(
                      SELECT pg_notify($2, consumer || ' 0') FROM added",
                     t.checkpoints
                 ),
-                &[&names, &CHECKPOINT_CHANNEL],
+                &[&names, &shared.tables.checkpoint_channel],
             )
             .await
             .map_err(db)?;

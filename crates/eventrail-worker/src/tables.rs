@@ -24,6 +24,8 @@ pub(crate) struct Tables {
     pub(crate) checkpoints: String,
     pub(crate) gap_skips: String,
     pub(crate) leader: String,
+    /// Where batch commits announce checkpoints (`consumer position`): `<schema>_checkpoints`.
+    pub(crate) checkpoint_channel: String,
     schemas: Vec<String>,
     /// The batch's statements, built once (they run thousands of times a second while
     /// catching up, as cached prepared statements).
@@ -90,9 +92,18 @@ impl Tables {
             checkpoints,
             gap_skips,
             leader,
+            checkpoint_channel: checkpoint_channel(default_schema),
             schemas,
         })
     }
+}
+
+/// The channel on which batch commits in `schema` announce checkpoints (payload `consumer
+/// position`), for your own LISTEN: `<schema>_checkpoints` (see
+/// [`eventrail_store_postgres::keys::default_channel`]).
+#[must_use]
+pub fn checkpoint_channel(schema: &str) -> String {
+    eventrail_store_postgres::keys::default_channel(schema, "checkpoints")
 }
 
 /// A migrator for the event store and the worker tables, with these names.

@@ -6,7 +6,6 @@ use eventrail_store_postgres::{ListenEvent, PgConnectOptions, PgListener};
 use tracing::warn;
 
 use crate::error::db;
-use crate::runtime::CHECKPOINT_CHANNEL;
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
@@ -38,7 +37,7 @@ pub async fn wait_for(
     let tables = Tables::new(tables, schema)?;
     let mut listener = connect
         .into()
-        .listener(WAIT_COMPONENT, &[CHECKPOINT_CHANNEL])?;
+        .listener(WAIT_COMPONENT, &[&tables.checkpoint_channel])?;
     let query = format!(
         "SELECT position, parked_at IS NOT NULL, coalesce(last_error, '') FROM {} WHERE consumer = $1",
         tables.checkpoints

@@ -20,5 +20,6 @@ mod processors;
 mod store;
 mod tls;
 mod torture;
+mod two_schemas;
 mod worker;
 mod worker_faults;
