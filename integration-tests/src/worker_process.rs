@@ -91,7 +91,11 @@ pub async fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         options = options.batch_timeout(d);
     }
     let hold_dir = std::env::var_os("EVENTRAIL_TEST_HOLD_DIR").map(PathBuf::from);
-    let mut builder = Worker::builder(store, url.parse()?).options(options);
+    let mut builder = Worker::builder(
+        store,
+        url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
+    )
+    .options(options);
     for i in 0..consumers {
         builder = builder.consumer(Held {
             recorder: Recorder::new(format!("c{i}"), name.clone()),

@@ -83,7 +83,7 @@ async fn lag(
     // The worker has a pool of its own, as in a separate service: the appenders cannot starve it.
     let worker = Worker::builder(
         PgEventStore::new(eventrail_devdb::pool(&url, 8)?),
-        url.parse()?,
+        url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
     )
     .options(WorkerOptions::new().dispatcher(dispatcher))
     .consumer(probe.clone())
@@ -100,7 +100,7 @@ async fn lag(
         .await?
         .last_position();
     wait_for(
-        &url.parse()?,
+        &url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
         "eventrail",
         &TableNames::default(),
         "lag-probe",
@@ -140,7 +140,7 @@ async fn lag(
         last = last.max(done?);
     }
     wait_for(
-        &url.parse()?,
+        &url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
         "eventrail",
         &TableNames::default(),
         "lag-probe",
@@ -238,14 +238,17 @@ async fn catch_up(
         let options =
             batch_size.map_or_else(WorkerOptions::new, |n| WorkerOptions::new().batch_size(n));
         let started = Instant::now();
-        let worker = Worker::builder(store.clone(), url.parse()?)
-            .options(options)
-            .consumer(Noop(name))
-            .build()?;
+        let worker = Worker::builder(
+            store.clone(),
+            url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
+        )
+        .options(options)
+        .consumer(Noop(name))
+        .build()?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
         wait_for(
-            &url.parse()?,
+            &url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
             "eventrail",
             &TableNames::default(),
             name,

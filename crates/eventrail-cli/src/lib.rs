@@ -10,7 +10,8 @@
 //! eventrail outbox status
 //! eventrail outbox dead list [--limit N] | requeue [ID..|--all] | purge [ID..|--all]
 //! ```
-//! The database comes from `--database-url` or `DATABASE_URL`.
+//! The database comes from `--database-url` or `DATABASE_URL`, a libpq URL: TLS from its
+//! `sslmode` and `sslrootcert`, `connect_timeout` in seconds (default 10).
 
 use std::io::Write;
 
@@ -20,7 +21,7 @@ use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
 use eventrail_outbox::{OutboxAdmin, OutboxOptions};
-use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
+use eventrail_store_postgres::{Migrator, PgConnectOptions, PgEventStore, PgStoreOptions};
 use eventrail_worker::{Status, WorkerAdmin};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -232,7 +233,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         } => {
             let migrator = migrator(&cli.schema)?;
             let url = require_url(cli.database_url.as_deref())?;
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            let (client, connection) = connect_options(url)?
+                .connect(CLI_COMPONENT)
                 .await
                 .context("connecting to the database")?;
             tokio::spawn(connection);
@@ -275,7 +277,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 migrator.roles_sql(prefix)?;
             }
             let url = require_url(cli.database_url.as_deref())?;
-            let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            let (mut client, connection) = connect_options(url)?
+                .connect(CLI_COMPONENT)
                 .await
                 .context("connecting to the database")?;
             tokio::spawn(connection);
@@ -307,7 +310,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 },
         } => {
             let stream: StreamName = name.parse()?;
-            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
             // One row more than shown tells whether the stream goes on.
             let mut options = ReadStreamOptions::default().max_count(limit.saturating_add(1));
             if backward {
@@ -335,7 +338,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             action: CategoryAction::Read { name, from, limit },
         } => {
             let category: Category = name.parse()?;
-            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
             let options = ReadAllOptions::default()
                 .from_position(from)
                 .max_count(limit.saturating_add(1));
@@ -349,7 +352,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         }
         Command::Status { heartbeat_timeout } => print_status(
             out,
-            &admin(cli.database_url.as_deref(), &cli.schema)?
+            &admin(cli.database_url.as_deref(), &cli.schema)
+                .await?
                 .heartbeat_timeout(
                     std::time::Duration::try_from_secs_f64(heartbeat_timeout)
                         .context("--heartbeat-timeout must be a non-negative number of seconds")?,
@@ -358,7 +362,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 .await?,
         )?,
         Command::Consumer { action } => {
-            let admin = admin(cli.database_url.as_deref(), &cli.schema)?;
+            let admin = admin(cli.database_url.as_deref(), &cli.schema).await?;
             let (name, done) = match &action {
                 ConsumerAction::Rewind { name, to, force } => {
                     if *force {
@@ -391,7 +395,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "consumer {name} {done}")?;
         }
         Command::Gaps { consumer, limit } => {
-            let gaps = admin(cli.database_url.as_deref(), &cli.schema)?
+            let gaps = admin(cli.database_url.as_deref(), &cli.schema)
+                .await?
                 .gaps(consumer.as_deref(), limit)
                 .await?;
             let rows: Vec<Vec<String>> = gaps
@@ -414,7 +419,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "({} skips)", gaps.len())?;
         }
         Command::Outbox { action } => {
-            let store = store(cli.database_url.as_deref(), &cli.schema)?;
+            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
             let admin = OutboxAdmin::new(
                 store.pool().clone(),
                 &OutboxOptions::new().schema(cli.schema.as_str()),
@@ -538,8 +543,8 @@ fn migrator(schema: &str) -> anyhow::Result<Migrator> {
     )?)
 }
 
-fn admin(url: Option<&str>, schema: &str) -> anyhow::Result<WorkerAdmin> {
-    let store = store(url, schema)?;
+async fn admin(url: Option<&str>, schema: &str) -> anyhow::Result<WorkerAdmin> {
+    let store = store(url, schema).await?;
     Ok(WorkerAdmin::new(
         store.pool().clone(),
         schema,
@@ -617,14 +622,27 @@ fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
     url.context("no database: pass --database-url or set DATABASE_URL")
 }
 
-fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> {
-    let config: tokio_postgres::Config = require_url(url)?
-        .parse()
-        .context("parsing the database URL")?;
-    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-    let pool = deadpool_postgres::Pool::builder(manager)
-        .max_size(2)
-        .build()?;
+/// The `application_name` of the command's sessions.
+const CLI_COMPONENT: &str = "eventrail-cli";
+
+/// The URL's connection settings (TLS from `sslmode`, `connect_timeout`).
+fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_url(url)?)
+}
+
+/// A store on a small pool, after one connection was made: an unreachable database is a
+/// [`ConnectError`](eventrail_store_postgres::ConnectError) (timed out, TLS refused, refused)
+/// whatever the command.
+async fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> {
+    let pool = connect_options(require_url(url)?)?
+        .max_connections(2)
+        .pool(CLI_COMPONENT)?;
+    drop(
+        pool.get()
+            .await
+            .map_err(|e| eventrail_store_postgres::ConnectError::from_pool(e, &pool))
+            .context("connecting to the database")?,
+    );
     Ok(PgEventStore::with_options(
         pool,
         PgStoreOptions::new().schema(schema),

@@ -328,6 +328,130 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
     started
 }
 
+/// Starts a new throwaway cluster in `dir` (stopping and removing one found there) that accepts
+/// TCP connections only over TLS: `ssl = on` with the PEM server certificate and key given, and
+/// a `pg_hba.conf` whose only TCP lines are `hostssl` (trust). Unix-socket connections (in
+/// `dir`) stay open for tools. With `client_ca`, the server also trusts client certificates
+/// signed by that CA, and the role `eventrail_cert` (create it) may log in over TCP only with a
+/// client certificate whose common name is its name (`cert` authentication). Returns its URL
+/// (without `sslmode`).
+///
+/// # Errors
+/// [`DevDbError::NoPostgres`] when no binaries are installed, [`DevDbError::Io`] when the files
+/// cannot be written, [`DevDbError::Command`] when `initdb` or `pg_ctl` fails.
+pub async fn start_throwaway_tls_cluster(
+    dir: &Path,
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<String, DevDbError> {
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })?;
+    let (dir, cert, key) = (dir.to_path_buf(), cert.to_path_buf(), key.to_path_buf());
+    let client_ca = client_ca.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || {
+        start_tls_blocking(&bin, &dir, port, (&cert, &key), client_ca.as_deref())
+    })
+    .await
+    .map_err(|e| DevDbError::Io {
+        what: "joining the start task".into(),
+        source: std::io::Error::other(e),
+    })??;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+fn start_tls_blocking(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    (cert, key): (&Path, &Path),
+    client_ca: Option<&Path>,
+) -> Result<(), DevDbError> {
+    if dir.join("PG_VERSION").exists() {
+        // Left by an earlier run: it may still run.
+        let _ = stop_throwaway_cluster(dir);
+        fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
+    }
+    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let root = is_root();
+    let chown = |path: &Path| -> Result<(), DevDbError> {
+        if !root {
+            return Ok(());
+        }
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .map_err(io("chown"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(DevDbError::Command {
+                command: "chown".into(),
+                output: format!("exit {status}"),
+            })
+        }
+    };
+    chown(dir)?;
+    let dir_s = dir.to_string_lossy();
+    run_pg(
+        &bin.join("initdb"),
+        &[
+            "-D",
+            &dir_s,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+    )?;
+    fs::copy(cert, dir.join("server.crt")).map_err(io("copying the server certificate"))?;
+    fs::copy(key, dir.join("server.key")).map_err(io("copying the server key"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+            .map_err(io("protecting the server key"))?;
+    }
+    let mut hba = String::from("local all all trust\n");
+    let mut ssl_ca = String::new();
+    if let Some(ca) = client_ca {
+        fs::copy(ca, dir.join("root.crt")).map_err(io("copying the client CA"))?;
+        ssl_ca = " -c ssl_ca_file=root.crt".to_owned();
+        hba.push_str("hostssl all eventrail_cert 127.0.0.1/32 cert\n");
+    }
+    hba.push_str("hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n");
+    fs::write(dir.join("pg_hba.conf"), hba).map_err(io("writing pg_hba.conf"))?;
+    chown(dir)?;
+    let log = dir.join("server.log");
+    let options = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=100 -c fsync=off \
+         -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key{ssl_ca}"
+    );
+    info!(
+        port,
+        "starting a throwaway PostgreSQL cluster with TLS only"
+    );
+    run_pg(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            &dir_s,
+            "-o",
+            &options,
+            "-l",
+            &log.to_string_lossy(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    )
+}
+
 /// Stops a throwaway cluster started by [`start_throwaway_cluster`].
 ///
 /// # Errors

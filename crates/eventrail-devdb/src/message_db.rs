@@ -75,6 +75,10 @@ pub fn install_message_db(url: &str, dbname: &str) -> Result<(), DevDbError> {
         .env("PGHOST", host)
         .env("PGPORT", port.to_string())
         .env("PGUSER", config.get_user().unwrap_or("postgres"));
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        // A server that accepts only TLS (`hostssl`).
+        command.env("PGSSLMODE", "require");
+    }
     if let Some(password) = config.get_password() {
         command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
     }

@@ -1,9 +1,9 @@
 use std::fmt;
-use std::str::FromStr;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
+use eventrail_store_postgres::{ConnectError, PgConnectOptions};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::{Row, Transaction};
 
 use crate::error::{classify, classify_write};
 use crate::options::to_bigint;
@@ -322,32 +322,31 @@ impl MessageDb {
         Self { pool, options }
     }
 
-    /// A client with a pool of its own (at most 16 connections) on `url`, for example
-    /// `postgres://message_store@localhost/message_store`. Its connections start with
+    /// A client with a pool of its own on `url`, for example
+    /// `postgres://message_store@localhost/message_store?sslmode=verify-full`: TLS, timeouts and
+    /// the pool size as [`PgConnectOptions`] reads them. Its connections start with
     /// `message_store, public` as their search path (as Eventide's clients do), so calls need not
-    /// set it.
+    /// set it, and are named `eventrail-message-db` unless the URL sets an `application_name`.
     ///
     /// # Errors
-    /// [`MessageDbError::Database`] when the URL does not parse; [`MessageDbError::Pool`] when no
-    /// pool can be built. No connection is opened yet.
+    /// [`MessageDbError::Connect`] when the URL does not parse or its TLS settings cannot work.
+    /// No connection is opened yet.
     pub fn connect(url: &str) -> Result<Self, MessageDbError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(MessageDbError::Database)?;
-        let options = match config.get_options() {
-            Some(given) => format!("{given} -c search_path=message_store,public"),
-            None => "-c search_path=message_store,public".to_owned(),
-        };
-        config.options(options);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| MessageDbError::Pool(Box::new(e)))?;
+        Self::connect_with(&PgConnectOptions::from_url(url)?)
+    }
+
+    /// [`connect`](Self::connect) with connection options built in code.
+    ///
+    /// # Errors
+    /// [`MessageDbError::Connect`] when its TLS settings cannot work (an unreadable CA file).
+    pub fn connect_with(connect: &PgConnectOptions) -> Result<Self, MessageDbError> {
+        let pool = connect.pool_adjusted("eventrail-message-db", |config| {
+            let options = match config.get_options() {
+                Some(given) => format!("{given} -c search_path=message_store,public"),
+                None => "-c search_path=message_store,public".to_owned(),
+            };
+            config.options(options);
+        })?;
         Ok(Self::new(pool))
     }
 
@@ -373,7 +372,10 @@ impl MessageDb {
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, MessageDbError> {
-        Ok(self.pool.get().await?)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| ConnectError::from_pool(e, &self.pool).into())
     }
 
     /// One of the name functions (`id`, `category`, …): one text argument, one value.

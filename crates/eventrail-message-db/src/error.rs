@@ -167,6 +167,10 @@ pub enum MessageDbError {
         /// Message DB's exception text.
         message: String,
     },
+    /// No connection could be opened or taken from the pool (timed out, TLS refused, refused by
+    /// the server), or the connection settings are wrong: see [`ConnectError`](eventrail_store_postgres::ConnectError).
+    #[error(transparent)]
+    Connect(#[from] eventrail_store_postgres::ConnectError),
     /// No connection could be taken from the pool: retry later.
     #[error("no connection from the pool")]
     Pool(#[source] BoxError),
@@ -181,6 +185,7 @@ impl MessageDbError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Database(e) => e.code().map(SqlState::code),
+            Self::Connect(e) => e.code().map(SqlState::code),
             _ => None,
         }
     }
@@ -191,6 +196,7 @@ impl MessageDbError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Pool(_) => true,
+            Self::Connect(e) => e.is_retryable(),
             Self::Database(e) => e
                 .code()
                 .is_none_or(|c| eventrail_store_postgres::is_retryable_sqlstate(c.code())),

@@ -1,5 +1,5 @@
 use eventrail_core::{BoxError, StoreError};
-use eventrail_store_postgres::ConfigError;
+use eventrail_store_postgres::{ConfigError, ConnectError};
 use uuid::Uuid;
 
 /// Errors of enqueueing, relaying and administering the outbox.
@@ -22,6 +22,10 @@ pub enum OutboxError {
     /// Appending the events failed (see [`StoreError`]); nothing was enqueued.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A connection could not be opened or taken from the pool (timed out, TLS refused,
+    /// refused by the server), or its settings are wrong: see [`ConnectError`].
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The database or the connection failed: retry later.
     #[error("outbox database operation failed")]
     Database(#[source] BoxError),
@@ -51,6 +55,7 @@ impl OutboxError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable(),
+            Self::Connect(e) => e.is_retryable(),
             Self::Database(_) => self
                 .database_error()
                 .is_none_or(eventrail_core::DatabaseError::is_retryable),

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use eventrail_store_postgres::{ConnectError, ListenEvent, PgConnectOptions};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, instrument, warn};
 use uuid::Uuid;
@@ -129,7 +130,7 @@ impl<'m> Settlement<'m> {
 pub struct Relay<S> {
     id: Uuid,
     pool: Pool,
-    connect: Option<tokio_postgres::Config>,
+    connect: Option<PgConnectOptions>,
     sink: S,
     options: Arc<OutboxOptions>,
     tables: Arc<Tables>,
@@ -240,12 +241,37 @@ impl<S: Sink> Relay<S> {
         })
     }
 
+    /// A relay with a pool of its own on `connect` (TLS, timeouts, pool size), LISTENing for
+    /// enqueue hints there too. Its sessions are named `eventrail-relay` in `pg_stat_activity`
+    /// unless `connect` sets an `application_name`. Nothing connects yet.
+    ///
+    /// # Errors
+    /// [`OutboxError::Config`] for a refused schema, table or channel name,
+    /// [`OutboxError::Connect`] for TLS settings that cannot work (an unreadable CA file).
+    pub fn connect(
+        connect: &PgConnectOptions,
+        sink: S,
+        options: OutboxOptions,
+    ) -> Result<Self, OutboxError> {
+        let pool = connect.pool(RELAY_COMPONENT)?;
+        Ok(Self::new(pool, sink, options)?.listen(connect))
+    }
+
     /// LISTEN for enqueue hints on a dedicated connection with these settings (with
-    /// [`Wakeup::Notify`], the default). Without it the relay polls.
+    /// [`Wakeup::Notify`], the default): a [`PgConnectOptions`] or a `tokio_postgres::Config`.
+    /// Without it the relay polls.
     #[must_use]
-    pub fn listen(mut self, connect: tokio_postgres::Config) -> Self {
-        self.connect = Some(connect);
+    pub fn listen(mut self, connect: impl Into<PgConnectOptions>) -> Self {
+        self.connect = Some(connect.into());
         self
+    }
+
+    /// A pooled connection; a pool timeout is a typed [`ConnectError`].
+    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| OutboxError::Connect(ConnectError::from_pool(e, &self.pool)))
     }
 
     /// This relay's id (the lease owner of the messages it holds).
@@ -529,7 +555,7 @@ impl<S: Sink> Relay<S> {
     }
 
     async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
-        let client = self.pool.get().await.map_err(db)?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.tables.renew)
             .await
@@ -545,7 +571,7 @@ impl<S: Sink> Relay<S> {
     async fn claim(&self) -> Result<Batch, OutboxError> {
         let t = &self.tables;
         let leased_at = Instant::now();
-        let mut client = self.pool.get().await.map_err(db)?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
         let batch_size = self.options.batch_size;
@@ -733,7 +759,7 @@ impl<S: Sink> Relay<S> {
         let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
         let max_ms = retry.max_backoff.as_secs_f64() * 1000.0;
-        let client = self.pool.get().await.map_err(db)?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.tables.settle)
             .await
@@ -788,7 +814,7 @@ impl<S: Sink> Relay<S> {
     }
 
     async fn release_leases(&self) -> Result<(), OutboxError> {
-        let client = self.pool.get().await.map_err(db)?;
+        let client = self.client().await?;
         let released = client
             .execute(&self.tables.release_all, &[&self.id])
             .await
@@ -806,7 +832,7 @@ impl<S: Sink> Relay<S> {
     /// [`OutboxError::Database`].
     #[instrument(skip_all)]
     pub async fn cleanup(&self) -> Result<u64, OutboxError> {
-        let client = self.pool.get().await.map_err(db)?;
+        let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.tables.cleanup)
             .await
@@ -841,7 +867,7 @@ impl<S: Sink> Relay<S> {
     }
 
     async fn record_stats(&self) -> Result<(), OutboxError> {
-        let client = self.pool.get().await.map_err(db)?;
+        let client = self.client().await?;
         let row = client
             .query_one(&self.tables.stats, &[])
             .await
@@ -895,62 +921,34 @@ fn message(row: &Row) -> OutboxMessage {
     }
 }
 
-/// LISTENs on a dedicated connection and wakes the relay on each hint; reconnects with backoff.
+/// The `application_name` of the relay's sessions.
+const RELAY_COMPONENT: &str = "eventrail-relay";
+
+/// LISTENs on a dedicated connection ([`PgListener`](eventrail_store_postgres::PgListener)) and
+/// wakes the relay on each hint and after each (re)connection (hints may have been missed).
 async fn listen(
-    connect: tokio_postgres::Config,
+    connect: PgConnectOptions,
     channel: String,
     max_retry: Duration,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut retry = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        match connect.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(message) = messages.next().await {
-                        match message {
-                            Ok(AsyncMessage::Notification(_)) => {
-                                if tx.send(()).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                warn!(error = %chain(&e), "the outbox LISTEN connection failed");
-                                return;
-                            }
-                        }
-                    }
-                });
-                match client.batch_execute(&format!("LISTEN {channel}")).await {
-                    Ok(()) => {
-                        retry = Duration::from_millis(100);
-                        // Anything enqueued while not listening: look now.
-                        wake.notify_one();
-                        loop {
-                            tokio::select! {
-                                () = stop.cancelled() => break,
-                                hint = rx.recv() => match hint {
-                                    Some(()) => wake.notify_one(),
-                                    None => break,
-                                },
-                            }
-                        }
-                    }
-                    Err(e) => warn!(error = %chain(&e), "outbox LISTEN failed"),
-                }
-                driver.abort();
-            }
-            Err(e) => warn!(error = %chain(&e), "connecting the outbox LISTEN connection failed"),
+    let mut listener = match connect.listener(RELAY_COMPONENT, &[&channel]) {
+        Ok(l) => l.max_backoff(max_retry),
+        Err(e) => {
+            // Validated when the relay was built: it polls instead.
+            warn!(error = %chain(&e), "cannot LISTEN for outbox hints");
+            return;
         }
+    };
+    loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(retry) => {}
+            event = listener.recv() => match event {
+                Ok(ListenEvent::Notification(_) | ListenEvent::Listening { .. }) => wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => warn!(error = %chain(&e), "the outbox LISTEN connection failed; reconnecting"),
+            },
         }
-        retry = (retry * 2).min(max_retry.max(Duration::from_millis(100)));
     }
 }

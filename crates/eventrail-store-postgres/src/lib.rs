@@ -32,6 +32,7 @@
 //! store stalls only on an actual hole, and reports who holds it ([`FrontierStall`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod connect;
 mod error;
 mod frontier;
 pub mod keys;
@@ -40,7 +41,13 @@ mod options;
 mod rows;
 mod store;
 
-pub use error::{ConfigError, MigrationError, classify, database_error, is_retryable_sqlstate};
+pub use connect::{
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,
+    PgConnectOptions, PgConnection, PgListener, PgTlsStream, SslClientCert, SslMode, SslRootCert,
+};
+pub use error::{
+    ConfigError, ConnectError, MigrationError, classify, database_error, is_retryable_sqlstate,
+};
 pub use frontier::{
     BlockingSession, Frontier, FrontierStall, GapSkip, GapWatch, HoleEvidence, SafeRead, Snapshot,
     widen_xid,

@@ -431,6 +431,9 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
 
 const SAVEPOINT: &str = "eventrail_append";
 
+/// The `application_name` of the store's own pool.
+pub(crate) const STORE_COMPONENT: &str = "eventrail-store";
+
 impl PgEventStore {
     /// A store on `pool` with default options (schema `eventrail`).
     #[must_use]
@@ -455,28 +458,33 @@ impl PgEventStore {
         })
     }
 
-    /// A store on a new pool (16 connections) for `url`, with default options.
+    /// A store on a new pool for `url` (a libpq URL or `key=value` string: TLS from its
+    /// `sslmode`, see [`PgConnectOptions`](crate::PgConnectOptions)), with default options. Its
+    /// sessions are named `eventrail-store` unless the URL sets `application_name`.
     ///
     /// Nothing connects yet: the first operation does.
     ///
     /// # Errors
-    /// [`StoreError::InvalidRequest`] when the URL does not parse.
+    /// [`StoreError::InvalidRequest`] when the URL does not parse or its TLS settings are
+    /// refused (the source is a [`ConnectError`](crate::ConnectError)).
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::InvalidRequest(format!("invalid database URL: {e}")))?;
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(backend)?;
-        Ok(Self::new(pool))
+        let options: crate::PgConnectOptions = url.parse().map_err(|e: crate::ConnectError| {
+            StoreError::InvalidRequest(format!(
+                "invalid database URL: {}",
+                eventrail_core::error_chain(&e)
+            ))
+        })?;
+        Self::connect_with(&options)
+    }
+
+    /// A store on a new pool built by `connect` (TLS, timeouts, pool size), with default
+    /// options. Nothing connects yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] with a [`ConnectError`](crate::ConnectError) when the TLS
+    /// settings are refused (an unreadable CA file).
+    pub fn connect_with(connect: &crate::PgConnectOptions) -> Result<Self, StoreError> {
+        Ok(Self::new(connect.pool(STORE_COMPONENT).map_err(backend)?))
     }
 
     /// Applies the embedded migrations to this store's schema (see [`Migrator`](crate::Migrator)).
@@ -525,7 +533,10 @@ impl PgEventStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(backend)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| backend(crate::ConnectError::from_pool(e, &self.pool)))
     }
 
     async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {

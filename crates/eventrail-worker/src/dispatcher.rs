@@ -1,10 +1,8 @@
 //! Wakes consumer loops when new events may be readable.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use eventrail_store_postgres::ListenEvent;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -66,72 +64,44 @@ async fn poll(shared: &Shared, stop: &CancellationToken) {
     }
 }
 
-/// LISTEN on a dedicated connection; the head check every interval reconciles lost
-/// notifications; after a reconnect the check runs at once (catch-up).
+/// LISTEN on a dedicated connection ([`PgListener`](eventrail_store_postgres::PgListener)); the
+/// head check every interval reconciles lost notifications, also while the listener reconnects;
+/// after each (re)connection the check runs at once (catch-up).
 async fn listen(shared: &Shared, stop: &CancellationToken) {
-    let mut retry = Duration::from_millis(100);
-    loop {
-        if stop.is_cancelled() {
-            return;
+    let listener = shared
+        .connect
+        .listener(&shared.component(), &[&shared.options.notify_channel]);
+    let mut listener = match listener {
+        Ok(l) => l.max_backoff(shared.options.max_poll_interval),
+        Err(e) => {
+            // The channel was validated when the worker was built.
+            warn!(error = %crate::error::chain(&e), "cannot LISTEN; polling instead");
+            return poll(shared, stop).await;
         }
-        match shared.connect.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(message) = messages.next().await {
-                        match message {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                if tx.send(n.payload().parse::<u64>().ok()).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                warn!(error = %crate::error::chain(&e), "the LISTEN connection failed");
-                                return;
-                            }
-                        }
+    };
+    let mut reconcile = tokio::time::interval(shared.options.dispatcher_interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            event = listener.recv() => match event {
+                Ok(ListenEvent::Notification(n)) => wake(shared, n.payload().parse::<u64>().ok()),
+                Ok(ListenEvent::Listening { reconnected }) => {
+                    debug!(channel = %shared.options.notify_channel, reconnected, "listening");
+                    if reconnected {
+                        metrics::counter!("eventrail_worker_listen_reconnects_total").increment(1);
                     }
-                });
-                let listened = client
-                    .batch_execute(&format!("LISTEN {}", shared.options.notify_channel))
-                    .await;
-                if let Err(e) = listened {
-                    warn!(error = %crate::error::chain(&e), "LISTEN failed");
-                } else {
-                    debug!(channel = %shared.options.notify_channel, "listening");
-                    retry = Duration::from_millis(100);
                     // Catch up with anything appended while not listening.
                     if let Ok(head) = head_position(shared).await {
                         publish(shared, head);
                     }
-                    let mut reconcile = tokio::time::interval(shared.options.dispatcher_interval);
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => { driver.abort(); return; }
-                            message = rx.recv() => match message {
-                                Some(position) => wake(shared, position),
-                                None => break, // connection gone: reconnect
-                            },
-                            _ = reconcile.tick() => match head_position(shared).await {
-                                Ok(head) => publish(shared, head),
-                                Err(e) => warn!(error = %crate::error::chain(&e), "head check failed"),
-                            },
-                        }
-                    }
                 }
-                driver.abort();
-                metrics::counter!("eventrail_worker_listen_reconnects_total").increment(1);
-            }
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "connecting the LISTEN connection failed")
-            }
+                Ok(_) => {}
+                Err(e) => warn!(error = %crate::error::chain(&e), "the LISTEN connection failed; reconnecting"),
+            },
+            _ = reconcile.tick() => match head_position(shared).await {
+                Ok(head) => publish(shared, head),
+                Err(e) => warn!(error = %crate::error::chain(&e), "head check failed"),
+            },
         }
-        if sleep_or_cancel(retry, stop).await {
-            return;
-        }
-        retry = (retry * 2).min(shared.options.max_poll_interval);
     }
 }

@@ -1,5 +1,5 @@
 use eventrail_core::{BoxError, StoreError};
-use eventrail_store_postgres::ConfigError;
+use eventrail_store_postgres::{ConfigError, ConnectError};
 
 /// Errors of the worker runtime.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,10 @@ pub enum WorkerError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A connection could not be opened (timed out, TLS refused, refused by the server) or its
+    /// settings are wrong: see [`ConnectError`] and its `is_retryable`.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A position PostgreSQL cannot hold (above `i64::MAX`).
     #[error("position {position} is out of range")]
     InvalidPosition {
@@ -104,6 +108,7 @@ impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable(),
+            Self::Connect(e) => e.is_retryable(),
             Self::SessionLost(_) | Self::Timeout { .. } => true,
             Self::Database(_) => self
                 .database_error()

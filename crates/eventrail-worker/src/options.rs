@@ -78,6 +78,7 @@ pub struct WorkerOptions {
     pub(crate) retry: RetryPolicy,
     pub(crate) stall_escape: Option<Duration>,
     pub(crate) max_reconnect_interval: Duration,
+    pub(crate) register_timeout: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -100,6 +101,7 @@ impl Default for WorkerOptions {
             retry: RetryPolicy::default(),
             stall_escape: None,
             max_reconnect_interval: Duration::from_secs(2),
+            register_timeout: None,
         }
     }
 }
@@ -203,6 +205,17 @@ impl WorkerOptions {
     /// within about this interval.
     pub fn max_reconnect_interval(mut self, d: Duration) -> Self {
         self.max_reconnect_interval = d.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Gives up starting when the worker cannot register within `timeout`:
+    /// [`Worker::run`](crate::Worker::run) then returns [`WorkerError::Connect`](crate::WorkerError::Connect)
+    /// (the last attempt's cause, or a timeout). By default a starting worker retries until the
+    /// database answers, as it does after losing its session; set this to let a supervisor see
+    /// a database it cannot reach (wrong host, TLS refused) instead of a worker that waits.
+    /// A TLS setting that can never work (an unreadable CA file) ends `run` at once either way.
+    pub fn register_timeout(mut self, timeout: Duration) -> Self {
+        self.register_timeout = Some(timeout);
         self
     }
 

@@ -5,10 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventrail_store_postgres::PgEventStore;
+use eventrail_store_postgres::{ConnectError, PgConnectOptions, PgEventStore};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
@@ -30,7 +30,7 @@ pub(crate) const LEADER_LOCK: i32 = eventrail_store_postgres::keys::WORKER_LEADE
 #[must_use]
 pub struct WorkerBuilder {
     store: PgEventStore,
-    connect: tokio_postgres::Config,
+    connect: PgConnectOptions,
     options: WorkerOptions,
     consumers: Vec<Arc<dyn DynConsumer>>,
 }
@@ -119,7 +119,7 @@ impl WorkerBuilder {
 pub struct Worker {
     id: Uuid,
     store: PgEventStore,
-    connect: tokio_postgres::Config,
+    connect: PgConnectOptions,
     options: Arc<WorkerOptions>,
     tables: Arc<Tables>,
     consumers: Vec<Arc<dyn DynConsumer>>,
@@ -135,11 +135,18 @@ impl fmt::Debug for Worker {
     }
 }
 
+impl Shared {
+    /// The `application_name` of the worker's own connections.
+    pub(crate) fn component(&self) -> String {
+        format!("eventrail-worker/{}", self.options.name)
+    }
+}
+
 /// State shared by the worker's tasks.
 pub(crate) struct Shared {
     pub(crate) id: Uuid,
     pub(crate) store: PgEventStore,
-    pub(crate) connect: tokio_postgres::Config,
+    pub(crate) connect: PgConnectOptions,
     pub(crate) options: Arc<WorkerOptions>,
     pub(crate) tables: Arc<Tables>,
     pub(crate) head: watch::Sender<u64>,
@@ -153,11 +160,13 @@ struct Running {
 
 impl Worker {
     /// A builder for a worker on `store`; `connect` opens its dedicated connections (session
-    /// locks, LISTEN), which a pool cannot provide.
-    pub fn builder(store: PgEventStore, connect: tokio_postgres::Config) -> WorkerBuilder {
+    /// locks, LISTEN), which a pool cannot provide: a [`PgConnectOptions`] (TLS from `sslmode`,
+    /// timeouts) or a `tokio_postgres::Config`. They are named `eventrail-worker/<name>` in
+    /// `pg_stat_activity` unless the options set an `application_name`.
+    pub fn builder(store: PgEventStore, connect: impl Into<PgConnectOptions>) -> WorkerBuilder {
         WorkerBuilder {
             store,
-            connect,
+            connect: connect.into(),
             options: WorkerOptions::default(),
             consumers: Vec::new(),
         }
@@ -179,7 +188,9 @@ impl Worker {
     ///
     /// # Errors
     /// [`WorkerError::Deregistered`] when its registration row was removed while its session
-    /// was alive (an operator removed it).
+    /// was alive (an operator removed it); [`WorkerError::Connect`] at start when the
+    /// connection settings can never work (an unreadable CA file), or when the worker could not
+    /// register within [`WorkerOptions::register_timeout`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let span = info_span!("worker", id = %self.id, name = %self.options.name);
         self.run_inner(shutdown).instrument(span).await
@@ -197,7 +208,7 @@ impl Worker {
             head,
         });
         let stop = shutdown.child_token();
-        let Some(first) = establish(&shared, &names, &stop, true).await else {
+        let Some(first) = establish_first(&shared, &names, &stop).await? else {
             // Shut down before the database ever answered: nothing to hand back.
             info!("worker stopped before it could register");
             return Ok(());
@@ -241,7 +252,7 @@ impl Worker {
                 leader = false;
                 session = None;
                 metrics::counter!("eventrail_worker_session_reconnects_total").increment(1);
-                match establish(&shared, &names, &stop, false).await {
+                match establish(&shared, &names, &stop, false, None).await? {
                     Some(s) => session = Some(s),
                     None => break Ok(()),
                 }
@@ -333,8 +344,7 @@ pub(crate) fn identity_lock_held(worker_id_sql: &str) -> String {
 /// closing (a hung host, a cut network) is noticed by the server, which then ends the session and
 /// releases its identity and leader locks, and by this side, which then reconnects.
 pub(crate) async fn connect_session(
-    config: &tokio_postgres::Config,
-    heartbeat_timeout: Duration,
+    shared: &Shared,
 ) -> Result<
     (
         Client,
@@ -342,14 +352,18 @@ pub(crate) async fn connect_session(
     ),
     WorkerError,
 > {
-    let probe = (heartbeat_timeout / 3).max(Duration::from_secs(1));
-    let mut config = config.clone();
-    config
-        .keepalives(true)
-        .keepalives_idle(probe)
-        .keepalives_interval(probe)
-        .keepalives_retries(3);
-    let (client, connection) = config.connect(NoTls).await.map_err(db)?;
+    let probe = (shared.options.heartbeat_timeout / 3).max(Duration::from_secs(1));
+    // Within the heartbeat timeout too: a session that takes longer is no use to the others.
+    let timeout = shared
+        .connect
+        .get_connect_timeout()
+        .min(shared.options.heartbeat_timeout);
+    let options = shared
+        .connect
+        .clone()
+        .tcp_keepalives(probe, 3)
+        .connect_timeout(timeout);
+    let (client, connection) = options.connect(&shared.component()).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let error: eventrail_core::BoxError = match connection.await {
@@ -379,27 +393,73 @@ pub(crate) struct Session {
     dead: tokio::sync::oneshot::Receiver<eventrail_core::BoxError>,
 }
 
+/// The first registration: as [`establish`], but a setting that can never work ends the start
+/// at once, and [`WorkerOptions::register_timeout`] bounds the whole.
+async fn establish_first(
+    shared: &Shared,
+    names: &[String],
+    stop: &CancellationToken,
+) -> Result<Option<Session>, WorkerError> {
+    let Some(timeout) = shared.options.register_timeout else {
+        return establish(shared, names, stop, true, None).await;
+    };
+    let mut last = None;
+    match tokio::time::timeout(
+        timeout,
+        establish(shared, names, stop, true, Some(&mut last)),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(last.unwrap_or(WorkerError::Connect(ConnectError::Timeout {
+            after: timeout,
+        }))),
+    }
+}
+
 /// Registers (again) and opens the session, retrying with capped exponential backoff and
-/// jitter until it succeeds; `None` when `stop` is cancelled first.
+/// jitter until it succeeds; `None` when `stop` is cancelled first. Each failure is kept in
+/// `last`; at start (`first`), a connection setting that can never work ends it with that
+/// error.
 async fn establish(
     shared: &Shared,
     names: &[String],
     stop: &CancellationToken,
     first: bool,
-) -> Option<Session> {
+    mut last: Option<&mut Option<WorkerError>>,
+) -> Result<Option<Session>, WorkerError> {
     let mut failures: u32 = 0;
     loop {
         if stop.is_cancelled() {
-            return None;
+            return Ok(None);
         }
-        match try_establish(shared, names, first && failures == 0).await {
-            Ok(session) => return Some(session),
+        // Each attempt is bounded: a server that accepts TCP and never answers must not hold
+        // the worker (or its shutdown) forever.
+        let attempt = tokio::time::timeout(
+            shared.connect.get_connect_timeout() * 3 + shared.options.heartbeat_timeout,
+            try_establish(shared, names, first && failures == 0),
+        );
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            outcome = attempt => outcome.unwrap_or_else(|_| Err(WorkerError::Connect(ConnectError::Timeout {
+                after: shared.connect.get_connect_timeout(),
+            }))),
+        };
+        match outcome {
+            Ok(session) => return Ok(Some(session)),
+            // Only at start: a running worker keeps retrying (a CA file being replaced).
+            Err(WorkerError::Connect(e)) if first && e.is_setting() => {
+                return Err(WorkerError::Connect(e));
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = reconnect_backoff(&shared.options, failures);
                 warn!(error = %crate::error::chain(&e), failures, retry_in = ?wait, "registering the worker failed; retrying");
+                if let Some(last) = last.as_deref_mut() {
+                    *last = Some(e);
+                }
                 if sleep_or_cancel(wait, stop).await {
-                    return None;
+                    return Ok(None);
                 }
             }
         }
@@ -431,7 +491,11 @@ async fn try_establish(
 ) -> Result<Session, WorkerError> {
     let t = &shared.tables;
     {
-        let client = shared.store.pool().get().await.map_err(db)?;
+        let pool = shared.store.pool();
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| WorkerError::Connect(ConnectError::from_pool(e, pool)))?;
         if clean_up {
             // Best effort: only registrations far older than the liveness timeout.
             let stale = format!(
@@ -492,10 +556,10 @@ async fn try_establish(
             .await
             .map_err(db)?;
     }
-    let connect = connect_session(&shared.connect, shared.options.heartbeat_timeout);
-    let (client, dead) = tokio::time::timeout(shared.options.heartbeat_timeout, connect)
+    let within = shared.options.heartbeat_timeout;
+    let (client, dead) = tokio::time::timeout(within, connect_session(shared))
         .await
-        .map_err(|_| db("opening the session connection timed out"))??;
+        .map_err(|_| WorkerError::Connect(ConnectError::Timeout { after: within }))??;
     // A session of this worker that the server still believes alive (cut off, not closed) would
     // keep the identity lock forever: it is ours and dead to us, so end it.
     let row = client

@@ -2,25 +2,32 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use eventrail_store_postgres::{ListenEvent, PgConnectOptions, PgListener};
+use tracing::warn;
 
 use crate::error::db;
 use crate::tables::Tables;
 use crate::{TableNames, WorkerError};
 
+/// The `application_name` of [`wait_for`]'s session.
+const WAIT_COMPONENT: &str = "eventrail-wait-for";
+
 /// Waits until `consumer` has checkpointed `position` (for example `AppendOutcome::last_position`),
 /// woken by the notification each batch commit sends, not by polling. Works whichever worker
 /// runs the consumer.
+///
+/// `connect` is a [`PgConnectOptions`] (TLS, timeouts) or a `tokio_postgres::Config`; the
+/// session is named `eventrail-wait-for` unless it sets an `application_name`. A LISTEN
+/// connection lost while waiting is opened again and the checkpoint read again.
 ///
 /// Returns the checkpoint reached.
 ///
 /// # Errors
 /// [`WorkerError::Timeout`], [`WorkerError::ConsumerParked`] when the consumer is parked,
-/// [`WorkerError::UnknownConsumer`] when no worker registered the consumer before the timeout,
+/// [`WorkerError::Connect`] when the first connection fails (within its connect timeout),
 /// [`WorkerError::Database`].
 pub async fn wait_for(
-    connect: &tokio_postgres::Config,
+    connect: impl Into<PgConnectOptions>,
     schema: &str,
     tables: &TableNames,
     consumer: &str,
@@ -28,63 +35,87 @@ pub async fn wait_for(
     timeout: Duration,
 ) -> Result<u64, WorkerError> {
     let tables = Tables::new(tables, schema)?;
-    let (client, mut connection) = connect.connect(NoTls).await.map_err(db)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message
-                && tx.send(n.payload().to_owned()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let mut registered = false;
+    let mut listener = connect
+        .into()
+        .listener(WAIT_COMPONENT, &[&tables.checkpoint_channel])?;
+    let query = format!(
+        "SELECT position, parked_at IS NOT NULL, coalesce(last_error, '') FROM {} WHERE consumer = $1",
+        tables.checkpoints
+    );
     let result = tokio::time::timeout(timeout, async {
-        // LISTEN first, then read: a commit between the two is not missed.
-        client.batch_execute(&format!("LISTEN {}", tables.checkpoint_channel)).await.map_err(db)?;
-        let query = format!(
-            "SELECT position, parked_at IS NOT NULL, coalesce(last_error, '') FROM {} WHERE consumer = $1",
-            tables.checkpoints
-        );
+        let mut connected = false;
         loop {
-            // A consumer not registered yet counts as "not there yet": its worker announces it
-            // when it registers.
-            if let Some(row) = client.query_opt(&query, &[&consumer]).await.map_err(db)? {
-                registered = true;
-                let reached = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
-                if reached >= position {
-                    return Ok(reached);
+            let event = match listener.recv().await {
+                Ok(event) => event,
+                Err(e) if !connected => return Err(WorkerError::Connect(e)),
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "wait_for: the LISTEN connection failed; reconnecting");
+                    continue;
                 }
-                if row.get::<_, bool>(1) {
-                    return Err(WorkerError::ConsumerParked { consumer: consumer.to_owned(), error: row.get(2) });
+            };
+            let read = match event {
+                // LISTEN first, then read: a commit between the two is not missed.
+                ListenEvent::Listening { .. } => {
+                    connected = true;
+                    true
                 }
-            }
-            // Wait for a checkpoint of this consumer (or any, when the payload is unexpected).
-            loop {
-                let Some(payload) = rx.recv().await else {
-                    return Err(db("the LISTEN connection closed"));
-                };
-                match payload.rsplit_once(' ') {
+                // A checkpoint of this consumer (or any, when the payload is unexpected).
+                ListenEvent::Notification(n) => match n.payload().rsplit_once(' ') {
                     Some((name, at)) if name == consumer => {
-                        if at.parse::<u64>().is_ok_and(|p| p >= position) {
-                            return Ok(at.parse().unwrap_or(position));
+                        if let Ok(at) = at.parse::<u64>()
+                            && at >= position
+                        {
+                            return Ok(at);
                         }
-                        break;
+                        true
                     }
-                    Some(_) => {}
-                    None => break,
-                }
+                    Some(_) => false,
+                    None => true,
+                },
+                _ => false,
+            };
+            if read && let Some(reached) = check(&listener, &query, consumer, position).await? {
+                return Ok(reached);
             }
         }
     })
     .await;
-    driver.abort();
     result.unwrap_or_else(|_| {
         Err(WorkerError::Timeout {
             consumer: consumer.to_owned(),
             position,
         })
     })
+}
+
+/// What the checkpoint row says: reached, parked, or not yet (a consumer not registered yet
+/// counts as "not there yet": its worker announces it when it registers).
+async fn check(
+    listener: &PgListener,
+    query: &str,
+    consumer: &str,
+    position: u64,
+) -> Result<Option<u64>, WorkerError> {
+    let Some(client) = listener.client() else {
+        return Ok(None);
+    };
+    match client.query_opt(query, &[&consumer]).await {
+        Ok(Some(row)) => {
+            let reached = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+            if reached >= position {
+                return Ok(Some(reached));
+            }
+            if row.get::<_, bool>(1) {
+                return Err(WorkerError::ConsumerParked {
+                    consumer: consumer.to_owned(),
+                    error: row.get(2),
+                });
+            }
+            Ok(None)
+        }
+        Ok(None) => Ok(None),
+        // Lost: the listener reconnects and the row is read again then.
+        Err(e) if e.is_closed() => Ok(None),
+        Err(e) => Err(db(e)),
+    }
 }

@@ -14,8 +14,8 @@ use eventrail::outbox::{
     CancellationToken, NatsSink, NewMessage, Outbox, OutboxAdmin, OutboxOptions, OutboxTables,
     Relay, outbox_migrator,
 };
+use eventrail::postgres::PgConnectOptions;
 use eventrail::postgres::PgEventStore;
-use eventrail::postgres::tokio_postgres::{self, NoTls};
 use eventrail::{AppendRequest, ExpectedVersion, NewEvent, StreamName};
 use serde_json::json;
 
@@ -25,7 +25,9 @@ const STREAM: &str = "OUTBOX_EXAMPLE";
 async fn main() -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_outbox_example").await?;
-    let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    // TLS, timeouts and application_name from the URL (`sslmode`, `connect_timeout`, ...).
+    let connect: PgConnectOptions = url.parse()?;
+    let (mut client, connection) = connect.connect("example-outbox").await?;
     tokio::spawn(connection);
     let applied = outbox_migrator("eventrail", &OutboxTables::default())?
         .run(&mut client)
@@ -104,8 +106,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The relay delivers what committed.
-    let relay =
-        Relay::new(store.pool().clone(), sink.clone(), options.clone())?.listen(url.parse()?);
+    let relay = Relay::new(store.pool().clone(), sink.clone(), options.clone())?.listen(&connect);
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -6,8 +6,9 @@
 //! created afresh on every run.
 
 use anyhow::Context;
+use eventrail::postgres::PgConnectOptions;
 use eventrail::postgres::PgEventStore;
-use eventrail::postgres::tokio_postgres::{self, NoTls, Transaction};
+use eventrail::postgres::tokio_postgres::Transaction;
 use eventrail::{
     AppendRequest, Event, EventRegistry, EventStore, ExpectedVersion, ProcessorError,
     ReadStreamOptions, RecordedEvent, StatelessProcessor, StoreError, StreamName,
@@ -83,7 +84,10 @@ async fn fresh_database() -> anyhow::Result<String> {
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_quickstart")
         .await
         .context("creating the example database")?;
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    let (client, connection) = url
+        .parse::<PgConnectOptions>()?
+        .connect("example-quickstart")
+        .await?;
     tokio::spawn(connection);
     client
         .batch_execute("CREATE TABLE balances (account text PRIMARY KEY, balance bigint NOT NULL)")

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use eventrail::postgres::PgConnectOptions;
 use eventrail::postgres::PgEventStore;
-use eventrail::postgres::tokio_postgres::{self, NoTls, Transaction};
+use eventrail::postgres::tokio_postgres::Transaction;
 use eventrail::worker::{
     CancellationToken, Consumer, ConsumerScope, TableNames, Worker, WorkerAdmin, WorkerOptions,
     wait_for,
@@ -77,7 +78,7 @@ fn start(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), eventrail::worker::WorkerError>>,
 )> {
-    let worker = Worker::builder(store.clone(), url.parse()?)
+    let worker = Worker::builder(store.clone(), url.parse::<PgConnectOptions>()?)
         .options(WorkerOptions::new().name(name))
         .consumer(OrderTotals)
         .consumer(Counter("type-counter"))
@@ -90,7 +91,7 @@ fn start(
 async fn show(
     admin: &WorkerAdmin,
     names: &[(String, &str)],
-    client: &tokio_postgres::Client,
+    client: &eventrail::postgres::tokio_postgres::Client,
 ) -> anyhow::Result<()> {
     let status = admin.status().await?;
     println!("  assignments:");
@@ -157,7 +158,10 @@ async fn main() -> anyhow::Result<()> {
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_worker_example").await?;
 
     let store = PgEventStore::connect(&url)?;
-    let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    let (mut client, connection) = url
+        .parse::<PgConnectOptions>()?
+        .connect("example-worker")
+        .await?;
     tokio::spawn(connection);
     eventrail::worker::worker_migrator("eventrail", &TableNames::default())?
         .run(&mut client)
@@ -173,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     let (stop_a, a) = start(&store, &url, "alpha")?;
     let (stop_b, b) = start(&store, &url, "beta")?;
     let last = place_orders(&store, 0, 30).await?;
-    let config: tokio_postgres::Config = url.parse()?;
+    let config: PgConnectOptions = url.parse()?;
     let tables = TableNames::default();
     let wait = |position| {
         wait_for(

@@ -18,6 +18,7 @@ mod outbox_pubsub;
 mod poison;
 mod processors;
 mod store;
+mod tls;
 mod torture;
 mod two_schemas;
 mod worker;

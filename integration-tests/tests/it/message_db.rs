@@ -562,7 +562,7 @@ async fn invalid_arguments_are_refused_before_any_query() -> anyhow::Result<()> 
     // The same client does reach the pool for a valid call.
     assert!(matches!(
         client.stream_version("account-1").await,
-        Err(MessageDbError::Pool(_))
+        Err(MessageDbError::Connect(_))
     ));
     Ok(())
 }

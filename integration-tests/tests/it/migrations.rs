@@ -311,7 +311,7 @@ async fn least_privilege_roles_allow_what_each_needs_and_refuse_the_rest() -> an
         let worker_url = roles.url(&db.url, "worker");
         let worker = eventrail_worker::Worker::builder(
             PgEventStore::new(eventrail_devdb::pool(&worker_url, 4)?),
-            worker_url.parse()?,
+            worker_url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
         )
         .options(
             eventrail_worker::WorkerOptions::new()
