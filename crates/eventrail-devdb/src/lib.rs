@@ -10,6 +10,8 @@
 //!
 //! When no PostgreSQL binaries exist, the error names the command that installs them.
 //!
+//! [`start_pgbouncer`] starts a throwaway PgBouncer in transaction pooling mode in front of it.
+//!
 //! [`install_message_db`] installs Message DB from its published npm package into a database.
 
 use std::fs::{self, File};
@@ -23,7 +25,9 @@ use tokio_postgres::NoTls;
 use tracing::info;
 
 mod message_db;
+mod pgbouncer;
 pub use message_db::{MESSAGE_DB_PACKAGE, install_message_db, message_db_package};
+pub use pgbouncer::{PGBOUNCER_INSTALL, PgBouncer, pgbouncer_bin, start_pgbouncer};
 
 /// Port of the throwaway cluster.
 pub const THROWAWAY_PORT: u16 = 54329;
@@ -59,6 +63,12 @@ pub enum DevDbError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// PgBouncer is not installed: install it with the named command.
+    #[error("no pgbouncer binary on PATH or in /usr/sbin; install it with `{install}`")]
+    NoPgBouncer {
+        /// The command that installs PgBouncer.
+        install: &'static str,
     },
     /// The started cluster does not accept connections.
     #[error("the throwaway cluster at {0} did not accept connections")]

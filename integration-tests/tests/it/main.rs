@@ -15,6 +15,7 @@ mod outbox;
 mod outbox_aws;
 mod outbox_outage;
 mod outbox_pubsub;
+mod pgbouncer;
 mod poison;
 mod processors;
 mod store;
