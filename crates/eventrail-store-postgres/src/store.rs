@@ -281,10 +281,6 @@ impl<'r> AppendParams<'r> {
             (v, t)
         })
     }
-
-    fn untyped(&self) -> [&(dyn ToSql + Sync); 12] {
-        self.typed().map(|(v, _)| v)
-    }
 }
 
 fn backend(error: impl Into<eventrail_core::BoxError>) -> StoreError {
@@ -541,7 +537,7 @@ impl PgEventStore {
 
     async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
         let event_id = match client
-            .query_opt(&self.inner.sql.existing_ids, &[&ids])
+            .query_typed_opt(&self.inner.sql.existing_ids, &[(&ids, Type::UUID_ARRAY)])
             .await
         {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()),
@@ -561,15 +557,14 @@ impl PgEventStore {
         request.validate()?;
         let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
         let mut client = self.client().await?;
-        let statement = client
-            .prepare_typed_cached(&self.inner.sql.append, &APPEND_TYPES)
-            .await
-            .map_err(backend)?;
         if self.inner.processors.is_empty() && staged.is_none() {
             // One statement in autocommit: one round trip. A database whose default isolation is
             // above READ COMMITTED refuses a conditional append (nothing written) or reports a
             // stale version: run it again below, explicitly at READ COMMITTED.
-            match client.query(&statement, &params.untyped()).await {
+            match client
+                .query_typed(&self.inner.sql.append, &params.typed())
+                .await
+            {
                 Ok(rows) => match interpret_positions(&request, &rows) {
                     Err(StoreError::IsolationNotSupported { .. }) => {}
                     other => return other,
@@ -586,7 +581,7 @@ impl PgEventStore {
         // The store's own transaction is READ COMMITTED whatever the database default: the checks
         // in `append_events` rely on it.
         let tx = read_committed(&mut client).await?;
-        let rows = match tx.query(&statement, &params.untyped()).await {
+        let rows = match tx.query_typed(&self.inner.sql.append, &params.typed()).await {
             Ok(rows) => rows,
             Err(e) => match classify(e) {
                 AppendFailure::DuplicateId => {
@@ -757,16 +752,15 @@ impl PgEventStore {
         max_positions: usize,
     ) -> Result<Frontier, StoreError> {
         let client = self.client().await?;
-        let probe = client
-            .prepare_cached(&self.inner.sql.probe)
-            .await
-            .map_err(backend)?;
         let limit = i64::try_from(max_positions.max(1)).unwrap_or(i64::MAX);
         let after_i64 = to_i64(after, "position")?;
         let mut observed_new = false;
         loop {
             let row = client
-                .query_one(&probe, &[&after_i64, &limit])
+                .query_typed_one(
+                    &self.inner.sql.probe,
+                    &[(&after_i64, Type::INT8), (&limit, Type::INT8)],
+                )
                 .await
                 .map_err(backend)?;
             let now: Snapshot = row.try_get::<_, &str>(0).map_err(backend)?.parse()?;
@@ -883,7 +877,7 @@ impl PgEventStore {
     /// append takes after its xid and before any position, until it ends.
     async fn appenders(&self, client: &impl GenericClient) -> Result<Vec<u64>, StoreError> {
         let row = client
-            .query_one(&self.inner.sql.appenders, &[])
+            .query_typed_one(&self.inner.sql.appenders, &[])
             .await
             .map_err(backend)?;
         let reference: Snapshot = row.try_get::<_, &str>(0).map_err(backend)?.parse()?;
@@ -914,10 +908,10 @@ impl PgEventStore {
             .collect();
         let client = self.client().await?;
         let rows = client
-            .query(
+            .query_typed(
                 "SELECT pid, backend_xid::text, xact_start, state, application_name, datname::text \
                  FROM pg_stat_activity WHERE backend_xid::text = ANY($1)",
-                &[&short],
+                &[(&short, Type::TEXT_ARRAY)],
             )
             .await
             .map_err(backend)?;
@@ -972,15 +966,18 @@ impl Paged<'_> {
             return Ok(events);
         }
         let client = store.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(backend)?;
         while remaining > 0 {
             let want = page.min(remaining);
             let from = to_i64(cursor, self.what)?;
             let want_sql = limit(want);
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(4);
-            params.extend(self.key);
-            params.extend([&from as &(dyn ToSql + Sync), self.event_types, &want_sql]);
-            let rows = client.query(&statement, &params).await.map_err(backend)?;
+            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(4);
+            params.extend(self.key.map(|k| (k, Type::TEXT)));
+            params.extend([
+                (&from as &(dyn ToSql + Sync), Type::INT8),
+                (self.event_types, Type::TEXT_ARRAY),
+                (&want_sql, Type::INT8),
+            ]);
+            let rows = client.query_typed(sql, &params).await.map_err(backend)?;
             let batch = recorded_events(&rows)?;
             remaining -= batch.len();
             let following = if batch.len() == want {
@@ -1107,37 +1104,50 @@ impl EventStore for PgEventStore {
         // (each holds it shared): what is read next is complete.
         let rows = match scope {
             PositionScope::Category(c) => {
-                tx.execute(
+                tx.execute_typed(
                     "SELECT pg_advisory_xact_lock($1, hashtext($2))",
                     &[
-                        &SCOPE_CATEGORY_LOCK,
-                        &format!(
-                            "{}{}",
-                            crate::keys::lock_namespace(self.inner.options.schema_name()),
-                            c.as_str()
+                        (&SCOPE_CATEGORY_LOCK, Type::INT4),
+                        (
+                            &format!(
+                                "{}{}",
+                                crate::keys::lock_namespace(self.inner.options.schema_name()),
+                                c.as_str()
+                            ),
+                            Type::TEXT,
                         ),
                     ],
                 )
                 .await
                 .map_err(backend)?;
-                tx.query(
+                tx.query_typed(
                     &self.inner.sql.read_scope_category,
-                    &[&after, &limit(max_count), &c.as_str()],
+                    &[
+                        (&after, Type::INT8),
+                        (&limit(max_count), Type::INT8),
+                        (&c.as_str(), Type::TEXT),
+                    ],
                 )
                 .await
                 .map_err(backend)?
             }
             _ => {
-                tx.execute(
+                tx.execute_typed(
                     "SELECT pg_advisory_xact_lock($1, hashtext($2))",
                     &[
-                        &SCOPE_ALL_LOCK,
-                        &crate::keys::lock_namespace(self.inner.options.schema_name()),
+                        (&SCOPE_ALL_LOCK, Type::INT4),
+                        (
+                            &crate::keys::lock_namespace(self.inner.options.schema_name()),
+                            Type::TEXT,
+                        ),
                     ],
                 )
                 .await
                 .map_err(backend)?;
-                tx.query(&self.inner.sql.read_scope_all, &[&after, &limit(max_count)])
+                tx.query_typed(
+                    &self.inner.sql.read_scope_all,
+                    &[(&after, Type::INT8), (&limit(max_count), Type::INT8)],
+                )
                     .await
                     .map_err(backend)?
             }
@@ -1148,12 +1158,11 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.stream_version)
-            .await
-            .map_err(backend)?;
         let row = client
-            .query_one(&statement, &[&stream.as_str()])
+            .query_typed_one(
+                &self.inner.sql.stream_version,
+                &[(&stream.as_str(), Type::TEXT)],
+            )
             .await
             .map_err(backend)?;
         Ok(row
