@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 
 use crate::error::db;
 use crate::runtime::{IDENTITY_LOCK, LEADER_LOCK, advisory_lock_held, identity_lock_held};
@@ -134,7 +135,7 @@ impl WorkerAdmin {
             ),
         );
         let workers = client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT n.worker_id, n.name, extract(epoch FROM clock_timestamp() - n.heartbeat_at)::float8, {alive},
                             {leader_lock} OR EXISTS (SELECT 1 FROM {leader} w WHERE w.worker_id = n.worker_id AND w.expires_at > now())
@@ -142,7 +143,7 @@ impl WorkerAdmin {
                     leader = t.leader,
                     nodes = t.nodes
                 ),
-                &[&t.checkpoints],
+                &[(&t.checkpoints, Type::TEXT)],
             )
             .await
             .map_err(db)?
@@ -158,7 +159,7 @@ impl WorkerAdmin {
             .collect();
         let events = format!("{}.events", self.schema);
         let consumers = client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT c.consumer, a.worker_id, coalesce(a.epoch, 0), c.position,
                             greatest(coalesce((SELECT max(global_position) FROM {events}), 0) - c.position, 0),
@@ -204,8 +205,12 @@ impl WorkerAdmin {
             self.tables.checkpoints
         );
         let n = match &position {
-            Some(position) => client.execute(&sql, &[&consumer, position]).await,
-            None => client.execute(&sql, &[&consumer]).await,
+            Some(position) => {
+                client
+                    .execute_typed(&sql, &[(&consumer, Type::TEXT), (position, Type::INT8)])
+                    .await
+            }
+            None => client.execute_typed(&sql, &[(&consumer, Type::TEXT)]).await,
         }
         .map_err(db)?;
         if n == 0 {
@@ -226,7 +231,7 @@ impl WorkerAdmin {
         let checked = Self::position(position)?;
         let client = self.pool.get().await.map_err(db)?;
         let head: i64 = client
-            .query_one(
+            .query_typed_one(
                 &format!(
                     "SELECT coalesce(max(global_position), 0) FROM {}.events",
                     self.schema
@@ -385,7 +390,7 @@ impl WorkerAdmin {
     ) -> Result<Vec<GapRecord>, WorkerError> {
         let client = self.pool.get().await.map_err(db)?;
         Ok(client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT consumer, from_position, to_position, reason,
                             concat_ws(' ', 'observed=' || observed_snapshot, 'candidates=' || candidate_xids, 'proven=' || proven_snapshot,
@@ -394,7 +399,7 @@ impl WorkerAdmin {
                      FROM {} WHERE $1::text IS NULL OR consumer = $1 ORDER BY id DESC LIMIT $2",
                     self.tables.gap_skips
                 ),
-                &[&consumer, &limit],
+                &[(&consumer, Type::TEXT), (&limit, Type::INT8)],
             )
             .await
             .map_err(db)?

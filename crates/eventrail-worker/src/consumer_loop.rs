@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use eventrail_core::{BoxError, StoreError};
 use eventrail_store_postgres::{FrontierStall, GapSkip, GapWatch, Snapshot};
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -85,12 +86,12 @@ fn optional(list: &[String]) -> Option<&[String]> {
 async fn load_checkpoint(ctx: &ConsumerContext) -> Result<Checkpoint, WorkerError> {
     let client = ctx.shared.store.pool().get().await.map_err(db)?;
     let row = client
-        .query_one(
+        .query_typed_one(
             &format!(
                 "SELECT position, paused, parked_at IS NOT NULL FROM {} WHERE consumer = $1",
                 ctx.shared.tables.checkpoints
             ),
-            &[&ctx.consumer.name()],
+            &[(&ctx.consumer.name(), Type::TEXT)],
         )
         .await
         .map_err(db)?;
@@ -404,7 +405,7 @@ async fn record_failure(
     let failures = i32::try_from(failures).unwrap_or(i32::MAX);
     let client = ctx.shared.store.pool().get().await.map_err(db)?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 // Fenced like a checkpoint write: a worker that lost the consumer (frozen, then
                 // resumed) must not count failures against, or park, the new owner's consumer.
@@ -420,13 +421,13 @@ async fn record_failure(
                 assignments = ctx.shared.tables.assignments,
             ),
             &[
-                &ctx.consumer.name(),
-                &failures,
-                &error,
-                &park,
-                &ctx.shared.tables.checkpoint_channel,
-                &ctx.shared.id,
-                &ctx.epoch,
+                (&ctx.consumer.name(), Type::TEXT),
+                (&failures, Type::INT4),
+                (&error, Type::TEXT),
+                (&park, Type::BOOL),
+                (&ctx.shared.tables.checkpoint_channel, Type::TEXT),
+                (&ctx.shared.id, Type::UUID),
+                (&ctx.epoch, Type::INT8),
             ],
         )
         .await
@@ -446,7 +447,7 @@ async fn park(
     let failures = i32::try_from(failures).unwrap_or(i32::MAX);
     let client = ctx.shared.store.pool().get().await.map_err(db)?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "WITH parked AS (
                     UPDATE {checkpoints} SET failures = $2::int4, last_error = $3::text,
@@ -460,13 +461,13 @@ async fn park(
                 assignments = t.assignments
             ),
             &[
-                &ctx.consumer.name(),
-                &failures,
-                &suspect.error,
-                &to_i64(suspect.position),
-                &ctx.shared.id,
-                &ctx.epoch,
-                &ctx.shared.tables.checkpoint_channel,
+                (&ctx.consumer.name(), Type::TEXT),
+                (&failures, Type::INT4),
+                (&suspect.error, Type::TEXT),
+                (&to_i64(suspect.position), Type::INT8),
+                (&ctx.shared.id, Type::UUID),
+                (&ctx.epoch, Type::INT8),
+                (&ctx.shared.tables.checkpoint_channel, Type::TEXT),
             ],
         )
         .await
@@ -496,10 +497,9 @@ async fn run_batch(
     .await
     .map_err(db)?;
     // The row lock serialises batches of this consumer across workers during a handover.
-    let lock = tx.prepare_cached(&t.lock_checkpoint).await.map_err(db)?;
-    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+    let args: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
     let (locked, reset) = futures::join!(
-        tx.query_one(&lock, &args),
+        tx.query_typed_one(&t.lock_checkpoint, &args),
         tx.batch_execute(crate::fence::RESET_LOCK_WAIT)
     );
     let row = match locked {
@@ -578,16 +578,15 @@ async fn run_batch(
         .await
         .map_err(db)?;
     }
-    let save = tx.prepare_cached(&t.save_checkpoint).await.map_err(db)?;
     let saved = tx
-        .query(
-            &save,
+        .query_typed(
+            &t.save_checkpoint,
             &[
-                &name,
-                &to_i64(up_to),
-                &ctx.shared.id,
-                &ctx.epoch,
-                &ctx.shared.tables.checkpoint_channel,
+                (&name, Type::TEXT),
+                (&to_i64(up_to), Type::INT8),
+                (&ctx.shared.id, Type::UUID),
+                (&ctx.epoch, Type::INT8),
+                (&ctx.shared.tables.checkpoint_channel, Type::TEXT),
             ],
         )
         .await

@@ -36,7 +36,7 @@ async fn head_position(shared: &Shared) -> Result<u64, WorkerError> {
         shared.store.options().schema_name(),
     )?;
     let row = client
-        .query_one(
+        .query_typed_one(
             &format!("SELECT coalesce(max(global_position), 0) FROM {schema}.events"),
             &[],
         )

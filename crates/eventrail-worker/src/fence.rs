@@ -93,13 +93,16 @@ pub(crate) async fn terminate_fenced_batches(
     epoch: i64,
 ) -> Result<usize, WorkerError> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT pid, pg_terminate_backend(pid, 1000) FROM pg_stat_activity
              WHERE datname = current_database() AND pid <> pg_backend_pid()
                AND application_name LIKE $1 || ' %'
                AND split_part(application_name, ' ', 3) ~ '^[0-9]+$'
                AND split_part(application_name, ' ', 3)::bigint < $2",
-            &[&batch_tag(consumer), &epoch],
+            &[
+                (&batch_tag(consumer), tokio_postgres::types::Type::TEXT),
+                (&epoch, tokio_postgres::types::Type::INT8),
+            ],
         )
         .await
         .map_err(db)?;

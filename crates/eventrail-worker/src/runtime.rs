@@ -9,6 +9,7 @@ use eventrail_store_postgres::{ConnectError, PgConnectOptions, PgEventStore};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
@@ -503,12 +504,12 @@ async fn try_establish(
                 shared.options.heartbeat_timeout.as_secs_f64() * 10.0
             );
             if let Err(e) = client
-                .execute(
+                .execute_typed(
                     &format!(
                         "DELETE FROM {} WHERE heartbeat_at < now() - $1::text::interval",
                         t.nodes
                     ),
-                    &[&stale],
+                    &[(&stale, Type::TEXT)],
                 )
                 .await
             {
@@ -516,14 +517,18 @@ async fn try_establish(
             }
         }
         let row = client
-            .query_one(
+            .query_typed_one(
                 &format!(
                     "INSERT INTO {} (worker_id, name, consumers) VALUES ($1, $2, $3)
                      ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), name = EXCLUDED.name, consumers = EXCLUDED.consumers
                      RETURNING xmax = 0",
                     t.nodes
                 ),
-                &[&shared.id, &shared.options.name, &names],
+                &[
+                    (&shared.id, Type::UUID),
+                    (&shared.options.name, Type::TEXT),
+                    (&names, Type::TEXT_ARRAY),
+                ],
             )
             .await
             .map_err(db)?;
@@ -535,23 +540,26 @@ async fn try_establish(
             );
         }
         client
-            .execute(
+            .execute_typed(
                 &format!(
                     "WITH added AS (INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING consumer)
                      SELECT pg_notify($2, consumer || ' 0') FROM added",
                     t.checkpoints
                 ),
-                &[&names, &shared.tables.checkpoint_channel],
+                &[
+                    (&names, Type::TEXT_ARRAY),
+                    (&shared.tables.checkpoint_channel, Type::TEXT),
+                ],
             )
             .await
             .map_err(db)?;
         client
-            .execute(
+            .execute_typed(
                 &format!(
                     "INSERT INTO {} (consumer) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
                     t.assignments
                 ),
-                &[&names],
+                &[(&names, Type::TEXT_ARRAY)],
             )
             .await
             .map_err(db)?;
@@ -600,12 +608,12 @@ async fn try_establish(
 async fn heartbeat(shared: &Shared) -> Result<bool, WorkerError> {
     let client = shared.store.pool().get().await.map_err(db)?;
     let n = client
-        .execute(
+        .execute_typed(
             &format!(
                 "UPDATE {} SET heartbeat_at = now() WHERE worker_id = $1",
                 shared.tables.nodes
             ),
-            &[&shared.id],
+            &[(&shared.id, Type::UUID)],
         )
         .await
         .map_err(db)?;
@@ -790,12 +798,12 @@ async fn follow_assignments(
 ) -> Result<(), WorkerError> {
     let client = shared.store.pool().get().await.map_err(db)?;
     let mine: HashMap<String, i64> = client
-        .query(
+        .query_typed(
             &format!(
                 "SELECT consumer, epoch FROM {} WHERE worker_id = $1",
                 shared.tables.assignments
             ),
-            &[&shared.id],
+            &[(&shared.id, Type::UUID)],
         )
         .await
         .map_err(db)?
@@ -851,9 +859,9 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
     let released = async {
         let client = shared.store.pool().get().await.map_err(db)?;
         let n = client
-            .execute(
+            .execute_typed(
                 &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
-                &[&shared.id],
+                &[(&shared.id, Type::UUID)],
             )
             .await
             .map_err(db)?;
@@ -872,9 +880,9 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
     };
     if let Some(client) = &client {
         if let Err(e) = client
-            .execute(
+            .execute_typed(
                 &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
-                &[&shared.id],
+                &[(&shared.id, Type::UUID)],
             )
             .await
         {
@@ -883,12 +891,12 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
         if leader
             && shared.options.leader_mode == LeaderMode::Lease
             && let Err(e) = client
-                .execute(
+                .execute_typed(
                     &format!(
                         "UPDATE {} SET worker_id = NULL, expires_at = '-infinity' WHERE worker_id = $1",
                         t.leader
                     ),
-                    &[&shared.id],
+                    &[(&shared.id, Type::UUID)],
                 )
                 .await
         {
