@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::error::db;
@@ -105,7 +106,7 @@ impl OutboxAdmin {
         let t = &self.tables.outbox;
         let client = self.pool.get().await.map_err(db)?;
         let row = client
-            .query_one(
+            .query_typed_one(
                 &format!(
                     "SELECT count(*) FILTER (WHERE state = 'pending'),
                             count(*) FILTER (WHERE state = 'pending' AND lease_expires_at > now()),
@@ -120,7 +121,7 @@ impl OutboxAdmin {
         // A key is blocked when a dead message of it precedes pending ones: the relay claims a
         // key only from its oldest unsent message, which is the dead one.
         let blocked = client
-            .query_one(
+            .query_typed_one(
                 &format!(
                     "SELECT count(*), count(DISTINCT p.partition_key)
                      FROM {t} AS p
@@ -135,7 +136,7 @@ impl OutboxAdmin {
             .await
             .map_err(db)?;
         let destinations = client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT d.destination, d.reason, d.since, d.failures, d.next_attempt_at, d.last_error,
                             (SELECT count(*) FROM {t} AS o WHERE o.state = 'pending' AND o.destination = d.destination)
@@ -147,7 +148,7 @@ impl OutboxAdmin {
             .await
             .map_err(db)?;
         let dead = client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT destination, count(*) FROM {t} WHERE state = 'dead' GROUP BY 1 ORDER BY 1"
                 ),
@@ -186,13 +187,13 @@ impl OutboxAdmin {
     pub async fn dead(&self, limit: i64) -> Result<Vec<DeadMessage>, OutboxError> {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT message_id, sequence, partition_key, destination, attempts, last_error, created_at
                      FROM {} WHERE state = 'dead' ORDER BY sequence LIMIT $1",
                     self.tables.outbox
                 ),
-                &[&limit],
+                &[(&limit, Type::INT8)],
             )
             .await
             .map_err(db)?;
@@ -218,13 +219,13 @@ impl OutboxAdmin {
     pub async fn requeue(&self, ids: Option<&[Uuid]>) -> Result<u64, OutboxError> {
         let client = self.pool.get().await.map_err(db)?;
         client
-            .execute(
+            .execute_typed(
                 &format!(
                     "UPDATE {} SET state = 'pending', attempts = 0, next_attempt_at = now()
                      WHERE state = 'dead' AND ($1::uuid[] IS NULL OR message_id = ANY($1))",
                     self.tables.outbox
                 ),
-                &[&ids],
+                &[(&ids, Type::UUID_ARRAY)],
             )
             .await
             .map_err(db)
@@ -238,12 +239,12 @@ impl OutboxAdmin {
     pub async fn purge(&self, ids: Option<&[Uuid]>) -> Result<u64, OutboxError> {
         let client = self.pool.get().await.map_err(db)?;
         client
-            .execute(
+            .execute_typed(
                 &format!(
                     "DELETE FROM {} WHERE state = 'dead' AND ($1::uuid[] IS NULL OR message_id = ANY($1))",
                     self.tables.outbox
                 ),
-                &[&ids],
+                &[(&ids, Type::UUID_ARRAY)],
             )
             .await
             .map_err(db)

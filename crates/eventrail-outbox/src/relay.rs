@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, instrument, warn};
 use uuid::Uuid;
@@ -556,12 +557,15 @@ impl<S: Sink> Relay<S> {
 
     async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.tables.renew)
-            .await
-            .map_err(db)?;
         let rows = client
-            .query(&statement, &[&heads, &self.id, &lease_ms])
+            .query_typed(
+                &self.tables.renew,
+                &[
+                    (&heads, Type::INT8_ARRAY),
+                    (&self.id, Type::UUID),
+                    (&lease_ms, Type::FLOAT8),
+                ],
+            )
             .await
             .map_err(db)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -573,11 +577,10 @@ impl<S: Sink> Relay<S> {
         let leased_at = Instant::now();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let keys_statement = tx.prepare_cached(&t.claim_keys).await.map_err(db)?;
         let batch_size = self.options.batch_size;
         let key_limit = batch_size.div_ceil(self.run_length.load(Ordering::Relaxed).max(1));
         let keys: Vec<String> = tx
-            .query(&keys_statement, &[&to_i64(key_limit)])
+            .query_typed(&t.claim_keys, &[(&to_i64(key_limit), Type::INT8)])
             .await
             .map_err(db)?
             .iter()
@@ -593,17 +596,16 @@ impl<S: Sink> Relay<S> {
                 probes: HashSet::new(),
             });
         }
-        let rows_statement = tx.prepare_cached(&t.claim_rows).await.map_err(db)?;
         let lease_ms = self.options.lease.as_secs_f64() * 1000.0;
         let rows = tx
-            .query(
-                &rows_statement,
+            .query_typed(
+                &t.claim_rows,
                 &[
-                    &keys,
-                    &to_i64(self.options.max_per_key),
-                    &to_i64(batch_size),
-                    &self.id,
-                    &lease_ms,
+                    (&keys, Type::TEXT_ARRAY),
+                    (&to_i64(self.options.max_per_key), Type::INT8),
+                    (&to_i64(batch_size), Type::INT8),
+                    (&self.id, Type::UUID),
+                    (&lease_ms, Type::FLOAT8),
                 ],
             )
             .await
@@ -760,25 +762,21 @@ impl<S: Sink> Relay<S> {
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
         let max_ms = retry.max_backoff.as_secs_f64() * 1000.0;
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.tables.settle)
-            .await
-            .map_err(db)?;
         let rows = client
-            .query(
-                &statement,
+            .query_typed(
+                &self.tables.settle,
                 &[
-                    &sequences,
-                    &codes,
-                    &errors,
-                    &max_attempts,
-                    &initial_ms,
-                    &max_ms,
-                    &self.id,
-                    &heads,
-                    &destinations,
-                    &destination_initial_ms,
-                    &destination_max_ms,
+                    (&sequences, Type::INT8_ARRAY),
+                    (&codes, Type::TEXT_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&max_attempts, Type::INT4),
+                    (&initial_ms, Type::FLOAT8),
+                    (&max_ms, Type::FLOAT8),
+                    (&self.id, Type::UUID),
+                    (&heads, Type::INT8_ARRAY),
+                    (&destinations, Type::TEXT_ARRAY),
+                    (&destination_initial_ms, Type::FLOAT8),
+                    (&destination_max_ms, Type::FLOAT8),
                 ],
             )
             .await
@@ -816,7 +814,7 @@ impl<S: Sink> Relay<S> {
     async fn release_leases(&self) -> Result<(), OutboxError> {
         let client = self.client().await?;
         let released = client
-            .execute(&self.tables.release_all, &[&self.id])
+            .execute_typed(&self.tables.release_all, &[(&self.id, Type::UUID)])
             .await
             .map_err(db)?;
         debug!(released, "released leases");
@@ -833,16 +831,15 @@ impl<S: Sink> Relay<S> {
     #[instrument(skip_all)]
     pub async fn cleanup(&self) -> Result<u64, OutboxError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.tables.cleanup)
-            .await
-            .map_err(db)?;
         let retention_ms = self.options.retention.as_secs_f64() * 1000.0;
         let batch = to_i64(self.options.cleanup_batch);
         let mut total = 0;
         loop {
             let deleted = client
-                .execute(&statement, &[&retention_ms, &batch])
+                .execute_typed(
+                    &self.tables.cleanup,
+                    &[(&retention_ms, Type::FLOAT8), (&batch, Type::INT8)],
+                )
                 .await
                 .map_err(db)?;
             total += deleted;
@@ -854,7 +851,7 @@ impl<S: Sink> Relay<S> {
             debug!(deleted = total, "cleaned up sent messages");
         }
         let forgotten = client
-            .execute(&self.tables.forget_destinations, &[])
+            .execute_typed(&self.tables.forget_destinations, &[])
             .await
             .map_err(db)?;
         if forgotten > 0 {
@@ -869,7 +866,7 @@ impl<S: Sink> Relay<S> {
     async fn record_stats(&self) -> Result<(), OutboxError> {
         let client = self.client().await?;
         let row = client
-            .query_one(&self.tables.stats, &[])
+            .query_typed_one(&self.tables.stats, &[])
             .await
             .map_err(db)?;
         #[expect(

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use deadpool_postgres::Pool;
 use eventrail_store_postgres::validate_identifier;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use crate::message::headers_json;
 use crate::{OutboxError, OutboxMessage, SinkError};
@@ -170,21 +171,17 @@ impl Sink for PgTableSink {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
         // No connection from the pool: the database is unreachable (or the pool exhausted).
         let client = self.pool.get().await.map_err(SinkError::unavailable)?;
-        let statement = client
-            .prepare_cached(&self.insert)
-            .await
-            .map_err(classify)?;
         client
-            .execute(
-                &statement,
+            .execute_typed(
+                &self.insert,
                 &[
-                    &message.id,
-                    &message.sequence,
-                    &message.partition_key,
-                    &message.destination,
-                    &headers_json(&message.headers),
-                    &message.payload,
-                    &message.content_type,
+                    (&message.id, Type::UUID),
+                    (&message.sequence, Type::INT8),
+                    (&message.partition_key, Type::TEXT),
+                    (&message.destination, Type::TEXT),
+                    (&headers_json(&message.headers), Type::JSONB),
+                    (&message.payload, Type::BYTEA),
+                    (&message.content_type, Type::TEXT),
                 ],
             )
             .await
