@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
 # Message DB from its npm package, for the Message DB client tests (they fail without it).
 bash scripts/ensure-message-db.sh
+# PgBouncer, for the tests through a pooler in transaction mode (they fail without it).
+bash scripts/ensure-pgbouncer.sh
 # NATS JetStream and RabbitMQ, for the outbox's broker tests (they fail without them).
 bash scripts/ensure-brokers.sh
 if ! cargo nextest --version >/dev/null 2>&1; then

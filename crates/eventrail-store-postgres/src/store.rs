@@ -581,7 +581,10 @@ impl PgEventStore {
         // The store's own transaction is READ COMMITTED whatever the database default: the checks
         // in `append_events` rely on it.
         let tx = read_committed(&mut client).await?;
-        let rows = match tx.query_typed(&self.inner.sql.append, &params.typed()).await {
+        let rows = match tx
+            .query_typed(&self.inner.sql.append, &params.typed())
+            .await
+        {
             Ok(rows) => rows,
             Err(e) => match classify(e) {
                 AppendFailure::DuplicateId => {
@@ -1148,8 +1151,8 @@ impl EventStore for PgEventStore {
                     &self.inner.sql.read_scope_all,
                     &[(&after, Type::INT8), (&limit(max_count), Type::INT8)],
                 )
-                    .await
-                    .map_err(backend)?
+                .await
+                .map_err(backend)?
             }
         };
         tx.commit().await.map_err(backend)?;

@@ -162,11 +162,22 @@ async fn the_store_works_through_pgbouncer_in_transaction_mode() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lease_workers_run_through_pgbouncer_with_their_sessions_direct() -> anyhow::Result<()> {
+    workers_through_pgbouncer(LeaderMode::Lease).await
+}
+
+/// The advisory-lock leader mode too: its lock lives on the worker's direct session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn advisory_lock_workers_run_through_pgbouncer_with_their_sessions_direct()
+-> anyhow::Result<()> {
+    workers_through_pgbouncer(LeaderMode::AdvisoryLock).await
+}
+
+async fn workers_through_pgbouncer(mode: LeaderMode) -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     db.client().await?.batch_execute(HANDLED_DDL).await?;
     let (_bouncer, through) = bouncer(&db).await?;
     let options = eventrail_worker::WorkerOptions::new()
-        .leader_mode(LeaderMode::Lease)
+        .leader_mode(mode)
         .dispatcher(DispatcherStrategy::Notify)
         .heartbeat_interval(Duration::from_millis(100))
         .rebalance_interval(Duration::from_millis(100))
