@@ -244,7 +244,9 @@ impl<S: Sink> Relay<S> {
 
     /// A relay with a pool of its own on `connect` (TLS, timeouts, pool size), LISTENing for
     /// enqueue hints there too. Its sessions are named `eventrail-relay` in `pg_stat_activity`
-    /// unless `connect` sets an `application_name`. Nothing connects yet.
+    /// unless `connect` sets an `application_name`. Nothing connects yet. Behind PgBouncer in
+    /// transaction pooling mode, use [`Relay::new`] with a pool through PgBouncer and
+    /// [`Relay::listen`] with direct settings instead: LISTEN needs a session.
     ///
     /// # Errors
     /// [`OutboxError::Config`] for a refused schema, table or channel name,
@@ -260,7 +262,8 @@ impl<S: Sink> Relay<S> {
 
     /// LISTEN for enqueue hints on a dedicated connection with these settings (with
     /// [`Wakeup::Notify`], the default): a [`PgConnectOptions`] or a `tokio_postgres::Config`.
-    /// Without it the relay polls.
+    /// Without it the relay polls. These settings must reach PostgreSQL directly, not through
+    /// PgBouncer in transaction pooling mode (the relay's pool may).
     #[must_use]
     pub fn listen(mut self, connect: impl Into<PgConnectOptions>) -> Self {
         self.connect = Some(connect.into());

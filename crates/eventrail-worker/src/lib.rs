@@ -3,7 +3,7 @@
 //!
 //! Each [`Worker`] registers in `worker_nodes` and heartbeats, holds a session advisory lock on
 //! its own identity (its death is visible at once), and takes part in leader election
-//! (`pg_try_advisory_lock`, or a lease row behind PgBouncer). The leader assigns consumers
+//! (`pg_try_advisory_lock`, or a lease row). The leader assigns consumers
 //! evenly over live workers and rebalances on join and leave, moving only what must move (sticky
 //! assignment: current assignments stay while their worker is live and the spread is within one). Each worker runs only its
 //! assigned consumers; every checkpoint write checks the assignment's epoch in the batch

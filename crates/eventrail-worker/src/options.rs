@@ -18,8 +18,9 @@ pub enum LeaderMode {
     /// A session advisory lock (`pg_try_advisory_lock`) on the worker's own connection: a dead
     /// leader's lock is released at once.
     AdvisoryLock,
-    /// A lease row renewed every heartbeat; for PgBouncer in transaction pooling, where session
-    /// advisory locks do not work. A dead leader is replaced when its lease expires.
+    /// A lease row renewed every heartbeat, written through the worker's pool. A dead leader is
+    /// replaced when its lease expires. Both modes work behind PgBouncer in transaction pooling
+    /// mode; in both, the worker's own session (identity lock) needs a direct connection.
     Lease,
 }
 

@@ -164,6 +164,10 @@ impl Worker {
     /// locks, LISTEN), which a pool cannot provide: a [`PgConnectOptions`] (TLS from `sslmode`,
     /// timeouts) or a `tokio_postgres::Config`. They are named `eventrail-worker/<name>` in
     /// `pg_stat_activity` unless the options set an `application_name`.
+    ///
+    /// Behind PgBouncer in transaction pooling mode, `store` may be on a pool through PgBouncer
+    /// (the worker's pooled work uses only unnamed statements and transaction-scoped state), but
+    /// `connect` must reach PostgreSQL directly: its session locks and LISTEN need a session.
     pub fn builder(store: PgEventStore, connect: impl Into<PgConnectOptions>) -> WorkerBuilder {
         WorkerBuilder {
             store,
