@@ -81,6 +81,7 @@ pub struct OutboxOptions {
     pub(crate) cleanup_batch: usize,
     pub(crate) stats_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) statements: eventrail_store_postgres::Statements,
 }
 
 impl Default for OutboxOptions {
@@ -103,6 +104,7 @@ impl Default for OutboxOptions {
             cleanup_batch: 1000,
             stats_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            statements: eventrail_store_postgres::Statements::Cached,
         }
     }
 }
@@ -181,6 +183,15 @@ impl OutboxOptions {
     /// Poll only, or LISTEN with polling as fallback (default notify).
     pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
         self.wakeup = wakeup;
+        self
+    }
+
+    /// How the relay sends statements on its pool (default
+    /// [`Statements::Cached`](eventrail_store_postgres::Statements::Cached)); behind PgBouncer in
+    /// transaction pooling mode,
+    /// [`Statements::Unnamed`](eventrail_store_postgres::Statements::Unnamed).
+    pub fn statements(mut self, statements: eventrail_store_postgres::Statements) -> Self {
+        self.statements = statements;
         self
     }
 

@@ -560,8 +560,11 @@ impl<S: Sink> Relay<S> {
 
     async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
         let client = self.client().await?;
-        let rows = client
-            .query_typed(
+        let rows = self
+            .options
+            .statements
+            .query(
+                &*client,
                 &self.tables.renew,
                 &[
                     (&heads, Type::INT8_ARRAY),
@@ -582,8 +585,9 @@ impl<S: Sink> Relay<S> {
         let tx = client.transaction().await.map_err(db)?;
         let batch_size = self.options.batch_size;
         let key_limit = batch_size.div_ceil(self.run_length.load(Ordering::Relaxed).max(1));
-        let keys: Vec<String> = tx
-            .query_typed(&t.claim_keys, &[(&to_i64(key_limit), Type::INT8)])
+        let statements = self.options.statements;
+        let keys: Vec<String> = statements
+            .query(&tx, &t.claim_keys, &[(&to_i64(key_limit), Type::INT8)])
             .await
             .map_err(db)?
             .iter()
@@ -600,8 +604,9 @@ impl<S: Sink> Relay<S> {
             });
         }
         let lease_ms = self.options.lease.as_secs_f64() * 1000.0;
-        let rows = tx
-            .query_typed(
+        let rows = statements
+            .query(
+                &tx,
                 &t.claim_rows,
                 &[
                     (&keys, Type::TEXT_ARRAY),
@@ -765,8 +770,11 @@ impl<S: Sink> Relay<S> {
         let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
         let max_ms = retry.max_backoff.as_secs_f64() * 1000.0;
         let client = self.client().await?;
-        let rows = client
-            .query_typed(
+        let rows = self
+            .options
+            .statements
+            .query(
+                &*client,
                 &self.tables.settle,
                 &[
                     (&sequences, Type::INT8_ARRAY),
@@ -838,8 +846,11 @@ impl<S: Sink> Relay<S> {
         let batch = to_i64(self.options.cleanup_batch);
         let mut total = 0;
         loop {
-            let deleted = client
-                .execute_typed(
+            let deleted = self
+                .options
+                .statements
+                .execute(
+                    &*client,
                     &self.tables.cleanup,
                     &[(&retention_ms, Type::FLOAT8), (&batch, Type::INT8)],
                 )

@@ -39,6 +39,7 @@ pub mod keys;
 mod migrate;
 mod options;
 mod rows;
+mod statements;
 mod store;
 
 pub use connect::{
@@ -56,4 +57,5 @@ pub use migrate::{Migration, MigrationInfo, MigrationState, Migrator, is_known_m
 pub use options::{
     PgStoreOptions, QualifiedTable, from_sql_int, qualify_table, to_sql_int, validate_identifier,
 };
+pub use statements::{PooledClient, Statements};
 pub use store::{PgEventStore, PgStatelessProcessor};

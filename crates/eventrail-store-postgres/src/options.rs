@@ -85,6 +85,7 @@ pub fn to_sql_int(value: impl TryInto<i64>) -> i64 {
 pub struct PgStoreOptions {
     pub(crate) schema: String,
     notify: Notify,
+    statements: crate::Statements,
 }
 
 /// Which channel appends notify.
@@ -101,6 +102,7 @@ impl Default for PgStoreOptions {
         Self {
             schema: "eventrail".into(),
             notify: Notify::Derived,
+            statements: crate::Statements::Cached,
         }
     }
 }
@@ -129,6 +131,20 @@ impl PgStoreOptions {
     pub fn without_notify(mut self) -> Self {
         self.notify = Notify::Off;
         self
+    }
+
+    /// How the store, and a worker on it, send statements on their pooled connections
+    /// (default [`Statements::Cached`](crate::Statements::Cached)); behind PgBouncer in
+    /// transaction pooling mode, [`Statements::Unnamed`](crate::Statements::Unnamed).
+    pub fn statements(mut self, statements: crate::Statements) -> Self {
+        self.statements = statements;
+        self
+    }
+
+    /// How statements are sent.
+    #[must_use]
+    pub fn get_statements(&self) -> crate::Statements {
+        self.statements
     }
 
     /// The schema name.

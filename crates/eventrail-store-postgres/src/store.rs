@@ -528,6 +528,12 @@ impl PgEventStore {
         &self.inner.options
     }
 
+    /// How it sends statements on its pool ([`PgStoreOptions::statements`]).
+    #[must_use]
+    pub fn statements(&self) -> crate::Statements {
+        self.inner.options.get_statements()
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()
@@ -561,8 +567,9 @@ impl PgEventStore {
             // One statement in autocommit: one round trip. A database whose default isolation is
             // above READ COMMITTED refuses a conditional append (nothing written) or reports a
             // stale version: run it again below, explicitly at READ COMMITTED.
-            match client
-                .query_typed(&self.inner.sql.append, &params.typed())
+            match self
+                .statements()
+                .query(&*client, &self.inner.sql.append, &params.typed())
                 .await
             {
                 Ok(rows) => match interpret_positions(&request, &rows) {
@@ -581,8 +588,9 @@ impl PgEventStore {
         // The store's own transaction is READ COMMITTED whatever the database default: the checks
         // in `append_events` rely on it.
         let tx = read_committed(&mut client).await?;
-        let rows = match tx
-            .query_typed(&self.inner.sql.append, &params.typed())
+        let rows = match self
+            .statements()
+            .query(&tx, &self.inner.sql.append, &params.typed())
             .await
         {
             Ok(rows) => rows,
@@ -759,8 +767,10 @@ impl PgEventStore {
         let after_i64 = to_i64(after, "position")?;
         let mut observed_new = false;
         loop {
-            let row = client
-                .query_typed_one(
+            let row = self
+                .statements()
+                .query_one(
+                    &*client,
                     &self.inner.sql.probe,
                     &[(&after_i64, Type::INT8), (&limit, Type::INT8)],
                 )
@@ -980,7 +990,11 @@ impl Paged<'_> {
                 (self.event_types, Type::TEXT_ARRAY),
                 (&want_sql, Type::INT8),
             ]);
-            let rows = client.query_typed(sql, &params).await.map_err(backend)?;
+            let rows = store
+                .statements()
+                .query(&*client, sql, &params)
+                .await
+                .map_err(backend)?;
             let batch = recorded_events(&rows)?;
             remaining -= batch.len();
             let following = if batch.len() == want {
@@ -1161,8 +1175,10 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_typed_one(
+        let row = self
+            .statements()
+            .query_one(
+                &*client,
                 &self.inner.sql.stream_version,
                 &[(&stream.as_str(), Type::TEXT)],
             )

@@ -497,9 +497,15 @@ async fn run_batch(
     .await
     .map_err(db)?;
     // The row lock serialises batches of this consumer across workers during a handover.
+    let statements = ctx.shared.store.statements();
+    // Prepared first (when cached), so that the lock is requested before the reset below.
+    statements
+        .warm(&tx, &t.lock_checkpoint, &[Type::TEXT])
+        .await
+        .map_err(db)?;
     let args: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
     let (locked, reset) = futures::join!(
-        tx.query_typed_one(&t.lock_checkpoint, &args),
+        statements.query_one(&tx, &t.lock_checkpoint, &args),
         tx.batch_execute(crate::fence::RESET_LOCK_WAIT)
     );
     let row = match locked {
@@ -578,8 +584,9 @@ async fn run_batch(
         .await
         .map_err(db)?;
     }
-    let saved = tx
-        .query_typed(
+    let saved = statements
+        .query(
+            &tx,
             &t.save_checkpoint,
             &[
                 (&name, Type::TEXT),

@@ -12,7 +12,9 @@ use eventrail_core::{
 };
 use eventrail_devdb::{PgBouncer, start_pgbouncer};
 use eventrail_outbox::{InMemorySink, NewMessage, Outbox, OutboxOptions, Relay, Wakeup};
-use eventrail_store_postgres::{GapWatch, PgConnectOptions, PgEventStore};
+use eventrail_store_postgres::{
+    GapWatch, PgConnectOptions, PgEventStore, PgStoreOptions, Statements,
+};
 use eventrail_worker::{DispatcherStrategy, LeaderMode, TableNames, Worker, WorkerAdmin};
 use integration_tests::{HANDLED_DDL, Recorder};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,14 @@ async fn bouncer(db: &TestDb) -> anyhow::Result<(PgBouncer, PgConnectOptions)> {
     Ok((bouncer, options.max_connections(8)))
 }
 
+/// A store through PgBouncer, sending unnamed statements only.
+fn store_through(through: &PgConnectOptions) -> anyhow::Result<PgEventStore> {
+    Ok(PgEventStore::with_options(
+        through.pool("eventrail-store")?,
+        PgStoreOptions::new().statements(Statements::Unnamed),
+    )?)
+}
+
 fn events(n: usize) -> Vec<NewEvent> {
     (0..n)
         .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
@@ -40,7 +50,7 @@ fn events(n: usize) -> Vec<NewEvent> {
 async fn the_store_works_through_pgbouncer_in_transaction_mode() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let (_bouncer, through) = bouncer(&db).await?;
-    let store = PgEventStore::connect_with(&through)?;
+    let store = store_through(&through)?;
 
     // Concurrent appends and reads from eight pooled connections over two server connections.
     let mut tasks = Vec::new();
@@ -188,14 +198,14 @@ async fn workers_through_pgbouncer(mode: LeaderMode) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for name in ["w1", "w2"] {
         // Pooled work through PgBouncer; the session and LISTEN connections direct.
-        let store = PgEventStore::connect_with(&through)?;
+        let store = store_through(&through)?;
         let mut builder = Worker::builder(store, db.config()).options(options.clone());
         for i in 0..4 {
             builder = builder.consumer(Recorder::new(format!("c{i}"), name));
         }
         workers.push(tokio::spawn(builder.build()?.run(stop.clone())));
     }
-    let store = PgEventStore::connect_with(&through)?;
+    let store = store_through(&through)?;
     let mut last = 0;
     for i in 0..20 {
         last = store
@@ -229,6 +239,7 @@ async fn the_relay_works_through_pgbouncer_with_its_listener_direct() -> anyhow:
     let pool = through.pool("eventrail-test")?;
     let sink = InMemorySink::new();
     let options = OutboxOptions::new()
+        .statements(Statements::Unnamed)
         .wakeup(Wakeup::Notify)
         .poll_interval(Duration::from_secs(30));
     let stop = CancellationToken::new();
@@ -276,5 +287,43 @@ async fn the_relay_works_through_pgbouncer_with_its_listener_direct() -> anyhow:
     for r in relays {
         r.await??;
     }
+    Ok(())
+}
+
+/// Why the setting exists: cached prepared statements break when consecutive statements of one
+/// client land on different server connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_statements_fail_through_pgbouncer_in_transaction_mode() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let (_bouncer, through) = bouncer(&db).await?;
+    let store = PgEventStore::connect_with(&through)?;
+    assert_eq!(store.statements(), Statements::Cached);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let appended = store
+                    .append(AppendRequest::new(
+                        format!("cached-{w}").parse()?,
+                        ExpectedVersion::Any,
+                        events(1),
+                    ))
+                    .await;
+                if let Err(e) = appended {
+                    return anyhow::Ok(e.code().map(str::to_owned));
+                }
+            }
+            anyhow::Ok(None)
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.extend(t.await??);
+    }
+    assert!(
+        codes.iter().any(|c| c == "26000"),
+        "no append failed on a missing prepared statement: {codes:?}"
+    );
     Ok(())
 }
