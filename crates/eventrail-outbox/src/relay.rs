@@ -245,8 +245,9 @@ impl<S: Sink> Relay<S> {
     /// A relay with a pool of its own on `connect` (TLS, timeouts, pool size), LISTENing for
     /// enqueue hints there too. Its sessions are named `eventrail-relay` in `pg_stat_activity`
     /// unless `connect` sets an `application_name`. Nothing connects yet. Behind PgBouncer in
-    /// transaction pooling mode, use [`Relay::new`] with a pool through PgBouncer and
-    /// [`Relay::listen`] with direct settings instead: LISTEN needs a session.
+    /// transaction pooling mode, use [`Relay::new`] with a pool through PgBouncer (and
+    /// [`OutboxOptions::statements`]) and [`Relay::listen`] with direct settings instead: LISTEN
+    /// needs a session.
     ///
     /// # Errors
     /// [`OutboxError::Config`] for a refused schema, table or channel name,

@@ -166,7 +166,8 @@ impl Worker {
     /// `pg_stat_activity` unless the options set an `application_name`.
     ///
     /// Behind PgBouncer in transaction pooling mode, `store` may be on a pool through PgBouncer
-    /// (the worker's pooled work uses only unnamed statements and transaction-scoped state), but
+    /// with [`Statements::Unnamed`](eventrail_store_postgres::Statements::Unnamed) (the worker
+    /// sends its statements as the store does, and keeps only transaction-scoped state), but
     /// `connect` must reach PostgreSQL directly: its session locks and LISTEN need a session.
     pub fn builder(store: PgEventStore, connect: impl Into<PgConnectOptions>) -> WorkerBuilder {
         WorkerBuilder {
