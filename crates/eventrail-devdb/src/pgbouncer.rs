@@ -55,7 +55,8 @@ impl Drop for PgBouncer {
     fn drop(&mut self) {
         // Ends only the process this helper started, by its pid.
         match Command::new("kill").arg(self.pid.to_string()).status() {
-            Ok(s) if s.success() => {}
+            // Its files go too (best effort: it may still be closing its log).
+            Ok(s) if s.success() => drop(fs::remove_dir_all(&self.dir)),
             other => warn!(pid = self.pid, ?other, "could not stop PgBouncer"),
         }
     }
