@@ -32,6 +32,7 @@
 //! store stalls only on an actual hole, and reports who holds it ([`FrontierStall`]).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod config;
 mod connect;
 mod error;
 mod frontier;
@@ -41,6 +42,10 @@ mod options;
 mod rows;
 mod store;
 
+pub use config::{
+    ConfigFile, ConfigFileError, EventrailConfig, EventrailConfigBuilder, OutboxTables,
+    WorkerTables,
+};
 pub use connect::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,
     PgConnectOptions, PgConnection, PgListener, PgTlsStream, SslClientCert, SslMode, SslRootCert,

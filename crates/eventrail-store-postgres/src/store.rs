@@ -157,6 +157,8 @@ impl Sql {
 
 struct Inner {
     options: PgStoreOptions,
+    /// The configuration other components take from this store (tables, channels).
+    config: crate::EventrailConfig,
     /// The resolved notify channel.
     channel: Option<String>,
     sql: Sql,
@@ -446,6 +448,28 @@ impl PgEventStore {
     /// # Errors
     /// [`ConfigError::InvalidIdentifier`] for a schema or channel that is not a plain identifier.
     pub fn with_options(pool: Pool, options: PgStoreOptions) -> Result<Self, ConfigError> {
+        let mut config = crate::EventrailConfig::builder().schema(options.schema_name());
+        config = match options.channel() {
+            Some(channel) => config.events_channel(channel),
+            None => config.without_notify(),
+        };
+        Self::build(pool, options, config.build()?)
+    }
+
+    /// A store on `pool` for a validated configuration: its schema and events channel; workers,
+    /// `wait_for` and admins built on this store take its table names and channels too.
+    ///
+    /// # Errors
+    /// None in practice (the configuration is validated); kept for symmetry.
+    pub fn from_config(pool: Pool, config: &crate::EventrailConfig) -> Result<Self, ConfigError> {
+        Self::build(pool, config.store_options(), config.clone())
+    }
+
+    fn build(
+        pool: Pool,
+        options: PgStoreOptions,
+        config: crate::EventrailConfig,
+    ) -> Result<Self, ConfigError> {
         let schema = options.validate()?;
         Ok(Self {
             pool,
@@ -453,9 +477,16 @@ impl PgEventStore {
                 sql: Sql::new(&schema, options.schema_name()),
                 channel: options.channel(),
                 options,
+                config,
                 processors: Vec::new(),
             }),
         })
+    }
+
+    /// The configuration this store was built with (or derived from its options).
+    #[must_use]
+    pub fn config(&self) -> &crate::EventrailConfig {
+        &self.inner.config
     }
 
     /// A store on a new pool for `url` (a libpq URL or `key=value` string: TLS from its

@@ -45,4 +45,4 @@ pub use error::WorkerError;
 pub use options::{DispatcherStrategy, LeaderMode, RetryPolicy, TableNames, WorkerOptions};
 pub use runtime::{Worker, WorkerBuilder};
 pub use tables::{WORKER_FAULTS_MIGRATION, WORKER_MIGRATION, checkpoint_channel, worker_migrator};
-pub use wait::wait_for;
+pub use wait::{wait_for, wait_for_config};

@@ -94,7 +94,11 @@ impl WorkerBuilder {
             }
             None => {}
         }
-        let tables = Tables::new(&options.tables, self.store.options().schema_name())?;
+        let names = options
+            .tables
+            .clone()
+            .unwrap_or_else(|| self.store.config().worker_tables().clone());
+        let tables = Tables::new(&names, self.store.options().schema_name())?;
         Ok(Worker {
             id: Uuid::now_v7(),
             store: self.store,
