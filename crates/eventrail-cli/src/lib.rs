@@ -53,7 +53,8 @@ pub enum Command {
         /// Print the SQL instead of applying it, for your own migration tool.
         #[arg(long)]
         print_sql: bool,
-        /// Also create least-privilege roles <PREFIX>_reader, _writer, _worker and _admin.
+        /// Also create least-privilege roles PREFIX_reader, PREFIX_writer, PREFIX_worker and
+        /// PREFIX_admin.
         #[arg(long, value_name = "PREFIX")]
         roles: Option<String>,
         /// `info`: list applied, pending and unknown migrations instead.
