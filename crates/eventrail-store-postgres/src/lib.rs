@@ -61,4 +61,4 @@ pub use migrate::{Migration, MigrationInfo, MigrationState, Migrator, is_known_m
 pub use options::{
     PgStoreOptions, QualifiedTable, from_sql_int, qualify_table, to_sql_int, validate_identifier,
 };
-pub use store::{PgEventStore, PgStatelessProcessor};
+pub use store::{PgEventStore, PgEventStoreBuilder, PgStatelessProcessor};
