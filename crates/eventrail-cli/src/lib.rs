@@ -20,8 +20,8 @@ use clap::{Parser, Subcommand};
 use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
-use eventrail_outbox::{OutboxAdmin, OutboxOptions};
-use eventrail_store_postgres::{Migrator, PgConnectOptions, PgEventStore, PgStoreOptions};
+use eventrail_outbox::OutboxAdmin;
+use eventrail_store_postgres::{EventrailConfig, Migrator, PgConnectOptions, PgEventStore};
 use eventrail_worker::{Status, WorkerAdmin};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -33,9 +33,13 @@ pub struct Cli {
     /// PostgreSQL URL, e.g. postgres://user@host:5432/db
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Schema of the event store.
+    /// Schema of the event store (ignored with --config, which names its own).
     #[arg(long, default_value = "eventrail", global = true)]
     pub schema: String,
+    /// A JSON configuration file (schema, channels, table names, database URL): see
+    /// `EventrailConfig`. The --database-url option still wins over its URL.
+    #[arg(long, env = "EVENTRAIL_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -49,7 +53,8 @@ pub enum Command {
         /// Print the SQL instead of applying it, for your own migration tool.
         #[arg(long)]
         print_sql: bool,
-        /// Also create least-privilege roles <PREFIX>_reader, _writer, _worker and _admin.
+        /// Also create least-privilege roles PREFIX_reader, PREFIX_writer, PREFIX_worker and
+        /// PREFIX_admin.
         #[arg(long, value_name = "PREFIX")]
         roles: Option<String>,
         /// `info`: list applied, pending and unknown migrations instead.
@@ -226,17 +231,20 @@ pub enum CategoryAction {
 /// # Errors
 /// Bad input (a stream name, a schema), an unreachable database, a failed migration.
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => EventrailConfig::from_json_file(path)?,
+        None => EventrailConfig::builder()
+            .schema(cli.schema.as_str())
+            .build()?,
+    };
+    let url = cli.database_url.as_deref();
     match cli.command {
         Command::Migrate {
             action: Some(MigrateAction::Info),
             ..
         } => {
-            let migrator = migrator(&cli.schema)?;
-            let url = require_url(cli.database_url.as_deref())?;
-            let (client, connection) = connect_options(url)?
-                .connect(CLI_COMPONENT)
-                .await
-                .context("connecting to the database")?;
+            let migrator = migrator(&config)?;
+            let (client, connection) = connection(url, &config).await?;
             tokio::spawn(connection);
             writeln!(
                 out,
@@ -260,7 +268,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             roles,
             action: None,
         } => {
-            let migrator = migrator(&cli.schema)?;
+            let migrator = migrator(&config)?;
             writeln!(out, "{}", migrator.print_sql())?;
             if let Some(prefix) = roles {
                 writeln!(out, "{}", migrator.roles_sql(&prefix)?)?;
@@ -271,25 +279,21 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             roles,
             action: None,
         } => {
-            let migrator = migrator(&cli.schema)?;
+            let migrator = migrator(&config)?;
             // A bad prefix is refused before anything is applied.
             if let Some(prefix) = &roles {
                 migrator.roles_sql(prefix)?;
             }
-            let url = require_url(cli.database_url.as_deref())?;
-            let (mut client, connection) = connect_options(url)?
-                .connect(CLI_COMPONENT)
-                .await
-                .context("connecting to the database")?;
+            let (mut client, connection) = connection(url, &config).await?;
             tokio::spawn(connection);
             let applied = migrator.run(&mut client).await?;
             if applied.is_empty() {
-                writeln!(out, "schema {} is up to date", cli.schema)?;
+                writeln!(out, "schema {} is up to date", config.schema())?;
             } else {
                 writeln!(
                     out,
                     "applied migrations {applied:?} to schema {}",
-                    cli.schema
+                    config.schema()
                 )?;
             }
             if let Some(prefix) = roles {
@@ -310,7 +314,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 },
         } => {
             let stream: StreamName = name.parse()?;
-            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
+            let store = store(url, &config).await?;
             // One row more than shown tells whether the stream goes on.
             let mut options = ReadStreamOptions::default().max_count(limit.saturating_add(1));
             if backward {
@@ -338,7 +342,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             action: CategoryAction::Read { name, from, limit },
         } => {
             let category: Category = name.parse()?;
-            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
+            let store = store(url, &config).await?;
             let options = ReadAllOptions::default()
                 .from_position(from)
                 .max_count(limit.saturating_add(1));
@@ -352,7 +356,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         }
         Command::Status { heartbeat_timeout } => print_status(
             out,
-            &admin(cli.database_url.as_deref(), &cli.schema)
+            &admin(url, &config)
                 .await?
                 .heartbeat_timeout(
                     std::time::Duration::try_from_secs_f64(heartbeat_timeout)
@@ -362,7 +366,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 .await?,
         )?,
         Command::Consumer { action } => {
-            let admin = admin(cli.database_url.as_deref(), &cli.schema).await?;
+            let admin = admin(url, &config).await?;
             let (name, done) = match &action {
                 ConsumerAction::Rewind { name, to, force } => {
                     if *force {
@@ -395,7 +399,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "consumer {name} {done}")?;
         }
         Command::Gaps { consumer, limit } => {
-            let gaps = admin(cli.database_url.as_deref(), &cli.schema)
+            let gaps = admin(url, &config)
                 .await?
                 .gaps(consumer.as_deref(), limit)
                 .await?;
@@ -419,11 +423,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "({} skips)", gaps.len())?;
         }
         Command::Outbox { action } => {
-            let store = store(cli.database_url.as_deref(), &cli.schema).await?;
-            let admin = OutboxAdmin::new(
-                store.pool().clone(),
-                &OutboxOptions::new().schema(cli.schema.as_str()),
-            )?;
+            let store = store(url, &config).await?;
+            let admin = OutboxAdmin::from_config(store.pool().clone(), &config)?;
             outbox(out, &admin, action).await?;
         }
     }
@@ -532,24 +533,20 @@ async fn outbox(
     Ok(())
 }
 
-/// The event store's, the worker's and the outbox's migrations, with default table names.
-fn migrator(schema: &str) -> anyhow::Result<Migrator> {
-    let everything =
-        eventrail_worker::worker_migrator(schema, &eventrail_worker::TableNames::default())?;
+/// The event store's, the worker's and the outbox's migrations, with the configuration's table
+/// names.
+fn migrator(config: &EventrailConfig) -> anyhow::Result<Migrator> {
+    let everything = eventrail_worker::worker_migrator(config.schema(), config.worker_tables())?;
     Ok(eventrail_outbox::with_outbox_migration(
         everything,
-        schema,
-        &eventrail_outbox::OutboxTables::default(),
+        config.schema(),
+        config.outbox_tables(),
     )?)
 }
 
-async fn admin(url: Option<&str>, schema: &str) -> anyhow::Result<WorkerAdmin> {
-    let store = store(url, schema).await?;
-    Ok(WorkerAdmin::new(
-        store.pool().clone(),
-        schema,
-        &eventrail_worker::TableNames::default(),
-    )?)
+async fn admin(url: Option<&str>, config: &EventrailConfig) -> anyhow::Result<WorkerAdmin> {
+    let store = store(url, config).await?;
+    Ok(WorkerAdmin::from_config(store.pool().clone(), config)?)
 }
 
 fn timestamp(t: std::time::SystemTime) -> String {
@@ -618,23 +615,45 @@ fn print_status(out: &mut impl Write, status: &Status) -> anyhow::Result<()> {
     )
 }
 
-fn require_url(url: Option<&str>) -> anyhow::Result<&str> {
-    url.context("no database: pass --database-url or set DATABASE_URL")
+/// The connection: `--database-url` (or `DATABASE_URL`), else the configuration's direct one
+/// (migrations need a session: not through PgBouncer in transaction mode).
+fn connect_options(
+    url: Option<&str>,
+    config: &EventrailConfig,
+) -> anyhow::Result<PgConnectOptions> {
+    match (url, config.direct_connect_options()) {
+        (Some(url), _) => Ok(PgConnectOptions::from_url(url)?),
+        (None, Some(options)) => Ok(options.clone()),
+        (None, None) => {
+            anyhow::bail!(
+                "no database: pass --database-url, set DATABASE_URL, or name it in --config"
+            )
+        }
+    }
+}
+
+/// One connection for the command.
+async fn connection(
+    url: Option<&str>,
+    config: &EventrailConfig,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    eventrail_store_postgres::PgConnection,
+)> {
+    connect_options(url, config)?
+        .connect(CLI_COMPONENT)
+        .await
+        .context("connecting to the database")
 }
 
 /// The `application_name` of the command's sessions.
 const CLI_COMPONENT: &str = "eventrail-cli";
 
-/// The URL's connection settings (TLS from `sslmode`, `connect_timeout`).
-fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    Ok(PgConnectOptions::from_url(url)?)
-}
-
 /// A store on a small pool, after one connection was made: an unreachable database is a
 /// [`ConnectError`](eventrail_store_postgres::ConnectError) (timed out, TLS refused, refused)
 /// whatever the command.
-async fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> {
-    let pool = connect_options(require_url(url)?)?
+async fn store(url: Option<&str>, config: &EventrailConfig) -> anyhow::Result<PgEventStore> {
+    let pool = connect_options(url, config)?
         .max_connections(2)
         .pool(CLI_COMPONENT)?;
     drop(
@@ -643,10 +662,7 @@ async fn store(url: Option<&str>, schema: &str) -> anyhow::Result<PgEventStore> 
             .map_err(|e| eventrail_store_postgres::ConnectError::from_pool(e, &pool))
             .context("connecting to the database")?,
     );
-    Ok(PgEventStore::with_options(
-        pool,
-        PgStoreOptions::new().schema(schema),
-    )?)
+    Ok(PgEventStore::from_config(pool, config)?)
 }
 
 const DATA_WIDTH: usize = 60;

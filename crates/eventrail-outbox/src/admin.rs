@@ -97,6 +97,17 @@ impl OutboxAdmin {
         })
     }
 
+    /// Administers the outbox of a configuration.
+    ///
+    /// # Errors
+    /// [`OutboxError::Config`] for a refused schema or table name.
+    pub fn from_config(
+        pool: Pool,
+        config: &eventrail_store_postgres::EventrailConfig,
+    ) -> Result<Self, OutboxError> {
+        Self::new(pool, &OutboxOptions::from_config(config))
+    }
+
     /// Counts by state, the oldest pending age, the dead letters per destination, the messages
     /// blocked behind dead ones, and the destinations backed off.
     ///

@@ -1,26 +1,9 @@
 use std::time::Duration;
 
 /// Names of the outbox's tables; each may carry a schema (`ops.outbox`). Unqualified names live
-/// in the options' schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxTables {
-    /// The outbox (default `outbox`).
-    pub outbox: String,
-    /// The consumers' inbox (default `inbox`).
-    pub inbox: String,
-    /// The destinations backed off after an outage (default `outbox_destinations`).
-    pub destinations: String,
-}
-
-impl Default for OutboxTables {
-    fn default() -> Self {
-        Self {
-            outbox: "outbox".into(),
-            inbox: "inbox".into(),
-            destinations: "outbox_destinations".into(),
-        }
-    }
-}
+/// in the options' schema. One type with the configuration handle's
+/// ([`eventrail_store_postgres::EventrailConfig::outbox_tables`]).
+pub use eventrail_store_postgres::OutboxTables;
 
 /// Retries of failed publishes: attempts of one message before it is dead and its partition key
 /// parked, with exponential backoff jittered to between half and all of it, computed on the
@@ -113,6 +96,18 @@ impl OutboxOptions {
     /// Defaults: see each setter.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The schema, table names and channel of a configuration; polls when it sends no hints.
+    pub fn from_config(config: &eventrail_store_postgres::EventrailConfig) -> Self {
+        let options = Self::new()
+            .schema(config.schema())
+            .tables(config.outbox_tables().clone())
+            .statements(config.statements());
+        match config.outbox_channel() {
+            Some(channel) => options.notify_channel(channel),
+            None => options.wakeup(Wakeup::Poll),
+        }
     }
 
     /// The schema of unqualified table names (default `eventrail`).

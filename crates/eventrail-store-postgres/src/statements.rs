@@ -7,7 +7,10 @@ use tokio_postgres::{Error, GenericClient, Row, Statement};
 /// How the store, the worker and the outbox relay send statements on their pooled connections.
 ///
 /// Both send every parameter with its declared type, so a statement means the same either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Statements {
     /// Prepared once per pooled connection and kept (deadpool-postgres' statement cache): the

@@ -157,10 +157,67 @@ impl Sql {
 
 struct Inner {
     options: PgStoreOptions,
+    /// The configuration other components take from this store (tables, channels).
+    config: crate::EventrailConfig,
     /// The resolved notify channel.
     channel: Option<String>,
     sql: Sql,
     processors: Vec<Arc<dyn DynProcessor>>,
+}
+
+/// Builds a [`PgEventStore`]: its options (or configuration) and its stateless processors,
+/// fixed when it is built (a store's clones all run the same processors).
+#[must_use]
+pub struct PgEventStoreBuilder {
+    pool: Pool,
+    options: PgStoreOptions,
+    config: Option<crate::EventrailConfig>,
+    processors: Vec<Arc<dyn DynProcessor>>,
+}
+
+impl fmt::Debug for PgEventStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgEventStoreBuilder")
+            .field("options", &self.options)
+            .field("processors", &self.processors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// The store's options (schema, notify channel).
+    pub fn options(mut self, options: PgStoreOptions) -> Self {
+        self.options = options;
+        self.config = None;
+        self
+    }
+
+    /// A validated configuration (schema, channels; other components take their names from it).
+    pub fn config(mut self, config: &crate::EventrailConfig) -> Self {
+        self.options = config.store_options();
+        self.config = Some(config.clone());
+        self
+    }
+
+    /// Adds a stateless processor, run in every append transaction, in the order added.
+    pub fn processor(mut self, processor: impl PgStatelessProcessor) -> Self {
+        self.processors.push(Arc::new(processor));
+        self
+    }
+
+    /// The store.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidIdentifier`] for a refused schema or channel.
+    pub fn build(self) -> Result<PgEventStore, ConfigError> {
+        let mut store = match &self.config {
+            Some(config) => PgEventStore::from_config(self.pool, config)?,
+            None => PgEventStore::with_options(self.pool, self.options)?,
+        };
+        let inner = Arc::get_mut(&mut store.inner).expect("a store being built is not shared yet");
+        inner.processors = self.processors;
+        Ok(store)
+    }
 }
 
 /// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.
@@ -442,6 +499,28 @@ impl PgEventStore {
     /// # Errors
     /// [`ConfigError::InvalidIdentifier`] for a schema or channel that is not a plain identifier.
     pub fn with_options(pool: Pool, options: PgStoreOptions) -> Result<Self, ConfigError> {
+        let mut config = crate::EventrailConfig::builder().schema(options.schema_name());
+        config = match options.channel() {
+            Some(channel) => config.events_channel(channel),
+            None => config.without_notify(),
+        };
+        Self::build(pool, options, config.build()?)
+    }
+
+    /// A store on `pool` for a validated configuration: its schema and events channel; workers,
+    /// `wait_for` and admins built on this store take its table names and channels too.
+    ///
+    /// # Errors
+    /// None in practice (the configuration is validated); kept for symmetry.
+    pub fn from_config(pool: Pool, config: &crate::EventrailConfig) -> Result<Self, ConfigError> {
+        Self::build(pool, config.store_options(), config.clone())
+    }
+
+    fn build(
+        pool: Pool,
+        options: PgStoreOptions,
+        config: crate::EventrailConfig,
+    ) -> Result<Self, ConfigError> {
         let schema = options.validate()?;
         Ok(Self {
             pool,
@@ -449,9 +528,16 @@ impl PgEventStore {
                 sql: Sql::new(&schema, options.schema_name()),
                 channel: options.channel(),
                 options,
+                config,
                 processors: Vec::new(),
             }),
         })
+    }
+
+    /// The configuration this store was built with (or derived from its options).
+    #[must_use]
+    pub fn config(&self) -> &crate::EventrailConfig {
+        &self.inner.config
     }
 
     /// A store on a new pool for `url` (a libpq URL or `key=value` string: TLS from its
@@ -498,17 +584,24 @@ impl PgEventStore {
             .await
     }
 
-    /// Adds a stateless processor, run in every append transaction, in the order added.
-    #[must_use]
-    pub fn with_processor(mut self, processor: impl PgStatelessProcessor) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).map(|i| {
-            i.processors.push(Arc::new(processor));
-        });
-        debug_assert!(
-            inner.is_some(),
-            "processors are added before the store is cloned"
-        );
-        self
+    /// A builder: options or a configuration, and the stateless processors every append runs.
+    ///
+    /// ```no_run
+    /// # fn f(pool: deadpool_postgres::Pool, audit: impl eventrail_store_postgres::PgStatelessProcessor) -> Result<(), eventrail_store_postgres::ConfigError> {
+    /// use eventrail_store_postgres::{PgEventStore, PgStoreOptions};
+    /// let store = PgEventStore::builder(pool)
+    ///     .options(PgStoreOptions::new().schema("billing"))
+    ///     .processor(audit)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(pool: Pool) -> PgEventStoreBuilder {
+        PgEventStoreBuilder {
+            pool,
+            options: PgStoreOptions::default(),
+            config: None,
+            processors: Vec::new(),
+        }
     }
 
     /// The pool.

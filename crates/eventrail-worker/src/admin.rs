@@ -110,6 +110,17 @@ impl WorkerAdmin {
         })
     }
 
+    /// Admin over the schema and worker tables of a configuration.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] for refused names.
+    pub fn from_config(
+        pool: Pool,
+        config: &eventrail_store_postgres::EventrailConfig,
+    ) -> Result<Self, WorkerError> {
+        Self::new(pool, config.schema(), config.worker_tables())
+    }
+
     /// The workers' heartbeat timeout (default: the workers' default, 5 s), to mark stale
     /// workers in [`status`](Self::status); give the one the workers run with.
     #[must_use]

@@ -84,6 +84,9 @@ async fn listen(shared: &Shared, stop: &CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             event = listener.recv() => match event {
+                Ok(ListenEvent::Notification(n)) if n.payload() == crate::runtime::ASSIGNMENTS_MOVED => {
+                    shared.assignments_moved.notify_one();
+                }
                 Ok(ListenEvent::Notification(n)) => wake(shared, n.payload().parse::<u64>().ok()),
                 Ok(ListenEvent::Listening { reconnected }) => {
                     debug!(channel = %shared.options.notify_channel, reconnected, "listening");

@@ -30,32 +30,9 @@ pub enum LeaderMode {
 pub use eventrail_core::RetryPolicy;
 
 /// Names of the worker's tables; each may carry a schema (`ops.worker_nodes`). Unqualified
-/// names live in the store's schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableNames {
-    /// Registered workers and their heartbeats.
-    pub worker_nodes: String,
-    /// Which worker runs which consumer, with an epoch.
-    pub consumer_assignments: String,
-    /// Each consumer's position, pause flag and parked error.
-    pub consumer_checkpoints: String,
-    /// Audited skips of holes.
-    pub consumer_gap_skips: String,
-    /// The leadership lease (lease mode).
-    pub worker_leader: String,
-}
-
-impl Default for TableNames {
-    fn default() -> Self {
-        Self {
-            worker_nodes: "worker_nodes".into(),
-            consumer_assignments: "consumer_assignments".into(),
-            consumer_checkpoints: "consumer_checkpoints".into(),
-            consumer_gap_skips: "consumer_gap_skips".into(),
-            worker_leader: "worker_leader".into(),
-        }
-    }
-}
+/// names live in the store's schema. One type with the configuration handle's
+/// ([`eventrail_store_postgres::EventrailConfig::worker_tables`]).
+pub use eventrail_store_postgres::WorkerTables as TableNames;
 
 /// Settings of a worker, as a consuming builder. Every setting has a default.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +52,8 @@ pub struct WorkerOptions {
     pub(crate) leader_mode: LeaderMode,
     /// Taken from the store when the worker is built.
     pub(crate) notify_channel: String,
-    pub(crate) tables: TableNames,
+    /// `None`: the store's configuration's.
+    pub(crate) tables: Option<TableNames>,
     pub(crate) retry: RetryPolicy,
     pub(crate) stall_escape: Option<Duration>,
     pub(crate) max_reconnect_interval: Duration,
@@ -98,7 +76,7 @@ impl Default for WorkerOptions {
             dispatcher: DispatcherStrategy::Notify,
             leader_mode: LeaderMode::AdvisoryLock,
             notify_channel: String::new(),
-            tables: TableNames::default(),
+            tables: None,
             retry: RetryPolicy::default(),
             stall_escape: None,
             max_reconnect_interval: Duration::from_secs(2),
@@ -187,10 +165,12 @@ impl WorkerOptions {
         self
     }
 
-    /// The worker's table names (defaults: `worker_nodes`, `consumer_assignments`,
-    /// `consumer_checkpoints`, `consumer_gap_skips`, `worker_leader`).
+    /// The worker's table names (default: those of the store's configuration, see
+    /// [`PgEventStore::from_config`](eventrail_store_postgres::PgEventStore::from_config);
+    /// `worker_nodes`, `consumer_assignments`, `consumer_checkpoints`, `consumer_gap_skips`,
+    /// `worker_leader` unless configured).
     pub fn tables(mut self, tables: TableNames) -> Self {
-        self.tables = tables;
+        self.tables = Some(tables);
         self
     }
 

@@ -95,7 +95,11 @@ impl WorkerBuilder {
             }
             None => {}
         }
-        let tables = Tables::new(&options.tables, self.store.options().schema_name())?;
+        let names = options
+            .tables
+            .clone()
+            .unwrap_or_else(|| self.store.config().worker_tables().clone());
+        let tables = Tables::new(&names, self.store.options().schema_name())?;
         Ok(Worker {
             id: Uuid::now_v7(),
             store: self.store,
@@ -151,7 +155,14 @@ pub(crate) struct Shared {
     pub(crate) options: Arc<WorkerOptions>,
     pub(crate) tables: Arc<Tables>,
     pub(crate) head: watch::Sender<u64>,
+    /// Signalled when a leader announced moved assignments: follow them now, not at the next
+    /// tick.
+    pub(crate) assignments_moved: tokio::sync::Notify,
 }
+
+/// The payload a leader sends on the events channel after it moved consumers (never a
+/// position, so subscribers that parse positions ignore it).
+pub(crate) const ASSIGNMENTS_MOVED: &str = "assignments";
 
 struct Running {
     epoch: i64,
@@ -212,6 +223,7 @@ impl Worker {
             options: self.options.clone(),
             tables: self.tables.clone(),
             head,
+            assignments_moved: tokio::sync::Notify::new(),
         });
         let stop = shutdown.child_token();
         let Some(first) = establish_first(&shared, &names, &stop).await? else {
@@ -244,6 +256,7 @@ impl Worker {
                     () = stop.cancelled() => break Ok(()),
                     dead = &mut s.dead => Some(dead.unwrap_or_else(|_| "connection closed".into())),
                     _ = tick.tick() => None,
+                    () = shared.assignments_moved.notified() => None,
                 },
             };
             if session.is_none() || lost.is_some() {
@@ -785,6 +798,16 @@ async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, Work
             .map_err(db)?;
             moved += 1;
         }
+    }
+    if moved > 0 && !shared.options.notify_channel.is_empty() {
+        // The new owners start at once (their dispatchers hear it with the commit) rather than
+        // at their next tick; polling workers still follow at the tick.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&shared.options.notify_channel, &ASSIGNMENTS_MOVED],
+        )
+        .await
+        .map_err(db)?;
     }
     tx.commit().await.map_err(db)?;
     if moved > 0 {

@@ -12,6 +12,28 @@ use crate::{TableNames, WorkerError};
 /// The `application_name` of [`wait_for`]'s session.
 const WAIT_COMPONENT: &str = "eventrail-wait-for";
 
+/// [`wait_for`] with the schema and table names of a configuration.
+///
+/// # Errors
+/// As [`wait_for`].
+pub async fn wait_for_config(
+    connect: impl Into<PgConnectOptions>,
+    config: &eventrail_store_postgres::EventrailConfig,
+    consumer: &str,
+    position: u64,
+    timeout: Duration,
+) -> Result<u64, WorkerError> {
+    wait_for(
+        connect,
+        config.schema(),
+        config.worker_tables(),
+        consumer,
+        position,
+        timeout,
+    )
+    .await
+}
+
 /// Waits until `consumer` has checkpointed `position` (for example `AppendOutcome::last_position`),
 /// woken by the notification each batch commit sends, not by polling. Works whichever worker
 /// runs the consumer.

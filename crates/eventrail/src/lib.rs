@@ -3,11 +3,11 @@
 
 pub use eventrail_core::*;
 
-/// The PostgreSQL event store: [`PgEventStore`](postgres::PgEventStore),
-/// [`Migrator`](postgres::Migrator), the gap-safe subscription read.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
+    #![doc = include_str!("../../eventrail-store-postgres/README.md")]
+
     /// The connection pool the store runs on.
     pub use deadpool_postgres;
     pub use eventrail_store_postgres::*;
@@ -15,31 +15,30 @@ pub mod postgres {
     pub use tokio_postgres;
 }
 
-/// The worker runtime: [`Worker`](worker::Worker), [`Consumer`](worker::Consumer),
-/// [`wait_for`](worker::wait_for), [`WorkerAdmin`](worker::WorkerAdmin).
 #[cfg(feature = "worker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "worker")))]
 pub mod worker {
+    #![doc = include_str!("../../eventrail-worker/README.md")]
+
     pub use eventrail_worker::*;
     /// Cancellation tokens that stop a worker gracefully.
     pub use tokio_util::sync::CancellationToken;
 }
 
-/// The transactional outbox: [`Outbox`](outbox::Outbox) to enqueue in your transaction,
-/// [`Relay`](outbox::Relay) to deliver to a [`Sink`](outbox::Sink), [`Inbox`](outbox::Inbox),
-/// [`OutboxAdmin`](outbox::OutboxAdmin). Broker sinks: features `nats`, `amqp`, `sqs`,
-/// `kinesis`, `pubsub`.
 #[cfg(feature = "outbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub mod outbox {
+    #![doc = include_str!("../../eventrail-outbox/README.md")]
+
     pub use eventrail_outbox::*;
     /// Cancellation tokens that stop a relay gracefully.
     pub use tokio_util::sync::CancellationToken;
 }
 
-/// The Message DB client: [`MessageDb`](message_db::MessageDb), subscriptions, consumer groups.
 #[cfg(feature = "message-db")]
 #[cfg_attr(docsrs, doc(cfg(feature = "message-db")))]
 pub mod message_db {
+    #![doc = include_str!("../../eventrail-message-db/README.md")]
+
     pub use eventrail_message_db::*;
 }

@@ -99,9 +99,12 @@ async fn fresh_database() -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let url = fresh_database().await?;
     let registry = EventRegistry::<AccountEvent>::new();
-    let store = PgEventStore::connect(&url)?.with_processor(Balances {
-        registry: EventRegistry::new(),
-    });
+    let pool = url.parse::<PgConnectOptions>()?.pool("quickstart")?;
+    let store = PgEventStore::builder(pool)
+        .processor(Balances {
+            registry: EventRegistry::new(),
+        })
+        .build()?;
     store.migrate().await?;
     println!("event store ready in database eventrail_quickstart");
 

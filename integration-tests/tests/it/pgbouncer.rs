@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::Context;
 use eventrail_core::{
     AppendRequest, Category, EventStore, ExpectedPosition, ExpectedVersion, NewEvent,
     ReadAllOptions, ReadStreamOptions, StoreError, StreamName,
@@ -13,7 +14,7 @@ use eventrail_core::{
 use eventrail_devdb::{PgBouncer, start_pgbouncer};
 use eventrail_outbox::{InMemorySink, NewMessage, Outbox, OutboxOptions, Relay, Wakeup};
 use eventrail_store_postgres::{
-    GapWatch, PgConnectOptions, PgEventStore, PgStoreOptions, Statements,
+    EventrailConfig, GapWatch, PgConnectOptions, PgEventStore, PgStoreOptions, Statements,
 };
 use eventrail_worker::{DispatcherStrategy, LeaderMode, TableNames, Worker, WorkerAdmin};
 use integration_tests::{HANDLED_DDL, Recorder};
@@ -196,10 +197,18 @@ async fn workers_through_pgbouncer(mode: LeaderMode) -> anyhow::Result<()> {
         .dispatcher_interval(Duration::from_millis(200));
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
+    // One configuration names both: PgBouncer for pooled work, PostgreSQL for sessions.
+    let config = EventrailConfig::builder()
+        .connect(through.clone())
+        .direct_connect(db.config())
+        .statements(Statements::Unnamed)
+        .build()?;
+    let direct = config.direct_connect_options().cloned().context("direct")?;
     for name in ["w1", "w2"] {
         // Pooled work through PgBouncer; the session and LISTEN connections direct.
-        let store = store_through(&through)?;
-        let mut builder = Worker::builder(store, db.config()).options(options.clone());
+        let pooled = config.connect_options().context("pooled")?;
+        let store = PgEventStore::from_config(pooled.pool("eventrail-store")?, &config)?;
+        let mut builder = Worker::builder(store, direct.clone()).options(options.clone());
         for i in 0..4 {
             builder = builder.consumer(Recorder::new(format!("c{i}"), name));
         }

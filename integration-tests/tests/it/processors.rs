@@ -5,6 +5,7 @@ use eventrail_core::{
     AppendRequest, EventData, EventStore, ExpectedVersion, NewEvent, ProcessorError, RecordedEvent,
     StatelessProcessor, StoreError, StreamName,
 };
+use eventrail_store_postgres::PgEventStore;
 use tokio_postgres::Transaction;
 
 use crate::harness::TestDb;
@@ -95,7 +96,10 @@ async fn count(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
 async fn read_models_commit_with_the_events_and_a_veto_rolls_everything_back() -> anyhow::Result<()>
 {
     let db = setup().await?;
-    let store = db.store().with_processor(Audit).with_processor(Balances);
+    let store = PgEventStore::builder(db.pool.clone())
+        .processor(Audit)
+        .processor(Balances)
+        .build()?;
     let account: StreamName = "account-7".parse()?;
     store
         .append(AppendRequest::new(
@@ -147,7 +151,10 @@ async fn read_models_commit_with_the_events_and_a_veto_rolls_everything_back() -
 async fn a_veto_inside_the_callers_transaction_undoes_the_append_and_the_caller_rolls_back_its_writes()
 -> anyhow::Result<()> {
     let db = setup().await?;
-    let store = db.store().with_processor(Audit).with_processor(Balances);
+    let store = PgEventStore::builder(db.pool.clone())
+        .processor(Audit)
+        .processor(Balances)
+        .build()?;
     let account: StreamName = "account-8".parse()?;
     let mut client = db.pool.get().await?;
 
@@ -217,7 +224,9 @@ async fn a_veto_inside_the_callers_transaction_undoes_the_append_and_the_caller_
 #[tokio::test]
 async fn a_failing_processor_is_a_typed_error_and_writes_nothing() -> anyhow::Result<()> {
     let db = TestDb::new().await?; // no `balances` table: the processor's query fails
-    let store = db.store().with_processor(Balances);
+    let store = PgEventStore::builder(db.pool.clone())
+        .processor(Balances)
+        .build()?;
     let account: StreamName = "account-9".parse()?;
     let err = store
         .append(AppendRequest::new(
