@@ -293,7 +293,8 @@ fn messages(rows: &[Row]) -> Result<Vec<Message>, MessageDbError> {
 /// A Message DB client over a deadpool-postgres pool.
 ///
 /// Every call sets Message DB's search path itself (for its own statement only), so the pool can
-/// be shared with other code. [`on`](Self::on) gives the same calls on a caller's transaction.
+/// be shared with other code. The `_in` methods (such as
+/// [`write_message_in`](Self::write_message_in)) make the same calls on a caller's transaction.
 ///
 /// Cloning is cheap: clones share the pool.
 #[derive(Clone)]
@@ -359,16 +360,6 @@ impl MessageDb {
     /// The options.
     pub fn options(&self) -> &MessageDbOptions {
         &self.options
-    }
-
-    /// The same calls on the caller's transaction `tx`: writes commit or roll back with it. The
-    /// search path set for Message DB (`message_store` first, the previous path after it) stays in
-    /// effect until the transaction ends.
-    pub fn on<'a>(&self, tx: &'a Transaction<'a>) -> MessageDbTx<'a> {
-        MessageDbTx {
-            tx,
-            options: self.options.clone(),
-        }
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, MessageDbError> {
@@ -586,31 +577,9 @@ impl MessageDb {
         let conn = self.conn().await?;
         Conn::Pooled(&conn).scalar(VERSION, &[]).await
     }
-}
 
-/// The calls of [`MessageDb`] on a caller's transaction; from [`MessageDb::on`] or
-/// [`MessageDbTx::new`].
-///
-/// Writes commit or roll back with the transaction. After a failed call the transaction is
-/// aborted: roll it back (or use a savepoint) before anything else.
-pub struct MessageDbTx<'a> {
-    tx: &'a Transaction<'a>,
-    options: MessageDbOptions,
-}
-
-impl fmt::Debug for MessageDbTx<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MessageDbTx")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> MessageDbTx<'a> {
-    /// The calls on `tx` (a deadpool transaction dereferences to one).
-    pub fn new(tx: &'a Transaction<'a>, options: MessageDbOptions) -> Self {
-        Self { tx, options }
-    }
+    // The same calls on the caller's transaction (the `_in` idiom of every eventrail crate):
+    // writes commit or roll back with it; after a failed call the transaction is aborted.
 
     /// [`MessageDb::write_message`] in the transaction.
     ///
@@ -622,12 +591,13 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream, message_type = %message.message_type),
     )]
-    pub async fn write_message(
+    pub async fn write_message_in(
         &self,
+        tx: &Transaction<'_>,
         stream: &str,
         message: &NewMessage,
     ) -> Result<u64, MessageDbError> {
-        Conn::Tx(self.tx).write_message(stream, message).await
+        Conn::Tx(tx).write_message(stream, message).await
     }
 
     /// [`MessageDb::get_stream_messages`] in the transaction (it sees the transaction's writes).
@@ -640,12 +610,13 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream),
     )]
-    pub async fn get_stream_messages(
+    pub async fn get_stream_messages_in(
         &self,
+        tx: &Transaction<'_>,
         stream: &str,
         read: &StreamReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        Conn::Tx(self.tx)
+        Conn::Tx(tx)
             .get_stream_messages(&self.options, stream, read)
             .await
     }
@@ -660,12 +631,13 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(category = %category),
     )]
-    pub async fn get_category_messages(
+    pub async fn get_category_messages_in(
         &self,
+        tx: &Transaction<'_>,
         category: &str,
         read: &CategoryReadOptions,
     ) -> Result<Vec<Message>, MessageDbError> {
-        Conn::Tx(self.tx)
+        Conn::Tx(tx)
             .get_category_messages(&self.options, category, read)
             .await
     }
@@ -680,13 +652,12 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream),
     )]
-    pub async fn get_last_stream_message(
+    pub async fn get_last_stream_message_in(
         &self,
+        tx: &Transaction<'_>,
         stream: &str,
     ) -> Result<Option<Message>, MessageDbError> {
-        Conn::Tx(self.tx)
-            .get_last_stream_message(stream, None)
-            .await
+        Conn::Tx(tx).get_last_stream_message(stream, None).await
     }
 
     /// [`MessageDb::get_last_stream_message_of_type`] in the transaction.
@@ -699,12 +670,13 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream, message_type = %message_type),
     )]
-    pub async fn get_last_stream_message_of_type(
+    pub async fn get_last_stream_message_of_type_in(
         &self,
+        tx: &Transaction<'_>,
         stream: &str,
         message_type: &str,
     ) -> Result<Option<Message>, MessageDbError> {
-        Conn::Tx(self.tx)
+        Conn::Tx(tx)
             .get_last_stream_message(stream, Some(message_type))
             .await
     }
@@ -719,8 +691,12 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream),
     )]
-    pub async fn stream_version(&self, stream: &str) -> Result<Option<u64>, MessageDbError> {
-        Conn::Tx(self.tx).stream_version(stream).await
+    pub async fn stream_version_in(
+        &self,
+        tx: &Transaction<'_>,
+        stream: &str,
+    ) -> Result<Option<u64>, MessageDbError> {
+        Conn::Tx(tx).stream_version(stream).await
     }
 
     /// Takes the transaction-scoped advisory lock of the stream's category (`acquire_lock`, the
@@ -735,8 +711,12 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(stream = %stream),
     )]
-    pub async fn acquire_lock(&self, stream: &str) -> Result<i64, MessageDbError> {
-        Conn::Tx(self.tx)
+    pub async fn acquire_lock_in(
+        &self,
+        tx: &Transaction<'_>,
+        stream: &str,
+    ) -> Result<i64, MessageDbError> {
+        Conn::Tx(tx)
             .scalar(ACQUIRE_LOCK, &[(&stream, Type::VARCHAR)])
             .await
     }
@@ -751,7 +731,11 @@ impl<'a> MessageDbTx<'a> {
         skip_all,
         fields(view = ?view),
     )]
-    pub async fn summary(&self, view: SummaryView) -> Result<Vec<SummaryRow>, MessageDbError> {
-        Conn::Tx(self.tx).summary(view).await
+    pub async fn summary_in(
+        &self,
+        tx: &Transaction<'_>,
+        view: SummaryView,
+    ) -> Result<Vec<SummaryRow>, MessageDbError> {
+        Conn::Tx(tx).summary(view).await
     }
 }

@@ -8,7 +8,7 @@ pub mod names;
 mod options;
 mod subscription;
 
-pub use client::{MessageDb, MessageDbTx};
+pub use client::MessageDb;
 pub use error::{
     BoxError, DecodeError, EncodeError, InvalidArgument, MessageDbError, WrongVersionText,
     parse_wrong_expected_version,

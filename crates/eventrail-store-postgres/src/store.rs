@@ -940,7 +940,7 @@ impl PgEventStore {
         let frontier = self.probe_frontier(watch, after, max_positions).await?;
         let events = if frontier.safe > after {
             let client = self.client().await?;
-            self.read_range_with(&**client, after, frontier.safe, categories, event_types)
+            self.read_range_in(&**client, after, frontier.safe, categories, event_types)
                 .await?
         } else {
             Vec::new()
@@ -954,7 +954,7 @@ impl PgEventStore {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    pub async fn read_range_with(
+    pub async fn read_range_in(
         &self,
         client: &impl GenericClient,
         after: u64,

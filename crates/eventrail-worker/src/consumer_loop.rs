@@ -530,7 +530,7 @@ async fn run_batch(
     let events = match ctx
         .shared
         .store
-        .read_range_with(
+        .read_range_in(
             &*tx,
             after,
             up_to,

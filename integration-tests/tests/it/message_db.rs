@@ -736,44 +736,51 @@ async fn the_transaction_form_commits_rolls_back_and_locks() -> anyhow::Result<(
     let mut conn = db.pool.get().await?;
     {
         let tx = conn.transaction().await?;
-        let in_tx = client.on(&tx);
-        assert_eq!(in_tx.write_message("cart-1", &deposit(1)).await?, 0);
-        assert_eq!(in_tx.stream_version("cart-1").await?, Some(0));
+        assert_eq!(
+            client.write_message_in(&tx, "cart-1", &deposit(1)).await?,
+            0
+        );
+        assert_eq!(client.stream_version_in(&tx, "cart-1").await?, Some(0));
         tx.rollback().await?;
     }
     assert_eq!(client.stream_version("cart-1").await?, None);
 
     let tx = conn.transaction().await?;
-    let in_tx = client.on(&tx);
-    in_tx
-        .write_message(
+    client
+        .write_message_in(
+            &tx,
             "cart-1",
             &deposit(1).expected_version(ExpectedVersion::NoStream),
         )
         .await?;
     assert_eq!(
-        in_tx
-            .get_stream_messages("cart-1", &StreamReadOptions::new())
+        client
+            .get_stream_messages_in(&tx, "cart-1", &StreamReadOptions::new())
             .await?
             .len(),
         1
     );
     assert_eq!(
-        in_tx
-            .get_category_messages("cart", &CategoryReadOptions::new())
+        client
+            .get_category_messages_in(&tx, "cart", &CategoryReadOptions::new())
             .await?
             .len(),
         1
     );
-    assert!(in_tx.get_last_stream_message("cart-1").await?.is_some());
     assert!(
-        in_tx
-            .get_last_stream_message_of_type("cart-1", "Deposited")
+        client
+            .get_last_stream_message_in(&tx, "cart-1")
             .await?
             .is_some()
     );
-    assert_eq!(in_tx.summary(SummaryView::Stream).await?.len(), 1);
-    let key = in_tx.acquire_lock("cart-2").await?;
+    assert!(
+        client
+            .get_last_stream_message_of_type_in(&tx, "cart-1", "Deposited")
+            .await?
+            .is_some()
+    );
+    assert_eq!(client.summary_in(&tx, SummaryView::Stream).await?.len(), 1);
+    let key = client.acquire_lock_in(&tx, "cart-2").await?;
     assert_eq!(key, names::hash_64("cart"));
     // Another writer to the category waits for the lock until this transaction ends.
     let other = client.clone();
@@ -1089,7 +1096,7 @@ async fn a_subscription_reports_liveness_changes() -> anyhow::Result<()> {
     let (db, mut conn) = (client.clone(), client.pool().get().await?);
     let tx = conn.transaction().await?;
     for i in 0..40 {
-        db.on(&tx).write_message("feed-2", &deposit(i)).await?;
+        db.write_message_in(&tx, "feed-2", &deposit(i)).await?;
     }
     tx.commit().await?;
     for _ in 0..40 {
