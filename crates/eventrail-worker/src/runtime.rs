@@ -242,10 +242,14 @@ impl Worker {
             .collect();
         let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
         let mut leader = false;
+        // The liveness checks (a stale leader to depose, stale workers to move consumers away
+        // from) run every tick: a twentieth of the heartbeat timeout keeps a frozen process's
+        // takeover within about the timeout.
         let mut tick = tokio::time::interval(
             self.options
                 .heartbeat_interval
-                .min(self.options.rebalance_interval),
+                .min(self.options.rebalance_interval)
+                .min((self.options.heartbeat_timeout / 20).max(Duration::from_millis(50))),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heartbeat = tokio::time::Instant::now() - self.options.heartbeat_interval;
