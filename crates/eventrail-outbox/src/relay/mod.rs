@@ -135,7 +135,7 @@ impl<S: Sink> Relay<S> {
     }
 
     /// LISTEN for enqueue hints on a dedicated connection with these settings (with
-    /// [`Wakeup::Notify`], the default): a [`PgConnectOptions`] or a `tokio_postgres::Config`.
+    /// [`Wakeup::Notify`](crate::Wakeup::Notify), the default): a [`PgConnectOptions`] or a `tokio_postgres::Config`.
     /// Without it the relay polls. These settings must reach PostgreSQL directly, not through
     /// PgBouncer in transaction pooling mode (the relay's pool may).
     #[must_use]

@@ -23,7 +23,7 @@ impl<S: Sink> Relay<S> {
     /// finish within the shutdown timeout, hands back the rest and releases its leases.
     ///
     /// Claims are pipelined: while up to
-    /// [`claims_in_flight`](OutboxOptions::claims_in_flight) batches' worth of messages publish
+    /// [`claims_in_flight`](crate::OutboxOptions::claims_in_flight) batches' worth of messages publish
     /// and settle, the next claim runs (it skips their keys, whose heads are leased). Keys are
     /// settled as their runs finish, and each batch's leases are renewed until it is settled.
     ///

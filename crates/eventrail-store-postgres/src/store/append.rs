@@ -387,7 +387,7 @@ impl PgEventStore {
     /// [`StoreError::WrongExpectedVersion`] and [`StoreError::PositionConflict`] never abort it.
     ///
     /// # Errors
-    /// As [`EventStore::append`].
+    /// As [`EventStore::append`](eventrail_core::EventStore::append).
     #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
     pub async fn append_in(
         &self,
