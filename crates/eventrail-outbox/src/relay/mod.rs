@@ -1,0 +1,170 @@
+//! The outbox relay, one concern per module:
+//!
+//! - `run`: the run loop, its wakeups (LISTEN hints, settles, the poll interval) and single cycles;
+//! - `claim`: claiming a batch of due messages under a lease;
+//! - `deliver`: publishing a batch key by key and settling each key's outcome;
+//! - `lease`: renewing a batch's leases while it publishes, and releasing them at shutdown;
+//! - `upkeep`: cleanup of sent messages and the pending-messages gauges.
+//!
+//! This module holds the relay itself, its constructors and what a cycle reports.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use deadpool_postgres::Pool;
+use eventrail_store_postgres::{ConnectError, PgConnectOptions};
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use crate::tables::Tables;
+use crate::{OutboxError, OutboxOptions, Sink};
+
+mod claim;
+mod deliver;
+mod lease;
+mod run;
+mod upkeep;
+
+/// What one relay cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CycleReport {
+    /// Messages claimed.
+    pub claimed: usize,
+    /// Messages the broker acknowledged and that are now marked sent.
+    pub sent: usize,
+    /// Messages that failed and will be retried.
+    pub retried: usize,
+    /// Messages that went dead.
+    pub dead: usize,
+    /// Messages handed back untried (after a failure of their key, or at shutdown).
+    pub returned: usize,
+    /// Messages handed back with their attempts because their destination was unavailable or
+    /// missing (the destination is backed off).
+    pub deferred: usize,
+}
+
+impl CycleReport {
+    fn add(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.returned += other.returned;
+        self.deferred += other.deferred;
+    }
+}
+
+/// Delivers the outbox to a [`Sink`]: claims due messages under a lease, publishes them outside
+/// any transaction, and marks them sent only once the broker acknowledged them.
+///
+/// Any number of relays may run on one outbox. The messages of one partition key are published
+/// one at a time and in order, by one relay at a time; different keys publish concurrently.
+///
+/// Delivery is at least once. A message is published again (with the same id, which brokers use
+/// to deduplicate) when a relay dies, or its lease expires, between the broker's ack and the
+/// mark.
+pub struct Relay<S> {
+    id: Uuid,
+    pool: Pool,
+    connect: Option<PgConnectOptions>,
+    sink: S,
+    options: Arc<OutboxOptions>,
+    tables: Arc<Tables>,
+    /// Permits for the partition keys publishing at once, shared by the batches in flight.
+    keys_in_flight: Semaphore,
+    /// Messages per key the last claim found: the next claim locks about `batch_size` divided
+    /// by this many heads, rather than heads it would not take messages from.
+    run_length: AtomicUsize,
+    /// Messages claimed and not settled yet, over all batches.
+    in_flight_messages: AtomicUsize,
+    /// Signalled when a settle freed keys, so that `run` may claim again.
+    keys_freed: Notify,
+    /// Messages settled since `run` last claimed.
+    settled_since_claim: AtomicUsize,
+}
+
+impl<S> fmt::Debug for Relay<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.id)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink> Relay<S> {
+    /// A relay of the outbox in `pool`'s database to `sink`.
+    ///
+    /// # Errors
+    /// [`OutboxError::Config`] for a refused schema, table or channel name.
+    pub fn new(pool: Pool, sink: S, options: OutboxOptions) -> Result<Self, OutboxError> {
+        Ok(Self {
+            id: Uuid::now_v7(),
+            tables: Arc::new(Tables::new(&options)?),
+            pool,
+            connect: None,
+            sink,
+            keys_in_flight: Semaphore::new(options.max_in_flight),
+            run_length: AtomicUsize::new(1),
+            in_flight_messages: AtomicUsize::new(0),
+            keys_freed: Notify::new(),
+            settled_since_claim: AtomicUsize::new(0),
+            options: Arc::new(options),
+        })
+    }
+
+    /// A relay with a pool of its own on `connect` (TLS, timeouts, pool size), LISTENing for
+    /// enqueue hints there too. Its sessions are named `eventrail-relay` in `pg_stat_activity`
+    /// unless `connect` sets an `application_name`. Nothing connects yet. Behind PgBouncer in
+    /// transaction pooling mode, use [`Relay::new`] with a pool through PgBouncer (and
+    /// [`OutboxOptions::statements`]) and [`Relay::listen`] with direct settings instead: LISTEN
+    /// needs a session.
+    ///
+    /// # Errors
+    /// [`OutboxError::Config`] for a refused schema, table or channel name,
+    /// [`OutboxError::Connect`] for TLS settings that cannot work (an unreadable CA file).
+    pub fn connect(
+        connect: &PgConnectOptions,
+        sink: S,
+        options: OutboxOptions,
+    ) -> Result<Self, OutboxError> {
+        let pool = connect.pool(RELAY_COMPONENT)?;
+        Ok(Self::new(pool, sink, options)?.listen(connect))
+    }
+
+    /// LISTEN for enqueue hints on a dedicated connection with these settings (with
+    /// [`Wakeup::Notify`](crate::Wakeup::Notify), the default): a [`PgConnectOptions`] or a `tokio_postgres::Config`.
+    /// Without it the relay polls. These settings must reach PostgreSQL directly, not through
+    /// PgBouncer in transaction pooling mode (the relay's pool may).
+    #[must_use]
+    pub fn listen(mut self, connect: impl Into<PgConnectOptions>) -> Self {
+        self.connect = Some(connect.into());
+        self
+    }
+
+    /// A pooled connection; a pool timeout is a typed [`ConnectError`].
+    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| OutboxError::Connect(ConnectError::from_pool(e, &self.pool)))
+    }
+
+    /// This relay's id (the lease owner of the messages it holds).
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+}
+
+use eventrail_store_postgres::to_sql_int as to_i64;
+
+/// The `application_name` of the relay's sessions.
+const RELAY_COMPONENT: &str = "eventrail-relay";

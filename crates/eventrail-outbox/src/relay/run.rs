@@ -1,0 +1,206 @@
+//! The run loop: it claims while there is room in the budget of batches in flight, drives those
+//! batches meanwhile, wakes on LISTEN hints, freed keys and the poll interval, and runs cleanup
+//! and stats on their intervals; plus the single cycle of [`Relay::relay_once`].
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use eventrail_store_postgres::{ListenEvent, PgConnectOptions};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::{CycleReport, RELAY_COMPONENT, Relay};
+use crate::error::chain;
+use crate::{OutboxError, Sink, Wakeup};
+
+impl<S: Sink> Relay<S> {
+    /// Relays until `shutdown` is cancelled, then stops claiming, lets in-flight publishes
+    /// finish within the shutdown timeout, hands back the rest and releases its leases.
+    ///
+    /// Claims are pipelined: while up to
+    /// [`claims_in_flight`](crate::OutboxOptions::claims_in_flight) batches' worth of messages publish
+    /// and settle, the next claim runs (it skips their keys, whose heads are leased). Keys are
+    /// settled as their runs finish, and each batch's leases are renewed until it is settled.
+    ///
+    /// Database failures are logged and retried every poll interval; they do not stop the relay.
+    ///
+    /// # Errors
+    /// [`OutboxError::Database`] when the leases cannot be released at shutdown (they expire).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+        let span = info_span!("outbox_relay", relay = %self.id);
+        async {
+            let wake = Arc::new(Notify::new());
+            let stop_listener = shutdown.child_token();
+            let listener = match (&self.connect, self.options.wakeup) {
+                (Some(connect), Wakeup::Notify) => Some(tokio::spawn(listen(
+                    connect.clone(),
+                    self.tables.channel.clone(),
+                    self.options.poll_interval,
+                    Arc::clone(&wake),
+                    stop_listener.clone(),
+                ))),
+                _ => None,
+            };
+            let mut next_cleanup = Instant::now();
+            let mut next_stats = Instant::now();
+            // Batches publishing or settling. The next claim runs while they do: their keys'
+            // heads are leased, so a claim skips those keys. A claim waits until a whole batch
+            // fits in the budget of `claims_in_flight` batches' worth of unsettled messages.
+            let budget = self.options.claims_in_flight * self.options.batch_size;
+            let room = || {
+                self.in_flight_messages.load(Ordering::Relaxed) + self.options.batch_size <= budget
+            };
+            let mut batches = FuturesUnordered::new();
+            let mut claim = true;
+            while !shutdown.is_cancelled() {
+                let now = Instant::now();
+                if now >= next_stats {
+                    next_stats = now + self.options.stats_interval;
+                    if let Err(e) = drive(self.record_stats(), &mut batches).await {
+                        warn!(error = %chain(&e), "outbox stats failed");
+                    }
+                }
+                if now >= next_cleanup {
+                    next_cleanup = now + self.options.cleanup_interval;
+                    if let Err(e) = drive(self.cleanup(), &mut batches).await {
+                        warn!(error = %chain(&e), "outbox cleanup failed");
+                    }
+                }
+                let mut more = false;
+                let mut failed = false;
+                if claim && room() {
+                    self.settled_since_claim.store(0, Ordering::Relaxed);
+                    match drive(self.claim(), &mut batches).await {
+                        Ok(batch) => {
+                            more = batch.more;
+                            if !batch.messages.is_empty() {
+                                batches.push(self.deliver(batch, &shutdown));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %chain(&e), "outbox claim failed");
+                            failed = true;
+                        }
+                    }
+                }
+                if more && room() {
+                    claim = true;
+                    continue; // more may be due at once
+                }
+                if failed {
+                    let pause = async {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(self.options.poll_interval) => {}
+                        }
+                    };
+                    drive(pause, &mut batches).await;
+                    claim = true;
+                    continue;
+                }
+                // Keys of backed-off destinations are not claimed: with only those due, the
+                // claim comes back empty and the relay waits here, it does not spin.
+                // A settle frees keys; a hint or the poll interval may bring new messages.
+                claim = tokio::select! {
+                    () = shutdown.cancelled() => true,
+                    () = wake.notified() => true,
+                    // A claim scans every key's head: after a settle, wait until a quarter of
+                    // what was in flight settled (at once when little or nothing is in flight).
+                    () = self.keys_freed.notified() => {
+                        self.settled_since_claim.load(Ordering::Relaxed) * 4
+                            >= self.in_flight_messages.load(Ordering::Relaxed)
+                    }
+                    Some(result) = batches.next(), if !batches.is_empty() => {
+                        settled(result);
+                        true
+                    }
+                    () = tokio::time::sleep(self.options.poll_interval) => true,
+                };
+            }
+            while let Some(result) = batches.next().await {
+                settled(result);
+            }
+            stop_listener.cancel();
+            if let Some(listener) = listener {
+                let _ = listener.await;
+            }
+            self.release_leases().await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One cycle: claim a batch, publish it, settle it. Returns what happened; `claimed` is 0
+    /// when nothing was due.
+    ///
+    /// # Errors
+    /// [`OutboxError::Database`]: the claim failed (nothing was published), or the settle
+    /// failed (the batch's leases expire and it is published again).
+    pub async fn relay_once(&self) -> Result<CycleReport, OutboxError> {
+        self.cycle_until(&CancellationToken::new()).await
+    }
+
+    async fn cycle_until(&self, shutdown: &CancellationToken) -> Result<CycleReport, OutboxError> {
+        let batch = self.claim().await?;
+        if batch.messages.is_empty() {
+            return Ok(CycleReport::default());
+        }
+        self.deliver(batch, shutdown).await
+    }
+}
+
+/// Runs `work` while the batches in flight keep publishing and settling.
+async fn drive<T, R, F: Future<Output = Result<R, OutboxError>>>(
+    work: impl Future<Output = T>,
+    batches: &mut FuturesUnordered<F>,
+) -> T {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            Some(result) = batches.next(), if !batches.is_empty() => settled(result),
+        }
+    }
+}
+
+/// Logs a batch that failed to settle (its leases expire and it is published again).
+fn settled<R>(result: Result<R, OutboxError>) {
+    if let Err(e) = result {
+        warn!(error = %chain(&e), "outbox relay cycle failed");
+    }
+}
+
+/// LISTENs on a dedicated connection ([`PgListener`](eventrail_store_postgres::PgListener)) and
+/// wakes the relay on each hint and after each (re)connection (hints may have been missed).
+async fn listen(
+    connect: PgConnectOptions,
+    channel: String,
+    max_retry: Duration,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut listener = match connect.listener(RELAY_COMPONENT, &[&channel]) {
+        Ok(l) => l.max_backoff(max_retry),
+        Err(e) => {
+            // Validated when the relay was built: it polls instead.
+            warn!(error = %chain(&e), "cannot LISTEN for outbox hints");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            event = listener.recv() => match event {
+                Ok(ListenEvent::Notification(_) | ListenEvent::Listening { .. }) => wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => warn!(error = %chain(&e), "the outbox LISTEN connection failed; reconnecting"),
+            },
+        }
+    }
+}

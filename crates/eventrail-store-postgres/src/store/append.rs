@@ -1,0 +1,442 @@
+//! The append path: the parameters of `append_events`, how its rows and failures are read, the
+//! stateless processors run in the append transaction, and the two entry points (the store's own
+//! transaction, or the caller's with [`PgEventStore::append_in`]).
+
+use std::time::SystemTime;
+
+use eventrail_core::{
+    AppendOutcome, AppendRequest, EventData, ExpectedVersion, PositionScope, ProcessorError,
+    RecordedEvent, StatefulProcessor, StatelessProcessor, StoreError,
+};
+use futures::future::BoxFuture;
+use postgres_types::{Json, ToSql, Type};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{GenericClient, Row, Transaction};
+use tracing::{instrument, warn};
+use uuid::Uuid;
+
+use super::{PgEventStore, backend, read_committed};
+use crate::error::is_unique_violation;
+use crate::rows::{parse_xid, to_i64, to_u64};
+
+/// A [`StatelessProcessor`] that runs in a PostgreSQL append transaction.
+///
+/// Implement `StatelessProcessor<tokio_postgres::Transaction<'t>>` for every `'t`; this trait is
+/// then implemented for you.
+pub trait PgStatelessProcessor: for<'t> StatelessProcessor<Transaction<'t>> {}
+
+impl<P> PgStatelessProcessor for P where P: for<'t> StatelessProcessor<Transaction<'t>> {}
+
+// The store keeps processors of different types in one list, so their futures are boxed.
+pub(super) trait DynProcessor: Send + Sync {
+    fn name(&self) -> &str;
+    fn process<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>>;
+}
+
+impl<P: PgStatelessProcessor> DynProcessor for P {
+    fn name(&self) -> &str {
+        StatelessProcessor::name(self)
+    }
+
+    fn process<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), ProcessorError>> {
+        Box::pin(StatelessProcessor::process(self, tx, events))
+    }
+}
+
+const APPEND_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TEXT,
+];
+
+/// The append's parameters, owned so that a caller's future can borrow them.
+struct AppendParams<'r> {
+    stream: &'r str,
+    expected_kind: i16,
+    expected_version: i64,
+    scope: Option<&'r str>,
+    after: i64,
+    ids: Vec<Uuid>,
+    types: Vec<&'r str>,
+    schema_versions: Vec<i32>,
+    data: Vec<Option<&'r serde_json::Value>>,
+    data_binary: Vec<Option<&'r [u8]>>,
+    metadata: Vec<Json<&'r eventrail_core::Metadata>>,
+    channel: Option<&'r str>,
+}
+
+impl<'r> AppendParams<'r> {
+    fn new(request: &'r AppendRequest, channel: Option<&'r str>) -> Result<Self, StoreError> {
+        let (expected_kind, expected_version) = match request.expected_version {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, to_i64(v, "expected version")?),
+        };
+        let (scope, after) = match &request.expected_position {
+            None => (None, 0),
+            Some(p) => (
+                Some(match &p.scope {
+                    PositionScope::Category(c) => c.as_str(),
+                    _ => "",
+                }),
+                to_i64(p.after.unwrap_or(0), "expected position")?,
+            ),
+        };
+        let events = &request.events;
+        Ok(Self {
+            stream: request.stream.as_str(),
+            expected_kind,
+            expected_version,
+            scope,
+            after,
+            ids: events.iter().map(|e| e.id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events
+                .iter()
+                .map(|e| {
+                    i32::try_from(e.schema_version).map_err(|_| {
+                        StoreError::InvalidRequest("schema version out of range".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            data: events
+                .iter()
+                .map(|e| match &e.data {
+                    EventData::Json(v) => Some(v),
+                    EventData::Binary(_) => None,
+                })
+                .collect(),
+            data_binary: events
+                .iter()
+                .map(|e| match &e.data {
+                    EventData::Json(_) => None,
+                    EventData::Binary(b) => Some(b.as_slice()),
+                })
+                .collect(),
+            metadata: events.iter().map(|e| Json(&e.metadata)).collect(),
+            channel,
+        })
+    }
+
+    fn typed(&self) -> [(&(dyn ToSql + Sync), Type); 12] {
+        let values: [&(dyn ToSql + Sync); 12] = [
+            &self.stream,
+            &self.expected_kind,
+            &self.expected_version,
+            &self.scope,
+            &self.after,
+            &self.ids,
+            &self.types,
+            &self.schema_versions,
+            &self.data,
+            &self.data_binary,
+            &self.metadata,
+            &self.channel,
+        ];
+        let mut i = 0;
+        values.map(|v| {
+            let t = APPEND_TYPES[i].clone();
+            i += 1;
+            (v, t)
+        })
+    }
+}
+
+/// How a failed `append_events` call is reported.
+enum AppendFailure {
+    /// An event id is already stored (the caller may look up which).
+    DuplicateId,
+    /// Anything else, already typed.
+    Other(StoreError),
+}
+
+impl AppendFailure {
+    fn into_error(self) -> StoreError {
+        match self {
+            Self::DuplicateId => StoreError::DuplicateEventId { event_id: None },
+            Self::Other(e) => e,
+        }
+    }
+}
+
+/// Classifies a failed append by SQLSTATE and constraint. A stream version collision can only
+/// come from a snapshot older than an append to the same stream (above READ COMMITTED: the stream
+/// lock serialises appends otherwise), which is a serialization conflict like PostgreSQL's own.
+fn classify(error: tokio_postgres::Error) -> AppendFailure {
+    if is_unique_violation(&error, "events_event_id_key") {
+        return AppendFailure::DuplicateId;
+    }
+    let serialization = is_unique_violation(&error, "events_stream_version_key")
+        || error.code().is_some_and(|code| {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+        });
+    AppendFailure::Other(if serialization {
+        StoreError::SerializationConflict(error.into())
+    } else {
+        backend(error)
+    })
+}
+
+/// Turns `append_events` rows into the outcome and the recorded events.
+fn interpret(
+    request: &AppendRequest,
+    rows: &[Row],
+) -> Result<(AppendOutcome, Vec<RecordedEvent>), StoreError> {
+    let first = rows
+        .first()
+        .ok_or_else(|| backend("append_events returned no row"))?;
+    let outcome: i16 = first.try_get(0).map_err(backend)?;
+    let actual: Option<i64> = first.try_get(1).map_err(backend)?;
+    match outcome {
+        1 => {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: request.stream.to_string(),
+                expected: request.expected_version,
+                actual: actual.map(to_u64),
+            });
+        }
+        2 => {
+            return Err(StoreError::PositionConflict {
+                expected: request
+                    .expected_position
+                    .clone()
+                    .ok_or_else(|| backend("conflict without precondition"))?,
+                head: actual.map(to_u64).unwrap_or_default(),
+            });
+        }
+        3 => {
+            return Err(StoreError::IsolationNotSupported {
+                level: first
+                    .try_get::<_, Option<String>>(5)
+                    .map_err(backend)?
+                    .unwrap_or_default(),
+            });
+        }
+        0 => {}
+        other => return Err(backend(format!("append_events returned outcome {other}"))),
+    }
+    if rows.len() != request.events.len() {
+        return Err(backend("append_events returned fewer rows than events"));
+    }
+    let mut recorded = Vec::with_capacity(rows.len());
+    for (row, event) in rows.iter().zip(&request.events) {
+        recorded.push(RecordedEvent {
+            id: event.id,
+            stream: request.stream.clone(),
+            stream_version: to_u64(row.try_get(3).map_err(backend)?),
+            global_position: to_u64(row.try_get(2).map_err(backend)?),
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+            recorded_at: row.try_get::<_, SystemTime>(4).map_err(backend)?,
+            transaction_id: parse_xid(row.try_get(5).map_err(backend)?)?,
+        });
+    }
+    let outcome = AppendOutcome::new(
+        recorded
+            .last()
+            .map(|e| e.stream_version)
+            .unwrap_or_default(),
+        recorded.iter().map(|e| e.global_position).collect(),
+    );
+    Ok((outcome, recorded))
+}
+
+/// Outcome rows without recorded events, for the path with no processor (avoids cloning data).
+fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOutcome, StoreError> {
+    let first = rows
+        .first()
+        .ok_or_else(|| backend("append_events returned no row"))?;
+    if first.try_get::<_, i16>(0).map_err(backend)? != 0 {
+        return interpret(request, rows).map(|(o, _)| o);
+    }
+    let positions = rows
+        .iter()
+        .map(|r| r.try_get::<_, i64>(2).map(to_u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let last = rows
+        .last()
+        .map(|r| r.try_get::<_, i64>(3))
+        .transpose()
+        .map_err(backend)?;
+    Ok(AppendOutcome::new(
+        last.map(to_u64).unwrap_or_default(),
+        positions,
+    ))
+}
+
+const SAVEPOINT: &str = "eventrail_append";
+
+impl PgEventStore {
+    async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
+        let event_id = match client
+            .query_typed_opt(&self.inner.sql.existing_ids, &[(&ids, Type::UUID_ARRAY)])
+            .await
+        {
+            Ok(row) => row.and_then(|r| r.try_get(0).ok()),
+            Err(e) => {
+                warn!(error = %eventrail_core::error_chain(&e), "could not name the duplicate event id");
+                None
+            }
+        };
+        StoreError::DuplicateEventId { event_id }
+    }
+
+    pub(super) async fn append_impl<P: StatefulProcessor + ?Sized>(
+        &self,
+        request: AppendRequest,
+        staged: Option<&P>,
+    ) -> Result<AppendOutcome, StoreError> {
+        request.validate()?;
+        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
+        let mut client = self.client().await?;
+        if self.inner.processors.is_empty() && staged.is_none() {
+            // One statement in autocommit: one round trip. A database whose default isolation is
+            // above READ COMMITTED refuses a conditional append (nothing written) or reports a
+            // stale version: run it again below, explicitly at READ COMMITTED.
+            match self
+                .statements()
+                .query(&*client, &self.inner.sql.append, &params.typed())
+                .await
+            {
+                Ok(rows) => match interpret_positions(&request, &rows) {
+                    Err(StoreError::IsolationNotSupported { .. }) => {}
+                    other => return other,
+                },
+                Err(e) => match classify(e) {
+                    AppendFailure::DuplicateId => {
+                        return Err(self.duplicate_id(&**client, &params.ids).await);
+                    }
+                    AppendFailure::Other(StoreError::SerializationConflict(_)) => {}
+                    AppendFailure::Other(e) => return Err(e),
+                },
+            }
+        }
+        // The store's own transaction is READ COMMITTED whatever the database default: the checks
+        // in `append_events` rely on it.
+        let tx = read_committed(&mut client).await?;
+        let rows = match self
+            .statements()
+            .query(&tx, &self.inner.sql.append, &params.typed())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => match classify(e) {
+                AppendFailure::DuplicateId => {
+                    drop(tx);
+                    return Err(self.duplicate_id(&**client, &params.ids).await);
+                }
+                AppendFailure::Other(e) => return Err(e),
+            },
+        };
+        let (outcome, recorded) = interpret(&request, &rows)?;
+        for p in &self.inner.processors {
+            p.process(&tx, &recorded)
+                .await
+                .map_err(|e| StoreError::from_processor(p.name(), e))?;
+        }
+        if let Some(p) = staged
+            && let Err(e) = p.prepare(&recorded).await
+        {
+            p.rollback().await;
+            return Err(StoreError::from_processor(p.name(), e));
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                if let Some(p) = staged {
+                    p.commit().await;
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                if let Some(p) = staged {
+                    p.rollback().await;
+                }
+                Err(backend(e))
+            }
+        }
+    }
+
+    /// Appends inside the caller's open transaction, so business writes, events, outbox rows and
+    /// checkpoints commit or roll back together. Stateless processors run in that transaction.
+    ///
+    /// When processors are registered, the append runs under a savepoint: on any error (a veto
+    /// included) the events and the processors' writes are undone and the caller's transaction
+    /// stays usable. Without processors, a failed statement (a duplicate event id) leaves the
+    /// caller's transaction aborted, as PostgreSQL does: roll it back.
+    /// [`StoreError::WrongExpectedVersion`] and [`StoreError::PositionConflict`] never abort it.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`](eventrail_core::EventStore::append).
+    #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
+    pub async fn append_in(
+        &self,
+        tx: &Transaction<'_>,
+        request: AppendRequest,
+    ) -> Result<AppendOutcome, StoreError> {
+        request.validate()?;
+        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
+        let typed = params.typed();
+        if self.inner.processors.is_empty() {
+            return match tx.query_typed(&self.inner.sql.append, &typed).await {
+                Ok(rows) => interpret_positions(&request, &rows),
+                Err(e) => Err(classify(e).into_error()),
+            };
+        }
+        // The savepoint and the append are pipelined: still one round trip.
+        let savepoint = format!("SAVEPOINT {SAVEPOINT}");
+        let result = futures::try_join!(
+            tx.batch_execute(&savepoint),
+            tx.query_typed(&self.inner.sql.append, &typed)
+        );
+        let attempt = async {
+            let rows = match result {
+                Ok(((), rows)) => rows,
+                Err(e) => return Err(classify(e).into_error()),
+            };
+            let (outcome, recorded) = interpret(&request, &rows)?;
+            for p in &self.inner.processors {
+                p.process(tx, &recorded)
+                    .await
+                    .map_err(|e| StoreError::from_processor(p.name(), e))?;
+            }
+            Ok(outcome)
+        };
+        match attempt.await {
+            Ok(outcome) => {
+                tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
+                    .await
+                    .map_err(backend)?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                tx.batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"
+                ))
+                .await
+                .map_err(backend)?;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Plain reads of a stream, a category and `$all`: whole results fetched in pages
+//! ([`Paged`]), and the same as a stream of events ([`PgEventStore::stream_all`],
+//! [`PgEventStore::stream_category`]). These read what is committed; following the log without
+//! passing a position that may still commit is the gap-safe read's job (`safe.rs`).
+
+use eventrail_core::{
+    Category, Direction, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StoreError,
+    StreamName,
+};
+use futures::{Stream, TryStreamExt};
+use postgres_types::{ToSql, Type};
+
+use super::{PgEventStore, backend, limit};
+use crate::rows::{recorded_events, to_i64};
+
+impl PgEventStore {
+    /// Reads `$all` from a position as a stream of events, fetching pages of `page_size` (up to
+    /// `max_count` events in all, when set), so only one page is held in memory.
+    pub fn stream_all(
+        &self,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
+        self.paged(None, options)
+    }
+
+    /// Reads a category from a position as a stream of events, fetching pages of `page_size` (up
+    /// to `max_count` events in all, when set), so only one page is held in memory.
+    pub fn stream_category<'a>(
+        &'a self,
+        category: &'a Category,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
+        self.paged(Some(category), options)
+    }
+
+    fn paged<'a>(
+        &'a self,
+        category: Option<&'a Category>,
+        options: ReadAllOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'a {
+        let page = options.page_size.max(1);
+        let remaining = options.max_count.unwrap_or(usize::MAX);
+        futures::stream::try_unfold(Some((options, remaining)), move |next| async move {
+            let Some((opts, remaining)) = next.filter(|(_, r)| *r > 0) else {
+                return Ok::<_, StoreError>(None);
+            };
+            let want = page.min(remaining);
+            let opts = opts.max_count(want);
+            let events = match category {
+                Some(c) => self.read_category(c, opts.clone()).await?,
+                None => self.read_all(opts.clone()).await?,
+            };
+            let Some(last) = events.last() else {
+                return Ok(None);
+            };
+            let next = (events.len() == want).then(|| {
+                (
+                    opts.from_position(last.global_position + 1),
+                    remaining - want,
+                )
+            });
+            Ok(Some((
+                futures::stream::iter(events.into_iter().map(Ok)),
+                next,
+            )))
+        })
+        .try_flatten()
+    }
+
+    pub(super) async fn read_stream_paged(
+        &self,
+        stream: &StreamName,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let name = stream.as_str();
+        let read = Paged {
+            key: Some(&name),
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "version",
+        };
+        match options.direction {
+            Direction::Forward => {
+                read.run(
+                    self,
+                    &self.inner.sql.read_stream_forward,
+                    options.from_version.unwrap_or(0),
+                    |e| e.stream_version.checked_add(1),
+                )
+                .await
+            }
+            Direction::Backward => {
+                read.run(
+                    self,
+                    &self.inner.sql.read_stream_backward,
+                    options.from_version.unwrap_or(i64::MAX as u64),
+                    |e| e.stream_version.checked_sub(1),
+                )
+                .await
+            }
+        }
+    }
+
+    pub(super) async fn read_category_paged(
+        &self,
+        category: &Category,
+        options: ReadAllOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let name = category.as_str();
+        Paged {
+            key: Some(&name),
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "position",
+        }
+        .run(
+            self,
+            &self.inner.sql.read_category,
+            options.from_position,
+            |e| e.global_position.checked_add(1),
+        )
+        .await
+    }
+
+    pub(super) async fn read_all_paged(
+        &self,
+        options: ReadAllOptions,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Paged {
+            key: None,
+            event_types: &options.event_types,
+            max_count: options.max_count,
+            page_size: options.page_size,
+            what: "position",
+        }
+        .run(self, &self.inner.sql.read_all, options.from_position, |e| {
+            e.global_position.checked_add(1)
+        })
+        .await
+    }
+}
+
+/// A read that returns every matching row (or `max_count` of them) in pages of `page_size`, so a
+/// long stream is neither cut off nor fetched in one result set. Each page is a query
+/// `(key?, cursor, event_types, limit)` ordered by the cursor column; the next page starts after
+/// the last row returned. Pages are separate statements: a later page may include events
+/// appended after the first was read, never fewer than a single statement would return.
+struct Paged<'a> {
+    key: Option<&'a (dyn ToSql + Sync)>,
+    event_types: &'a Option<Vec<String>>,
+    max_count: Option<usize>,
+    page_size: usize,
+    what: &'static str,
+}
+
+impl Paged<'_> {
+    async fn run(
+        self,
+        store: &PgEventStore,
+        sql: &str,
+        mut cursor: u64,
+        next: impl Fn(&RecordedEvent) -> Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let page = self.page_size.max(1);
+        let mut remaining = self.max_count.unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        if remaining == 0 {
+            return Ok(events);
+        }
+        let client = store.client().await?;
+        while remaining > 0 {
+            let want = page.min(remaining);
+            let from = to_i64(cursor, self.what)?;
+            let want_sql = limit(want);
+            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(4);
+            params.extend(self.key.map(|k| (k, Type::TEXT)));
+            params.extend([
+                (&from as &(dyn ToSql + Sync), Type::INT8),
+                (self.event_types, Type::TEXT_ARRAY),
+                (&want_sql, Type::INT8),
+            ]);
+            let rows = store
+                .statements()
+                .query(&*client, sql, &params)
+                .await
+                .map_err(backend)?;
+            let batch = recorded_events(&rows)?;
+            remaining -= batch.len();
+            let following = if batch.len() == want {
+                batch.last().and_then(&next)
+            } else {
+                None
+            };
+            events.extend(batch);
+            match following {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+}
