@@ -308,7 +308,8 @@ impl PgEventStore {
         staged: Option<&P>,
     ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
-        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
+        // No hint inside the transaction (it would serialise commits): sent after the commit.
+        let params = AppendParams::new(&request, None)?;
         let mut client = self.client().await?;
         if self.inner.processors.is_empty() && staged.is_none() {
             // One statement in autocommit: one round trip. A database whose default isolation is
@@ -321,6 +322,10 @@ impl PgEventStore {
             {
                 Ok(rows) => match interpret_positions(&request, &rows) {
                     Err(StoreError::IsolationNotSupported { .. }) => {}
+                    Ok(outcome) => {
+                        self.hint(outcome.last_position());
+                        return Ok(outcome);
+                    }
                     other => return other,
                 },
                 Err(e) => match classify(e) {
@@ -363,6 +368,7 @@ impl PgEventStore {
         }
         match tx.commit().await {
             Ok(()) => {
+                self.hint(outcome.last_position());
                 if let Some(p) = staged {
                     p.commit().await;
                 }
@@ -374,6 +380,17 @@ impl PgEventStore {
                 }
                 Err(backend(e))
             }
+        }
+    }
+
+    /// Wakes subscribers: `position` is committed. The store's own appends call it after their
+    /// commit (coalesced, on a pooled connection, never inside the appending transaction, where
+    /// a `pg_notify` would serialise commits). Appends in a caller's transaction
+    /// ([`append_in`](Self::append_in)) send their hint with the caller's commit instead; call
+    /// this after committing to wake subscribers once more. Nothing without a notify channel.
+    pub fn hint(&self, position: u64) {
+        if let Some(h) = &self.inner.hinter {
+            h.hint(position);
         }
     }
 

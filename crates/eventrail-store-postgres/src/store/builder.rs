@@ -105,10 +105,14 @@ impl PgEventStore {
         config: crate::EventrailConfig,
     ) -> Result<Self, ConfigError> {
         let schema = options.validate()?;
+        let hinter = options
+            .channel()
+            .map(|channel| super::hint::Hinter::new(channel, pool.clone()));
         Ok(Self {
             pool,
             inner: Arc::new(Inner {
                 sql: Sql::new(&schema, options.schema_name()),
+                hinter,
                 channel: options.channel(),
                 options,
                 config,

@@ -26,6 +26,7 @@ use crate::rows::to_u64;
 
 mod append;
 mod builder;
+mod hint;
 mod reads;
 mod safe;
 mod sql;
@@ -44,6 +45,8 @@ struct Inner {
     channel: Option<String>,
     sql: Sql,
     processors: Vec<Arc<dyn DynProcessor>>,
+    /// After-commit hints of the store's own appends (none without a channel).
+    hinter: Option<hint::Hinter>,
 }
 
 /// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.
