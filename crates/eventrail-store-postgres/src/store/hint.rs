@@ -8,6 +8,7 @@
 //! one poll of the head, which they run anyway.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use postgres_types::Type;
@@ -48,9 +49,14 @@ impl Hinter {
     }
 }
 
+/// The shortest gap between two hints: appends in that window share one (a few milliseconds
+/// of wake-up latency against a statement per append on a busy single writer).
+const MIN_GAP: Duration = Duration::from_millis(5);
+
 /// Until every store clone is gone: wait for a newer position, send it, repeat.
 async fn send_hints(channel: String, pool: Pool, mut newest: watch::Receiver<u64>) {
     while newest.changed().await.is_ok() {
+        let next = tokio::time::Instant::now() + MIN_GAP;
         let position = newest.borrow_and_update().to_string();
         let sent = async {
             let client = pool.get().await?;
@@ -66,5 +72,6 @@ async fn send_hints(channel: String, pool: Pool, mut newest: watch::Receiver<u64
         if let Err(e) = sent.await {
             debug!(error = %eventrail_core::error_chain(&*e), "the wake-up hint was not sent; subscribers poll");
         }
+        tokio::time::sleep_until(next).await;
     }
 }
