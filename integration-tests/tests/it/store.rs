@@ -420,3 +420,54 @@ async fn typed_events_round_trip_with_json_and_bincode() -> anyhow::Result<()> {
     assert_eq!(row.get::<_, String>(0), "250");
     Ok(())
 }
+
+/// The store's own appends hint after their commit, coalesced: a listener hears the newest
+/// position, and a burst of appends sends far fewer hints than appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_appends_hint_after_commit_coalesced() -> anyhow::Result<()> {
+    use futures::StreamExt;
+
+    let db = TestDb::new().await?;
+    let (client, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    let store = db.store();
+    let channel = store
+        .notify_channel()
+        .expect("a channel by default")
+        .to_owned();
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    let mut last = 0;
+    for i in 0..200 {
+        last = store
+            .append(eventrail_core::AppendRequest::new(
+                format!("hint-{}", i % 7).parse()?,
+                eventrail_core::ExpectedVersion::Any,
+                vec![eventrail_core::NewEvent::json("E", serde_json::json!({}))],
+            ))
+            .await?
+            .last_position();
+    }
+    let mut hints = 0;
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(payload) = rx.recv().await {
+            hints += 1;
+            if payload.parse::<u64>().is_ok_and(|p| p >= last) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(heard, "the newest position {last} was hinted");
+    assert!(hints < 200, "{hints} hints for 200 appends: not coalesced");
+    Ok(())
+}
