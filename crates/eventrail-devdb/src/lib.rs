@@ -284,33 +284,9 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
     if !dir.join("PG_VERSION").exists() {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         if root {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir)
-                .status()
-                .map_err(io("chown"))?;
-            if !status.success() {
-                return Err(DevDbError::Command {
-                    command: "chown".into(),
-                    output: format!("exit {status}"),
-                });
-            }
+            chown_to_postgres(dir)?;
         }
-        info!(dir = %dir.display(), "initialising a throwaway PostgreSQL cluster");
-        let dir_s = dir.to_string_lossy();
-        run_pg(
-            &bin.join("initdb"),
-            &[
-                "-D",
-                &dir_s,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        )?;
+        initdb(bin, dir)?;
     }
     let dir_s = dir.to_string_lossy();
     let log = dir.join("server.log");
@@ -372,6 +348,42 @@ pub async fn start_throwaway_tls_cluster(
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
+/// Gives `path` (recursively) to the `postgres` user, which the server and PgBouncer run as
+/// when we are root.
+pub(crate) fn chown_to_postgres(path: &Path) -> Result<(), DevDbError> {
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()
+        .map_err(io("chown"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(DevDbError::Command {
+            command: "chown".into(),
+            output: format!("exit {status}"),
+        })
+    }
+}
+
+/// A new cluster in `dir`: trust authentication, UTF-8, no fsync of the new files.
+fn initdb(bin: &Path, dir: &Path) -> Result<(), DevDbError> {
+    info!(dir = %dir.display(), "initialising a throwaway PostgreSQL cluster");
+    run_pg(
+        &bin.join("initdb"),
+        &[
+            "-D",
+            &dir.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+    )
+}
+
 fn start_tls_blocking(
     bin: &Path,
     dir: &Path,
@@ -386,39 +398,16 @@ fn start_tls_blocking(
     }
     fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let root = is_root();
-    let chown = |path: &Path| -> Result<(), DevDbError> {
-        if !root {
-            return Ok(());
-        }
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
-            .map_err(io("chown"))?;
-        if status.success() {
-            Ok(())
+    let chown = |path: &Path| {
+        if root {
+            chown_to_postgres(path)
         } else {
-            Err(DevDbError::Command {
-                command: "chown".into(),
-                output: format!("exit {status}"),
-            })
+            Ok(())
         }
     };
     chown(dir)?;
+    initdb(bin, dir)?;
     let dir_s = dir.to_string_lossy();
-    run_pg(
-        &bin.join("initdb"),
-        &[
-            "-D",
-            &dir_s,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-    )?;
     fs::copy(cert, dir.join("server.crt")).map_err(io("copying the server certificate"))?;
     fs::copy(key, dir.join("server.key")).map_err(io("copying the server key"))?;
     {

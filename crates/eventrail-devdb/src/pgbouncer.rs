@@ -186,17 +186,7 @@ fn start_blocking(
     let _ = fs::remove_file(&pidfile);
     let ini = dir.join("pgbouncer.ini");
     let mut command = if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()
-            .map_err(io("chown"))?;
-        if !status.success() {
-            return Err(DevDbError::Command {
-                command: "chown".into(),
-                output: format!("exit {status}"),
-            });
-        }
+        crate::chown_to_postgres(dir)?;
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
         c

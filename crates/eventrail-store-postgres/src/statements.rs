@@ -76,6 +76,17 @@ impl<'a> PooledClient for deadpool_postgres::Transaction<'a> {
 
 type Params<'p> = [(&'p (dyn ToSql + Sync), Type)];
 
+/// The cached statement of `sql` for the parameters' types, and the parameter values.
+async fn prepared<'p>(
+    client: &impl PooledClient,
+    sql: &str,
+    params: &Params<'p>,
+) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), Error> {
+    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+    let statement = client.prepare_cached(sql, &types).await?;
+    Ok((statement, params.iter().map(|(v, _)| *v).collect()))
+}
+
 impl Statements {
     /// In [`Statements::Cached`] mode, prepares `sql` into the connection's cache now, so a
     /// later call sends its statement at once (keeps the order of pipelined requests); nothing
@@ -107,9 +118,7 @@ impl Statements {
     ) -> Result<Vec<Row>, Error> {
         match self {
             Self::Cached => {
-                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                let statement = client.prepare_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                let (statement, values) = prepared(client, sql, params).await?;
                 client.inner().query(&statement, &values).await
             }
             Self::Unnamed => client.inner().query_typed(sql, params).await,
@@ -128,9 +137,7 @@ impl Statements {
     ) -> Result<Row, Error> {
         match self {
             Self::Cached => {
-                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                let statement = client.prepare_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                let (statement, values) = prepared(client, sql, params).await?;
                 client.inner().query_one(&statement, &values).await
             }
             Self::Unnamed => client.inner().query_typed_one(sql, params).await,
@@ -149,9 +156,7 @@ impl Statements {
     ) -> Result<Option<Row>, Error> {
         match self {
             Self::Cached => {
-                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                let statement = client.prepare_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                let (statement, values) = prepared(client, sql, params).await?;
                 client.inner().query_opt(&statement, &values).await
             }
             Self::Unnamed => client.inner().query_typed_opt(sql, params).await,
@@ -170,9 +175,7 @@ impl Statements {
     ) -> Result<u64, Error> {
         match self {
             Self::Cached => {
-                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                let statement = client.prepare_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                let (statement, values) = prepared(client, sql, params).await?;
                 client.inner().execute(&statement, &values).await
             }
             Self::Unnamed => client.inner().execute_typed(sql, params).await,

@@ -105,15 +105,16 @@ impl PgEventStore {
         config: crate::EventrailConfig,
     ) -> Result<Self, ConfigError> {
         let schema = options.validate()?;
-        let hinter = options
-            .channel()
+        let channel = options.channel();
+        let hinter = channel
+            .clone()
             .map(|channel| super::hint::Hinter::new(channel, pool.clone()));
         Ok(Self {
             pool,
             inner: Arc::new(Inner {
                 sql: Sql::new(&schema, options.schema_name()),
                 hinter,
-                channel: options.channel(),
+                channel,
                 options,
                 config,
                 processors: Vec::new(),
