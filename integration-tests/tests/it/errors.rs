@@ -12,14 +12,7 @@ use tokio_postgres::Transaction;
 
 use crate::cli::eventrail;
 use crate::harness::TestDb;
-
-fn one(stream: &str) -> anyhow::Result<AppendRequest> {
-    Ok(AppendRequest::new(
-        stream.parse()?,
-        ExpectedVersion::Any,
-        vec![NewEvent::json("E", serde_json::json!({}))],
-    ))
-}
+use crate::harness::one_event as one;
 
 #[tokio::test]
 async fn a_store_error_from_the_database_exposes_its_sqlstate_and_whether_to_retry()

@@ -261,3 +261,12 @@ fn split_database(url: &str) -> anyhow::Result<(String, String)> {
         .to_owned();
     Ok((url.to_owned(), db))
 }
+
+/// A request appending one `E` event to `stream`, at any version.
+pub(crate) fn one_event(stream: &str) -> anyhow::Result<eventrail_core::AppendRequest> {
+    Ok(eventrail_core::AppendRequest::new(
+        stream.parse()?,
+        eventrail_core::ExpectedVersion::Any,
+        vec![eventrail_core::NewEvent::json("E", serde_json::json!({}))],
+    ))
+}

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use eventrail_core::{
-    AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError, StreamName,
-};
+use eventrail_core::StoreError;
 use eventrail_message_db::{MessageDb, MessageDbError};
 use eventrail_outbox::{
     InMemorySink, NatsSink, NewMessage, Outbox, OutboxError, OutboxOptions, Relay,
@@ -26,6 +24,7 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{TestDb, eventually};
+use crate::worker::append;
 
 /// A CA, a server certificate it signed for `localhost` and `127.0.0.1`, a client certificate it
 /// signed for the role `eventrail_cert`, and an unrelated CA.
@@ -221,20 +220,6 @@ fn fast_worker(name: &str) -> WorkerOptions {
         .heartbeat_interval(Duration::from_millis(100))
         .rebalance_interval(Duration::from_millis(100))
         .dispatcher_interval(Duration::from_secs(30))
-}
-
-async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<u64> {
-    let events = (0..n)
-        .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
-        .collect();
-    Ok(store
-        .append(AppendRequest::new(
-            stream.parse::<StreamName>()?,
-            ExpectedVersion::Any,
-            events,
-        ))
-        .await?
-        .last_position())
 }
 
 async fn cli(url: &str, args: &[&str]) -> anyhow::Result<String> {

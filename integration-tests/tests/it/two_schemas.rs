@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use eventrail_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use eventrail_core::EventStore;
 use eventrail_outbox::{NewMessage, Outbox, OutboxOptions, OutboxTables, with_outbox_migration};
 use eventrail_store_postgres::{PgEventStore, PgStoreOptions};
 use eventrail_worker::{TableNames, Worker, WorkerAdmin, WorkerError, WorkerOptions, wait_for};
 use integration_tests::{HANDLED_DDL, Recorder};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::one_event as one;
 use crate::harness::{TestDb, eventually};
 
 const SCHEMAS: [&str; 2] = ["tenant_a", "tenant_b"];
@@ -29,14 +30,6 @@ async fn migrate(db: &TestDb) -> anyhow::Result<()> {
 
 fn store(db: &TestDb, schema: &str) -> PgEventStore {
     db.store_with(PgStoreOptions::new().schema(schema))
-}
-
-fn one(stream: &str) -> anyhow::Result<AppendRequest> {
-    Ok(AppendRequest::new(
-        stream.parse()?,
-        ExpectedVersion::Any,
-        vec![NewEvent::json("E", serde_json::json!({}))],
-    ))
 }
 
 #[tokio::test]
