@@ -289,27 +289,12 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
         initdb(bin, dir)?;
     }
     let dir_s = dir.to_string_lossy();
-    let log = dir.join("server.log");
     // The socket goes in the data folder: it belongs to the server's user.
     let options = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=200 -c fsync=off"
     );
     info!(port, "starting the throwaway PostgreSQL cluster");
-    let started = run_pg(
-        &bin.join("pg_ctl"),
-        &[
-            "-D",
-            &dir_s,
-            "-o",
-            &options,
-            "-l",
-            &log.to_string_lossy(),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-    );
+    let started = pg_ctl_start(bin, dir, &options);
     drop(lock);
     started
 }
@@ -364,6 +349,26 @@ pub(crate) fn chown_to_postgres(path: &Path) -> Result<(), DevDbError> {
             output: format!("exit {status}"),
         })
     }
+}
+
+/// Starts the cluster in `dir` with server `options`, logging to its `server.log`, and waits
+/// (up to 60 s) until it accepts connections.
+fn pg_ctl_start(bin: &Path, dir: &Path, options: &str) -> Result<(), DevDbError> {
+    run_pg(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            &dir.to_string_lossy(),
+            "-o",
+            options,
+            "-l",
+            &dir.join("server.log").to_string_lossy(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    )
 }
 
 /// A new cluster in `dir`: trust authentication, UTF-8, no fsync of the new files.
@@ -425,7 +430,6 @@ fn start_tls_blocking(
     hba.push_str("hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n");
     fs::write(dir.join("pg_hba.conf"), hba).map_err(io("writing pg_hba.conf"))?;
     chown(dir)?;
-    let log = dir.join("server.log");
     let options = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=100 -c fsync=off \
          -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key{ssl_ca}"
@@ -434,21 +438,7 @@ fn start_tls_blocking(
         port,
         "starting a throwaway PostgreSQL cluster with TLS only"
     );
-    run_pg(
-        &bin.join("pg_ctl"),
-        &[
-            "-D",
-            &dir_s,
-            "-o",
-            &options,
-            "-l",
-            &log.to_string_lossy(),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-    )
+    pg_ctl_start(bin, dir, &options)
 }
 
 /// Stops a throwaway cluster started by [`start_throwaway_cluster`].
