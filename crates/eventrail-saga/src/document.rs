@@ -364,7 +364,11 @@ impl SagaDocument {
     #[cfg(feature = "yaml")]
     #[cfg_attr(docsrs, doc(cfg(feature = "yaml")))]
     pub fn from_yaml(yaml: &str) -> Result<Self, DefinitionError> {
-        serde_norway::from_str::<RawDocument>(yaml)
+        // Through JSON values, so that YAML takes exactly the JSON form (a condition is a
+        // one-key map, not a YAML tag).
+        let value: Value =
+            serde_norway::from_str(yaml).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        serde_json::from_value::<RawDocument>(value)
             .map_err(|e| DefinitionError::Parse(e.to_string()))
             .and_then(|r| Self::new(r.name, r.version, r.steps))
     }

@@ -145,6 +145,11 @@ impl SagaRunnerBuilder {
     /// [`SagaError::Config`] for a refused schema or table name.
     pub fn build(self) -> Result<SagaRunner, SagaError> {
         let tables = Tables::new(&self.options.tables, &self.options.schema)?;
+        let mut options = self.options;
+        // Each running step holds one pooled connection; claims, renewals and heartbeats need
+        // a few more.
+        let pool_size = self.store.pool().status().max_size;
+        options.concurrency = options.concurrency.min(pool_size.saturating_sub(3).max(1));
         let mut handler_names: Vec<String> = self.handlers.keys().cloned().collect();
         handler_names.sort();
         let claim = format!(
@@ -180,7 +185,7 @@ impl SagaRunnerBuilder {
             inner: Arc::new(Inner {
                 id: self.id.unwrap_or_else(|| Uuid::now_v7().to_string()),
                 engine: Engine::new(tables, self.store),
-                options: self.options,
+                options,
                 handlers: self.handlers,
                 handler_names,
                 documents: self.documents,

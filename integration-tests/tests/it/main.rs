@@ -19,6 +19,7 @@ mod outbox_pubsub;
 mod pgbouncer;
 mod poison;
 mod processors;
+mod saga;
 mod store;
 mod tls;
 mod torture;
