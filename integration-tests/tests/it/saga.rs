@@ -958,3 +958,197 @@ async fn an_instance_no_runner_can_run_is_reported() -> anyhow::Result<()> {
     runner2.stop().await?;
     Ok(())
 }
+
+mod crashes {
+    //! Runners in their own OS processes, killed with SIGKILL.
+
+    use std::time::Duration;
+
+    use eventrail_saga::{SagaOptions, SagaState, Sagas};
+    use integration_tests::fleet::{WorkerCommand, WorkerProcess};
+    use integration_tests::saga_process::{CrashInput, SAGA_EFFECTS_DDL, definition};
+    use uuid::Uuid;
+
+    use crate::harness::{TestDb, eventually};
+
+    fn command() -> WorkerCommand {
+        WorkerCommand::new(env!("CARGO_BIN_EXE_test-saga-runner"))
+            .env("EVENTRAIL_TEST_LEASE_MS", 1000)
+    }
+
+    #[tokio::test]
+    async fn a_runner_killed_mid_step_leaves_the_step_to_another_with_effects_once()
+    -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        db.client().await?.batch_execute(SAGA_EFFECTS_DDL).await?;
+        let hold = std::env::temp_dir().join(format!("eventrail-saga-hold-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&hold)?;
+        std::fs::write(hold.join("hold"), "a")?;
+        let command = command().env("EVENTRAIL_TEST_HOLD_DIR", hold.display());
+        let mut a = WorkerProcess::spawn(&command, &db.url, "a", 0)?;
+        let sagas = Sagas::new(db.store(), &SagaOptions::new())?;
+        let id = sagas
+            .start(&definition(&db.url)?, &CrashInput::default(), None)
+            .await?;
+        eventually(30, "runner a holds the step mid-way", || {
+            let entered = hold.join("entered-a");
+            async move { Ok(entered.exists()) }
+        })
+        .await?;
+        let b = WorkerProcess::spawn(&command, &db.url, "b", 0)?;
+        a.kill()?;
+        let state = tokio::time::timeout(
+            Duration::from_secs(30),
+            sagas.wait_settled(id, Duration::from_millis(20)),
+        )
+        .await??;
+        assert_eq!(state, SagaState::Completed);
+        b.stop()?;
+        let client = db.client().await?;
+        let rows: Vec<(String, String, String)> = client
+            .query(
+                "SELECT step, what, runner FROM effects WHERE saga_id = $1 ORDER BY step",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        // The killed runner's local write rolled back; b's committed once (a duplicate would
+        // violate the primary key).
+        assert!(
+            rows.contains(&("work".into(), "done".into(), "b".into())),
+            "{rows:?}"
+        );
+        assert!(
+            !rows.iter().any(|r| r.2 == "a" && r.0 == "work"),
+            "{rows:?}"
+        );
+        let key = format!("{id}:work");
+        let calls: i64 = client
+            .query_one(
+                "SELECT count(*) FROM external_calls WHERE key = $1",
+                &[&key],
+            )
+            .await?
+            .get(0);
+        let effects: i64 = client
+            .query_one(
+                "SELECT count(*) FROM external_effects WHERE key = $1",
+                &[&key],
+            )
+            .await?
+            .get(0);
+        assert_eq!(
+            (calls, effects),
+            (2, 1),
+            "called by both runners with one key, effect once"
+        );
+        std::fs::remove_dir_all(&hold)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_thousand_sagas_over_three_runners_killed_at_random_all_end() -> anyhow::Result<()> {
+        use rand::Rng;
+        let db = TestDb::new().await?;
+        db.client().await?.batch_execute(SAGA_EFFECTS_DDL).await?;
+        let command = command();
+        let names = ["r0", "r1", "r2"];
+        let mut runners: Vec<WorkerProcess> = names
+            .iter()
+            .map(|n| WorkerProcess::spawn(&command, &db.url, n, 0))
+            .collect::<Result<_, _>>()?;
+        let sagas = Sagas::new(db.store(), &SagaOptions::new())?;
+        let definition = definition(&db.url)?;
+        // Sagas arrive in ten batches of 100 while the runners are killed.
+        let starting = tokio::spawn({
+            let pool = db.pool.clone();
+            async move {
+                for batch in 0..10 {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    for i in 0..100 {
+                        let input = CrashInput {
+                            fail: (batch * 100 + i) % 5 == 0,
+                        };
+                        sagas
+                            .start_in(&tx, definition.document(), &input, None)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    // The next batch arrives later (load shape, not synchronisation).
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                anyhow::Ok(())
+            }
+        });
+        let client = db.client().await?;
+        let unfinished = || async {
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM eventrail.saga_instances WHERE state NOT IN ('completed', 'compensated')", &[])
+                .await?
+                .get(0);
+            anyhow::Ok(n)
+        };
+        let mut kills = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        while !starting.is_finished() || unfinished().await? > 0 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "sagas still unfinished: {}",
+                unfinished().await?
+            );
+            // Chaos: every 0.3–1.2 s one runner is killed and started again.
+            let pause = rand::rng().random_range(300..1200);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if kills < 30 {
+                let victim = rand::rng().random_range(0..runners.len());
+                runners[victim].kill()?;
+                runners[victim] = WorkerProcess::spawn(&command, &db.url, names[victim], 0)?;
+                kills += 1;
+            }
+        }
+        starting.await??;
+        for r in runners {
+            r.stop()?;
+        }
+        assert!(kills >= 5, "only {kills} kills happened while sagas ran");
+        let states: Vec<(String, i64)> = client
+            .query("SELECT state, count(*) FROM eventrail.saga_instances GROUP BY state ORDER BY state", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        println!("{kills} runner kills; sagas by state: {states:?}");
+        assert_eq!(
+            states,
+            [("compensated".into(), 200), ("completed".into(), 800)]
+        );
+        // No step's effect twice (the primary key of effects forbids it), every compensated
+        // saga undid what it did, and every external effect happened once per key.
+        let bad: i64 = client
+            .query_one(
+                "SELECT count(*) FROM eventrail.saga_instances i WHERE
+                   (i.state = 'completed' AND (SELECT count(*) FROM effects e WHERE e.saga_id = i.id AND e.what = 'done') <> 3)
+                OR (i.state = 'compensated' AND (
+                     (SELECT count(*) FROM effects e WHERE e.saga_id = i.id AND e.what = 'done') <> 2
+                  OR (SELECT count(*) FROM effects e WHERE e.saga_id = i.id AND e.what = 'undone') <> 2))",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(bad, 0, "sagas whose effects are not exactly once");
+        let external: i64 = client
+            .query_one("SELECT count(*) FROM external_effects", &[])
+            .await?
+            .get(0);
+        assert_eq!(external, 1000);
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM eventrail.saga_steps WHERE state IN ('running', 'ready', 'compensating', 'compensate_ready', 'waiting', 'blocked')", &[])
+            .await?
+            .get(0);
+        assert_eq!(left, 0);
+        Ok(())
+    }
+}
