@@ -178,6 +178,27 @@ impl Sagas {
         self.engine.signal(tx, saga_id, signal, payload).await
     }
 
+    /// Completes a remote step with its participant's reply (a [`RemoteReply`](crate::RemoteReply)
+    /// body as it came from the broker): the step succeeds with the reply's output, or fails on
+    /// a refusal (the saga compensates). Returns false for a reply nobody waits for any more (a
+    /// duplicate, or one after the step's deadline): ack it anyway.
+    ///
+    /// # Errors
+    /// [`SagaError::Encode`] for a body that is not a reply (dead-letter it),
+    /// [`SagaError::NotFound`], [`SagaError::Database`] (let the broker redeliver).
+    pub async fn receive_reply(&self, body: &[u8]) -> Result<bool, SagaError> {
+        let reply: crate::RemoteReply = serde_json::from_slice(body).map_err(encode)?;
+        let (saga_id, step) = (reply.saga_id, reply.step.clone());
+        let mut client = self.engine.store.pool().get().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        let done = self
+            .engine
+            .reply(&tx, saga_id, &step, reply.outcome())
+            .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(done)
+    }
+
     /// Cancels a running saga: what has not run never will, and the completed steps are
     /// compensated; it ends cancelled.
     ///

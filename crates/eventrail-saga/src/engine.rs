@@ -70,6 +70,10 @@ pub(crate) enum Outcome {
     Failed {
         error: String,
     },
+    /// A remote participant refused: failed at once, no retry.
+    Refused {
+        error: String,
+    },
     Compensated,
     CompensationFailed {
         error: String,
@@ -382,6 +386,7 @@ impl Engine {
     ) -> (StepWrite, Vec<NewEvent>) {
         let name = own.view.name.as_str();
         let forward = matches!(loaded.state, SagaState::Queued | SagaState::Running);
+        let refused = matches!(outcome, Outcome::Refused { .. });
         let step_event = |kind: &str, extra: Value| {
             let mut data = json!({"step": name, "attempt": own.attempts});
             if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
@@ -418,10 +423,11 @@ impl Engine {
                 StepWrite::new(name, StepState::Skipped),
                 vec![step_event("StepSkipped", json!({}))],
             ),
-            Outcome::Failed { error } => {
+            Outcome::Failed { error } | Outcome::Refused { error } => {
                 let retry = own.doc.retry.policy();
                 let attempts = u32::try_from(own.attempts).unwrap_or(u32::MAX);
                 let again = forward
+                    && !refused
                     && (own.view.kind == StepKind::Retriable || attempts < retry.max_attempts);
                 let mut w = if again {
                     let mut w = StepWrite::new(name, StepState::Ready);
@@ -493,6 +499,38 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Completes a remote step's wait with its participant's reply. False for a reply nobody
+    /// waits for (late, after the deadline; or a duplicate).
+    pub(crate) async fn reply(
+        &self,
+        tx: &Transaction<'_>,
+        saga_id: Uuid,
+        step: &str,
+        outcome: Result<Value, String>,
+    ) -> Result<bool, SagaError> {
+        let loaded = self
+            .load(tx, saga_id)
+            .await?
+            .ok_or(SagaError::NotFound(saga_id))?;
+        let Some(own) = loaded.step(step) else {
+            return Ok(false);
+        };
+        let expected = crate::remote::reply_signal(step);
+        if own.view.state != StepState::Waiting
+            || own.view.waits_for.as_deref() != Some(expected.as_str())
+        {
+            return Ok(false);
+        }
+        let outcome = match outcome {
+            Ok(output) => Outcome::Succeeded { output, wait: None },
+            Err(error) => Outcome::Refused { error },
+        };
+        let (write, events) = self.outcome_write(&loaded, own, outcome);
+        self.apply(tx, loaded, vec![write], events, None, false)
+            .await?;
+        Ok(true)
     }
 
     /// Records a signal for a saga and completes the wait that expects it.

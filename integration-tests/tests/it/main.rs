@@ -20,6 +20,7 @@ mod pgbouncer;
 mod poison;
 mod processors;
 mod saga;
+mod saga_remote;
 mod store;
 mod tls;
 mod torture;
