@@ -126,6 +126,7 @@ pub(crate) struct Engine {
     signals: String,
     update_step: String,
     update_saga: String,
+    insert_saga: String,
 }
 
 fn ms(v: u64) -> i64 {
@@ -170,6 +171,25 @@ impl Engine {
                         finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'failed', 'cancelled') THEN now() END
                  WHERE id = $1",
                 t.instances
+            ),
+            insert_saga: format!(
+                "WITH definition AS (
+                     INSERT INTO {definitions} (name, version, document) VALUES ($2, $3, $6) ON CONFLICT DO NOTHING),
+                 saga AS (
+                     INSERT INTO {instances} (id, definition, version, start_key, input, state)
+                     VALUES ($1, $2, $3, $4, $5, 'queued')
+                     ON CONFLICT (definition, start_key) DO NOTHING RETURNING id),
+                 steps AS (
+                     INSERT INTO {steps} (saga_id, step, handler, kind, depends_on, has_compensation, condition, settings, state)
+                     SELECT saga.id, s, h, k, ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), c, w, x, 'blocked'
+                     FROM saga, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::jsonb[], $13::jsonb[])
+                          AS u(s, h, k, d, c, w, x))
+                 SELECT id, true FROM saga
+                 UNION ALL
+                 SELECT id, false FROM {instances} WHERE definition = $2 AND start_key = $4 AND NOT EXISTS (SELECT 1 FROM saga)",
+                definitions = t.definitions,
+                instances = t.instances,
+                steps = t.steps,
             ),
             tables: Arc::new(tables),
             store,
@@ -250,48 +270,6 @@ impl Engine {
         let id = Uuid::now_v7();
         let version = i32::try_from(document.version()).map_err(encode)?;
         let name = document.name();
-        tx.query_typed(
-            &format!(
-                "INSERT INTO {} (name, version, document) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                t.definitions
-            ),
-            &[(&name, Type::TEXT), (&version, Type::INT4), (&document.to_json(), Type::JSONB)],
-        )
-        .await
-        .map_err(db)?;
-        let inserted = tx
-            .query_typed(
-                &format!(
-                    "INSERT INTO {} (id, definition, version, start_key, input, state) VALUES ($1, $2, $3, $4, $5, 'queued')
-                     ON CONFLICT (definition, start_key) DO NOTHING RETURNING id",
-                    t.instances
-                ),
-                &[
-                    (&id, Type::UUID),
-                    (&name, Type::TEXT),
-                    (&version, Type::INT4),
-                    (&key, Type::TEXT),
-                    (&input, Type::JSONB),
-                ],
-            )
-            .await
-            .map_err(db)?;
-        if inserted.is_empty() {
-            let existing = tx
-                .query_typed(
-                    &format!(
-                        "SELECT id FROM {} WHERE definition = $1 AND start_key = $2",
-                        t.instances
-                    ),
-                    &[(&name, Type::TEXT), (&key, Type::TEXT)],
-                )
-                .await
-                .map_err(db)?;
-            let row = existing
-                .first()
-                .ok_or_else(|| db("the saga of this key vanished"))?;
-            return Ok((row.get(0), false));
-        }
         let steps = document.steps();
         let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
         let handlers: Vec<Option<&str>> = steps.iter().map(|s| s.handler.as_deref()).collect();
@@ -303,47 +281,85 @@ impl Engine {
         let compensates: Vec<bool> = steps.iter().map(StepDocument::has_compensation).collect();
         let conditions: Vec<Option<Value>> = steps
             .iter()
-            .map(|s| {
-                s.when
-                    .as_ref()
-                    .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-            })
+            .map(|s| s.when.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)))
             .collect();
-        let settings: Vec<Value> = steps
-            .iter()
-            .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
-            .collect();
-        tx.query_typed(
-            &format!(
-                "INSERT INTO {} (saga_id, step, handler, kind, depends_on, has_compensation, condition, settings, state)
-                 SELECT $1, s, h, k, ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), c, w, x, 'blocked'
-                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::jsonb[], $8::jsonb[])
-                      AS u(s, h, k, d, c, w, x)",
-                t.steps
-            ),
-            &[
-                (&id, Type::UUID),
-                (&names, Type::TEXT_ARRAY),
-                (&handlers, Type::TEXT_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&deps, Type::TEXT_ARRAY),
-                (&compensates, Type::BOOL_ARRAY),
-                (&conditions, Type::JSONB_ARRAY),
-                (&settings, Type::JSONB_ARRAY),
-            ],
-        )
-        .await
-        .map_err(db)?;
-        let loaded = self.load(tx, id).await?.ok_or(SagaError::NotFound(id))?;
-        let started = event(
-            &loaded,
-            "SagaStarted",
-            json!({"input": loaded.input, "key": key}),
-        );
-        self.apply(tx, loaded, Vec::new(), vec![started], None, false)
-            .await?;
-        metrics::counter!("eventrail_saga_started_total", "definition" => name.to_owned())
-            .increment(1);
+        let settings: Vec<Value> =
+            steps.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect();
+        let document_json = document.to_json();
+        // One round trip: the definition (once per graph), the instance (unless its key
+        // exists: then the existing id comes back) and its steps.
+        let rows = tx
+            .query_typed(
+                &self.insert_saga,
+                &[
+                    (&id, Type::UUID),
+                    (&name, Type::TEXT),
+                    (&version, Type::INT4),
+                    (&key, Type::TEXT),
+                    (&input, Type::JSONB),
+                    (&document_json, Type::JSONB),
+                    (&names, Type::TEXT_ARRAY),
+                    (&handlers, Type::TEXT_ARRAY),
+                    (&kinds, Type::TEXT_ARRAY),
+                    (&deps, Type::TEXT_ARRAY),
+                    (&compensates, Type::BOOL_ARRAY),
+                    (&conditions, Type::JSONB_ARRAY),
+                    (&settings, Type::JSONB_ARRAY),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = rows.first() else {
+            // A concurrent start of this key committed after this statement's snapshot was
+            // taken: a new statement sees it.
+            let existing = tx
+                .query_typed(
+                    &format!("SELECT id FROM {} WHERE definition = $1 AND start_key = $2", t.instances),
+                    &[(&name, Type::TEXT), (&key, Type::TEXT)],
+                )
+                .await
+                .map_err(db)?;
+            let row = existing.first().ok_or_else(|| db("the saga of this key vanished"))?;
+            return Ok((row.get(0), false));
+        };
+        let (got, inserted): (Uuid, bool) = (row.get(0), row.get(1));
+        if !inserted {
+            return Ok((got, false));
+        }
+        // The rows just inserted, as `load` would read them (this transaction holds them).
+        let loaded = Loaded {
+            id,
+            definition: name.to_owned(),
+            version,
+            state: SagaState::Queued,
+            cancel_requested: false,
+            steps: steps
+                .iter()
+                .map(|s| LoadedStep {
+                    view: StepView {
+                        name: s.name.clone(),
+                        kind: s.kind,
+                        depends_on: s.after.clone(),
+                        has_compensation: s.has_compensation(),
+                        condition: s.when.clone(),
+                        state: StepState::Blocked,
+                        output: None,
+                        wait_ms: s.duration_ms.or(s.deadline_ms),
+                        signal: s.signal.clone(),
+                        waits_for: None,
+                    },
+                    doc: s.clone(),
+                    epoch: 0,
+                    attempts: 0,
+                    compensation_attempts: 0,
+                })
+                .collect(),
+            signals: HashMap::new(),
+            input,
+        };
+        let started = event(&loaded, "SagaStarted", json!({"input": loaded.input, "key": key}));
+        self.apply(tx, loaded, Vec::new(), vec![started], None, false).await?;
+        metrics::counter!("eventrail_saga_started_total", "definition" => name.to_owned()).increment(1);
         Ok((id, true))
     }
 
@@ -763,25 +779,11 @@ impl Engine {
                 ]
             })
             .collect();
-        futures::future::try_join_all(params.iter().map(|p| tx.query_typed(&self.update_step, p)))
-            .await
-            .map_err(db)?;
-        if saga_state != before || cancel || error.is_some() {
-            let state = saga_state.as_str();
-            tx.query_typed(
-                &self.update_saga,
-                &[
-                    (&loaded.id, Type::UUID),
-                    (&state, Type::TEXT),
-                    (&error, Type::TEXT),
-                    (&cancel, Type::BOOL),
-                ],
-            )
-            .await
-            .map_err(db)?;
-        }
+        let cancel_flag = cancel;
+        let error_ref = &error;
+        let new_state = saga_state.as_str();
+        let saga_changed = saga_state != before || cancel_flag || error.is_some();
         if saga_state != before {
-            loaded.state = saga_state;
             let kind = match saga_state {
                 SagaState::Queued => "SagaQueued",
                 SagaState::Running => "SagaRunning",
@@ -792,16 +794,10 @@ impl Engine {
                 SagaState::Cancelled => "SagaCancelled",
                 SagaState::Stuck => "SagaStuck",
             };
-            events.push(event(
-                &loaded,
-                kind,
-                json!({"from": before.as_str(), "error": error}),
-            ));
+            events.push(event(&loaded, kind, json!({"from": before.as_str(), "error": error})));
             let counter = match saga_state {
                 SagaState::Completed => Some("eventrail_saga_completed_total"),
-                SagaState::Compensated | SagaState::Cancelled => {
-                    Some("eventrail_saga_compensated_total")
-                }
+                SagaState::Compensated | SagaState::Cancelled => Some("eventrail_saga_compensated_total"),
                 SagaState::Failed => Some("eventrail_saga_failed_total"),
                 SagaState::Stuck => Some("eventrail_saga_stuck_total"),
                 _ => None,
@@ -810,19 +806,43 @@ impl Engine {
                 metrics::counter!(c, "definition" => loaded.definition.clone()).increment(1);
             }
         }
-        if !events.is_empty() {
-            self.store
-                .append_in(
-                    tx,
-                    AppendRequest::new(saga_stream(loaded.id), ExpectedVersion::Any, events),
+        // Pipelined: the step rows, the saga row, its events and the wake-up go out together.
+        let writes = futures::future::try_join_all(params.iter().map(|p| tx.query_typed(&self.update_step, p)));
+        let saga_write = async {
+            if saga_changed {
+                tx.query_typed(
+                    &self.update_saga,
+                    &[
+                        (&loaded.id, Type::UUID),
+                        (&new_state, Type::TEXT),
+                        (error_ref, Type::TEXT),
+                        (&cancel_flag, Type::BOOL),
+                    ],
                 )
                 .await?;
-        }
-        if wake {
-            tx.query_typed("SELECT pg_notify($1, '')", &[(&t.channel, Type::TEXT)])
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        let notify = async {
+            if wake {
+                tx.query_typed("SELECT pg_notify($1, '')", &[(&t.channel, Type::TEXT)]).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        let append = async {
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.store
+                .append_in(tx, AppendRequest::new(saga_stream(loaded.id), ExpectedVersion::Any, events))
                 .await
-                .map_err(db)?;
-        }
+                .map(|_| ())
+        };
+        let (w, sw, n, a) = futures::join!(writes, saga_write, notify, append);
+        w.map_err(db)?;
+        sw.map_err(db)?;
+        n.map_err(db)?;
+        a?;
         Ok(saga_state)
     }
 }
