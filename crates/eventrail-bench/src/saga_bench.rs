@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eventrail_saga::{SagaDefinition, SagaOptions, SagaRunner, SagaTables, Sagas, Step, saga_migrator};
+use eventrail_saga::{
+    SagaDefinition, SagaOptions, SagaRunner, SagaTables, Sagas, Step, saga_migrator,
+};
 use eventrail_store_postgres::{PgConnectOptions, PgEventStore};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +32,9 @@ fn definition() -> anyhow::Result<SagaDefinition<u64>> {
 async fn eventrail(admin_url: &str, sagas: u64, workers: usize) -> anyhow::Result<Row> {
     let url = eventrail_devdb::recreate_database(admin_url, "eventrail_bench_saga").await?;
     let mut client = connect(&url).await?;
-    saga_migrator("eventrail", &SagaTables::default())?.run(&mut client).await?;
+    saga_migrator("eventrail", &SagaTables::default())?
+        .run(&mut client)
+        .await?;
     let definition = definition()?;
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -75,16 +79,27 @@ async fn eventrail(admin_url: &str, sagas: u64, workers: usize) -> anyhow::Resul
 }
 
 fn dbos(url: &str, sagas: u64, workers: usize) -> anyhow::Result<Row> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/peers/dbos_saga.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/peers/dbos_saga.py"
+    );
     let out = std::process::Command::new("python3")
         .args([script, url, &sagas.to_string(), &workers.to_string()])
         .output()
         .context("running python3 scripts/peers/dbos_saga.py")?;
-    anyhow::ensure!(out.status.success(), "dbos_saga.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "dbos_saga.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    anyhow::ensure!(v["completed"].as_u64() == Some(sagas), "DBOS completed {} of {sagas}", v["completed"]);
+    anyhow::ensure!(
+        v["completed"].as_u64() == Some(sagas),
+        "DBOS completed {} of {sagas}",
+        v["completed"]
+    );
     Ok(Row {
         system: "DBOS",
         workers,
@@ -104,15 +119,21 @@ pub(crate) async fn run(sagas: u64, workers: &[usize], peer: bool) -> anyhow::Re
     for &w in workers {
         rows.push(eventrail(&admin_url, sagas, w).await?);
         if peer {
-            let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_dbos").await?;
+            let url =
+                eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_dbos").await?;
             rows.push(dbos(&url, sagas, w)?);
         }
     }
-    println!("\n3-step sagas with no-op steps, {sagas} per run, started by one client as fast as it can");
+    println!(
+        "\n3-step sagas with no-op steps, {sagas} per run, started by one client as fast as it can"
+    );
     println!("| workers | system | sagas/s | p50 start→done ms | p99 start→done ms |");
     println!("|--:|---|--:|--:|--:|");
     for r in &rows {
-        println!("| {} | {} | {:.0} | {:.1} | {:.1} |", r.workers, r.system, r.per_second, r.p50_ms, r.p99_ms);
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.1} |",
+            r.workers, r.system, r.per_second, r.p50_ms, r.p99_ms
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use tokio_postgres::Transaction;
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::engine::{Engine, Operation};
+use crate::engine::{Commit, Engine, Operation};
 use crate::error::{db, encode};
 use crate::tables::Tables;
 use crate::{SagaDefinition, SagaDocument, SagaError, SagaOptions, SagaState};
@@ -89,8 +89,14 @@ impl Sagas {
         key: Option<&str>,
     ) -> Result<Started, SagaError> {
         let input = serde_json::to_value(input).map_err(encode)?;
-        let (id, created) = self.engine.start(tx, document, input, key).await?;
-        Ok(Started { id, created })
+        let (id, applied) = self
+            .engine
+            .start(tx, document, input, key, Commit::Caller)
+            .await?;
+        Ok(Started {
+            id,
+            created: applied.is_some(),
+        })
     }
 
     /// Starts a saga of a definition registered in the database (see [`Sagas::register`]).
@@ -155,11 +161,18 @@ impl Sagas {
         signal: &str,
         payload: &impl Serialize,
     ) -> Result<bool, SagaError> {
+        let payload = serde_json::to_value(payload).map_err(encode)?;
         let mut client = self.engine.store.pool().get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        let received = self.signal_in(&tx, saga_id, signal, payload).await?;
+        let applied = self
+            .engine
+            .signal(&tx, saga_id, signal, payload, Commit::Ours)
+            .await?;
         tx.commit().await.map_err(db)?;
-        Ok(received)
+        if let Some(a) = applied {
+            self.engine.after_commit(a);
+        }
+        Ok(applied.is_some())
     }
 
     /// [`Sagas::signal`] in the caller's transaction (for example a worker's batch, turning
@@ -175,7 +188,11 @@ impl Sagas {
         payload: &impl Serialize,
     ) -> Result<bool, SagaError> {
         let payload = serde_json::to_value(payload).map_err(encode)?;
-        self.engine.signal(tx, saga_id, signal, payload).await
+        let applied = self
+            .engine
+            .signal(tx, saga_id, signal, payload, Commit::Caller)
+            .await?;
+        Ok(applied.is_some())
     }
 
     /// Completes a remote step with its participant's reply (a [`RemoteReply`](crate::RemoteReply)
@@ -191,12 +208,15 @@ impl Sagas {
         let (saga_id, step) = (reply.saga_id, reply.step.clone());
         let mut client = self.engine.store.pool().get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        let done = self
+        let applied = self
             .engine
             .reply(&tx, saga_id, &step, reply.outcome())
             .await?;
         tx.commit().await.map_err(db)?;
-        Ok(done)
+        if let Some(a) = applied {
+            self.engine.after_commit(a);
+        }
+        Ok(applied.is_some())
     }
 
     /// Cancels a running saga: what has not run never will, and the completed steps are
@@ -216,9 +236,10 @@ impl Sagas {
     ) -> Result<SagaState, SagaError> {
         let mut client = self.engine.store.pool().get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        let state = self.engine.operate(&tx, saga_id, op).await?;
+        let applied = self.engine.operate(&tx, saga_id, op).await?;
         tx.commit().await.map_err(db)?;
-        Ok(state)
+        self.engine.after_commit(applied);
+        Ok(applied.state)
     }
 
     /// The saga's state.

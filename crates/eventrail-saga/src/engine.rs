@@ -17,6 +17,7 @@ use crate::document::StepKind;
 use crate::error::{db, encode};
 use crate::state::{Change, StepChange, StepView, advance};
 use crate::tables::Tables;
+use crate::waker::Waker;
 use crate::{SagaDocument, SagaError, SagaState, StepDocument, StepState};
 
 /// The stream of a saga's events: `saga-<id>`.
@@ -127,6 +128,26 @@ pub(crate) struct Engine {
     update_step: String,
     update_saga: String,
     insert_saga: String,
+    waker: Arc<Waker>,
+}
+
+/// What a transition leaves to do after its commit, when the caller commits it.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub(crate) struct Applied {
+    pub(crate) state: SagaState,
+    /// The last position of its events, to hint after the commit.
+    position: Option<u64>,
+    /// Whether a step became due: wake the runners after the commit.
+    wake: bool,
+}
+
+/// Whether the transaction is the caller's (the hints go inside it, with its commit) or ours
+/// (they go after our commit, see [`Engine::after_commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    Caller,
+    Ours,
 }
 
 fn ms(v: u64) -> i64 {
@@ -134,6 +155,17 @@ fn ms(v: u64) -> i64 {
 }
 
 impl Engine {
+    /// Sends what a transition of ours left for after its commit: the store's hint and the
+    /// runners' wake-up, both coalesced and outside any transaction.
+    pub(crate) fn after_commit(&self, applied: Applied) {
+        if let Some(p) = applied.position {
+            self.store.hint(p);
+        }
+        if applied.wake {
+            self.waker.wake();
+        }
+    }
+
     pub(crate) fn new(tables: Tables, store: PgEventStore) -> Self {
         let t = &tables;
         Self {
@@ -191,6 +223,7 @@ impl Engine {
                 instances = t.instances,
                 steps = t.steps,
             ),
+            waker: Arc::new(Waker::new(store.pool().clone(), tables.channel.clone())),
             tables: Arc::new(tables),
             store,
         }
@@ -265,7 +298,8 @@ impl Engine {
         document: &SagaDocument,
         input: Value,
         key: Option<&str>,
-    ) -> Result<(Uuid, bool), SagaError> {
+        commit: Commit,
+    ) -> Result<(Uuid, Option<Applied>), SagaError> {
         let t = &self.tables;
         let id = Uuid::now_v7();
         let version = i32::try_from(document.version()).map_err(encode)?;
@@ -281,10 +315,16 @@ impl Engine {
         let compensates: Vec<bool> = steps.iter().map(StepDocument::has_compensation).collect();
         let conditions: Vec<Option<Value>> = steps
             .iter()
-            .map(|s| s.when.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)))
+            .map(|s| {
+                s.when
+                    .as_ref()
+                    .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+            })
             .collect();
-        let settings: Vec<Value> =
-            steps.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect();
+        let settings: Vec<Value> = steps
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+            .collect();
         let document_json = document.to_json();
         // One round trip: the definition (once per graph), the instance (unless its key
         // exists: then the existing id comes back) and its steps.
@@ -314,17 +354,22 @@ impl Engine {
             // taken: a new statement sees it.
             let existing = tx
                 .query_typed(
-                    &format!("SELECT id FROM {} WHERE definition = $1 AND start_key = $2", t.instances),
+                    &format!(
+                        "SELECT id FROM {} WHERE definition = $1 AND start_key = $2",
+                        t.instances
+                    ),
                     &[(&name, Type::TEXT), (&key, Type::TEXT)],
                 )
                 .await
                 .map_err(db)?;
-            let row = existing.first().ok_or_else(|| db("the saga of this key vanished"))?;
-            return Ok((row.get(0), false));
+            let row = existing
+                .first()
+                .ok_or_else(|| db("the saga of this key vanished"))?;
+            return Ok((row.get(0), None));
         };
         let (got, inserted): (Uuid, bool) = (row.get(0), row.get(1));
         if !inserted {
-            return Ok((got, false));
+            return Ok((got, None));
         }
         // The rows just inserted, as `load` would read them (this transaction holds them).
         let loaded = Loaded {
@@ -357,13 +402,20 @@ impl Engine {
             signals: HashMap::new(),
             input,
         };
-        let started = event(&loaded, "SagaStarted", json!({"input": loaded.input, "key": key}));
-        self.apply(tx, loaded, Vec::new(), vec![started], None, false).await?;
-        metrics::counter!("eventrail_saga_started_total", "definition" => name.to_owned()).increment(1);
-        Ok((id, true))
+        let started = event(
+            &loaded,
+            "SagaStarted",
+            json!({"input": loaded.input, "key": key}),
+        );
+        let applied = self
+            .apply(tx, loaded, Vec::new(), vec![started], None, false, commit)
+            .await?;
+        metrics::counter!("eventrail_saga_started_total", "definition" => name.to_owned())
+            .increment(1);
+        Ok((id, Some(applied)))
     }
 
-    /// Applies `outcome` of `step` claimed at `epoch`, then moves the saga on. Returns false
+    /// Applies `outcome` of `step` claimed at `epoch`, then moves the saga on. Returns `None`
     /// (and writes nothing) when the step is no longer this claim's: fenced.
     pub(crate) async fn finish(
         &self,
@@ -372,12 +424,12 @@ impl Engine {
         step: &str,
         epoch: i64,
         outcome: Outcome,
-    ) -> Result<bool, SagaError> {
+    ) -> Result<Option<Applied>, SagaError> {
         let Some(loaded) = self.load(tx, saga_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(own) = loaded.step(step) else {
-            return Ok(false);
+            return Ok(None);
         };
         let expected = match outcome {
             Outcome::Compensated | Outcome::CompensationFailed { .. } => StepState::Compensating,
@@ -385,13 +437,14 @@ impl Engine {
             _ => StepState::Running,
         };
         if own.epoch != epoch || own.view.state != expected {
-            return Ok(false);
+            return Ok(None);
         }
         let (write, events) = self.outcome_write(&loaded, own, outcome);
         let force = (loaded.state == SagaState::Queued).then_some(SagaState::Running);
-        self.apply(tx, loaded, vec![write], events, force, false)
+        let applied = self
+            .apply(tx, loaded, vec![write], events, force, false, Commit::Ours)
             .await?;
-        Ok(true)
+        Ok(Some(applied))
     }
 
     fn outcome_write(
@@ -517,7 +570,7 @@ impl Engine {
         }
     }
 
-    /// Completes a remote step's wait with its participant's reply. False for a reply nobody
+    /// Completes a remote step's wait with its participant's reply. `None` for a reply nobody
     /// waits for (late, after the deadline; or a duplicate).
     pub(crate) async fn reply(
         &self,
@@ -525,28 +578,29 @@ impl Engine {
         saga_id: Uuid,
         step: &str,
         outcome: Result<Value, String>,
-    ) -> Result<bool, SagaError> {
+    ) -> Result<Option<Applied>, SagaError> {
         let loaded = self
             .load(tx, saga_id)
             .await?
             .ok_or(SagaError::NotFound(saga_id))?;
         let Some(own) = loaded.step(step) else {
-            return Ok(false);
+            return Ok(None);
         };
         let expected = crate::remote::reply_signal(step);
         if own.view.state != StepState::Waiting
             || own.view.waits_for.as_deref() != Some(expected.as_str())
         {
-            return Ok(false);
+            return Ok(None);
         }
         let outcome = match outcome {
             Ok(output) => Outcome::Succeeded { output, wait: None },
             Err(error) => Outcome::Refused { error },
         };
         let (write, events) = self.outcome_write(&loaded, own, outcome);
-        self.apply(tx, loaded, vec![write], events, None, false)
+        let applied = self
+            .apply(tx, loaded, vec![write], events, None, false, Commit::Ours)
             .await?;
-        Ok(true)
+        Ok(Some(applied))
     }
 
     /// Records a signal for a saga and completes the wait that expects it.
@@ -556,7 +610,8 @@ impl Engine {
         saga_id: Uuid,
         name: &str,
         payload: Value,
-    ) -> Result<bool, SagaError> {
+        commit: Commit,
+    ) -> Result<Option<Applied>, SagaError> {
         let Some(loaded) = self.load(tx, saga_id).await? else {
             return Err(SagaError::NotFound(saga_id));
         };
@@ -571,7 +626,7 @@ impl Engine {
             .await
             .map_err(db)?;
         if inserted.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let mut loaded = loaded;
         loaded.signals.insert(name.to_owned(), payload.clone());
@@ -580,9 +635,10 @@ impl Engine {
             "SignalReceived",
             json!({"signal": name, "payload": payload}),
         );
-        self.apply(tx, loaded, Vec::new(), vec![received], None, false)
+        let applied = self
+            .apply(tx, loaded, Vec::new(), vec![received], None, false, commit)
             .await?;
-        Ok(true)
+        Ok(Some(applied))
     }
 
     /// An operator's or a caller's request: cancel, retry, skip a step, abort.
@@ -591,7 +647,7 @@ impl Engine {
         tx: &Transaction<'_>,
         saga_id: Uuid,
         op: Operation<'_>,
-    ) -> Result<SagaState, SagaError> {
+    ) -> Result<Applied, SagaError> {
         let loaded = self
             .load(tx, saga_id)
             .await?
@@ -679,10 +735,8 @@ impl Engine {
         let e = event(&loaded, kind, json!({"step": step}));
         let mut loaded = loaded;
         loaded.cancel_requested |= cancel;
-        let state = self
-            .apply(tx, loaded, writes, vec![e], saga_to, cancel)
-            .await?;
-        Ok(state)
+        self.apply(tx, loaded, writes, vec![e], saga_to, cancel, Commit::Ours)
+            .await
     }
 
     /// Writes `writes` (into the loaded view too), advances, writes what that decided, appends
@@ -696,7 +750,8 @@ impl Engine {
         mut events: Vec<NewEvent>,
         force: Option<SagaState>,
         cancel: bool,
-    ) -> Result<SagaState, SagaError> {
+        commit: Commit,
+    ) -> Result<Applied, SagaError> {
         let before = loaded.state;
         let mut saga_state = force.unwrap_or(before);
         let mut error: Option<String> =
@@ -794,10 +849,16 @@ impl Engine {
                 SagaState::Cancelled => "SagaCancelled",
                 SagaState::Stuck => "SagaStuck",
             };
-            events.push(event(&loaded, kind, json!({"from": before.as_str(), "error": error})));
+            events.push(event(
+                &loaded,
+                kind,
+                json!({"from": before.as_str(), "error": error}),
+            ));
             let counter = match saga_state {
                 SagaState::Completed => Some("eventrail_saga_completed_total"),
-                SagaState::Compensated | SagaState::Cancelled => Some("eventrail_saga_compensated_total"),
+                SagaState::Compensated | SagaState::Cancelled => {
+                    Some("eventrail_saga_compensated_total")
+                }
                 SagaState::Failed => Some("eventrail_saga_failed_total"),
                 SagaState::Stuck => Some("eventrail_saga_stuck_total"),
                 _ => None,
@@ -807,7 +868,9 @@ impl Engine {
             }
         }
         // Pipelined: the step rows, the saga row, its events and the wake-up go out together.
-        let writes = futures::future::try_join_all(params.iter().map(|p| tx.query_typed(&self.update_step, p)));
+        let writes = futures::future::try_join_all(
+            params.iter().map(|p| tx.query_typed(&self.update_step, p)),
+        );
         let saga_write = async {
             if saga_changed {
                 tx.query_typed(
@@ -824,26 +887,33 @@ impl Engine {
             Ok::<_, tokio_postgres::Error>(())
         };
         let notify = async {
-            if wake {
-                tx.query_typed("SELECT pg_notify($1, '')", &[(&t.channel, Type::TEXT)]).await?;
+            if wake && commit == Commit::Caller {
+                tx.query_typed("SELECT pg_notify($1, '')", &[(&t.channel, Type::TEXT)])
+                    .await?;
             }
             Ok::<_, tokio_postgres::Error>(())
         };
         let append = async {
             if events.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
-            self.store
-                .append_in(tx, AppendRequest::new(saga_stream(loaded.id), ExpectedVersion::Any, events))
-                .await
-                .map(|_| ())
+            let request = AppendRequest::new(saga_stream(loaded.id), ExpectedVersion::Any, events);
+            let outcome = match commit {
+                Commit::Caller => self.store.append_in(tx, request).await?,
+                Commit::Ours => self.store.append_in_unhinted(tx, request).await?,
+            };
+            Ok::<_, eventrail_core::StoreError>(outcome.positions.last().copied())
         };
         let (w, sw, n, a) = futures::join!(writes, saga_write, notify, append);
         w.map_err(db)?;
         sw.map_err(db)?;
         n.map_err(db)?;
-        a?;
-        Ok(saga_state)
+        let position = a?;
+        Ok(Applied {
+            state: saga_state,
+            position: position.filter(|_| commit == Commit::Ours),
+            wake: wake && commit == Commit::Ours,
+        })
     }
 }
 

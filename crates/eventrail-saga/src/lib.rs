@@ -48,6 +48,7 @@ mod runner;
 mod starter;
 mod state;
 mod tables;
+mod waker;
 
 pub use admin::{DefinitionStatus, SagaAdmin, SagaDetail, SagaSummary, StepDetail};
 pub use client::{Sagas, Started};

@@ -500,41 +500,46 @@ impl Inner {
             let _ = tx.rollback().await;
             return Ok(());
         }
-        match result {
+        let error = match result {
             Ok(outcome) => match engine
                 .finish(&tx, c.saga_id, &c.step, c.epoch, outcome)
                 .await
             {
-                Ok(true) => tx.commit().await.map_err(db),
-                Ok(false) => {
+                Ok(Some(applied)) => {
+                    tx.commit().await.map_err(db)?;
+                    engine.after_commit(applied);
+                    return Ok(());
+                }
+                Ok(None) => {
                     debug!(saga = %c.saga_id, step = %c.step, "fenced: the step moved on without this runner");
-                    tx.rollback().await.map_err(db)
+                    return tx.rollback().await.map_err(db);
                 }
-                Err(e) => {
-                    // The step's own writes (or its completion) failed: nothing of it commits.
-                    let _ = tx.rollback().await;
-                    self.record(c, failure(compensating, chain(&e))).await
-                }
+                // The step's own writes (or its completion) failed: nothing of it commits.
+                Err(e) => chain(&e),
             },
-            Err(error) => {
-                let _ = tx.rollback().await;
-                self.record(c, failure(compensating, error)).await
-            }
-        }
+            Err(error) => error,
+        };
+        let _ = tx.rollback().await;
+        // One pooled connection per step at a time: the failure is recorded on a fresh one.
+        drop(client);
+        self.record(c, failure(compensating, error)).await
     }
 
     /// Records an outcome in a transaction of its own.
     async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<(), SagaError> {
         let mut client = self.engine.store.pool().get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
-        if self
+        match self
             .engine
             .finish(&tx, c.saga_id, &c.step, c.epoch, outcome)
             .await?
         {
-            tx.commit().await.map_err(db)
-        } else {
-            tx.rollback().await.map_err(db)
+            Some(applied) => {
+                tx.commit().await.map_err(db)?;
+                self.engine.after_commit(applied);
+                Ok(())
+            }
+            None => tx.rollback().await.map_err(db),
         }
     }
 }
