@@ -6,6 +6,10 @@
 //! external call keyed by the idempotency key on its own connection, then a local write) and
 //! `finish` (fails for inputs that say so, so that the saga compensates).
 //!
+//! It also runs [`waits_definition`] (a timer and a signal wait, for restarts of every
+//! runner), and the step types of [`FULFILMENT`] named in `EVENTRAIL_TEST_STEP_TYPES`
+//! (comma-separated; each output names the runner that ran it).
+//!
 //! Environment: `EVENTRAIL_TEST_HOLD_DIR`: while the file `hold` there holds this process's
 //! name, its `work` step creates `entered-<name>` and waits with its transaction open (and its
 //! external call made) until killed; `EVENTRAIL_TEST_LEASE_MS`: the lease (default 1000).
@@ -126,6 +130,34 @@ pub fn definition(url: &str) -> anyhow::Result<SagaDefinition<CrashInput>> {
         .build()?)
 }
 
+/// A definition with a durable timer and a signal wait after a first step.
+///
+/// # Errors
+/// Never for this graph.
+pub fn waits_definition() -> anyhow::Result<SagaDefinition<CrashInput>> {
+    Ok(SagaDefinition::<CrashInput>::builder("waits", 1)
+        .step(Step::compensatable("reserve", reserve, undo))
+        .step(Step::timer("cool-off", Duration::from_secs(3)).after(["reserve"]))
+        .step(Step::signal("approval", "approved", Duration::from_secs(120)).after(["reserve"]))
+        .step(
+            Step::action("finish", |ctx| {
+                Box::pin(async move {
+                    local(ctx, "done").await?;
+                    Ok(ctx.output::<serde_json::Value>("approval")?)
+                })
+            })
+            .after(["cool-off", "approval"]),
+        )
+        .build()?)
+}
+
+/// A definition as data whose step types are served by different runners.
+pub const FULFILMENT: &str = r#"{"name": "fulfilment", "version": 1, "steps": [
+    {"name": "reserve", "type": "stock.reserve"},
+    {"name": "charge", "type": "payment.charge", "after": ["reserve"]},
+    {"name": "ship", "type": "stock.ship", "compensate": false, "after": ["charge"]}
+]}"#;
+
 /// Runs the process (see the module docs).
 ///
 /// # Errors
@@ -143,7 +175,7 @@ pub async fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let store = PgEventStore::connect(&url)?;
-    let runner = SagaRunner::builder(
+    let mut runner = SagaRunner::builder(
         store,
         SagaOptions::new()
             .lease(Duration::from_millis(lease))
@@ -152,7 +184,27 @@ pub async fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     .id(name.clone())
     .listen(eventrail_store_postgres::PgConnectOptions::from_url(&url)?)
     .definition(&definition(&url)?)
-    .build()?;
+    .definition(&waits_definition()?);
+    for step_type in std::env::var("EVENTRAIL_TEST_STEP_TYPES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let runner_name = name.clone();
+        runner = runner.step_type(
+            step_type,
+            eventrail_saga::handler_with_compensation(
+                move |ctx| {
+                    let runner_name = runner_name.clone();
+                    Box::pin(async move {
+                        Ok(serde_json::json!({"step": ctx.step(), "runner": runner_name}))
+                    })
+                },
+                |_ctx| Box::pin(async move { Ok(()) }),
+            ),
+        );
+    }
+    let runner = runner.build()?;
     println!("worker {}", uuid::Uuid::now_v7());
     let stop = CancellationToken::new();
     let stopper = stop.clone();

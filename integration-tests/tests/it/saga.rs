@@ -1152,3 +1152,145 @@ mod crashes {
         Ok(())
     }
 }
+
+mod processes {
+    //! Runners in their own OS processes: every one restarted, data definitions split over two.
+
+    use std::time::Duration;
+
+    use eventrail_saga::{SagaAdmin, SagaDocument, SagaOptions, SagaState, Sagas};
+    use integration_tests::fleet::{WorkerCommand, WorkerProcess};
+    use integration_tests::saga_process::{
+        CrashInput, FULFILMENT, SAGA_EFFECTS_DDL, waits_definition,
+    };
+
+    use crate::harness::{TestDb, eventually};
+
+    fn command() -> WorkerCommand {
+        WorkerCommand::new(env!("CARGO_BIN_EXE_test-saga-runner"))
+            .env("EVENTRAIL_TEST_LEASE_MS", 1000)
+    }
+
+    #[tokio::test]
+    async fn timers_and_signal_waits_survive_the_restart_of_every_runner_process()
+    -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        db.client().await?.batch_execute(SAGA_EFFECTS_DDL).await?;
+        let sagas = Sagas::new(db.store(), &SagaOptions::new())?;
+        let admin = SagaAdmin::new(db.store(), &SagaOptions::new())?;
+        let mut runners = vec![
+            WorkerProcess::spawn(&command(), &db.url, "r0", 0)?,
+            WorkerProcess::spawn(&command(), &db.url, "r1", 0)?,
+        ];
+        let id = sagas
+            .start(&waits_definition()?, &CrashInput::default(), None)
+            .await?;
+        eventually(30, "the timer and the signal wait started", || {
+            let admin = admin.clone();
+            async move {
+                let steps = admin.show(id).await?.steps;
+                Ok(steps.iter().filter(|s| s.state == "waiting").count() == 2)
+            }
+        })
+        .await?;
+        // Every runner dies; the signal arrives while none runs; the timer's time passes.
+        for r in &mut runners {
+            r.kill()?;
+        }
+        assert!(
+            sagas
+                .signal(id, "approved", &serde_json::json!({"by": "ops"}))
+                .await?
+        );
+        assert_eq!(
+            sagas.state(id).await?,
+            SagaState::Running,
+            "nothing moves without a runner"
+        );
+        let restarted = [
+            WorkerProcess::spawn(&command(), &db.url, "r2", 0)?,
+            WorkerProcess::spawn(&command(), &db.url, "r3", 0)?,
+        ];
+        let state = tokio::time::timeout(
+            Duration::from_secs(30),
+            sagas.wait_settled(id, Duration::from_millis(20)),
+        )
+        .await??;
+        assert_eq!(state, SagaState::Completed);
+        let finish = admin
+            .show(id)
+            .await?
+            .steps
+            .into_iter()
+            .find(|s| s.name == "finish")
+            .expect("finish");
+        assert_eq!(finish.output, Some(serde_json::json!({"by": "ops"})));
+        assert!(matches!(finish.owner, None), "the lease is released");
+        for r in restarted {
+            r.stop()?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_data_definition_runs_with_step_types_of_two_processes() -> anyhow::Result<()> {
+        let db = TestDb::new().await?;
+        db.client().await?.batch_execute(SAGA_EFFECTS_DDL).await?;
+        let stock = WorkerProcess::spawn(
+            &command().env("EVENTRAIL_TEST_STEP_TYPES", "stock.reserve,stock.ship"),
+            &db.url,
+            "stock",
+            0,
+        )?;
+        let payment = WorkerProcess::spawn(
+            &command().env("EVENTRAIL_TEST_STEP_TYPES", "payment.charge"),
+            &db.url,
+            "payment",
+            0,
+        )?;
+        let sagas = Sagas::new(db.store(), &SagaOptions::new())?;
+        let document = SagaDocument::from_json(FULFILMENT)?;
+        sagas.register(&document).await?;
+        let mut ids = Vec::new();
+        let mut client = db.pool.get().await?;
+        let tx = client.transaction().await?;
+        for i in 0..20 {
+            ids.push(
+                sagas
+                    .start_registered_in(
+                        &tx,
+                        "fulfilment",
+                        1,
+                        &serde_json::json!({"order": i}),
+                        None,
+                    )
+                    .await?
+                    .id,
+            );
+        }
+        tx.commit().await?;
+        let admin = SagaAdmin::new(db.store(), &SagaOptions::new())?;
+        for id in ids {
+            let state = tokio::time::timeout(
+                Duration::from_secs(30),
+                sagas.wait_settled(id, Duration::from_millis(20)),
+            )
+            .await??;
+            assert_eq!(state, SagaState::Completed);
+            let steps = admin.show(id).await?.steps;
+            let runner = |n: &str| {
+                steps
+                    .iter()
+                    .find(|s| s.name == n)
+                    .and_then(|s| s.output.as_ref())
+                    .map(|o| o["runner"].clone())
+            };
+            assert_eq!(runner("reserve"), Some("stock".into()));
+            assert_eq!(runner("charge"), Some("payment".into()));
+            assert_eq!(runner("ship"), Some("stock".into()));
+        }
+        stock.stop()?;
+        payment.stop()?;
+        Ok(())
+    }
+}
