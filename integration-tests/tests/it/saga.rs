@@ -1294,3 +1294,100 @@ mod processes {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelivered()
+-> anyhow::Result<()> {
+    use eventrail_core::{AppendRequest, EventData, ExpectedVersion, NewEvent, StreamName};
+    use eventrail_saga::SagaStarter;
+    use eventrail_worker::{Worker, WorkerAdmin, WorkerOptions};
+
+    let db = TestDb::new().await?;
+    effects_table(&db).await?;
+    let store = db.store();
+    let definition = diamond()?;
+    let sagas = Sagas::new(store.clone(), &SagaOptions::new())?;
+    let starter = || {
+        SagaStarter::new(
+            "order-sagas",
+            sagas.clone(),
+            definition.document().clone(),
+            |event| match &event.data {
+                EventData::Json(v) if event.event_type == "OrderPlaced" => {
+                    Some(serde_json::json!({"id": v["order"], "fail": null, "express": false}))
+                }
+                _ => None,
+            },
+        )
+    };
+    let options = WorkerOptions::new()
+        .heartbeat_interval(Duration::from_millis(100))
+        .rebalance_interval(Duration::from_millis(100))
+        .base_poll_interval(Duration::from_millis(10))
+        .max_poll_interval(Duration::from_millis(100));
+    let run_worker = || -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<Result<(), eventrail_worker::WorkerError>>)> {
+        let worker = Worker::builder(store.clone(), db.config()).options(options.clone()).consumer(starter()).build()?;
+        let stop = CancellationToken::new();
+        Ok((stop.clone(), tokio::spawn(worker.run(stop))))
+    };
+    let events: Vec<NewEvent> = (0..10)
+        .map(|i| {
+            let kind = if i % 2 == 0 {
+                "OrderPlaced"
+            } else {
+                "OrderViewed"
+            };
+            NewEvent::json(kind, serde_json::json!({"order": i}))
+        })
+        .collect();
+    store
+        .append(AppendRequest::new(
+            "orders-1".parse::<StreamName>()?,
+            ExpectedVersion::Any,
+            events,
+        ))
+        .await?;
+    let (stop, task) = run_worker()?;
+    let client = db.client().await?;
+    let count = || async {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM eventrail.saga_instances", &[])
+            .await?
+            .get(0);
+        anyhow::Ok(n)
+    };
+    eventually(30, "five sagas started", || async {
+        Ok(count().await? == 5)
+    })
+    .await?;
+    stop.cancel();
+    task.await??;
+    // Redelivery: the consumer is rewound and runs again; the keys (event ids) hold.
+    WorkerAdmin::new(
+        db.pool.clone(),
+        "eventrail",
+        &eventrail_worker::TableNames::default(),
+    )?
+    .rewind("order-sagas", 0)
+    .await?;
+    let (stop, task) = run_worker()?;
+    eventually(30, "the rewound consumer caught up", || {
+        let client = &client;
+        async move {
+            let p: Option<i64> = client
+                .query_one("SELECT position FROM eventrail.consumer_checkpoints WHERE consumer = 'order-sagas'", &[])
+                .await?
+                .get(0);
+            Ok(p.unwrap_or(0) >= 10)
+        }
+    })
+    .await?;
+    stop.cancel();
+    task.await??;
+    assert_eq!(
+        count().await?,
+        5,
+        "a redelivered event starts no second saga"
+    );
+    Ok(())
+}
