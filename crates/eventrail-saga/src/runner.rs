@@ -153,13 +153,23 @@ impl SagaRunnerBuilder {
         let mut handler_names: Vec<String> = self.handlers.keys().cloned().collect();
         handler_names.sort();
         let claim = format!(
-            "WITH due AS (
+            // One index scan per kind of due step (ready or compensation due, a wait whose
+            // time is up, a lease that ran out), so a claim never scans finished sagas' steps.
+            "WITH ready AS (
                  SELECT saga_id, step FROM {steps}
-                 WHERE ((state IN ('ready', 'compensate_ready') AND due_at <= now() AND handler = ANY($1))
-                     OR (state = 'waiting' AND due_at <= now() AND (lease_until IS NULL OR lease_until < now()))
-                     OR (state IN ('running', 'compensating') AND lease_until < now() AND handler = ANY($1)))
-                 ORDER BY due_at LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
+                 WHERE state IN ('ready', 'compensate_ready') AND due_at <= now() AND handler = ANY($1)
+                 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+             waits AS (
+                 SELECT saga_id, step FROM {steps}
+                 WHERE state = 'waiting' AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+             lost AS (
+                 SELECT saga_id, step FROM {steps}
+                 WHERE state IN ('running', 'compensating') AND lease_until < now() AND handler = ANY($1)
+                 ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED),
+             due AS (
+                 SELECT * FROM (SELECT * FROM lost UNION ALL SELECT * FROM ready UNION ALL SELECT * FROM waits) d
+                 LIMIT $2)
              UPDATE {steps} s SET
                  state = CASE s.state WHEN 'ready' THEN 'running' WHEN 'compensate_ready' THEN 'compensating' ELSE s.state END,
                  attempts = s.attempts + CASE WHEN s.state IN ('ready', 'running') THEN 1 ELSE 0 END,
