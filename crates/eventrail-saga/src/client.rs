@@ -169,7 +169,7 @@ impl Sagas {
             .signal(&tx, saga_id, signal, payload, Commit::Ours)
             .await?;
         tx.commit().await.map_err(db)?;
-        if let Some(a) = applied {
+        if let Some(a) = &applied {
             self.engine.after_commit(a);
         }
         Ok(applied.is_some())
@@ -213,7 +213,7 @@ impl Sagas {
             .reply(&tx, saga_id, &step, reply.outcome())
             .await?;
         tx.commit().await.map_err(db)?;
-        if let Some(a) = applied {
+        if let Some(a) = &applied {
             self.engine.after_commit(a);
         }
         Ok(applied.is_some())
@@ -238,7 +238,7 @@ impl Sagas {
         let tx = client.transaction().await.map_err(db)?;
         let applied = self.engine.operate(&tx, saga_id, op).await?;
         tx.commit().await.map_err(db)?;
-        self.engine.after_commit(applied);
+        self.engine.after_commit(&applied);
         Ok(applied.state)
     }
 

@@ -97,6 +97,8 @@ struct StepWrite {
     waits_for: Option<String>,
     reset_compensation_attempts: bool,
     fence: bool,
+    /// Claimed for the runner that commits this transition (see [`Continuation`]).
+    claim: bool,
 }
 
 impl StepWrite {
@@ -113,6 +115,7 @@ impl StepWrite {
             waits_for: None,
             reset_compensation_attempts: false,
             fence: false,
+            claim: false,
         }
     }
 }
@@ -132,7 +135,7 @@ pub(crate) struct Engine {
 }
 
 /// What a transition leaves to do after its commit, when the caller commits it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub(crate) struct Applied {
     pub(crate) state: SagaState,
@@ -140,6 +143,32 @@ pub(crate) struct Applied {
     position: Option<u64>,
     /// Whether a step became due: wake the runners after the commit.
     wake: bool,
+    /// A next step the committing runner claimed in the same transaction.
+    pub(crate) continuation: Option<Continuation>,
+}
+
+/// The runner whose transition this is, which may claim the next step at once: a sequence of
+/// steps then costs one transaction each, not a claim and a transition each, and waits for no
+/// wake-up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimer<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) handlers: &'a [String],
+    pub(crate) lease_ms: i64,
+}
+
+/// A step claimed by the transition that made it due.
+#[derive(Debug, Clone)]
+pub(crate) struct Continuation {
+    pub(crate) saga_id: Uuid,
+    pub(crate) step: String,
+    pub(crate) handler: String,
+    pub(crate) attempt: i32,
+    pub(crate) epoch: i64,
+    pub(crate) doc: StepDocument,
+    pub(crate) definition: String,
+    pub(crate) input: Value,
+    pub(crate) outputs: serde_json::Map<String, Value>,
 }
 
 /// Whether the transaction is the caller's (the hints go inside it, with its commit) or ours
@@ -157,7 +186,7 @@ fn ms(v: u64) -> i64 {
 impl Engine {
     /// Sends what a transition of ours left for after its commit: the store's hint and the
     /// runners' wake-up, both coalesced and outside any transaction.
-    pub(crate) fn after_commit(&self, applied: Applied) {
+    pub(crate) fn after_commit(&self, applied: &Applied) {
         if let Some(p) = applied.position {
             self.store.hint(p);
         }
@@ -188,12 +217,15 @@ impl Engine {
                     output = CASE WHEN $5 THEN $6::jsonb ELSE output END,
                     last_error = CASE WHEN $7 THEN $8::text ELSE last_error END,
                     waits_for = $9::text,
-                    owner = CASE WHEN $3 IN ('running', 'compensating') THEN owner END,
-                    lease_until = CASE WHEN $3 IN ('running', 'compensating') THEN lease_until END,
+                    owner = CASE WHEN $13 THEN $14 WHEN $3 IN ('running', 'compensating') THEN owner END,
+                    lease_until = CASE WHEN $13 THEN now() + $15::int8 * interval '1 millisecond'
+                                       WHEN $3 IN ('running', 'compensating') THEN lease_until END,
+                    attempts = attempts + CASE WHEN $13 THEN 1 ELSE 0 END,
+                    started_at = CASE WHEN $13 THEN coalesce(started_at, now()) ELSE started_at END,
                     finished_at = CASE WHEN $3 IN ('succeeded', 'skipped', 'failed', 'not_run', 'aborted') THEN now() ELSE finished_at END,
                     compensated_at = CASE WHEN $3 = 'compensated' THEN now() ELSE compensated_at END,
                     compensation_attempts = CASE WHEN $10 THEN 0 ELSE compensation_attempts END,
-                    epoch = epoch + CASE WHEN $12 THEN 1 ELSE 0 END
+                    epoch = epoch + CASE WHEN $12 OR $13 THEN 1 ELSE 0 END
                  WHERE saga_id = $1 AND step = $2",
                 t.steps
             ),
@@ -424,6 +456,7 @@ impl Engine {
         step: &str,
         epoch: i64,
         outcome: Outcome,
+        claimer: Option<Claimer<'_>>,
     ) -> Result<Option<Applied>, SagaError> {
         let Some(loaded) = self.load(tx, saga_id).await? else {
             return Ok(None);
@@ -442,7 +475,16 @@ impl Engine {
         let (write, events) = self.outcome_write(&loaded, own, outcome);
         let force = (loaded.state == SagaState::Queued).then_some(SagaState::Running);
         let applied = self
-            .apply(tx, loaded, vec![write], events, force, false, Commit::Ours)
+            .apply_claiming(
+                tx,
+                loaded,
+                vec![write],
+                events,
+                force,
+                false,
+                Commit::Ours,
+                claimer,
+            )
             .await?;
         Ok(Some(applied))
     }
@@ -739,10 +781,68 @@ impl Engine {
             .await
     }
 
+    /// Claims, for `claimer`, one step this transition made due now whose handler it has.
+    fn continue_with(
+        &self,
+        loaded: &Loaded,
+        writes: &mut [StepWrite],
+        claimer: Claimer<'_>,
+    ) -> Option<Continuation> {
+        let w = writes.iter_mut().find(|w| {
+            w.state == StepState::Ready
+                && w.due_in_ms == Some(0)
+                && loaded.step(&w.name).is_some_and(|s| {
+                    s.doc
+                        .handler
+                        .as_ref()
+                        .is_some_and(|h| claimer.handlers.binary_search(h).is_ok())
+                })
+        })?;
+        let step = loaded.step(&w.name)?;
+        w.state = StepState::Running;
+        w.claim = true;
+        w.due_in_ms = None;
+        let outputs = step
+            .view
+            .depends_on
+            .iter()
+            .filter_map(|d| Some((d.clone(), loaded.step(d)?.view.output.clone()?)))
+            .collect();
+        Some(Continuation {
+            saga_id: loaded.id,
+            step: w.name.clone(),
+            handler: step.doc.handler.clone()?,
+            attempt: step.attempts + 1,
+            epoch: step.epoch + 1,
+            doc: step.doc.clone(),
+            definition: loaded.definition.clone(),
+            input: loaded.input.clone(),
+            outputs,
+        })
+    }
+
     /// Writes `writes` (into the loaded view too), advances, writes what that decided, appends
     /// the events and wakes runners when something became due. `force` sets the saga's state
     /// first (an operator's decision, a first step done); `cancel` records a cancel request.
     async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        loaded: Loaded,
+        writes: Vec<StepWrite>,
+        events: Vec<NewEvent>,
+        force: Option<SagaState>,
+        cancel: bool,
+        commit: Commit,
+    ) -> Result<Applied, SagaError> {
+        self.apply_claiming(tx, loaded, writes, events, force, cancel, commit, None)
+            .await
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transition's parts, passed through once"
+    )]
+    async fn apply_claiming(
         &self,
         tx: &Transaction<'_>,
         mut loaded: Loaded,
@@ -751,6 +851,7 @@ impl Engine {
         force: Option<SagaState>,
         cancel: bool,
         commit: Commit,
+        claimer: Option<Claimer<'_>>,
     ) -> Result<Applied, SagaError> {
         let before = loaded.state;
         let mut saga_state = force.unwrap_or(before);
@@ -771,7 +872,6 @@ impl Engine {
             }
         }
         let views: Vec<StepView> = loaded.steps.iter().map(|s| s.view.clone()).collect();
-        let mut wake = false;
         if saga_state != SagaState::Failed {
             for change in advance(
                 saga_state,
@@ -789,7 +889,6 @@ impl Engine {
                         output,
                         waits_for,
                     }) => {
-                        wake |= matches!(state, StepState::Ready | StepState::CompensateReady);
                         let mut w = StepWrite::new(&name, state);
                         w.due_in_ms = due_in_ms.map(ms);
                         w.waits_for = waits_for;
@@ -810,11 +909,17 @@ impl Engine {
             }
         }
         let t = &self.tables;
-        wake |= writes
+        let continuation = match claimer {
+            Some(c) if commit == Commit::Ours => self.continue_with(&loaded, &mut writes, c),
+            _ => None,
+        };
+        let lease_ms = claimer.map_or(0, |c| c.lease_ms);
+        let owner = claimer.map(|c| c.id);
+        let wake = writes
             .iter()
             .any(|w| matches!(w.state, StepState::Ready | StepState::CompensateReady));
         let states: Vec<&str> = writes.iter().map(|w| w.state.as_str()).collect();
-        let params: Vec<[(&(dyn ToSql + Sync), Type); 12]> = writes
+        let params: Vec<[(&(dyn ToSql + Sync), Type); 15]> = writes
             .iter()
             .zip(&states)
             .map(|(w, state)| {
@@ -831,6 +936,9 @@ impl Engine {
                     (&w.reset_compensation_attempts, Type::BOOL),
                     (&w.jitter, Type::BOOL),
                     (&w.fence, Type::BOOL),
+                    (&w.claim, Type::BOOL),
+                    (&owner, Type::TEXT),
+                    (&lease_ms, Type::INT8),
                 ]
             })
             .collect();
@@ -913,6 +1021,7 @@ impl Engine {
             state: saga_state,
             position: position.filter(|_| commit == Commit::Ours),
             wake: wake && commit == Commit::Ours,
+            continuation,
         })
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::client::register;
-use crate::engine::{Engine, Outcome};
+use crate::engine::{Claimer, Engine, Outcome};
 use crate::error::db;
 use crate::tables::Tables;
 use crate::{
@@ -223,6 +223,24 @@ struct Claimed {
     outputs: Map<String, Value>,
 }
 
+impl From<crate::engine::Continuation> for Claimed {
+    fn from(c: crate::engine::Continuation) -> Self {
+        Self {
+            saga_id: c.saga_id,
+            step: c.step,
+            handler: Some(c.handler),
+            state: StepState::Running,
+            attempt: c.attempt,
+            epoch: c.epoch,
+            doc: c.doc,
+            output: None,
+            definition: c.definition,
+            input: c.input,
+            outputs: c.outputs,
+        }
+    }
+}
+
 impl SagaRunner {
     /// Runs until `stop` is cancelled: registers the definitions, heartbeats (so status shows
     /// what no live runner can run), claims and runs due steps. A step running at `stop` is
@@ -396,8 +414,16 @@ impl Inner {
         Ok(claimed)
     }
 
-    /// Runs one claimed step to its outcome, renewing the lease meanwhile.
+    /// Runs a claimed step, then each next step its transitions claimed for this runner.
     async fn execute(self: Arc<Self>, c: Claimed) {
+        let mut next = Some(c);
+        while let Some(c) = next.take() {
+            next = Arc::clone(&self).execute_one(c).await;
+        }
+    }
+
+    /// Runs one claimed step to its outcome, renewing the lease meanwhile.
+    async fn execute_one(self: Arc<Self>, c: Claimed) -> Option<Claimed> {
         let started = Instant::now();
         let lost = CancellationToken::new();
         let renewer = tokio::spawn(Arc::clone(&self).renew_lease(
@@ -408,13 +434,18 @@ impl Inner {
         ));
         let result = self.execute_claimed(&c, &lost).await;
         renewer.abort();
-        if let Err(e) = result {
-            warn!(saga = %c.saga_id, step = %c.step, error = %error_chain(&e),
-                  "saga step outcome not recorded; its lease will expire and it runs again");
-        }
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(saga = %c.saga_id, step = %c.step, error = %error_chain(&e),
+                      "saga step outcome not recorded; its lease will expire and it runs again");
+                None
+            }
+        };
         metrics::histogram!("eventrail_saga_step_duration_seconds",
             "definition" => c.definition.clone(), "step" => c.step.clone(), "phase" => c.state.as_str())
             .record(started.elapsed().as_secs_f64());
+        next
     }
 
     async fn renew_lease(
@@ -450,13 +481,13 @@ impl Inner {
         &self,
         c: &Claimed,
         lost: &CancellationToken,
-    ) -> Result<(), SagaError> {
+    ) -> Result<Option<Claimed>, SagaError> {
         let engine = &self.engine;
         if c.state == StepState::Waiting {
             return self.record(c, Outcome::WaitOver).await;
         }
         let Some(handler) = c.handler.as_ref().and_then(|h| self.handlers.get(h)) else {
-            return Ok(());
+            return Ok(None);
         };
         let compensating = c.state == StepState::Compensating;
         let mut client = engine.store.pool().get().await.map_err(db)?;
@@ -508,21 +539,29 @@ impl Inner {
         if lost.is_cancelled() {
             // Another runner owns the step now: this attempt's writes are rolled back.
             let _ = tx.rollback().await;
-            return Ok(());
+            return Ok(None);
         }
         let error = match result {
             Ok(outcome) => match engine
-                .finish(&tx, c.saga_id, &c.step, c.epoch, outcome)
+                .finish(
+                    &tx,
+                    c.saga_id,
+                    &c.step,
+                    c.epoch,
+                    outcome,
+                    Some(self.claimer()),
+                )
                 .await
             {
                 Ok(Some(applied)) => {
                     tx.commit().await.map_err(db)?;
-                    engine.after_commit(applied);
-                    return Ok(());
+                    engine.after_commit(&applied);
+                    return Ok(applied.continuation.map(Claimed::from));
                 }
                 Ok(None) => {
                     debug!(saga = %c.saga_id, step = %c.step, "fenced: the step moved on without this runner");
-                    return tx.rollback().await.map_err(db);
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(None);
                 }
                 // The step's own writes (or its completion) failed: nothing of it commits.
                 Err(e) => chain(&e),
@@ -536,20 +575,38 @@ impl Inner {
     }
 
     /// Records an outcome in a transaction of its own.
-    async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<(), SagaError> {
+    async fn record(&self, c: &Claimed, outcome: Outcome) -> Result<Option<Claimed>, SagaError> {
         let mut client = self.engine.store.pool().get().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
         match self
             .engine
-            .finish(&tx, c.saga_id, &c.step, c.epoch, outcome)
+            .finish(
+                &tx,
+                c.saga_id,
+                &c.step,
+                c.epoch,
+                outcome,
+                Some(self.claimer()),
+            )
             .await?
         {
             Some(applied) => {
                 tx.commit().await.map_err(db)?;
-                self.engine.after_commit(applied);
-                Ok(())
+                self.engine.after_commit(&applied);
+                Ok(applied.continuation.map(Claimed::from))
             }
-            None => tx.rollback().await.map_err(db),
+            None => {
+                tx.rollback().await.map_err(db)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn claimer(&self) -> Claimer<'_> {
+        Claimer {
+            id: &self.id,
+            handlers: &self.handler_names,
+            lease_ms: lease_ms(self.options.lease),
         }
     }
 }
