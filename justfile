@@ -28,3 +28,7 @@ torture minutes="10":
 # consumer lag under churn and recovery after each fault, with the default worker options
 bench-faults:
     cargo run --release --locked -p eventrail-bench -- faults
+
+# 3-step sagas per second with 1 and 4 runners, beside DBOS Transact (installed from PyPI when missing)
+bench-saga:
+    cargo run --release --locked -p eventrail-bench -- saga
