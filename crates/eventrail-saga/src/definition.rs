@@ -65,7 +65,6 @@ impl<I> Clone for SagaDefinition<I> {
 impl<I: Serialize + DeserializeOwned + 'static> SagaDefinition<I> {
     /// A builder for definition `name` at `version` (give a changed graph a new version:
     /// instances in flight keep the version they started with).
-    #[must_use]
     pub fn builder(name: impl Into<String>, version: u32) -> SagaDefinitionBuilder<I> {
         SagaDefinitionBuilder {
             name: name.into(),

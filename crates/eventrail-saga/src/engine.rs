@@ -824,6 +824,10 @@ impl Engine {
     /// Writes `writes` (into the loaded view too), advances, writes what that decided, appends
     /// the events and wakes runners when something became due. `force` sets the saga's state
     /// first (an operator's decision, a first step done); `cancel` records a cancel request.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transition's parts, passed through once"
+    )]
     async fn apply(
         &self,
         tx: &Transaction<'_>,

@@ -52,13 +52,14 @@ impl<O, F> ActionFn<O> for F where
 {
 }
 
+type RunFn =
+    dyn for<'a> Fn(&'a StepContext<'a>) -> BoxFuture<'a, Result<Value, BoxError>> + Send + Sync;
+
 type Predicate = dyn Fn(&StepContext<'_>) -> Result<bool, BoxError> + Send + Sync;
 
 /// A handler made of closures.
 pub(crate) struct FnHandler {
-    run: Box<
-        dyn for<'a> Fn(&'a StepContext<'a>) -> BoxFuture<'a, Result<Value, BoxError>> + Send + Sync,
-    >,
+    run: Box<RunFn>,
     compensate: Option<Box<dyn ActionFn<()>>>,
     pub(crate) condition: Option<Arc<Predicate>>,
 }

@@ -339,13 +339,12 @@ impl Inner {
             t.runners
         );
         loop {
-            if let Ok(client) = self.engine.store.pool().get().await {
-                if let Err(e) = client
+            if let Ok(client) = self.engine.store.pool().get().await
+                && let Err(e) = client
                     .execute(&upsert, &[&self.id, &self.handler_names])
                     .await
-                {
-                    debug!(error = %error_chain(&e), "saga runner heartbeat failed");
-                }
+            {
+                debug!(error = %error_chain(&e), "saga runner heartbeat failed");
             }
             if sleep_or_stop(self.options.heartbeat, &stop).await {
                 break;

@@ -231,10 +231,9 @@ fn set<'s>(
     if let Change::Step(StepChange {
         name, state: to, ..
     }) = &change
+        && let Some(s) = steps.iter().find(|s| &s.name == name)
     {
-        if let Some(s) = steps.iter().find(|s| &s.name == name) {
-            state.insert(s.name.as_str(), *to);
-        }
+        state.insert(s.name.as_str(), *to);
     }
     changes.push(change);
 }

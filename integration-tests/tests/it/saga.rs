@@ -1225,7 +1225,7 @@ mod processes {
             .find(|s| s.name == "finish")
             .expect("finish");
         assert_eq!(finish.output, Some(serde_json::json!({"by": "ops"})));
-        assert!(matches!(finish.owner, None), "the lease is released");
+        assert!(finish.owner.is_none(), "the lease is released");
         for r in restarted {
             r.stop()?;
         }
