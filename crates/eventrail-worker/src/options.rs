@@ -11,8 +11,12 @@ pub enum DispatcherStrategy {
     Notify,
 }
 
-/// How a worker takes part in leader election.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a worker takes part in leader election. Every worker of a schema must use the same mode.
+///
+/// Each mode hands its leader a fencing token greater than every earlier leader's; the leader
+/// stores it with the assignments it writes, and a write with a lower token than the stored
+/// one is refused in its own transaction (see the crate's documentation on leader election).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LeaderMode {
     /// A session advisory lock (`pg_try_advisory_lock`) on the worker's own connection: a dead
@@ -22,6 +26,16 @@ pub enum LeaderMode {
     /// replaced when its lease expires. Both modes work behind PgBouncer in transaction pooling
     /// mode; in both, the worker's own session (identity lock) needs a direct connection.
     Lease,
+    /// etcd: a lease that the worker keeps alive and a leader key attached to it; the fencing
+    /// token is the leader key's create revision.
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+    Etcd(crate::EtcdElection),
+    /// ZooKeeper: ephemeral sequential nodes, the lowest leads; the fencing token is its
+    /// sequence number.
+    #[cfg(feature = "zookeeper")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
+    ZooKeeper(crate::ZooKeeperElection),
 }
 
 /// What to do with a failing handler: attempts of one event (the first in its batch, the others
@@ -159,7 +173,7 @@ impl WorkerOptions {
         self
     }
 
-    /// Advisory-lock or lease leadership (default advisory lock).
+    /// How leaders are elected: advisory lock (the default), lease row, etcd or ZooKeeper.
     pub fn leader_mode(mut self, mode: LeaderMode) -> Self {
         self.leader_mode = mode;
         self
