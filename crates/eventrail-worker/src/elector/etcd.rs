@@ -174,15 +174,17 @@ async fn session(
     let mut keep_alive = None;
     if let Some(id) = *lease {
         let sent = Instant::now();
-        let (mut keeper, mut stream) = client.lease_keep_alive(id).await.map_err(failed)?;
-        keeper.keep_alive().await.map_err(failed)?;
-        match stream.message().await.map_err(failed)? {
-            Some(r) if r.ttl() > 0 => {
-                deadline = Some(sent + seconds(r.ttl()));
-                keep_alive = Some((keeper, stream));
+        // Opening the keep-alive stream renews the lease once (to its full time to live) and
+        // fails with "lease not found" when it expired or was revoked meanwhile.
+        match client.lease_keep_alive(id).await {
+            Ok(k) => {
+                deadline = Some(sent + seconds(c.ttl_seconds));
+                keep_alive = Some(k);
                 debug!(lease = id, "the lease outlived the reconnect");
             }
-            _ => *lease = None,
+            // A new lease, a new campaign, a new token.
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => *lease = None,
+            Err(e) => return Err(failed(e)),
         }
     }
     let (id, (mut keeper, mut stream)) = match (*lease, keep_alive) {
@@ -235,7 +237,16 @@ async fn session(
                 token = now;
             }
             answer = stream.message() => {
-                let answer = answer.map_err(failed)?.ok_or_else(|| failed("the keep-alive stream ended"))?;
+                let answer = match answer {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => return Err(failed("the keep-alive stream ended")),
+                    Err(e) => {
+                        if matches!(e, etcd_client::Error::LeaseKeepAliveError(_)) {
+                            *lease = None;
+                        }
+                        return Err(failed(e));
+                    }
+                };
                 let at = sent.pop_front().unwrap_or_else(Instant::now);
                 if answer.ttl() <= 0 {
                     *lease = None;
