@@ -81,6 +81,56 @@ impl Default for OutboxTables {
     }
 }
 
+/// How the workers elect their leader: the `leader_election` section of a configuration file.
+/// The worker turns it into its `LeaderMode` (modes other than the PostgreSQL ones need the
+/// worker's `etcd` or `zookeeper` feature); options set in code win over it.
+///
+/// ```json
+/// { "mode": "etcd", "endpoints": ["http://etcd-1:2379", "http://etcd-2:2379"],
+///   "key_prefix": "/eventrail/billing/worker", "session_timeout_ms": 5000 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeaderElection {
+    /// The mode (default `advisory_lock`).
+    pub mode: LeaderElectionMode,
+    /// etcd's endpoints (`http://host:2379`), or ZooKeeper's servers (`host:2181`, joined into
+    /// one connect string); unused by the PostgreSQL modes.
+    pub endpoints: Vec<String>,
+    /// The prefix of the fleet's keys or nodes (default `/eventrail/<schema>/worker`).
+    pub key_prefix: Option<String>,
+    /// The session timeout in milliseconds (default: the mode's).
+    pub session_timeout_ms: Option<u64>,
+}
+
+impl LeaderElection {
+    /// `mode` with no endpoints and the defaults (set the public fields for the rest).
+    #[must_use]
+    pub fn new(mode: LeaderElectionMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+}
+
+/// A leader election mode, as named in a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaderElectionMode {
+    /// A PostgreSQL session advisory lock.
+    #[default]
+    AdvisoryLock,
+    /// A PostgreSQL lease row.
+    Lease,
+    /// etcd.
+    Etcd,
+    /// ZooKeeper.
+    Zookeeper,
+}
+
 /// The serde form of an [`EventrailConfig`], as read from a file: every field optional.
 ///
 /// ```json
@@ -93,7 +143,8 @@ impl Default for OutboxTables {
 ///   "events_channel": "billing_events",
 ///   "outbox_channel": "billing_outbox",
 ///   "worker_tables": { "consumer_checkpoints": "ops.checkpoints" },
-///   "outbox_tables": { "outbox": "ops.outbox" }
+///   "outbox_tables": { "outbox": "ops.outbox" },
+///   "leader_election": { "mode": "zookeeper", "endpoints": ["zk-1:2181", "zk-2:2181"] }
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +174,8 @@ pub struct ConfigFile {
     pub worker_tables: WorkerTables,
     /// The outbox's tables.
     pub outbox_tables: OutboxTables,
+    /// How the workers elect their leader (default: the advisory lock).
+    pub leader_election: LeaderElection,
 }
 
 impl Default for ConfigFile {
@@ -137,6 +190,7 @@ impl Default for ConfigFile {
             outbox_channel: None,
             worker_tables: WorkerTables::default(),
             outbox_tables: OutboxTables::default(),
+            leader_election: LeaderElection::default(),
         }
     }
 }
@@ -188,6 +242,7 @@ struct Inner {
     outbox_channel: Option<String>,
     worker_tables: WorkerTables,
     outbox_tables: OutboxTables,
+    leader_election: LeaderElection,
     connect: Option<PgConnectOptions>,
     direct: Option<PgConnectOptions>,
     statements: crate::Statements,
@@ -243,6 +298,12 @@ impl EventrailConfigBuilder {
     /// The outbox's table names.
     pub fn outbox_tables(mut self, tables: OutboxTables) -> Self {
         self.file.outbox_tables = tables;
+        self
+    }
+
+    /// How the workers elect their leader.
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.file.leader_election = election;
         self
     }
 
@@ -315,6 +376,7 @@ impl EventrailConfigBuilder {
                 outbox_channel,
                 worker_tables: f.worker_tables,
                 outbox_tables: f.outbox_tables,
+                leader_election: f.leader_election,
                 connect: self.connect,
                 direct: self.direct,
                 statements: f.statements,
@@ -475,6 +537,12 @@ impl EventrailConfig {
     #[must_use]
     pub fn outbox_tables(&self) -> &OutboxTables {
         &self.inner.outbox_tables
+    }
+
+    /// How the workers elect their leader.
+    #[must_use]
+    pub fn leader_election(&self) -> &LeaderElection {
+        &self.inner.leader_election
     }
 
     /// How to connect, when the configuration names a database.

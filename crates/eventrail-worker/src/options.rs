@@ -38,6 +38,72 @@ pub enum LeaderMode {
     ZooKeeper(crate::ZooKeeperElection),
 }
 
+impl LeaderMode {
+    /// The mode of a configuration's `leader_election` section
+    /// ([`EventrailConfig::leader_election`](eventrail_store_postgres::EventrailConfig::leader_election)).
+    /// A worker built without [`WorkerOptions::leader_mode`] takes its store configuration's.
+    ///
+    /// # Errors
+    /// [`WorkerError::InvalidElection`](crate::WorkerError::InvalidElection) for etcd or
+    /// ZooKeeper without endpoints, or without the cargo feature that brings them.
+    pub fn from_config(
+        election: &eventrail_store_postgres::LeaderElection,
+    ) -> Result<Self, crate::WorkerError> {
+        use eventrail_store_postgres::LeaderElectionMode as Mode;
+        let needs_endpoints = || {
+            if election.endpoints.is_empty() {
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader_election.endpoints is empty",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match election.mode {
+            Mode::Lease => Ok(Self::Lease),
+            #[cfg(feature = "etcd")]
+            Mode::Etcd => {
+                needs_endpoints()?;
+                let mut e = crate::EtcdElection::new(election.endpoints.iter().cloned());
+                if let Some(prefix) = &election.key_prefix {
+                    e = e.key_prefix(prefix.clone());
+                }
+                if let Some(ms) = election.session_timeout_ms {
+                    e = e.session_timeout(Duration::from_millis(ms));
+                }
+                Ok(Self::Etcd(e))
+            }
+            #[cfg(feature = "zookeeper")]
+            Mode::Zookeeper => {
+                needs_endpoints()?;
+                let mut z = crate::ZooKeeperElection::new(election.endpoints.join(","));
+                if let Some(prefix) = &election.key_prefix {
+                    z = z.key_prefix(prefix.clone());
+                }
+                if let Some(ms) = election.session_timeout_ms {
+                    z = z.session_timeout(Duration::from_millis(ms));
+                }
+                Ok(Self::ZooKeeper(z))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Mode::Etcd => {
+                needs_endpoints()?;
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader election on etcd needs eventrail-worker's `etcd` feature",
+                })
+            }
+            #[cfg(not(feature = "zookeeper"))]
+            Mode::Zookeeper => {
+                needs_endpoints()?;
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader election on ZooKeeper needs eventrail-worker's `zookeeper` feature",
+                })
+            }
+            _ => Ok(Self::AdvisoryLock),
+        }
+    }
+}
+
 /// What to do with a failing handler: attempts of one event (the first in its batch, the others
 /// alone) before the consumer is parked at it (shared with the outbox; see
 /// [`eventrail_core::RetryPolicy`]).
@@ -64,6 +130,8 @@ pub struct WorkerOptions {
     pub(crate) batch_timeout: Duration,
     pub(crate) dispatcher: DispatcherStrategy,
     pub(crate) leader_mode: LeaderMode,
+    /// Whether [`WorkerOptions::leader_mode`] set it (else the store configuration's is taken).
+    pub(crate) leader_mode_set: bool,
     /// Taken from the store when the worker is built.
     pub(crate) notify_channel: String,
     /// `None`: the store's configuration's.
@@ -89,6 +157,7 @@ impl Default for WorkerOptions {
             batch_timeout: Duration::from_secs(30),
             dispatcher: DispatcherStrategy::Notify,
             leader_mode: LeaderMode::AdvisoryLock,
+            leader_mode_set: false,
             notify_channel: String::new(),
             tables: None,
             retry: RetryPolicy::default(),
@@ -174,8 +243,12 @@ impl WorkerOptions {
     }
 
     /// How leaders are elected: advisory lock (the default), lease row, etcd or ZooKeeper.
+    ///
+    /// Unset, the worker takes its store configuration's `leader_election` (see
+    /// [`LeaderMode::from_config`]), which is the advisory lock unless configured.
     pub fn leader_mode(mut self, mode: LeaderMode) -> Self {
         self.leader_mode = mode;
+        self.leader_mode_set = true;
         self
     }
 

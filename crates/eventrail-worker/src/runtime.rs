@@ -68,7 +68,8 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`WorkerError::InvalidConsumer`] for an empty or repeated consumer name,
-    /// [`WorkerError::Config`] for a refused table or channel name.
+    /// [`WorkerError::Config`] for a refused table or channel name,
+    /// [`WorkerError::InvalidElection`] for a configured leader election that cannot work.
     pub fn build(self) -> Result<Worker, WorkerError> {
         let mut seen = std::collections::HashSet::new();
         for c in &self.consumers {
@@ -95,6 +96,10 @@ impl WorkerBuilder {
                 options.dispatcher = crate::DispatcherStrategy::Poll;
             }
             None => {}
+        }
+        if !options.leader_mode_set {
+            options.leader_mode =
+                crate::LeaderMode::from_config(self.store.config().leader_election())?;
         }
         let names = options
             .tables

@@ -519,3 +519,82 @@ async fn the_postgres_modes_hand_out_growing_tokens_and_a_stale_one_is_refused()
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_takes_its_leader_election_from_the_json_configuration() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let prefix = format!("/eventrail-tests/{}", db.name);
+    let file: eventrail_store_postgres::ConfigFile = serde_json::from_value(serde_json::json!({
+        "leader_election": {
+            "mode": "etcd",
+            "endpoints": [Service::Etcd.shared()],
+            "key_prefix": prefix,
+            "session_timeout_ms": 3000
+        }
+    }))?;
+    let config = eventrail_store_postgres::EventrailConfig::from_file_contents(file)?;
+    let store = eventrail_store_postgres::PgEventStore::from_config(
+        eventrail_devdb::pool(&db.url, 4)?,
+        &config,
+    )?;
+    let worker = Worker::builder(store, db.config())
+        .options(
+            WorkerOptions::new()
+                .heartbeat_interval(Duration::from_millis(100))
+                .rebalance_interval(Duration::from_millis(100)),
+        )
+        .consumer(Recorder::new("c0", "w"))
+        .build()?;
+    let id = worker.id();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let admin = admin(&db)?;
+    eventually(20, "the worker to lead through etcd", || {
+        leads_and_runs_everything(&admin, id)
+    })
+    .await?;
+    // Led through etcd: its leader key's create revision is the stored token, and no advisory
+    // lock was taken.
+    let client = db.client().await?;
+    let mut etcd = etcd_client::Client::connect([Service::Etcd.shared()], None).await?;
+    let key = etcd
+        .get(format!("{prefix}/leader"), None)
+        .await?
+        .kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.create_revision()))
+        .ok_or_else(|| anyhow::anyhow!("no leader key in etcd"))?;
+    assert_eq!(
+        key.0,
+        id.to_string().into_bytes(),
+        "the leader key names the worker"
+    );
+    assert_eq!(
+        fence(&client).await?,
+        key.1,
+        "the token is the key's create revision"
+    );
+    stop.cancel();
+    task.await??;
+    // Shutdown revoked the lease: the key is gone at once.
+    assert!(
+        etcd.get(format!("{prefix}/leader"), None)
+            .await?
+            .kvs()
+            .is_empty(),
+        "the leader key is deleted on shutdown"
+    );
+
+    let file: eventrail_store_postgres::ConfigFile =
+        serde_json::from_str(r#"{ "leader_election": { "mode": "zookeeper" } }"#)?;
+    let config = eventrail_store_postgres::EventrailConfig::from_file_contents(file)?;
+    let store = eventrail_store_postgres::PgEventStore::from_config(
+        eventrail_devdb::pool(&db.url, 4)?,
+        &config,
+    )?;
+    match Worker::builder(store, db.config()).build() {
+        Err(eventrail_worker::WorkerError::InvalidElection { .. }) => {}
+        other => anyhow::bail!("expected an invalid election (no endpoints), got {other:?}"),
+    }
+    Ok(())
+}
