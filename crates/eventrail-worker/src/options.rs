@@ -301,6 +301,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_configured_leader_election_becomes_a_leader_mode() {
+        use eventrail_store_postgres::{LeaderElection, LeaderElectionMode as Mode};
+        let mode = |m| LeaderMode::from_config(&LeaderElection::new(m));
+        assert_eq!(mode(Mode::AdvisoryLock).unwrap(), LeaderMode::AdvisoryLock);
+        assert_eq!(mode(Mode::Lease).unwrap(), LeaderMode::Lease);
+        // etcd and ZooKeeper need endpoints (and their feature).
+        assert!(matches!(
+            mode(Mode::Etcd),
+            Err(crate::WorkerError::InvalidElection { .. })
+        ));
+        assert!(matches!(
+            mode(Mode::Zookeeper),
+            Err(crate::WorkerError::InvalidElection { .. })
+        ));
+        let mut zk = LeaderElection::new(Mode::Zookeeper);
+        zk.endpoints = vec!["zk-1:2181".into(), "zk-2:2181".into()];
+        zk.session_timeout_ms = Some(4000);
+        #[cfg(feature = "zookeeper")]
+        assert_eq!(
+            LeaderMode::from_config(&zk).unwrap(),
+            LeaderMode::ZooKeeper(
+                crate::ZooKeeperElection::new("zk-1:2181,zk-2:2181")
+                    .session_timeout(Duration::from_secs(4))
+            )
+        );
+        #[cfg(not(feature = "zookeeper"))]
+        assert!(LeaderMode::from_config(&zk).is_err());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let r = RetryPolicy {
             max_attempts: 9,

@@ -150,14 +150,37 @@ async fn elect_one_of_two(
     Ok(if leader == p1.id { (p1, p2) } else { (p2, p1) })
 }
 
+/// A test's database with the `handled` table, a store, an admin and a client.
+struct Fixture {
+    db: TestDb,
+    client: tokio_postgres::Client,
+    store: eventrail_store_postgres::PgEventStore,
+    admin: WorkerAdmin,
+}
+
+impl Fixture {
+    async fn new() -> anyhow::Result<Self> {
+        let db = TestDb::new().await?;
+        let client = db.client().await?;
+        create_handled(&client).await?;
+        Ok(Self {
+            store: db.store(),
+            admin: admin(&db)?,
+            client,
+            db,
+        })
+    }
+}
+
 async fn a_leader_is_elected_and_a_killed_one_is_replaced_within_the_session_timeout(
     service: Service,
 ) -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let client = db.client().await?;
-    create_handled(&client).await?;
-    let store = db.store();
-    let admin = admin(&db)?;
+    let Fixture {
+        db,
+        client,
+        store,
+        admin,
+    } = Fixture::new().await?;
     let command = service.command(&service.shared(), &db);
     let (mut leader, follower) = elect_one_of_two(&db, &admin, &command).await?;
     // The leader's token (ZooKeeper's first candidate node is number 0).
@@ -194,11 +217,12 @@ async fn a_leader_is_elected_and_a_killed_one_is_replaced_within_the_session_tim
 async fn a_frozen_leader_is_deposed_and_a_write_with_its_token_is_refused(
     service: Service,
 ) -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let client = db.client().await?;
-    create_handled(&client).await?;
-    let store = db.store();
-    let admin = admin(&db)?;
+    let Fixture {
+        db,
+        client,
+        store,
+        admin,
+    } = Fixture::new().await?;
     let command = service.command(&service.shared(), &db);
     let (leader, follower) = elect_one_of_two(&db, &admin, &command).await?;
     let old = fence(&client).await?;
@@ -327,11 +351,12 @@ impl Own {
 async fn the_server_frozen_or_stopped_suspends_leadership_at_once_and_a_leader_follows(
     service: Service,
 ) -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let client = db.client().await?;
-    create_handled(&client).await?;
-    let store = db.store();
-    let admin = admin(&db)?;
+    let Fixture {
+        db,
+        client,
+        store,
+        admin,
+    } = Fixture::new().await?;
     let mut server = Own::start(service).await?;
     let command = service.command(&server.address(), &db);
     let (leader, mut follower) = elect_one_of_two(&db, &admin, &command).await?;

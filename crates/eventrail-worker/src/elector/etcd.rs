@@ -18,11 +18,11 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
-use super::{External, Grant, check_prefix, default_prefix, publish, suspend_after};
+use super::{External, Grant, back_off, check_prefix, default_prefix, publish, suspend_after};
 use crate::WorkerError;
-use crate::runtime::{Shared, reconnect_backoff, sleep_or_cancel};
+use crate::runtime::Shared;
 
 /// Leader election on etcd (feature `etcd`), for
 /// [`LeaderMode::Etcd`](crate::LeaderMode::Etcd).
@@ -125,11 +125,10 @@ pub(super) fn start(shared: &Shared, settings: &EtcdElection) -> Result<External
         tick: suspend / 3,
         options: shared.options.clone(),
     };
-    let (state, receiver) = watch::channel(None);
-    let stop = CancellationToken::new();
     let span = info_span!("etcd_election", key = %campaign.key);
-    let task = tokio::spawn(run(campaign, state, stop.clone()).instrument(span));
-    Ok(External::new(receiver, stop, task))
+    Ok(External::spawn(span, |state, stop| {
+        run(campaign, state, stop)
+    }))
 }
 
 /// Campaigns until `stop`, reconnecting with backoff; hands the lease back at the end.
@@ -142,10 +141,7 @@ async fn run(c: Campaign, state: watch::Sender<Option<Grant>>, stop: Cancellatio
         match outcome {
             Ok(()) => return,
             Err(e) => {
-                failures = failures.saturating_add(1);
-                let wait = reconnect_backoff(&c.options, failures);
-                warn!(error = %crate::error::chain(&e), failures, retry_in = ?wait, "etcd election interrupted: leadership suspended");
-                if sleep_or_cancel(wait, &stop).await {
+                if back_off(&e, &mut failures, &c.options, &stop).await {
                     return;
                 }
             }

@@ -149,23 +149,45 @@ pub(crate) struct External {
 }
 
 impl External {
-    /// Wraps a campaign task that publishes on `state` and ends (handing leadership back) when
-    /// `stop` is cancelled.
+    /// Spawns `run(state, stop)`, a campaign task that publishes its grant on `state` and ends
+    /// (handing leadership back) when `stop` is cancelled.
     #[cfg_attr(
         not(any(feature = "etcd", feature = "zookeeper")),
         expect(dead_code, reason = "built only with an external elector's feature")
     )]
-    pub(crate) fn new(
-        state: watch::Receiver<Option<Grant>>,
-        stop: tokio_util::sync::CancellationToken,
-        task: tokio::task::JoinHandle<()>,
-    ) -> Self {
+    pub(crate) fn spawn<F, Fut>(span: tracing::Span, run: F) -> Self
+    where
+        F: FnOnce(watch::Sender<Option<Grant>>, tokio_util::sync::CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use tracing::Instrument;
+        let (state, receiver) = watch::channel(None);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(run(state, stop.clone()).instrument(span));
         Self {
-            state,
+            state: receiver,
             stop,
             task: Some(task),
         }
     }
+}
+
+/// After an external elector's session failed (leadership is suspended meanwhile): logs it and
+/// waits the reconnect backoff. Returns whether `stop` was cancelled during the wait.
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "zookeeper")),
+    expect(dead_code, reason = "built only with an external elector's feature")
+)]
+pub(crate) async fn back_off(
+    error: &WorkerError,
+    failures: &mut u32,
+    options: &crate::WorkerOptions,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    *failures = failures.saturating_add(1);
+    let wait = crate::runtime::reconnect_backoff(options, *failures);
+    tracing::warn!(error = %crate::error::chain(error), failures = *failures, retry_in = ?wait, "leader election interrupted: leadership suspended");
+    crate::runtime::sleep_or_cancel(wait, stop).await
 }
 
 impl Elector for External {

@@ -25,13 +25,7 @@ impl PgElector {
     async fn take_token(cx: &Context<'_>) -> Result<Option<i64>, WorkerError> {
         let shared = cx.shared;
         let mut client = shared.store.pool().get().await.map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            crate::fence::lock_wait(&shared.options).as_millis().max(1)
-        ))
-        .await
-        .map_err(db)?;
+        let tx = short_lock_wait(&mut client, &shared.options).await?;
         let row = match tx
             .query_one(
                 &format!(
@@ -51,6 +45,22 @@ impl PgElector {
     }
 }
 
+/// A transaction that waits only briefly for row locks (another leader's rebalance may hold
+/// the leader row).
+async fn short_lock_wait<'c>(
+    client: &'c mut deadpool_postgres::Object,
+    options: &crate::WorkerOptions,
+) -> Result<deadpool_postgres::Transaction<'c>, WorkerError> {
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        crate::fence::lock_wait(options).as_millis().max(1)
+    ))
+    .await
+    .map_err(db)?;
+    Ok(tx)
+}
+
 impl Elector for PgElector {
     async fn campaign(&mut self, cx: &Context<'_>) -> Result<Option<Grant>, WorkerError> {
         let shared = cx.shared;
@@ -62,14 +72,8 @@ impl Elector for PgElector {
             LeaderMode::Lease => {
                 let ttl = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
                 let mut client = shared.store.pool().get().await.map_err(db)?;
-                let tx = client.transaction().await.map_err(db)?;
                 // A leader's rebalance holds the row FOR SHARE while it writes: wait only briefly.
-                tx.batch_execute(&format!(
-                    "SET LOCAL lock_timeout = {}",
-                    crate::fence::lock_wait(&shared.options).as_millis().max(1)
-                ))
-                .await
-                .map_err(db)?;
+                let tx = short_lock_wait(&mut client, &shared.options).await?;
                 // A takeover (not a renewal of a current lease) takes the next token.
                 let row = match tx
                     .query_opt(

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 use zookeeper_client::{Acls, Client, CreateMode, SessionState};
 
-use super::{External, Grant, check_prefix, default_prefix, publish, suspend_after};
+use super::{External, Grant, back_off, check_prefix, default_prefix, publish, suspend_after};
 use crate::WorkerError;
-use crate::runtime::{Shared, reconnect_backoff, sleep_or_cancel};
+use crate::runtime::Shared;
 
 /// Leader election on ZooKeeper (feature `zookeeper`), for
 /// [`LeaderMode::ZooKeeper`](crate::LeaderMode::ZooKeeper).
@@ -104,11 +104,10 @@ pub(super) fn start(
         suspend: suspend_after(settings.session_timeout),
         options: shared.options.clone(),
     };
-    let (state, receiver) = watch::channel(None);
-    let stop = CancellationToken::new();
     let span = info_span!("zookeeper_election", path = %campaign.path);
-    let task = tokio::spawn(run(campaign, state, stop.clone()).instrument(span));
-    Ok(External::new(receiver, stop, task))
+    Ok(External::spawn(span, |state, stop| {
+        run(campaign, state, stop)
+    }))
 }
 
 async fn run(c: Campaign, state: watch::Sender<Option<Grant>>, stop: CancellationToken) {
@@ -119,10 +118,7 @@ async fn run(c: Campaign, state: watch::Sender<Option<Grant>>, stop: Cancellatio
         match outcome {
             Ok(()) => return,
             Err(e) => {
-                failures = failures.saturating_add(1);
-                let wait = reconnect_backoff(&c.options, failures);
-                warn!(error = %crate::error::chain(&e), failures, retry_in = ?wait, "ZooKeeper election interrupted: leadership suspended");
-                if sleep_or_cancel(wait, &stop).await {
+                if back_off(&e, &mut failures, &c.options, &stop).await {
                     return;
                 }
             }
