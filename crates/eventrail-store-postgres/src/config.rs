@@ -446,8 +446,10 @@ impl EventrailConfig {
 
     /// From the environment: `EVENTRAIL_SCHEMA`, `EVENTRAIL_NOTIFY` (`true`/`false`),
     /// `EVENTRAIL_EVENTS_CHANNEL`, `EVENTRAIL_OUTBOX_CHANNEL`, `EVENTRAIL_STATEMENTS`
-    /// (`cached`/`unnamed`), `DATABASE_URL` and `EVENTRAIL_DIRECT_DATABASE_URL`; unset variables
-    /// keep their defaults.
+    /// (`cached`/`unnamed`), `DATABASE_URL`, `EVENTRAIL_DIRECT_DATABASE_URL`, and the leader
+    /// election: `EVENTRAIL_LEADER_ELECTION` (`advisory_lock`, `lease`, `etcd`, `zookeeper`),
+    /// `EVENTRAIL_LEADER_ENDPOINTS` (comma-separated), `EVENTRAIL_LEADER_KEY_PREFIX` and
+    /// `EVENTRAIL_LEADER_SESSION_TIMEOUT_MS`; unset variables keep their defaults.
     ///
     /// # Errors
     /// [`ConfigFileError`] naming the variable or value that is wrong.
@@ -489,6 +491,36 @@ impl EventrailConfig {
                     });
                 }
             };
+        }
+        if let Some(mode) = var("EVENTRAIL_LEADER_ELECTION") {
+            file.leader_election.mode = match mode.as_str() {
+                "advisory_lock" => LeaderElectionMode::AdvisoryLock,
+                "lease" => LeaderElectionMode::Lease,
+                "etcd" => LeaderElectionMode::Etcd,
+                "zookeeper" => LeaderElectionMode::Zookeeper,
+                _ => {
+                    return Err(ConfigFileError::Environment {
+                        name: "EVENTRAIL_LEADER_ELECTION",
+                        reason: "expected advisory_lock, lease, etcd or zookeeper",
+                    });
+                }
+            };
+        }
+        if let Some(endpoints) = var("EVENTRAIL_LEADER_ENDPOINTS") {
+            file.leader_election.endpoints = endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        file.leader_election.key_prefix = var("EVENTRAIL_LEADER_KEY_PREFIX");
+        if let Some(ms) = var("EVENTRAIL_LEADER_SESSION_TIMEOUT_MS") {
+            file.leader_election.session_timeout_ms =
+                Some(ms.parse().map_err(|_| ConfigFileError::Environment {
+                    name: "EVENTRAIL_LEADER_SESSION_TIMEOUT_MS",
+                    reason: "expected milliseconds",
+                })?);
         }
         file.events_channel = var("EVENTRAIL_EVENTS_CHANNEL");
         file.outbox_channel = var("EVENTRAIL_OUTBOX_CHANNEL");
@@ -680,6 +712,47 @@ mod tests {
         assert!(matches!(
             EventrailConfig::from_vars(env(&[("EVENTRAIL_SCHEMA", "Bad")])),
             Err(ConfigFileError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_leader_election_comes_from_json_or_the_environment() {
+        let file: ConfigFile = serde_json::from_str(
+            r#"{ "leader_election": { "mode": "etcd", "endpoints": ["http://e1:2379"], "session_timeout_ms": 4000 } }"#,
+        )
+        .unwrap();
+        let c = EventrailConfig::from_file_contents(file).unwrap();
+        assert_eq!(c.leader_election().mode, LeaderElectionMode::Etcd);
+        assert_eq!(c.leader_election().endpoints, ["http://e1:2379"]);
+        assert_eq!(c.leader_election().session_timeout_ms, Some(4000));
+        assert_eq!(
+            EventrailConfig::default_config().leader_election(),
+            &LeaderElection::default()
+        );
+        assert!(
+            serde_json::from_str::<ConfigFile>(r#"{ "leader_election": { "mode": "raft" } }"#)
+                .is_err()
+        );
+        let vars = [
+            ("EVENTRAIL_LEADER_ELECTION", "zookeeper"),
+            ("EVENTRAIL_LEADER_ENDPOINTS", "zk-1:2181, zk-2:2181"),
+            ("EVENTRAIL_LEADER_KEY_PREFIX", "/apps/billing"),
+        ];
+        let c = EventrailConfig::from_vars(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let e = c.leader_election();
+        assert_eq!(e.mode, LeaderElectionMode::Zookeeper);
+        assert_eq!(e.endpoints, ["zk-1:2181", "zk-2:2181"]);
+        assert_eq!(e.key_prefix.as_deref(), Some("/apps/billing"));
+        assert!(matches!(
+            EventrailConfig::from_vars(
+                |name| (name == "EVENTRAIL_LEADER_ELECTION").then(|| "raft".to_owned())
+            ),
+            Err(ConfigFileError::Environment { .. })
         ));
     }
 }
