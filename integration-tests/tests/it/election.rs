@@ -219,7 +219,7 @@ async fn a_frozen_leader_is_deposed_and_a_write_with_its_token_is_refused(
 ) -> anyhow::Result<()> {
     let Fixture {
         db,
-        client,
+        mut client,
         store,
         admin,
     } = Fixture::new().await?;
@@ -264,8 +264,7 @@ async fn a_frozen_leader_is_deposed_and_a_write_with_its_token_is_refused(
         "{refused:?}"
     );
     // The current leader's token passes the same check (the refusal is about the token).
-    let mut tx_client = db.client().await?;
-    let tx = tx_client.transaction().await?;
+    let tx = client.transaction().await?;
     tx.execute(
         "UPDATE eventrail.consumer_assignments SET leader_token = $1 WHERE consumer = 'c0'",
         &[&new],
