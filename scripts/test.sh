@@ -9,6 +9,11 @@ bash scripts/ensure-message-db.sh
 bash scripts/ensure-pgbouncer.sh
 # NATS JetStream and RabbitMQ, for the outbox's broker tests (they fail without them).
 bash scripts/ensure-brokers.sh
+# etcd and ZooKeeper, for the worker's leader election tests (they fail without them).
+bash scripts/ensure-etcd.sh
+bash scripts/ensure-zookeeper.sh
+# protoc, for etcd-client's build (the `etcd` feature).
+bash scripts/ensure-build-tools.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -1,5 +1,6 @@
-//! Servers of a test's own, which it may kill and restart: a throwaway PostgreSQL cluster and a
-//! nats-server with JetStream, each on a free port (never the shared ones).
+//! Servers of a test's own, which it may kill and restart: a throwaway PostgreSQL cluster, a
+//! nats-server with JetStream, an etcd and a ZooKeeper server, each on a free port (never the
+//! shared ones).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -178,5 +179,215 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a server's process.
+fn signal(child: Option<&Child>, what: &str, signal: &str) -> anyhow::Result<()> {
+    let child = child.ok_or_else(|| anyhow::anyhow!("{what} is not running"))?;
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {what} failed");
+    Ok(())
+}
+
+/// SIGKILLs a server (resumed first, in case a test left it frozen), then reaps it.
+fn kill_child(child: Option<Child>) -> anyhow::Result<()> {
+    if let Some(mut child) = child {
+        let _ = Command::new("kill")
+            .args(["-CONT", &child.id().to_string()])
+            .status();
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(())
+}
+
+/// Waits until `port` on 127.0.0.1 accepts connections.
+async fn accepting(what: &str, port: u16) -> anyhow::Result<()> {
+    let address = format!("127.0.0.1:{port}");
+    eventually(30, &format!("{what} accepting connections"), || async {
+        Ok(tokio::net::TcpStream::connect(&address).await.is_ok())
+    })
+    .await
+}
+
+/// An etcd server of its own (one member), on free ports, with its data in a temporary
+/// folder, so that a test can freeze, kill and restart it (never the shared one).
+#[derive(Debug)]
+pub struct EtcdServer {
+    port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts one and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When etcd is not installed or does not start.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("eventrail-etcd-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self {
+            port: free_port()?,
+            peer_port: free_port()?,
+            dir,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Its client endpoint.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same ports and data) and waits until it accepts.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not accept within 30 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("test={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("etcd.log"))?)
+            .spawn()
+            .context("etcd must be installed (scripts/ensure-etcd.sh installs it)")?;
+        self.child = Some(child);
+        accepting("etcd", self.port).await
+    }
+
+    /// Sends `signal` (`STOP` freezes it with its connections open, `CONT` resumes it).
+    ///
+    /// # Errors
+    /// When it is not running or the signal cannot be sent.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        signal(self.child.as_ref(), "etcd", sig)
+    }
+
+    /// SIGKILLs the server, as in a crash.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        kill_child(self.child.take())
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A standalone ZooKeeper server of its own (Debian's `zookeeperd` jars), on a free port with
+/// a 500 ms tick (session timeouts from 1 s), its data in a temporary folder, so that a test
+/// can freeze, kill and restart it (never the shared one).
+#[derive(Debug)]
+pub struct ZooKeeperServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Where Debian's `zookeeper` package puts its jar (its manifest names the dependencies).
+pub const ZOOKEEPER_CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar";
+
+impl ZooKeeperServer {
+    /// Starts one and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When ZooKeeper (and Java) are not installed or it does not start.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("eventrail-zookeeper-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(dir.join("data"))?;
+        let port = free_port()?;
+        std::fs::write(
+            dir.join("zoo.cfg"),
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 minSessionTimeout=1000\nmaxSessionTimeout=30000\nadmin.enableServer=false\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Its connect string.
+    #[must_use]
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and data) and waits until it accepts.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not accept within 30 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            Path::new("/usr/share/java/zookeeper.jar").exists(),
+            "ZooKeeper must be installed (scripts/ensure-zookeeper.sh installs zookeeperd)"
+        );
+        let child = Command::new("java")
+            .args(["-cp", ZOOKEEPER_CLASSPATH])
+            .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(self.dir.join("zoo.cfg"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("zookeeper.log"))?)
+            .spawn()
+            .context("java must be installed (scripts/ensure-zookeeper.sh installs zookeeperd)")?;
+        self.child = Some(child);
+        accepting("ZooKeeper", self.port).await
+    }
+
+    /// Sends `signal` (`STOP` freezes it with its connections open, `CONT` resumes it).
+    ///
+    /// # Errors
+    /// When it is not running or the signal cannot be sent.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        signal(self.child.as_ref(), "ZooKeeper", sig)
+    }
+
+    /// SIGKILLs the server, as in a crash.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        kill_child(self.child.take())
+    }
+}
+
+impl Drop for ZooKeeperServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

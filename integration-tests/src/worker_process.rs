@@ -9,6 +9,9 @@
 //! - `EVENTRAIL_TEST_HOLD_DIR`: while the file `hold` in that folder names a consumer, that
 //!   consumer's handler creates `entered-<worker name>` there and waits (mid-batch, its
 //!   transaction open) until `hold` is removed;
+//! - `EVENTRAIL_TEST_ELECTOR`: `etcd <endpoint>` or `zookeeper <connect string>` elects the
+//!   leader there (else the advisory lock), with `EVENTRAIL_TEST_ELECTION_PREFIX` as the key
+//!   prefix and `EVENTRAIL_TEST_SESSION_TIMEOUT_MS` as the session timeout when set;
 //! - `RUST_LOG`: the worker's logs on stderr.
 
 use std::path::PathBuf;
@@ -62,6 +65,42 @@ fn millis(var: &str) -> anyhow::Result<Option<Duration>> {
         .transpose()
 }
 
+/// The leader mode of `EVENTRAIL_TEST_ELECTOR` (see the module's documentation).
+fn elector_from_env() -> anyhow::Result<Option<eventrail_worker::LeaderMode>> {
+    use eventrail_worker::{EtcdElection, LeaderMode, ZooKeeperElection};
+    let Ok(spec) = std::env::var("EVENTRAIL_TEST_ELECTOR") else {
+        return Ok(None);
+    };
+    let prefix = std::env::var("EVENTRAIL_TEST_ELECTION_PREFIX").ok();
+    let timeout = millis("EVENTRAIL_TEST_SESSION_TIMEOUT_MS")?;
+    let mode = match spec.split_once(' ') {
+        Some(("etcd", endpoint)) => {
+            let mut e = EtcdElection::new([endpoint]);
+            if let Some(p) = prefix {
+                e = e.key_prefix(p);
+            }
+            if let Some(t) = timeout {
+                e = e.session_timeout(t);
+            }
+            LeaderMode::Etcd(e)
+        }
+        Some(("zookeeper", connect)) => {
+            let mut z = ZooKeeperElection::new(connect);
+            if let Some(p) = prefix {
+                z = z.key_prefix(p);
+            }
+            if let Some(t) = timeout {
+                z = z.session_timeout(t);
+            }
+            LeaderMode::ZooKeeper(z)
+        }
+        _ => anyhow::bail!(
+            "EVENTRAIL_TEST_ELECTOR: expected `etcd <endpoint>` or `zookeeper <connect>`, got {spec:?}"
+        ),
+    };
+    Ok(Some(mode))
+}
+
 /// Runs the worker of `args` (`<database-url> <name> <consumers>`) until stdin closes.
 ///
 /// # Errors
@@ -89,6 +128,9 @@ pub async fn run(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     }
     if let Some(d) = millis("EVENTRAIL_TEST_BATCH_TIMEOUT_MS")? {
         options = options.batch_timeout(d);
+    }
+    if let Some(mode) = elector_from_env()? {
+        options = options.leader_mode(mode);
     }
     let hold_dir = std::env::var_os("EVENTRAIL_TEST_HOLD_DIR").map(PathBuf::from);
     let mut builder = Worker::builder(

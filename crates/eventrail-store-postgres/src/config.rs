@@ -81,6 +81,56 @@ impl Default for OutboxTables {
     }
 }
 
+/// How the workers elect their leader: the `leader_election` section of a configuration file.
+/// The worker turns it into its `LeaderMode` (modes other than the PostgreSQL ones need the
+/// worker's `etcd` or `zookeeper` feature); options set in code win over it.
+///
+/// ```json
+/// { "mode": "etcd", "endpoints": ["http://etcd-1:2379", "http://etcd-2:2379"],
+///   "key_prefix": "/eventrail/billing/worker", "session_timeout_ms": 5000 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeaderElection {
+    /// The mode (default `advisory_lock`).
+    pub mode: LeaderElectionMode,
+    /// etcd's endpoints (`http://host:2379`), or ZooKeeper's servers (`host:2181`, joined into
+    /// one connect string); unused by the PostgreSQL modes.
+    pub endpoints: Vec<String>,
+    /// The prefix of the fleet's keys or nodes (default `/eventrail/<schema>/worker`).
+    pub key_prefix: Option<String>,
+    /// The session timeout in milliseconds (default: the mode's).
+    pub session_timeout_ms: Option<u64>,
+}
+
+impl LeaderElection {
+    /// `mode` with no endpoints and the defaults (set the public fields for the rest).
+    #[must_use]
+    pub fn new(mode: LeaderElectionMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+}
+
+/// A leader election mode, as named in a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaderElectionMode {
+    /// A PostgreSQL session advisory lock.
+    #[default]
+    AdvisoryLock,
+    /// A PostgreSQL lease row.
+    Lease,
+    /// etcd.
+    Etcd,
+    /// ZooKeeper.
+    Zookeeper,
+}
+
 /// The serde form of an [`EventrailConfig`], as read from a file: every field optional.
 ///
 /// ```json
@@ -93,7 +143,8 @@ impl Default for OutboxTables {
 ///   "events_channel": "billing_events",
 ///   "outbox_channel": "billing_outbox",
 ///   "worker_tables": { "consumer_checkpoints": "ops.checkpoints" },
-///   "outbox_tables": { "outbox": "ops.outbox" }
+///   "outbox_tables": { "outbox": "ops.outbox" },
+///   "leader_election": { "mode": "zookeeper", "endpoints": ["zk-1:2181", "zk-2:2181"] }
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +174,8 @@ pub struct ConfigFile {
     pub worker_tables: WorkerTables,
     /// The outbox's tables.
     pub outbox_tables: OutboxTables,
+    /// How the workers elect their leader (default: the advisory lock).
+    pub leader_election: LeaderElection,
 }
 
 impl Default for ConfigFile {
@@ -137,6 +190,7 @@ impl Default for ConfigFile {
             outbox_channel: None,
             worker_tables: WorkerTables::default(),
             outbox_tables: OutboxTables::default(),
+            leader_election: LeaderElection::default(),
         }
     }
 }
@@ -188,6 +242,7 @@ struct Inner {
     outbox_channel: Option<String>,
     worker_tables: WorkerTables,
     outbox_tables: OutboxTables,
+    leader_election: LeaderElection,
     connect: Option<PgConnectOptions>,
     direct: Option<PgConnectOptions>,
     statements: crate::Statements,
@@ -243,6 +298,12 @@ impl EventrailConfigBuilder {
     /// The outbox's table names.
     pub fn outbox_tables(mut self, tables: OutboxTables) -> Self {
         self.file.outbox_tables = tables;
+        self
+    }
+
+    /// How the workers elect their leader.
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.file.leader_election = election;
         self
     }
 
@@ -315,6 +376,7 @@ impl EventrailConfigBuilder {
                 outbox_channel,
                 worker_tables: f.worker_tables,
                 outbox_tables: f.outbox_tables,
+                leader_election: f.leader_election,
                 connect: self.connect,
                 direct: self.direct,
                 statements: f.statements,
@@ -384,8 +446,10 @@ impl EventrailConfig {
 
     /// From the environment: `EVENTRAIL_SCHEMA`, `EVENTRAIL_NOTIFY` (`true`/`false`),
     /// `EVENTRAIL_EVENTS_CHANNEL`, `EVENTRAIL_OUTBOX_CHANNEL`, `EVENTRAIL_STATEMENTS`
-    /// (`cached`/`unnamed`), `DATABASE_URL` and `EVENTRAIL_DIRECT_DATABASE_URL`; unset variables
-    /// keep their defaults.
+    /// (`cached`/`unnamed`), `DATABASE_URL`, `EVENTRAIL_DIRECT_DATABASE_URL`, and the leader
+    /// election: `EVENTRAIL_LEADER_ELECTION` (`advisory_lock`, `lease`, `etcd`, `zookeeper`),
+    /// `EVENTRAIL_LEADER_ENDPOINTS` (comma-separated), `EVENTRAIL_LEADER_KEY_PREFIX` and
+    /// `EVENTRAIL_LEADER_SESSION_TIMEOUT_MS`; unset variables keep their defaults.
     ///
     /// # Errors
     /// [`ConfigFileError`] naming the variable or value that is wrong.
@@ -427,6 +491,36 @@ impl EventrailConfig {
                     });
                 }
             };
+        }
+        if let Some(mode) = var("EVENTRAIL_LEADER_ELECTION") {
+            file.leader_election.mode = match mode.as_str() {
+                "advisory_lock" => LeaderElectionMode::AdvisoryLock,
+                "lease" => LeaderElectionMode::Lease,
+                "etcd" => LeaderElectionMode::Etcd,
+                "zookeeper" => LeaderElectionMode::Zookeeper,
+                _ => {
+                    return Err(ConfigFileError::Environment {
+                        name: "EVENTRAIL_LEADER_ELECTION",
+                        reason: "expected advisory_lock, lease, etcd or zookeeper",
+                    });
+                }
+            };
+        }
+        if let Some(endpoints) = var("EVENTRAIL_LEADER_ENDPOINTS") {
+            file.leader_election.endpoints = endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        file.leader_election.key_prefix = var("EVENTRAIL_LEADER_KEY_PREFIX");
+        if let Some(ms) = var("EVENTRAIL_LEADER_SESSION_TIMEOUT_MS") {
+            file.leader_election.session_timeout_ms =
+                Some(ms.parse().map_err(|_| ConfigFileError::Environment {
+                    name: "EVENTRAIL_LEADER_SESSION_TIMEOUT_MS",
+                    reason: "expected milliseconds",
+                })?);
         }
         file.events_channel = var("EVENTRAIL_EVENTS_CHANNEL");
         file.outbox_channel = var("EVENTRAIL_OUTBOX_CHANNEL");
@@ -475,6 +569,12 @@ impl EventrailConfig {
     #[must_use]
     pub fn outbox_tables(&self) -> &OutboxTables {
         &self.inner.outbox_tables
+    }
+
+    /// How the workers elect their leader.
+    #[must_use]
+    pub fn leader_election(&self) -> &LeaderElection {
+        &self.inner.leader_election
     }
 
     /// How to connect, when the configuration names a database.
@@ -612,6 +712,47 @@ mod tests {
         assert!(matches!(
             EventrailConfig::from_vars(env(&[("EVENTRAIL_SCHEMA", "Bad")])),
             Err(ConfigFileError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_leader_election_comes_from_json_or_the_environment() {
+        let file: ConfigFile = serde_json::from_str(
+            r#"{ "leader_election": { "mode": "etcd", "endpoints": ["http://e1:2379"], "session_timeout_ms": 4000 } }"#,
+        )
+        .unwrap();
+        let c = EventrailConfig::from_file_contents(file).unwrap();
+        assert_eq!(c.leader_election().mode, LeaderElectionMode::Etcd);
+        assert_eq!(c.leader_election().endpoints, ["http://e1:2379"]);
+        assert_eq!(c.leader_election().session_timeout_ms, Some(4000));
+        assert_eq!(
+            EventrailConfig::default_config().leader_election(),
+            &LeaderElection::default()
+        );
+        assert!(
+            serde_json::from_str::<ConfigFile>(r#"{ "leader_election": { "mode": "raft" } }"#)
+                .is_err()
+        );
+        let vars = [
+            ("EVENTRAIL_LEADER_ELECTION", "zookeeper"),
+            ("EVENTRAIL_LEADER_ENDPOINTS", "zk-1:2181, zk-2:2181"),
+            ("EVENTRAIL_LEADER_KEY_PREFIX", "/apps/billing"),
+        ];
+        let c = EventrailConfig::from_vars(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let e = c.leader_election();
+        assert_eq!(e.mode, LeaderElectionMode::Zookeeper);
+        assert_eq!(e.endpoints, ["zk-1:2181", "zk-2:2181"]);
+        assert_eq!(e.key_prefix.as_deref(), Some("/apps/billing"));
+        assert!(matches!(
+            EventrailConfig::from_vars(
+                |name| (name == "EVENTRAIL_LEADER_ELECTION").then(|| "raft".to_owned())
+            ),
+            Err(ConfigFileError::Environment { .. })
         ));
     }
 }

@@ -13,8 +13,8 @@ mod statements;
 mod store;
 
 pub use config::{
-    ConfigFile, ConfigFileError, EventrailConfig, EventrailConfigBuilder, OutboxTables,
-    WorkerTables,
+    ConfigFile, ConfigFileError, EventrailConfig, EventrailConfigBuilder, LeaderElection,
+    LeaderElectionMode, OutboxTables, WorkerTables,
 };
 pub use connect::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,

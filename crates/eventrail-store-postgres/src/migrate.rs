@@ -48,6 +48,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (5, "outbox_destinations"),
     (6, "append_isolation"),
     (7, "append_keys_and_privileges"),
+    (8, "worker_fencing"),
     (9, "saga"),
 ];
 

@@ -79,6 +79,23 @@ pub enum WorkerError {
         /// The head of the log.
         head: u64,
     },
+    /// The leader election settings can never work (no endpoint, a key prefix that is not an
+    /// absolute path): fix the [`LeaderMode`](crate::LeaderMode).
+    #[error("invalid leader election settings: {reason}")]
+    InvalidElection {
+        /// Why.
+        reason: &'static str,
+    },
+    /// The coordination service (etcd, ZooKeeper) failed or could not be reached; the worker
+    /// keeps retrying and leads only once it answers again.
+    #[error("leader election on {service} failed")]
+    Election {
+        /// `etcd` or `zookeeper`.
+        service: &'static str,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
     /// The database or the connection failed.
     #[error("worker database operation failed")]
     Database(#[source] BoxError),
@@ -109,7 +126,7 @@ impl WorkerError {
         match self {
             Self::Store(e) => e.is_retryable(),
             Self::Connect(e) => e.is_retryable(),
-            Self::SessionLost(_) | Self::Timeout { .. } => true,
+            Self::SessionLost(_) | Self::Timeout { .. } | Self::Election { .. } => true,
             Self::Database(_) => self
                 .database_error()
                 .is_none_or(eventrail_core::DatabaseError::is_retryable),

@@ -161,6 +161,81 @@ pub(crate) async fn depose_stale_leader(
     Ok(!rows.is_empty())
 }
 
+/// In the rebalance transaction of the leader holding `grant`: raises the stored fencing token
+/// to the grant's, or finds it higher (a later leader has written: this one is deposed). An
+/// external elector's leader also records itself (worker and expiry) in the leader row, for
+/// `eventrail status`. See [`crate::elector`] for why the token only grows.
+///
+/// # Errors
+/// [`WorkerError::Database`].
+pub(crate) async fn raise_fence(
+    tx: &tokio_postgres::Transaction<'_>,
+    shared: &Shared,
+    grant: crate::elector::Grant,
+    external: bool,
+) -> Result<crate::elector::Check, WorkerError> {
+    use crate::elector::Check;
+    let leader = &shared.tables.leader;
+    let validity = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
+    let outcome = if external {
+        tx.query_opt(
+            &format!(
+                "UPDATE {leader} SET fencing_token = $1, worker_id = $2, expires_at = clock_timestamp() + $3::text::interval
+                 WHERE id = 1 AND fencing_token <= $1 RETURNING fencing_token"
+            ),
+            &[&grant.token, &shared.id, &validity],
+        )
+        .await
+        .map(|row| row.map(|r| r.get::<_, i64>(0)))
+    } else {
+        // The PostgreSQL electors took their token in the leader row already.
+        tx.query_opt(
+            &format!("SELECT fencing_token FROM {leader} WHERE id = 1"),
+            &[],
+        )
+        .await
+        .map(|row| row.map(|r| r.get::<_, i64>(0)))
+    };
+    let stored = match outcome {
+        Ok(stored) => stored,
+        Err(e) if is_lock_busy(&e) => return Ok(Check::Busy),
+        Err(e) => return Err(db(e)),
+    };
+    match stored {
+        Some(stored) if stored <= grant.token => {
+            // Only after an operator reset the fence, in the PostgreSQL modes.
+            if stored < grant.token {
+                tx.execute(
+                    &format!(
+                        "UPDATE {leader} SET fencing_token = $1 WHERE id = 1 AND fencing_token < $1"
+                    ),
+                    &[&grant.token],
+                )
+                .await
+                .map_err(db)?;
+            }
+        }
+        _ => {
+            let stored: Option<i64> = tx
+                .query_opt(
+                    &format!("SELECT fencing_token FROM {leader} WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(db)?
+                .map(|r| r.get(0));
+            warn!(
+                token = grant.token,
+                stored = ?stored,
+                "a leader with a higher fencing token has written: this one is deposed (if no other \
+                 worker leads, the coordination service lost its data: reset worker_leader.fencing_token)"
+            );
+            return Ok(Check::Deposed);
+        }
+    }
+    Ok(Check::Leads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,12 @@ pub enum DispatcherStrategy {
     Notify,
 }
 
-/// How a worker takes part in leader election.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a worker takes part in leader election. Every worker of a schema must use the same mode.
+///
+/// Each mode hands its leader a fencing token greater than every earlier leader's; the leader
+/// stores it with the assignments it writes, and a write with a lower token than the stored
+/// one is refused in its own transaction (see the crate's documentation on leader election).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LeaderMode {
     /// A session advisory lock (`pg_try_advisory_lock`) on the worker's own connection: a dead
@@ -22,6 +26,82 @@ pub enum LeaderMode {
     /// replaced when its lease expires. Both modes work behind PgBouncer in transaction pooling
     /// mode; in both, the worker's own session (identity lock) needs a direct connection.
     Lease,
+    /// etcd: a lease that the worker keeps alive and a leader key attached to it; the fencing
+    /// token is the leader key's create revision.
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+    Etcd(crate::EtcdElection),
+    /// ZooKeeper: ephemeral sequential nodes, the lowest leads; the fencing token is its
+    /// sequence number.
+    #[cfg(feature = "zookeeper")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
+    ZooKeeper(crate::ZooKeeperElection),
+}
+
+impl LeaderMode {
+    /// The mode of a configuration's `leader_election` section
+    /// ([`EventrailConfig::leader_election`](eventrail_store_postgres::EventrailConfig::leader_election)).
+    /// A worker built without [`WorkerOptions::leader_mode`] takes its store configuration's.
+    ///
+    /// # Errors
+    /// [`WorkerError::InvalidElection`](crate::WorkerError::InvalidElection) for etcd or
+    /// ZooKeeper without endpoints, or without the cargo feature that brings them.
+    pub fn from_config(
+        election: &eventrail_store_postgres::LeaderElection,
+    ) -> Result<Self, crate::WorkerError> {
+        use eventrail_store_postgres::LeaderElectionMode as Mode;
+        let needs_endpoints = || {
+            if election.endpoints.is_empty() {
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader_election.endpoints is empty",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match election.mode {
+            Mode::Lease => Ok(Self::Lease),
+            #[cfg(feature = "etcd")]
+            Mode::Etcd => {
+                needs_endpoints()?;
+                let mut e = crate::EtcdElection::new(election.endpoints.iter().cloned());
+                if let Some(prefix) = &election.key_prefix {
+                    e = e.key_prefix(prefix.clone());
+                }
+                if let Some(ms) = election.session_timeout_ms {
+                    e = e.session_timeout(Duration::from_millis(ms));
+                }
+                Ok(Self::Etcd(e))
+            }
+            #[cfg(feature = "zookeeper")]
+            Mode::Zookeeper => {
+                needs_endpoints()?;
+                let mut z = crate::ZooKeeperElection::new(election.endpoints.join(","));
+                if let Some(prefix) = &election.key_prefix {
+                    z = z.key_prefix(prefix.clone());
+                }
+                if let Some(ms) = election.session_timeout_ms {
+                    z = z.session_timeout(Duration::from_millis(ms));
+                }
+                Ok(Self::ZooKeeper(z))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Mode::Etcd => {
+                needs_endpoints()?;
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader election on etcd needs eventrail-worker's `etcd` feature",
+                })
+            }
+            #[cfg(not(feature = "zookeeper"))]
+            Mode::Zookeeper => {
+                needs_endpoints()?;
+                Err(crate::WorkerError::InvalidElection {
+                    reason: "leader election on ZooKeeper needs eventrail-worker's `zookeeper` feature",
+                })
+            }
+            _ => Ok(Self::AdvisoryLock),
+        }
+    }
 }
 
 /// What to do with a failing handler: attempts of one event (the first in its batch, the others
@@ -50,6 +130,8 @@ pub struct WorkerOptions {
     pub(crate) batch_timeout: Duration,
     pub(crate) dispatcher: DispatcherStrategy,
     pub(crate) leader_mode: LeaderMode,
+    /// Whether [`WorkerOptions::leader_mode`] set it (else the store configuration's is taken).
+    pub(crate) leader_mode_set: bool,
     /// Taken from the store when the worker is built.
     pub(crate) notify_channel: String,
     /// `None`: the store's configuration's.
@@ -75,6 +157,7 @@ impl Default for WorkerOptions {
             batch_timeout: Duration::from_secs(30),
             dispatcher: DispatcherStrategy::Notify,
             leader_mode: LeaderMode::AdvisoryLock,
+            leader_mode_set: false,
             notify_channel: String::new(),
             tables: None,
             retry: RetryPolicy::default(),
@@ -159,9 +242,13 @@ impl WorkerOptions {
         self
     }
 
-    /// Advisory-lock or lease leadership (default advisory lock).
+    /// How leaders are elected: advisory lock (the default), lease row, etcd or ZooKeeper.
+    ///
+    /// Unset, the worker takes its store configuration's `leader_election` (see
+    /// [`LeaderMode::from_config`]), which is the advisory lock unless configured.
     pub fn leader_mode(mut self, mode: LeaderMode) -> Self {
         self.leader_mode = mode;
+        self.leader_mode_set = true;
         self
     }
 
@@ -212,6 +299,36 @@ impl WorkerOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configured_leader_election_becomes_a_leader_mode() {
+        use eventrail_store_postgres::{LeaderElection, LeaderElectionMode as Mode};
+        let mode = |m| LeaderMode::from_config(&LeaderElection::new(m));
+        assert_eq!(mode(Mode::AdvisoryLock).unwrap(), LeaderMode::AdvisoryLock);
+        assert_eq!(mode(Mode::Lease).unwrap(), LeaderMode::Lease);
+        // etcd and ZooKeeper need endpoints (and their feature).
+        assert!(matches!(
+            mode(Mode::Etcd),
+            Err(crate::WorkerError::InvalidElection { .. })
+        ));
+        assert!(matches!(
+            mode(Mode::Zookeeper),
+            Err(crate::WorkerError::InvalidElection { .. })
+        ));
+        let mut zk = LeaderElection::new(Mode::Zookeeper);
+        zk.endpoints = vec!["zk-1:2181".into(), "zk-2:2181".into()];
+        zk.session_timeout_ms = Some(4000);
+        #[cfg(feature = "zookeeper")]
+        assert_eq!(
+            LeaderMode::from_config(&zk).unwrap(),
+            LeaderMode::ZooKeeper(
+                crate::ZooKeeperElection::new("zk-1:2181,zk-2:2181")
+                    .session_timeout(Duration::from_secs(4))
+            )
+        );
+        #[cfg(not(feature = "zookeeper"))]
+        assert!(LeaderMode::from_config(&zk).is_err());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -18,9 +18,10 @@ use crate::assign::{LiveWorker, assign};
 use crate::consumer::DynConsumer;
 use crate::consumer_loop::{ConsumerContext, run_consumer};
 use crate::dispatcher::run_dispatcher;
+use crate::elector::{AnyElector, Check, Context, Grant};
 use crate::error::db;
 use crate::tables::Tables;
-use crate::{Consumer, LeaderMode, WorkerError, WorkerOptions};
+use crate::{Consumer, WorkerError, WorkerOptions};
 
 /// Advisory lock class of a worker's identity (key: hash of its id).
 pub(crate) const IDENTITY_LOCK: i32 = eventrail_store_postgres::keys::WORKER_IDENTITY_LOCK;
@@ -67,7 +68,8 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`WorkerError::InvalidConsumer`] for an empty or repeated consumer name,
-    /// [`WorkerError::Config`] for a refused table or channel name.
+    /// [`WorkerError::Config`] for a refused table or channel name,
+    /// [`WorkerError::InvalidElection`] for a configured leader election that cannot work.
     pub fn build(self) -> Result<Worker, WorkerError> {
         let mut seen = std::collections::HashSet::new();
         for c in &self.consumers {
@@ -94,6 +96,10 @@ impl WorkerBuilder {
                 options.dispatcher = crate::DispatcherStrategy::Poll;
             }
             None => {}
+        }
+        if !options.leader_mode_set {
+            options.leader_mode =
+                crate::LeaderMode::from_config(self.store.config().leader_election())?;
         }
         let names = options
             .tables
@@ -226,6 +232,7 @@ impl Worker {
             assignments_moved: tokio::sync::Notify::new(),
         });
         let stop = shutdown.child_token();
+        let mut elector = AnyElector::start(&shared)?;
         let Some(first) = establish_first(&shared, &names, &stop).await? else {
             // Shut down before the database ever answered: nothing to hand back.
             info!("worker stopped before it could register");
@@ -241,7 +248,7 @@ impl Worker {
             .map(|c| (c.name().to_owned(), c.clone()))
             .collect();
         let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
-        let mut leader = false;
+        let mut leader: Option<Grant> = None;
         // The liveness checks (a stale leader to depose, stale workers to move consumers away
         // from) run every tick: a twentieth of the heartbeat timeout keeps a frozen process's
         // takeover within about the timeout.
@@ -261,6 +268,8 @@ impl Worker {
                     dead = &mut s.dead => Some(dead.unwrap_or_else(|_| "connection closed".into())),
                     _ = tick.tick() => None,
                     () = shared.assignments_moved.notified() => None,
+                    // Leadership suspended or won: act on it now, not at the next tick.
+                    () = elector.changed() => None,
                 },
             };
             if session.is_none() || lost.is_some() {
@@ -268,11 +277,12 @@ impl Worker {
                 // this worker as dead and move its consumers (whose checkpoint writes are fenced
                 // by epoch meanwhile). Come back as a new member under the same id.
                 let error = lost.unwrap_or_else(|| "connection closed".into());
-                warn!(error = %crate::error::chain(&*error), was_leader = leader, "the worker's session connection was lost; reconnecting");
-                if leader {
+                warn!(error = %crate::error::chain(&*error), was_leader = leader.is_some(), "the worker's session connection was lost; reconnecting");
+                if leader.is_some() {
                     metrics::gauge!("eventrail_worker_leader").set(0.0);
                 }
-                leader = false;
+                leader = None;
+                elector.forget();
                 session = None;
                 metrics::counter!("eventrail_worker_session_reconnects_total").increment(1);
                 match establish(&shared, &names, &stop, false, None).await? {
@@ -296,22 +306,39 @@ impl Worker {
                     Err(e) => warn!(error = %crate::error::chain(&e), "heartbeat failed"),
                 }
             }
-            match take_leadership(&shared, s, leader).await {
-                Ok(now_leader) => {
-                    if now_leader != leader {
-                        info!(leader = now_leader, "leadership changed");
-                        metrics::gauge!("eventrail_worker_leader").set(if now_leader {
+            let cx = Context {
+                shared: &shared,
+                session: s,
+            };
+            match elector.campaign(&cx).await {
+                Ok(now) => {
+                    if now.is_some() != leader.is_some() {
+                        info!(
+                            leader = now.is_some(),
+                            token = now.map(|g| g.token),
+                            "leadership changed"
+                        );
+                        metrics::gauge!("eventrail_worker_leader").set(if now.is_some() {
                             1.0
                         } else {
                             0.0
                         });
+                        if now.is_none() && elector.external() {
+                            step_down(&shared).await;
+                        }
                     }
-                    leader = now_leader;
+                    leader = now;
                 }
                 Err(e) => warn!(error = %crate::error::chain(&e), "leader election failed"),
             }
-            if leader {
-                match rebalance(&shared, s.pid).await {
+            if let Some(grant) = leader {
+                // Abandoned (rolled back) the moment the elector reports the grant lost.
+                let outcome = tokio::select! {
+                    biased;
+                    () = elector.lost(grant) => Ok(Rebalanced::NotLeader),
+                    outcome = rebalance(&shared, &elector, &cx, grant) => outcome,
+                };
+                match outcome {
                     Ok(Rebalanced::Done) => {}
                     Ok(Rebalanced::Busy) => {
                         debug!(
@@ -319,9 +346,16 @@ impl Worker {
                         );
                     }
                     Ok(Rebalanced::NotLeader) => {
-                        warn!("no longer the leader (deposed): the rebalance was refused");
+                        warn!(
+                            token = grant.token,
+                            "no longer the leader (deposed or suspended): the rebalance was refused"
+                        );
                         metrics::gauge!("eventrail_worker_leader").set(0.0);
-                        leader = false;
+                        leader = None;
+                        elector.forget();
+                        if elector.external() {
+                            step_down(&shared).await;
+                        }
                     }
                     Err(e) => warn!(error = %crate::error::chain(&e), "rebalance failed"),
                 }
@@ -340,7 +374,16 @@ impl Worker {
             let _ = r.task.await;
         }
         let _ = dispatcher.await;
-        release(&shared, session.as_ref(), leader).await;
+        // The external elector hands leadership back first (revoking its lease, closing its
+        // session), so the next leader need not wait for a timeout.
+        elector.resign().await;
+        release(
+            &shared,
+            session.as_ref(),
+            leader.is_some(),
+            elector.external(),
+        )
+        .await;
         info!("worker stopped");
         outcome
     }
@@ -409,9 +452,9 @@ pub(crate) async fn connect_session(
 /// The worker's own connection: it holds the identity lock and, in advisory-lock mode,
 /// leadership.
 pub(crate) struct Session {
-    client: Client,
+    pub(crate) client: Client,
     /// Its backend's pid: a rebalance checks that this backend still holds the leader lock.
-    pid: i32,
+    pub(crate) pid: i32,
     /// Resolves when the connection ends.
     dead: tokio::sync::oneshot::Receiver<eventrail_core::BoxError>,
 }
@@ -642,70 +685,6 @@ async fn heartbeat(shared: &Shared) -> Result<bool, WorkerError> {
     Ok(n == 1)
 }
 
-async fn take_leadership(
-    shared: &Shared,
-    session: &Session,
-    leader: bool,
-) -> Result<bool, WorkerError> {
-    match shared.options.leader_mode {
-        LeaderMode::AdvisoryLock => {
-            if leader {
-                // Held until the session ends (or is ended by a candidate because this
-                // worker's heartbeat went stale: the session's death is noticed then).
-                return Ok(true);
-            }
-            let try_lock = || async {
-                session
-                    .client
-                    .query_one(
-                        "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                        &[&LEADER_LOCK, &shared.tables.checkpoints],
-                    )
-                    .await
-                    .map(|row| row.get::<_, bool>(0))
-                    .map_err(db)
-            };
-            if try_lock().await? {
-                return Ok(true);
-            }
-            // Held: by a live leader, or by a frozen one whose session outlives it.
-            if crate::fence::depose_stale_leader(shared, &session.client).await? {
-                return try_lock().await;
-            }
-            Ok(false)
-        }
-        LeaderMode::Lease => {
-            let ttl = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
-            let mut client = shared.store.pool().get().await.map_err(db)?;
-            let tx = client.transaction().await.map_err(db)?;
-            // A leader's rebalance holds the row FOR SHARE while it writes: wait only briefly.
-            tx.batch_execute(&format!(
-                "SET LOCAL lock_timeout = {}",
-                crate::fence::lock_wait(&shared.options).as_millis().max(1)
-            ))
-            .await
-            .map_err(db)?;
-            let n = match tx
-                .execute(
-                    &format!(
-                        "UPDATE {} SET worker_id = $1, expires_at = now() + $2::text::interval
-                         WHERE id = 1 AND (worker_id = $1 OR worker_id IS NULL OR expires_at < now())",
-                        shared.tables.leader
-                    ),
-                    &[&shared.id, &ttl],
-                )
-                .await
-            {
-                Ok(n) => n,
-                Err(e) if crate::fence::is_lock_busy(&e) => return Ok(false),
-                Err(e) => return Err(db(e)),
-            };
-            tx.commit().await.map_err(db)?;
-            Ok(n == 1)
-        }
-    }
-}
-
 /// What a rebalance attempt ended with.
 enum Rebalanced {
     /// Assignments are up to date.
@@ -719,9 +698,16 @@ enum Rebalanced {
 /// The leader's step: recompute assignments over live workers and move what changed.
 ///
 /// Fenced: after locking the assignment rows, and in the same transaction, it checks that this
-/// worker still leads (its session `session_pid` holds the leader lock, or its lease is current
-/// and locked against takeover until commit); a deposed leader writes nothing.
-async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, WorkerError> {
+/// worker still leads (the elector's check: its session holds the leader lock, its lease is
+/// current and locked against takeover until commit, or its external grant holds) and raises
+/// the stored fencing token to its own or finds it higher; every row it writes carries its
+/// token, which a trigger checks again. A deposed leader writes nothing.
+async fn rebalance(
+    shared: &Shared,
+    elector: &AnyElector,
+    cx: &Context<'_>,
+    grant: Grant,
+) -> Result<Rebalanced, WorkerError> {
     let t = &shared.tables;
     let mut client = shared.store.pool().get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
@@ -742,41 +728,21 @@ async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, Work
         Err(e) if crate::fence::is_lock_busy(&e) => return Ok(Rebalanced::Busy),
         Err(e) => return Err(db(e)),
     };
-    let still_leader = match shared.options.leader_mode {
-        LeaderMode::AdvisoryLock => tx
-            .query_one(
-                &format!(
-                    "SELECT {}",
-                    advisory_lock_held(LEADER_LOCK, "$1::text", "AND l.pid = $2")
-                ),
-                &[&t.checkpoints, &session_pid],
-            )
-            .await
-            .map_err(db)?
-            .get::<_, bool>(0),
-        // clock_timestamp(): `now()` is when the transaction began, maybe before a long pause.
-        LeaderMode::Lease => match tx
-            .query_opt(
-                &format!(
-                    "SELECT 1 FROM {} WHERE id = 1 AND worker_id = $1 AND expires_at > clock_timestamp() FOR SHARE",
-                    t.leader
-                ),
-                &[&shared.id],
-            )
-            .await
-        {
-            Ok(row) => row.is_some(),
-            Err(e) if crate::fence::is_lock_busy(&e) => return Ok(Rebalanced::Busy),
-            Err(e) => return Err(db(e)),
-        },
-    };
-    if !still_leader {
-        return Ok(Rebalanced::NotLeader);
+    for check in [
+        elector.still_leads(&tx, cx, grant).await?,
+        crate::fence::raise_fence(&tx, shared, grant, elector.external()).await?,
+    ] {
+        match check {
+            Check::Leads => {}
+            Check::Deposed => return Ok(Rebalanced::NotLeader),
+            Check::Busy => return Ok(Rebalanced::Busy),
+        }
     }
-    let liveness = match shared.options.leader_mode {
+    let liveness = if shared.options.leader_mode == crate::LeaderMode::Lease {
+        String::new()
+    } else {
         // A worker whose session died has lost its identity lock: it is dead at once.
-        LeaderMode::AdvisoryLock => format!("AND {}", identity_lock_held("n.worker_id")),
-        LeaderMode::Lease => String::new(),
+        format!("AND {}", identity_lock_held("n.worker_id"))
     };
     let timeout = format!("{} seconds", shared.options.heartbeat_timeout.as_secs_f64());
     let live: Vec<LiveWorker> = tx
@@ -795,8 +761,8 @@ async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, Work
     for (consumer, worker) in &wanted {
         if current.get(consumer) != Some(worker) {
             tx.execute(
-                &format!("UPDATE {} SET worker_id = $2, epoch = epoch + 1, assigned_at = now() WHERE consumer = $1", t.assignments),
-                &[consumer, worker],
+                &format!("UPDATE {} SET worker_id = $2, epoch = epoch + 1, assigned_at = now(), leader_token = $3 WHERE consumer = $1", t.assignments),
+                &[consumer, worker, &grant.token],
             )
             .await
             .map_err(db)?;
@@ -813,9 +779,18 @@ async fn rebalance(shared: &Shared, session_pid: i32) -> Result<Rebalanced, Work
         .await
         .map_err(db)?;
     }
+    // An external grant is checked once more, the instant before the commit.
+    if elector.external() && elector.still_leads(&tx, cx, grant).await? != Check::Leads {
+        return Ok(Rebalanced::NotLeader);
+    }
     tx.commit().await.map_err(db)?;
     if moved > 0 {
-        info!(moved, live = live.len(), "rebalanced consumers");
+        info!(
+            moved,
+            live = live.len(),
+            token = grant.token,
+            "rebalanced consumers"
+        );
         metrics::counter!("eventrail_worker_rebalanced_total").increment(moved);
     }
     Ok(Rebalanced::Done)
@@ -886,7 +861,7 @@ async fn follow_assignments(
 }
 
 /// Hands everything back at once on shutdown, logging what was and was not released.
-async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
+async fn release(shared: &Shared, session: Option<&Session>, leader: bool, external: bool) {
     let t = &shared.tables;
     let released = async {
         let client = shared.store.pool().get().await.map_err(db)?;
@@ -921,7 +896,7 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
             warn!(error = %crate::error::chain(&e), "removing the registration failed; it stays listed until cleaned up as stale");
         }
         if leader
-            && shared.options.leader_mode == LeaderMode::Lease
+            && (external || shared.options.leader_mode == crate::LeaderMode::Lease)
             && let Err(e) = client
                 .execute_typed(
                     &format!(
@@ -947,6 +922,28 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool) {
             }
         }
         None => debug!("no session to release: its locks ended with it"),
+    }
+}
+
+/// An external elector's leadership ended: the `worker_leader` row stops naming this worker at
+/// once (best effort: it names it only until its expiry otherwise).
+async fn step_down(shared: &Shared) {
+    let outcome = async {
+        let client = shared.store.pool().get().await.map_err(db)?;
+        client
+            .execute_typed(
+                &format!(
+                    "UPDATE {} SET expires_at = '-infinity' WHERE id = 1 AND worker_id = $1",
+                    shared.tables.leader
+                ),
+                &[(&shared.id, Type::UUID)],
+            )
+            .await
+            .map_err(db)
+    }
+    .await;
+    if let Err(e) = outcome {
+        debug!(error = %crate::error::chain(&e), "could not clear the leader row; it expires by itself");
     }
 }
 

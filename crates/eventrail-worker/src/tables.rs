@@ -16,6 +16,14 @@ pub const WORKER_FAULTS_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0004_worker_faults.sql"),
 };
 
+/// The worker's fencing migration (number 8): the leader's fencing token stored with the
+/// assignments it writes, and a trigger refusing a write with a lower token than the stored one.
+pub const WORKER_FENCING_MIGRATION: Migration = Migration {
+    version: 8,
+    name: "worker_fencing",
+    template: include_str!("../../../migrations/0008_worker_fencing.sql"),
+};
+
 /// Validated, quoted, schema-qualified table names.
 #[derive(Debug, Clone)]
 pub(crate) struct Tables {
@@ -103,7 +111,7 @@ pub fn checkpoint_channel(schema: &str) -> String {
 
 /// A migrator for the event store and the worker tables, with these names.
 ///
-/// The names are fixed by the first run on a schema: migrations 2 and 4 are recorded as applied,
+/// The names are fixed by the first run on a schema: migrations 2, 4 and 8 are recorded as applied,
 /// so a later run with other names creates nothing (rename the tables by hand, or use another schema).
 ///
 /// # Errors
@@ -111,7 +119,11 @@ pub fn checkpoint_channel(schema: &str) -> String {
 pub fn worker_migrator(schema: &str, names: &TableNames) -> Result<Migrator, ConfigError> {
     let tables = Tables::new(names, schema)?;
     let mut migrator = Migrator::new(schema)?
-        .with_migrations(&[WORKER_MIGRATION, WORKER_FAULTS_MIGRATION])
+        .with_migrations(&[
+            WORKER_MIGRATION,
+            WORKER_FAULTS_MIGRATION,
+            WORKER_FENCING_MIGRATION,
+        ])
         .with_roles(include_str!(
             "../../../migrations/optional/roles_worker.sql"
         ))
@@ -133,9 +145,13 @@ mod tests {
     #[test]
     fn its_migrations_are_in_the_catalogue() {
         assert!(
-            [WORKER_MIGRATION, WORKER_FAULTS_MIGRATION]
-                .iter()
-                .all(eventrail_store_postgres::is_known_migration)
+            [
+                WORKER_MIGRATION,
+                WORKER_FAULTS_MIGRATION,
+                WORKER_FENCING_MIGRATION
+            ]
+            .iter()
+            .all(eventrail_store_postgres::is_known_migration)
         );
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod config;
 mod devdb;
+mod election;
 mod errors;
 mod gaps;
 mod harness;
