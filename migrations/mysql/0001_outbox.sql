@@ -1,0 +1,56 @@
+-- eventrail transactional outbox on MySQL 8.0.1+ / MariaDB 10.6+ (for FOR UPDATE SKIP LOCKED).
+-- `{outbox}`, `{outbox_keys}` and `{outbox_destinations}` are replaced by validated, quoted
+-- names. Every statement is idempotent: the migrate call may run it again after a failure.
+-- Text is utf8mb4 with a binary collation, so that keys and destinations compare as PostgreSQL's
+-- text does (case and accents matter). Times are UTC DATETIME(6), written with UTC_TIMESTAMP(6),
+-- so that the session time zone never matters. Ids are uuids as BINARY(16). CHECK constraints
+-- stay unnamed: their names are per database in MySQL, and one database may hold two outboxes.
+
+-- One row per message, as in PostgreSQL's outbox: `sequence` orders a partition key's messages,
+-- the lease on a key's oldest unsent row (its head) holds the key.
+CREATE TABLE IF NOT EXISTS {outbox} (
+    sequence         BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    message_id       BINARY(16)   NOT NULL,
+    partition_key    VARCHAR(255) NOT NULL,
+    destination      VARCHAR(255) NOT NULL,
+    headers          LONGTEXT     NOT NULL,
+    payload          LONGBLOB     NOT NULL,
+    content_type     VARCHAR(255) NOT NULL,
+    created_at       DATETIME(6)  NOT NULL,
+    attempts         INT          NOT NULL DEFAULT 0,
+    next_attempt_at  DATETIME(6)  NOT NULL,
+    last_error       LONGTEXT     NULL,
+    state            VARCHAR(7)   NOT NULL DEFAULT 'pending',
+    lease_owner      BINARY(16)   NULL,
+    lease_expires_at DATETIME(6)  NULL,
+    sent_at          DATETIME(6)  NULL,
+    UNIQUE KEY message_id (message_id),
+    -- A key's run in order.
+    KEY partition_key_sequence (partition_key, sequence),
+    -- The heads: unsent rows only, by key (MySQL has no partial indexes).
+    KEY state_partition_key (state, partition_key, sequence),
+    -- Cleanup of sent rows.
+    KEY state_sent_at (state, sent_at),
+    KEY state_destination (state, destination),
+    CHECK (attempts >= 0),
+    CHECK (state IN ('pending', 'sent', 'dead'))
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- One row per partition key with unsent messages: a producer locks its keys' rows (in a sorted
+-- order) before it inserts, until it commits, so that a key's sequence order is its commit order
+-- (PostgreSQL uses a transaction-level advisory lock; MySQL's named locks are session-level).
+CREATE TABLE IF NOT EXISTS {outbox_keys} (
+    partition_key VARCHAR(255) NOT NULL PRIMARY KEY
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Destinations backed off as a whole, as in PostgreSQL's outbox_destinations.
+CREATE TABLE IF NOT EXISTS {outbox_destinations} (
+    destination     VARCHAR(255) NOT NULL PRIMARY KEY,
+    reason          VARCHAR(11)  NOT NULL,
+    since           DATETIME(6)  NOT NULL,
+    failures        INT          NOT NULL DEFAULT 1,
+    next_attempt_at DATETIME(6)  NOT NULL,
+    last_error      LONGTEXT     NOT NULL,
+    CHECK (reason IN ('unavailable', 'missing')),
+    CHECK (failures >= 1)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
