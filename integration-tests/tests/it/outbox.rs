@@ -91,7 +91,7 @@ pub(crate) async fn relay_all<S: Sink>(db: &TestDb, sink: S, n: i64) -> anyhow::
 }
 
 /// Each key's deliveries are in outbox order; returns how often each id was delivered.
-fn check_order(delivered: &[OutboxMessage]) -> HashMap<Uuid, usize> {
+pub(crate) fn check_order(delivered: &[OutboxMessage]) -> HashMap<Uuid, usize> {
     let mut last: HashMap<&str, i64> = HashMap::new();
     let mut times = HashMap::new();
     for m in delivered {
@@ -273,7 +273,7 @@ async fn three_concurrent_relays_deliver_every_message_once_in_key_order() -> an
 
 /// Publishes to the inner sink, then never acknowledges: the relay "crashes" before marking.
 #[derive(Clone)]
-struct CrashAfterPublish(InMemorySink);
+pub(crate) struct CrashAfterPublish(pub(crate) InMemorySink);
 
 impl Sink for CrashAfterPublish {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
@@ -327,16 +327,16 @@ async fn crash_between_publish_and_mark_republishes_with_the_same_id() -> anyhow
 
 /// A broker that can be down: fails transiently while `down` is set.
 #[derive(Clone)]
-struct Flaky {
-    inner: InMemorySink,
-    down: Arc<AtomicBool>,
+pub(crate) struct Flaky {
+    pub(crate) inner: InMemorySink,
+    pub(crate) down: Arc<AtomicBool>,
     /// Fail every n-th publish as well (0: never).
     every: usize,
-    calls: Arc<AtomicUsize>,
+    pub(crate) calls: Arc<AtomicUsize>,
 }
 
 impl Flaky {
-    fn new(every: usize) -> Self {
+    pub(crate) fn new(every: usize) -> Self {
         Self {
             inner: InMemorySink::new(),
             down: Arc::new(AtomicBool::new(false)),
@@ -1227,10 +1227,10 @@ async fn torture_producers_rollbacks_and_a_killed_relay_lose_nothing() -> anyhow
 
 /// Holds its first publish until `open` is cancelled; every other publish goes straight through.
 #[derive(Clone, Default)]
-struct Gated {
-    inner: InMemorySink,
-    open: CancellationToken,
-    calls: Arc<AtomicUsize>,
+pub(crate) struct Gated {
+    pub(crate) inner: InMemorySink,
+    pub(crate) open: CancellationToken,
+    pub(crate) calls: Arc<AtomicUsize>,
 }
 
 impl Sink for Gated {

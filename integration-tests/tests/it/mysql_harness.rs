@@ -1,0 +1,71 @@
+//! Per-test databases on MySQL/MariaDB (`EVENTRAIL_MYSQL_URL`, default the MariaDB of
+//! `scripts/ensure-mariadb.sh` on 127.0.0.1:3306 as root): each test creates its own database,
+//! migrates the outbox into it, and drops it when it passes (a failed test's is kept and named).
+
+use anyhow::Context;
+use eventrail_outbox::{MySqlOutbox, OutboxOptions};
+use mysql_async::prelude::Queryable;
+
+/// The server's URL, without a database.
+pub(crate) fn mysql_url() -> String {
+    std::env::var("EVENTRAIL_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub(crate) struct MyTestDb {
+    pub(crate) name: String,
+    pub(crate) pool: mysql_async::Pool,
+}
+
+impl MyTestDb {
+    /// A fresh database with the outbox migrated.
+    pub(crate) async fn new() -> anyhow::Result<Self> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let name = format!("eventrail_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = mysql_async::Conn::from_url(mysql_url())
+            .await
+            .context("MariaDB must be running (scripts/ensure-mariadb.sh)")?;
+        admin.query_drop(format!("CREATE DATABASE `{name}`")).await?;
+        admin.disconnect().await?;
+        let opts = mysql_async::Opts::from_url(&format!("{}/{name}", mysql_url()))?;
+        let pool = mysql_async::Pool::new(opts);
+        MySqlOutbox::new(&OutboxOptions::new())?
+            .migrate(&pool)
+            .await?;
+        Ok(Self { name, pool })
+    }
+}
+
+impl Drop for MyTestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept MySQL database {} of the failed test", self.name);
+            return;
+        }
+        let (pool, name) = (self.pool.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let _ = pool.disconnect().await;
+                let mut admin = mysql_async::Conn::from_url(mysql_url()).await?;
+                admin
+                    .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .await?;
+                admin.disconnect().await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) | Err(e) = dropped.map_err(|_| anyhow::anyhow!("drop thread panicked")) {
+            eprintln!("could not drop MySQL database {}: {e:#}", self.name);
+        }
+    }
+}
