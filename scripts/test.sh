@@ -9,6 +9,8 @@ bash scripts/ensure-message-db.sh
 bash scripts/ensure-pgbouncer.sh
 # NATS JetStream and RabbitMQ, for the outbox's broker tests (they fail without them).
 bash scripts/ensure-brokers.sh
+# MariaDB, for the outbox's MySQL tests (they fail without it).
+bash scripts/ensure-mariadb.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest

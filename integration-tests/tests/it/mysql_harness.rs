@@ -47,15 +47,26 @@ impl Drop for MyTestDb {
             eprintln!("kept MySQL database {} of the failed test", self.name);
             return;
         }
-        let (pool, name) = (self.pool.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which also drives the pool's connections: the
+        // pool is left alone (a connection of an aborted relay may still hold a transaction),
+        // and a thread of its own ends this database's sessions and drops it.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let _ = pool.disconnect().await;
                 let mut admin = mysql_async::Conn::from_url(mysql_url()).await?;
+                let sessions: Vec<u64> = admin
+                    .exec(
+                        "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                        (name.as_str(),),
+                    )
+                    .await?;
+                for id in sessions {
+                    // A session may end by itself meanwhile.
+                    let _ = admin.query_drop(format!("KILL {id}")).await;
+                }
                 admin
                     .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
                     .await?;
