@@ -30,7 +30,9 @@ impl MyTestDb {
         let mut admin = mysql_async::Conn::from_url(mysql_url())
             .await
             .context("MariaDB must be running (scripts/ensure-mariadb.sh)")?;
-        admin.query_drop(format!("CREATE DATABASE `{name}`")).await?;
+        admin
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .await?;
         admin.disconnect().await?;
         let opts = mysql_async::Opts::from_url(&format!("{}/{name}", mysql_url()))?;
         let pool = mysql_async::Pool::new(opts);

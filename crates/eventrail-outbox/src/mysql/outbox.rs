@@ -8,7 +8,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::error::{DUPLICATE_KEY, db, server_code};
-use super::tables::{MAX_TEXT, MySqlTables};
+use super::tables::{MAX_TEXT, MySqlTables, bucket};
 use crate::message::headers_json;
 use crate::{NewMessage, OutboxError, OutboxOptions};
 
@@ -41,7 +41,7 @@ impl MySqlOutbox {
     /// An outbox with the options' table names. On MySQL, an unqualified name is a table of the
     /// connection's database and `database.table` one of another database; the options'
     /// schema and notify channel are not used (MySQL has no LISTEN: relays poll). The key
-    /// locks live in `<outbox>_keys`, the schema version in `<outbox>_migrations`.
+    /// locks live in `<outbox>_key_locks`, the schema version in `<outbox>_migrations`.
     ///
     /// # Errors
     /// [`OutboxError::Config`] for a refused table name.
@@ -55,8 +55,9 @@ impl MySqlOutbox {
     /// for each other), and records the schema version.
     ///
     /// # Errors
-    /// [`OutboxError::Config`] when the database holds a newer outbox schema than this
-    /// library knows, [`OutboxError::Database`] otherwise.
+    /// [`OutboxError::Migration`] when the database holds a newer outbox schema than this
+    /// library knows (or another migration held the lock for a minute),
+    /// [`OutboxError::Database`] otherwise.
     pub async fn migrate(&self, pool: &mysql_async::Pool) -> Result<(), OutboxError> {
         let mut conn = pool.get_conn().await.map_err(db)?;
         self.tables.migrate(&mut conn).await
@@ -86,8 +87,9 @@ impl MySqlOutbox {
     /// Enqueues messages in `tx`, in order, and returns their ids.
     ///
     /// Producers of one partition key are serialized until they commit (each locks its keys'
-    /// rows in `<outbox>_keys`, in a sorted order, before it inserts), so the outbox order of a
-    /// key is its commit order. Relays find the messages by polling.
+    /// rows in `<outbox>_key_locks`, one of 65,536 buckets per key, in ascending order, before
+    /// it inserts), so the outbox order of a key is its commit order. Relays find the messages
+    /// by polling.
     ///
     /// # Errors
     /// [`OutboxError::InvalidMessage`] before any query (an empty or over-long partition key,
@@ -118,11 +120,10 @@ impl MySqlOutbox {
                 }
             }
         }
-        let mut keys: Vec<&str> = messages.iter().map(|m| m.partition_key.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let keys = serde_json::to_string(&keys).map_err(db)?;
-        tx.exec_drop(&self.tables.lock_keys, (keys,))
+        let mut buckets: Vec<u32> = messages.iter().map(|m| bucket(&m.partition_key)).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        tx.query_drop(self.tables.lock_buckets(&buckets))
             .await
             .map_err(db)?;
         let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();

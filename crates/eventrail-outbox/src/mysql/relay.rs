@@ -91,9 +91,9 @@ impl<S: Sink> MySqlRelay<S> {
     }
 
     /// Deletes sent messages past the retention (on the database clock at each statement, so
-    /// the cut-off slides) in statements of at most the cleanup batch size, forgets backed-off
-    /// destinations without pending messages and the key-lock rows of keys without unsent
-    /// messages. Returns how many messages were deleted.
+    /// the cut-off slides) in statements of at most the cleanup batch size, and forgets
+    /// backed-off destinations without pending messages. Returns how many messages were
+    /// deleted.
     ///
     /// # Errors
     /// [`OutboxError::Database`].
@@ -148,7 +148,10 @@ impl RelayDb for MySqlRelayDb {
         let locked: Vec<(i64, String)> = tx
             .exec(
                 &t.lock_heads,
-                (json(heads.as_slice()), i64::try_from(request.key_limit).unwrap_or(i64::MAX)),
+                (
+                    json(heads.as_slice()),
+                    i64::try_from(request.key_limit).unwrap_or(i64::MAX),
+                ),
             )
             .await
             .map_err(db)?;
@@ -212,9 +215,9 @@ impl RelayDb for MySqlRelayDb {
             tx.exec_drop(
                 &t.lease,
                 (
+                    json(leased.as_slice()),
                     owner_bytes(request.owner),
                     micros(request.lease),
-                    json(leased.as_slice()),
                 ),
             )
             .await
@@ -243,7 +246,7 @@ impl RelayDb for MySqlRelayDb {
         let heads = json(heads);
         conn.exec_drop(
             &t.renew,
-            (micros(lease), heads.as_str(), owner_bytes(owner)),
+            (heads.as_str(), micros(lease), owner_bytes(owner)),
         )
         .await
         .map_err(db)?;
@@ -281,11 +284,17 @@ impl RelayDb for MySqlRelayDb {
         // Destinations: every report counts (as on PostgreSQL), held keys or not.
         let mut down: Vec<(&str, &str, &str)> = Vec::new();
         let mut answered: BTreeSet<&str> = BTreeSet::new();
-        for ((code, destination), error) in rows.codes.iter().zip(&rows.destinations).zip(&rows.errors) {
+        for ((code, destination), error) in
+            rows.codes.iter().zip(&rows.destinations).zip(&rows.errors)
+        {
             match *code {
                 "u" | "m" => {
                     if !down.iter().any(|(d, _, _)| d == destination) {
-                        let reason = if *code == "m" { "missing" } else { "unavailable" };
+                        let reason = if *code == "m" {
+                            "missing"
+                        } else {
+                            "unavailable"
+                        };
                         down.push((destination, reason, error.as_deref().unwrap_or("")));
                     }
                 }
@@ -323,7 +332,9 @@ impl RelayDb for MySqlRelayDb {
             .filter(|d| !down.iter().any(|(down, _, _)| down == d))
             .collect();
         if !up.is_empty() {
-            tx.exec_drop(&t.up, (json(up.as_slice()),)).await.map_err(db)?;
+            tx.exec_drop(&t.up, (json(up.as_slice()),))
+                .await
+                .map_err(db)?;
         }
         // The messages of held keys: their state and attempts follow from the outcome and
         // the attempt number they were claimed with (the head's attempt was counted at the
@@ -391,16 +402,6 @@ impl RelayDb for MySqlRelayDb {
         let mut conn = self.conn().await?;
         conn.query_drop(&t.forget_destinations).await.map_err(db)?;
         let forgotten = conn.affected_rows();
-        // The key-lock rows of keys without unsent messages, a bounded batch per cleanup,
-        // skipping rows a producer holds.
-        let mut tx = conn.start_transaction(read_committed()).await.map_err(db)?;
-        let idle: Vec<String> = tx.exec(&t.idle_keys, (1000_i64,)).await.map_err(db)?;
-        if !idle.is_empty() {
-            tx.exec_drop(&t.forget_keys, (json(idle.as_slice()),))
-                .await
-                .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
         Ok(forgotten)
     }
 

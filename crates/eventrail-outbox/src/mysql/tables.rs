@@ -1,20 +1,37 @@
 //! Validated table names on MySQL/MariaDB, the statements built from them once, and the
 //! migration.
 
-use eventrail_store_postgres::{ConfigError, validate_identifier};
+use eventrail_store_postgres::{ConfigError, MigrationError, validate_identifier};
 use mysql_async::prelude::Queryable;
 
 use super::error::db;
 use crate::{OutboxError, OutboxTables};
 
 /// The MySQL/MariaDB outbox schema (version 1): the outbox, its key locks and its backed-off
-/// destinations. `{outbox}`, `{outbox_keys}` and `{outbox_destinations}` stand for the tables.
-pub const MYSQL_OUTBOX_MIGRATION: &str = include_str!("../../../../migrations/mysql/0001_outbox.sql");
+/// destinations. `{outbox}`, `{outbox_key_locks}` and `{outbox_destinations}` stand for the
+/// tables.
+pub const MYSQL_OUTBOX_MIGRATION: &str =
+    include_str!("../../../../migrations/mysql/0001_outbox.sql");
 
 /// The schema version [`MYSQL_OUTBOX_MIGRATION`] brings.
 const VERSION: i64 = 1;
 
-/// Longest partition key, destination and content type, in characters (`VARCHAR(255)`).
+/// Key-lock buckets (rows of `<outbox>_key_locks`).
+const BUCKETS: u32 = 65_536;
+
+/// The key-lock bucket of a partition key: FNV-1a (32 bits) of its UTF-8 bytes, modulo
+/// [`BUCKETS`]. Fixed forever: producers running two versions of this library must agree.
+pub(crate) fn bucket(partition_key: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in partition_key.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % BUCKETS
+}
+
+/// Longest partition key, destination and content type, in characters (`VARCHAR(255)`, and
+/// `VARBINARY(1020)` for the UTF-8 bytes of keys and destinations).
 pub(crate) const MAX_TEXT: usize = 255;
 
 /// `name` or `database.name`, validated (the rules of PostgreSQL's names: lowercase letters,
@@ -48,11 +65,10 @@ fn qualify(what: &'static str, name: &str, suffix: &str) -> Result<String, Confi
 #[derive(Debug, Clone)]
 pub(crate) struct MySqlTables {
     pub(crate) outbox: String,
-    pub(crate) keys: String,
+    pub(crate) key_locks: String,
     pub(crate) destinations: String,
     /// The record of applied versions.
     migrations: String,
-    pub(crate) lock_keys: String,
     pub(crate) heads: String,
     pub(crate) lock_heads: String,
     pub(crate) runs: String,
@@ -66,8 +82,6 @@ pub(crate) struct MySqlTables {
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
     pub(crate) forget_destinations: String,
-    pub(crate) idle_keys: String,
-    pub(crate) forget_keys: String,
     pub(crate) stats: String,
 }
 
@@ -81,10 +95,22 @@ fn json_texts(param: &str) -> String {
     format!("SELECT j.v FROM JSON_TABLE({param}, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS j")
 }
 
+/// A JSON array of integers passed as one parameter, as a table `j` of `v` to join with
+/// (single-table UPDATE and DELETE with an `IN` subquery scan the whole table; a join looks
+/// each row up by its key).
+fn join_ints(param: &str) -> String {
+    format!("JSON_TABLE({param}, '$[*]' COLUMNS (v BIGINT PATH '$')) AS j")
+}
+
+/// A JSON array of strings passed as one parameter, as a table `j` of `v` to join with.
+fn join_texts(param: &str) -> String {
+    format!("JSON_TABLE({param}, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS j")
+}
+
 impl MySqlTables {
     pub(crate) fn new(names: &OutboxTables) -> Result<Self, ConfigError> {
         let outbox = qualify("outbox table", &names.outbox, "")?;
-        let keys = qualify("outbox table", &names.outbox, "_keys")?;
+        let key_locks = qualify("outbox table", &names.outbox, "_key_locks")?;
         let migrations = qualify("outbox table", &names.outbox, "_migrations")?;
         let destinations = qualify("destinations table", &names.destinations, "")?;
         let now = "UTC_TIMESTAMP(6)";
@@ -97,15 +123,9 @@ impl MySqlTables {
         let eligible_c = eligible("c");
         let int_list = json_ints("?");
         let text_list = json_texts("?");
+        let int_join = join_ints("?");
+        let text_join = join_texts("?");
         Ok(Self {
-            // The producer's key locks: a row per key, written in the producer's transaction
-            // (its lock is held until the commit), in the order of the list (sorted).
-            lock_keys: format!(
-                "INSERT INTO {keys} (partition_key)
-                 SELECT j.v FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, v VARCHAR(255) PATH '$')) AS j
-                 ORDER BY j.n
-                 ON DUPLICATE KEY UPDATE partition_key = {keys}.partition_key"
-            ),
             // Each key's oldest unsent message, by a plain (non-locking) read: the next
             // statement locks the due ones. A key's lower sequences commit before its higher
             // ones exist (the producers' key locks), so a head read here stays the head until
@@ -147,10 +167,10 @@ impl MySqlTables {
             ),
             // Only the heads are leased (and their attempts counted): a key whose head is
             // leased cannot be claimed, so the head's lease holds the whole run.
+            // Parameters: the heads, the owner, the lease in µs.
             lease: format!(
-                "UPDATE {outbox}
-                 SET lease_owner = ?, lease_expires_at = {now} + INTERVAL ? MICROSECOND, attempts = attempts + 1
-                 WHERE sequence IN ({int_list})"
+                "UPDATE {outbox} AS o JOIN {int_join} ON o.sequence = j.v
+                 SET o.lease_owner = ?, o.lease_expires_at = {now} + INTERVAL ? MICROSECOND, o.attempts = o.attempts + 1"
             ),
             // The heads this relay still leases, locked: a relay whose lease lapsed cannot
             // overwrite its successor's work.
@@ -175,7 +195,7 @@ impl MySqlTables {
                          next_attempt_at)"
             ),
             // Any answer of a destination ends its backoff.
-            up: format!("DELETE FROM {destinations} WHERE destination IN ({text_list})"),
+            up: format!("DELETE d FROM {destinations} AS d JOIN {text_join} ON d.destination = j.v"),
             // Marks settled messages: the relay computed each one's state and attempts (it holds
             // the key, so nothing else changed them); the retry backoff, initial (?) × 2^(attempts
             // - 1) capped at ?, jittered to [1/2, 1] of it, is computed on the database clock.
@@ -195,9 +215,11 @@ impl MySqlTables {
                      o.lease_owner = NULL,
                      o.lease_expires_at = NULL"
             ),
+            // Parameters: the heads, the lease in µs, the owner.
             renew: format!(
-                "UPDATE {outbox} SET lease_expires_at = {now} + INTERVAL ? MICROSECOND
-                 WHERE sequence IN ({int_list}) AND lease_owner = ? AND state = 'pending'"
+                "UPDATE {outbox} AS o JOIN {int_join} ON o.sequence = j.v
+                 SET o.lease_expires_at = {now} + INTERVAL ? MICROSECOND
+                 WHERE o.lease_owner = ? AND o.state = 'pending'"
             ),
             renewed: format!(
                 "SELECT sequence FROM {outbox}
@@ -219,32 +241,34 @@ impl MySqlTables {
                      WHERE o.state = 'pending' AND o.destination = {destinations}.destination
                  )"
             ),
-            // Key rows of keys without unsent messages, skipping those a producer holds (it is
-            // enqueueing to the key right now).
-            idle_keys: format!(
-                "SELECT k.partition_key FROM {keys} AS k
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM {outbox} AS o WHERE o.partition_key = k.partition_key AND o.state <> 'sent'
-                 )
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
-            ),
-            forget_keys: format!("DELETE FROM {keys} WHERE partition_key IN ({text_list})"),
             stats: format!(
                 "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), {now}) / 1e6, 0)
                  FROM {outbox} WHERE state = 'pending'"
             ),
             outbox,
-            keys,
+            key_locks,
             destinations,
             migrations,
         })
+    }
+
+    /// The statement locking these buckets' rows (sorted and deduplicated by the caller) until
+    /// the transaction ends. A literal list: the primary key's ranges are read, and locked, in
+    /// ascending order.
+    pub(crate) fn lock_buckets(&self, buckets: &[u32]) -> String {
+        let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
+        format!(
+            "SELECT bucket FROM {} WHERE bucket IN ({}) ORDER BY bucket FOR UPDATE",
+            self.key_locks,
+            list.join(", ")
+        )
     }
 
     /// The migration with these names.
     pub(crate) fn migration_sql(&self) -> String {
         MYSQL_OUTBOX_MIGRATION
             .replace("{outbox_destinations}", &self.destinations)
-            .replace("{outbox_keys}", &self.keys)
+            .replace("{outbox_key_locks}", &self.key_locks)
             .replace("{outbox}", &self.outbox)
     }
 
@@ -259,7 +283,10 @@ impl MySqlTables {
             .await
             .map_err(db)?;
         if got.flatten() != Some(1) {
-            return Err(db("timed out waiting for another migration of this outbox"));
+            return Err(OutboxError::Migration(MigrationError::Locked {
+                pid: None,
+                application_name: None,
+            }));
         }
         let result = self.migrate_locked(conn).await;
         let released = conn
@@ -285,10 +312,9 @@ impl MySqlTables {
             .map_err(db)?;
         let applied = applied.flatten().unwrap_or(0);
         if applied > VERSION {
-            return Err(OutboxError::Config(ConfigError::InvalidIdentifier {
-                what: "outbox schema",
-                value: format!("version {applied}"),
-                reason: "the database holds a newer outbox schema than this library knows",
+            return Err(OutboxError::Migration(MigrationError::UnknownMigration {
+                version: i32::try_from(applied).unwrap_or(i32::MAX),
+                name: format!("mysql outbox schema {applied}"),
             }));
         }
         if applied == VERSION {
@@ -324,24 +350,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buckets_are_fixed() {
+        // FNV-1a test vectors: the buckets must never change.
+        assert_eq!(bucket(""), 0x811c_9dc5 % BUCKETS);
+        assert_eq!(bucket("a"), 0xe40c_292c % BUCKETS);
+        assert_eq!(bucket("foobar"), 0xbf9c_f968 % BUCKETS);
+        assert_ne!(bucket("k"), bucket("k "));
+    }
+
+    #[test]
     fn names_are_validated_and_quoted() {
         let t = MySqlTables::new(&OutboxTables::default()).unwrap();
         assert_eq!(t.outbox, "`outbox`");
-        assert_eq!(t.keys, "`outbox_keys`");
+        assert_eq!(t.key_locks, "`outbox_key_locks`");
         assert_eq!(t.destinations, "`outbox_destinations`");
         let sql = t.migration_sql();
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `outbox` ("));
-        assert!(sql.contains("CREATE TABLE IF NOT EXISTS `outbox_keys` ("));
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS `outbox_key_locks` ("));
         assert!(!sql.contains('{'), "every placeholder replaced");
-        assert_eq!(statements(&sql).len(), 3);
+        assert_eq!(statements(&sql).len(), 4);
         let ops = MySqlTables::new(&OutboxTables {
             outbox: "ops.messages".into(),
             ..OutboxTables::default()
         })
         .unwrap();
         assert_eq!(ops.outbox, "`ops`.`messages`");
-        assert_eq!(ops.keys, "`ops`.`messages_keys`");
-        for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops.", "o`x", &"x".repeat(60)] {
+        assert_eq!(ops.key_locks, "`ops`.`messages_key_locks`");
+        for bad in [
+            "a.b.c",
+            "x;drop",
+            "Ops.outbox",
+            ".outbox",
+            "ops.",
+            "o`x",
+            &"x".repeat(60),
+        ] {
             let names = OutboxTables {
                 outbox: bad.into(),
                 ..OutboxTables::default()

@@ -46,8 +46,11 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             .filter(|r| r.probe)
             .map(|r| r.message.destination.clone())
             .collect();
-        let (messages, heads): (Vec<OutboxMessage>, Vec<i64>) =
-            claimed.rows.into_iter().map(|r| (r.message, r.head)).unzip();
+        let (messages, heads): (Vec<OutboxMessage>, Vec<i64>) = claimed
+            .rows
+            .into_iter()
+            .map(|r| (r.message, r.head))
+            .unzip();
         let taken = heads.iter().collect::<HashSet<_>>().len();
         self.in_flight_messages
             .fetch_add(messages.len(), Ordering::Relaxed);

@@ -119,5 +119,3 @@ pub(crate) trait RelayDb: Send + Sync + 'static {
     /// The pending count and the oldest pending message's age in seconds.
     fn stats(&self) -> impl Future<Output = Result<(u64, f64), OutboxError>> + Send;
 }
-
-

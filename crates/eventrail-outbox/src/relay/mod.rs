@@ -33,7 +33,9 @@ mod postgres;
 mod run;
 mod upkeep;
 
-pub(crate) use db::{ClaimRequest, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement};
+pub(crate) use db::{
+    ClaimRequest, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement,
+};
 
 /// What one relay cycle did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -15,10 +15,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
         let mut total = 0;
         loop {
             // The retention is measured at each statement: the cut-off slides.
-            let deleted = self
-                .db
-                .cleanup_batch(self.options.retention, batch)
-                .await?;
+            let deleted = self.db.cleanup_batch(self.options.retention, batch).await?;
             total += deleted;
             if deleted < batch as u64 {
                 break;
