@@ -29,7 +29,7 @@ use crate::outbox_outage::Switch;
 
 /// A relay of either database.
 pub(crate) enum AnyRelay<S> {
-    Pg(Relay<S>),
+    Pg(Box<Relay<S>>),
     My(MySqlRelay<S>),
 }
 
@@ -191,11 +191,11 @@ impl Backend for Pg {
     }
 
     fn relay<S: Sink>(&self, sink: S, options: OutboxOptions) -> anyhow::Result<AnyRelay<S>> {
-        Ok(AnyRelay::Pg(Relay::new(
+        Ok(AnyRelay::Pg(Box::new(Relay::new(
             self.0.pool.clone(),
             sink,
             options,
-        )?))
+        )?)))
     }
 }
 

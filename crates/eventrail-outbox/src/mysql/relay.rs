@@ -288,15 +288,13 @@ impl RelayDb for MySqlRelayDb {
             rows.codes.iter().zip(&rows.destinations).zip(&rows.errors)
         {
             match *code {
-                "u" | "m" => {
-                    if !down.iter().any(|(d, _, _)| d == destination) {
-                        let reason = if *code == "m" {
-                            "missing"
-                        } else {
-                            "unavailable"
-                        };
-                        down.push((destination, reason, error.as_deref().unwrap_or("")));
-                    }
+                "u" | "m" if !down.iter().any(|(d, _, _)| d == destination) => {
+                    let reason = if *code == "m" {
+                        "missing"
+                    } else {
+                        "unavailable"
+                    };
+                    down.push((destination, reason, error.as_deref().unwrap_or("")));
                 }
                 "s" | "f" | "p" => {
                     answered.insert(destination);
