@@ -19,13 +19,7 @@ pub(crate) struct MyTestDb {
 impl MyTestDb {
     /// A fresh database with the outbox migrated.
     pub(crate) async fn new() -> anyhow::Result<Self> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        crate::harness::init_logs();
         let name = format!("eventrail_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = mysql_async::Conn::from_url(mysql_url())
             .await

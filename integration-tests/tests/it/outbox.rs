@@ -3,7 +3,7 @@
 //! cases that hold on every database (crashes, outages, per-key order, leases, retries, cleanup,
 //! shutdown) are in `outbox_backends.rs`, run on PostgreSQL and MySQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use eventrail_core::{AppendRequest, ExpectedVersion, NewEvent, StreamName};
@@ -205,68 +205,6 @@ async fn rolled_back_producer_leaves_no_row() -> anyhow::Result<()> {
     assert_eq!(got[0].content_type, "application/json");
     assert_eq!(got[0].headers.get("tenant").map(String::as_str), Some("t1"));
     assert_eq!(got[0].attempts, 1);
-    Ok(())
-}
-
-#[tokio::test]
-async fn three_concurrent_relays_deliver_every_message_once_in_key_order() -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let sink = InMemorySink::new();
-    let options = fast()
-        .wakeup(Wakeup::Notify)
-        .poll_interval(Duration::from_millis(200))
-        .batch_size(40)
-        .max_per_key(3);
-    let relays: Vec<Running> = (0..3)
-        .map(|_| {
-            Ok(start(
-                Relay::new(db.pool.clone(), sink.clone(), options.clone())?.listen(db.config()),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // Four producers at once, interleaving 25 keys, while the relays run.
-    let producers: Vec<JoinHandle<anyhow::Result<Vec<Uuid>>>> = (0..4)
-        .map(|p| {
-            let pool = db.pool.clone();
-            tokio::spawn(async move {
-                let outbox = Outbox::new(&OutboxOptions::new())?;
-                let mut ids = Vec::new();
-                for batch in 0..15 {
-                    let mut client = pool.get().await?;
-                    let tx = client.transaction().await?;
-                    let messages = (0..10)
-                        .map(|i| {
-                            NewMessage::new(
-                                "orders",
-                                format!("key-{}", (p * 7 + batch * 3 + i) % 25),
-                                format!("{p}-{batch}-{i}"),
-                            )
-                        })
-                        .collect();
-                    ids.extend(outbox.enqueue_batch(&tx, messages).await?);
-                    tx.commit().await?;
-                }
-                Ok(ids)
-            })
-        })
-        .collect();
-    let mut enqueued = HashSet::new();
-    for p in producers {
-        enqueued.extend(p.await??);
-    }
-    assert_eq!(enqueued.len(), 600);
-    eventually(60, "every message sent", || async {
-        Ok(count(&db, "state = 'sent'").await? == 600)
-    })
-    .await?;
-    for r in relays {
-        r.stop().await?;
-    }
-    let times = check_order(&sink.messages());
-    assert_eq!(times.len(), 600, "every message delivered");
-    assert!(times.values().all(|&n| n == 1), "no duplicates");
-    assert!(times.keys().all(|id| enqueued.contains(id)));
-    assert_eq!(count(&db, "lease_owner IS NOT NULL").await?, 0);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use eventrail_outbox::{
     CycleReport, DestinationBackoff, InMemorySink, MySqlOutbox, MySqlRelay, NewMessage, Outbox,
-    OutboxError, OutboxMessage, OutboxOptions, Relay, RetryPolicy, Sink, SinkError,
+    OutboxError, OutboxMessage, OutboxOptions, Relay, RetryPolicy, Sink, SinkError, Wakeup,
 };
 use mysql_async::prelude::Queryable;
 use tokio::task::JoinHandle;
@@ -191,11 +191,10 @@ impl Backend for Pg {
     }
 
     fn relay<S: Sink>(&self, sink: S, options: OutboxOptions) -> anyhow::Result<AnyRelay<S>> {
-        Ok(AnyRelay::Pg(Box::new(Relay::new(
-            self.0.pool.clone(),
-            sink,
-            options,
-        )?)))
+        // LISTENs when the options ask for NOTIFY wakeups (`fast` polls).
+        Ok(AnyRelay::Pg(Box::new(
+            Relay::new(self.0.pool.clone(), sink, options)?.listen(self.0.config()),
+        )))
     }
 }
 
@@ -518,7 +517,12 @@ async fn enqueue_commits_or_rolls_back_with_the_callers_transaction<B: Backend>(
 async fn parallel_relays_and_producers_keep_each_keys_order<B: Backend>() -> anyhow::Result<()> {
     let db = B::new().await?;
     let sink = InMemorySink::new();
-    let options = fast().batch_size(40).max_per_key(3);
+    // Woken by NOTIFY on PostgreSQL; MySQL has no hints and polls.
+    let options = fast()
+        .wakeup(Wakeup::Notify)
+        .poll_interval(Duration::from_millis(200))
+        .batch_size(40)
+        .max_per_key(3);
     let relays: Vec<Running> = (0..3)
         .map(|_| Ok(start(db.relay(sink.clone(), options.clone())?)))
         .collect::<anyhow::Result<_>>()?;
