@@ -68,7 +68,7 @@ pub use lapin;
 pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
-pub use mysql::{MYSQL_OUTBOX_MIGRATION, MySqlOutbox, MySqlRelay};
+pub use mysql::{MYSQL_OUTBOX_MIGRATION, MySqlOutbox, MySqlOutboxAdmin, MySqlRelay};
 /// The MySQL/MariaDB driver the [`MySqlOutbox`] and [`MySqlRelay`] run on.
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]

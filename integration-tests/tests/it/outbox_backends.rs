@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eventrail_outbox::{
-    CycleReport, DestinationBackoff, InMemorySink, MySqlOutbox, MySqlRelay, NewMessage, Outbox,
-    OutboxError, OutboxMessage, OutboxOptions, Relay, RetryPolicy, Sink, SinkError, Wakeup,
+    CycleReport, DeadMessage, DestinationBackoff, InMemorySink, MySqlOutbox, MySqlOutboxAdmin,
+    MySqlRelay, NewMessage, Outbox, OutboxAdmin, OutboxError, OutboxMessage, OutboxOptions,
+    OutboxStatus, Relay, RetryPolicy, Sink, SinkError, Wakeup,
 };
 use mysql_async::prelude::Queryable;
 use tokio::task::JoinHandle;
@@ -97,6 +98,24 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Option<i64>>> + Send;
 
     fn relay<S: Sink>(&self, sink: S, options: OutboxOptions) -> anyhow::Result<AnyRelay<S>>;
+
+    /// The admin's status.
+    fn status(&self) -> impl Future<Output = Result<OutboxStatus, OutboxError>> + Send;
+
+    /// The admin's dead letters.
+    fn dead(&self) -> impl Future<Output = Result<Vec<DeadMessage>, OutboxError>> + Send;
+
+    /// The admin's requeue.
+    fn requeue(
+        &self,
+        ids: Option<Vec<Uuid>>,
+    ) -> impl Future<Output = Result<u64, OutboxError>> + Send;
+
+    /// The admin's purge.
+    fn purge(
+        &self,
+        ids: Option<Vec<Uuid>>,
+    ) -> impl Future<Output = Result<u64, OutboxError>> + Send;
 }
 
 #[derive(Clone)]
@@ -195,6 +214,30 @@ impl Backend for Pg {
         Ok(AnyRelay::Pg(Box::new(
             Relay::new(self.0.pool.clone(), sink, options)?.listen(self.0.config()),
         )))
+    }
+
+    async fn status(&self) -> Result<OutboxStatus, OutboxError> {
+        OutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .status()
+            .await
+    }
+
+    async fn dead(&self) -> Result<Vec<DeadMessage>, OutboxError> {
+        OutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .dead(100)
+            .await
+    }
+
+    async fn requeue(&self, ids: Option<Vec<Uuid>>) -> Result<u64, OutboxError> {
+        OutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .requeue(ids.as_deref())
+            .await
+    }
+
+    async fn purge(&self, ids: Option<Vec<Uuid>>) -> Result<u64, OutboxError> {
+        OutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .purge(ids.as_deref())
+            .await
     }
 }
 
@@ -306,6 +349,30 @@ impl Backend for My {
             sink,
             options,
         )?))
+    }
+
+    async fn status(&self) -> Result<OutboxStatus, OutboxError> {
+        MySqlOutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .status()
+            .await
+    }
+
+    async fn dead(&self) -> Result<Vec<DeadMessage>, OutboxError> {
+        MySqlOutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .dead(100)
+            .await
+    }
+
+    async fn requeue(&self, ids: Option<Vec<Uuid>>) -> Result<u64, OutboxError> {
+        MySqlOutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .requeue(ids.as_deref())
+            .await
+    }
+
+    async fn purge(&self, ids: Option<Vec<Uuid>>) -> Result<u64, OutboxError> {
+        MySqlOutboxAdmin::new(self.0.pool.clone(), &OutboxOptions::new())?
+            .purge(ids.as_deref())
+            .await
     }
 }
 
@@ -729,6 +796,59 @@ async fn the_last_attempt_dead_letters_and_parks_the_key<B: Backend>() -> anyhow
         "the parked key is not claimed"
     );
     assert_eq!(db.count("state = 'pending' AND attempts = 0").await?, 1);
+
+    // The operator's view, then a requeue: the key resumes, in order.
+    let status = db.status().await?;
+    assert_eq!(
+        (
+            status.pending,
+            status.blocked,
+            status.blocked_keys,
+            status.sent
+        ),
+        (1, 1, 1, 1),
+        "{status:?}"
+    );
+    assert_eq!(status.dead_by_destination, [("orders".to_owned(), 1)]);
+    let dead = db.dead().await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].partition_key.as_str(), dead[0].attempts),
+        ("doomed", 3)
+    );
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("broker unreachable"))
+    );
+    assert_eq!(
+        db.requeue(Some(vec![Uuid::now_v7()])).await?,
+        0,
+        "not a dead id"
+    );
+    assert_eq!(db.requeue(Some(vec![dead[0].id])).await?, 1);
+    let report = relay.relay_once().await?;
+    assert_eq!(report.sent, 2, "{report:?}");
+    let doomed: Vec<Vec<u8>> = sink
+        .inner
+        .messages()
+        .into_iter()
+        .filter(|m| m.partition_key == "doomed")
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(doomed, [b"1".to_vec(), b"2".to_vec()]);
+    assert_eq!(db.status().await?.pending, 0);
+
+    // A purge deletes a dead message, and only a dead one.
+    sink.down.store(true, Ordering::SeqCst);
+    enqueue(&db, vec![NewMessage::new("orders", "again", b"4".to_vec())]).await?;
+    for _ in 0..3 {
+        db.make_due().await?;
+        relay.relay_once().await?;
+    }
+    assert_eq!(db.purge(None).await?, 1);
+    assert_eq!(db.count("1 = 1").await?, 3, "the sent ones stay");
     Ok(())
 }
 
