@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 mod faults_bench;
 mod outbox_bench;
+mod saga_bench;
 mod worker_bench;
 
 use anyhow::Context;
@@ -97,6 +98,19 @@ enum Bench {
         /// Rounds of the six faults.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Three-step sagas started and completed per second with 1 and 4 runners, and p50/p99
+    /// from start to completion, beside DBOS Transact running the same workflow.
+    Saga {
+        /// Sagas per run.
+        #[arg(long, default_value_t = 2000)]
+        sagas: u64,
+        /// Runner counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+        workers: Vec<usize>,
+        /// Skip DBOS (which needs python3 and the `dbos` package, installed when missing).
+        #[arg(long)]
+        no_peer: bool,
     },
     /// A worker process of the `faults` benchmark (started by it).
     #[command(hide = true)]
@@ -355,6 +369,11 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => outbox_bench::run(messages, keys, relays, batch).await,
         Bench::Faults { seconds, rounds } => faults_bench::run(seconds, rounds).await,
+        Bench::Saga {
+            sagas,
+            workers,
+            no_peer,
+        } => saga_bench::run(sagas, &workers, !no_peer).await,
         Bench::WorkerProcess { args } => {
             integration_tests::worker_process::run(args.into_iter()).await
         }

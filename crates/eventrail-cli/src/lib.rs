@@ -21,6 +21,10 @@ use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
 use eventrail_outbox::OutboxAdmin;
+use eventrail_saga::{SagaAdmin, SagaOptions, SagaTables};
+pub use saga::SagaAction;
+
+mod saga;
 use eventrail_store_postgres::{EventrailConfig, Migrator, PgConnectOptions, PgEventStore};
 use eventrail_worker::{Status, WorkerAdmin};
 use time::OffsetDateTime;
@@ -100,6 +104,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: OutboxAction,
+    },
+    /// Sagas: list, show, retry, cancel, skip a stuck step, abort; definitions.
+    Saga {
+        /// What to do.
+        #[command(subcommand)]
+        action: SagaAction,
     },
 }
 
@@ -427,6 +437,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let admin = OutboxAdmin::from_config(store.pool().clone(), &config)?;
             outbox(out, &admin, action).await?;
         }
+        Command::Saga { action } => {
+            let store = store(url, &config).await?;
+            let admin = SagaAdmin::new(store, &SagaOptions::from_config(&config))?;
+            saga::saga(out, &admin, action).await?;
+        }
     }
     Ok(())
 }
@@ -533,14 +548,19 @@ async fn outbox(
     Ok(())
 }
 
-/// The event store's, the worker's and the outbox's migrations, with the configuration's table
-/// names.
+/// The event store's, the worker's, the outbox's and the sagas' migrations, with the
+/// configuration's table names.
 fn migrator(config: &EventrailConfig) -> anyhow::Result<Migrator> {
     let everything = eventrail_worker::worker_migrator(config.schema(), config.worker_tables())?;
-    Ok(eventrail_outbox::with_outbox_migration(
+    let everything = eventrail_outbox::with_outbox_migration(
         everything,
         config.schema(),
         config.outbox_tables(),
+    )?;
+    Ok(eventrail_saga::with_saga_migration(
+        everything,
+        config.schema(),
+        &SagaTables::default(),
     )?)
 }
 
@@ -681,7 +701,11 @@ fn data_cell(data: &EventData) -> String {
 }
 
 /// Prints an aligned table.
-fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+pub(crate) fn print_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> anyhow::Result<()> {
     let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {

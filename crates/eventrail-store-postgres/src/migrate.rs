@@ -48,6 +48,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (5, "outbox_destinations"),
     (6, "append_isolation"),
     (7, "append_keys_and_privileges"),
+    (9, "saga"),
 ];
 
 /// Whether `migration` is in the catalogue of eventrail's migrations (each component checks

@@ -35,6 +35,11 @@ pub mod outbox {
     pub use tokio_util::sync::CancellationToken;
 }
 
+#[cfg(feature = "saga")]
+#[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
+#[doc(inline)]
+pub use eventrail_saga as saga;
+
 #[cfg(feature = "message-db")]
 #[cfg_attr(docsrs, doc(cfg(feature = "message-db")))]
 pub mod message_db {

@@ -30,7 +30,7 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
     ])
     .await?;
     assert!(
-        out.contains("applied migrations [1, 2, 3, 4, 5, 6, 7]"),
+        out.contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 9]"),
         "{out}"
     );
     let out = eventrail(&[
@@ -529,5 +529,83 @@ async fn status_marks_workers_and_a_leader_past_the_heartbeat_timeout_as_stale()
     ])
     .await?;
     assert!(!status.contains("stale"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn saga_commands_list_show_operate_and_report_definitions() -> anyhow::Result<()> {
+    use eventrail_saga::{SagaDefinition, SagaOptions, Sagas, Step};
+    let db = TestDb::new().await?;
+    let definition = SagaDefinition::<serde_json::Value>::builder("cli-order", 3)
+        .step(Step::compensatable(
+            "reserve",
+            |_ctx| Box::pin(async move { Ok(()) }),
+            |_ctx| Box::pin(async move { Ok(()) }),
+        ))
+        .step(Step::timer("wait", std::time::Duration::from_secs(1)).after(["reserve"]))
+        .build()?;
+    // No runner serves it: it stays queued and is reported.
+    let sagas = Sagas::new(db.store(), &SagaOptions::new())?;
+    let id = sagas
+        .start(&definition, &serde_json::json!({"order": 1}), None)
+        .await?;
+    let url = db.url.as_str();
+    let list = eventrail(&["saga", "list", "--database-url", url, "--state", "queued"]).await?;
+    assert!(
+        list.contains(&id.to_string())
+            && list.contains("cli-order@3")
+            && list.contains("(1 sagas)"),
+        "{list}"
+    );
+    let none = eventrail(&[
+        "saga",
+        "list",
+        "--database-url",
+        url,
+        "--definition",
+        "other",
+    ])
+    .await?;
+    assert!(none.contains("(0 sagas)"), "{none}");
+    let bad = eventrail(&["saga", "list", "--database-url", url, "--state", "sleeping"])
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("unknown saga state"), "{bad}");
+    let show = eventrail(&["saga", "show", "--database-url", url, &id.to_string()]).await?;
+    assert!(
+        show.contains("reserve")
+            && show.contains("ready")
+            && show.contains("wait")
+            && show.contains("blocked"),
+        "{show}"
+    );
+    assert!(show.contains("\"order\":1"), "{show}");
+    let defs = eventrail(&["saga", "definitions", "--database-url", url]).await?;
+    let line = defs
+        .lines()
+        .find(|l| l.contains("cli-order"))
+        .unwrap_or_default();
+    assert!(line.contains("cli-order@3/reserve"), "{defs}");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[1..4], ["3", "1", "1"], "{defs}");
+    let retry = eventrail(&["saga", "retry", "--database-url", url, &id.to_string()])
+        .await
+        .unwrap_err();
+    assert!(
+        retry.to_string().contains("retry does not apply"),
+        "{retry}"
+    );
+    let cancel = eventrail(&["saga", "cancel", "--database-url", url, &id.to_string()]).await?;
+    assert!(cancel.contains("cancelled"), "{cancel}");
+    let missing = eventrail(&[
+        "saga",
+        "abort",
+        "--database-url",
+        url,
+        &uuid::Uuid::now_v7().to_string(),
+    ])
+    .await
+    .unwrap_err();
+    assert!(missing.to_string().contains("no saga"), "{missing}");
     Ok(())
 }

@@ -8,6 +8,7 @@
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use eventrail_outbox::{OutboxTables, with_outbox_migration};
+use eventrail_saga::{SagaTables, with_saga_migration};
 use eventrail_store_postgres::{Migrator, PgEventStore, PgStoreOptions};
 use eventrail_worker::{TableNames, worker_migrator};
 use tokio_postgres::{Client, NoTls};
@@ -15,14 +16,15 @@ use tokio_postgres::{Client, NoTls};
 /// Advisory lock key of the harness (on the admin database).
 const HARNESS_LOCK: i64 = 0x6576_656e_7472_6c00;
 
-/// The template's migrations: the event store, the worker tables and the outbox. The
+/// The template's migrations: the event store, the worker tables, the outbox and the sagas. The
 /// fingerprint below covers every migration this runner applies.
 fn migrator() -> anyhow::Result<Migrator> {
     let everything = worker_migrator("eventrail", &TableNames::default())?;
-    Ok(with_outbox_migration(
+    let everything = with_outbox_migration(everything, "eventrail", &OutboxTables::default())?;
+    Ok(with_saga_migration(
         everything,
         "eventrail",
-        &OutboxTables::default(),
+        &SagaTables::default(),
     )?)
 }
 

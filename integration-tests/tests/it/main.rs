@@ -22,6 +22,8 @@ mod outbox_pubsub;
 mod pgbouncer;
 mod poison;
 mod processors;
+mod saga;
+mod saga_remote;
 mod store;
 mod tls;
 mod torture;

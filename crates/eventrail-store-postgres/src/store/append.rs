@@ -411,8 +411,38 @@ impl PgEventStore {
         tx: &Transaction<'_>,
         request: AppendRequest,
     ) -> Result<AppendOutcome, StoreError> {
+        self.append_in_hinting(tx, request, true).await
+    }
+
+    /// [`append_in`](Self::append_in) without the wake-up hint in the transaction: when you
+    /// commit the transaction yourself, call [`hint`](Self::hint) with the last position after
+    /// the commit. A `pg_notify` inside a transaction serialises the commits of every notifying
+    /// transaction; a hint after the commit does not.
+    ///
+    /// # Errors
+    /// As [`append_in`](Self::append_in).
+    #[instrument(skip_all, fields(stream = %request.stream, events = request.events.len()))]
+    pub async fn append_in_unhinted(
+        &self,
+        tx: &Transaction<'_>,
+        request: AppendRequest,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_in_hinting(tx, request, false).await
+    }
+
+    async fn append_in_hinting(
+        &self,
+        tx: &Transaction<'_>,
+        request: AppendRequest,
+        hint: bool,
+    ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
-        let params = AppendParams::new(&request, self.inner.channel.as_deref())?;
+        let channel = if hint {
+            self.inner.channel.as_deref()
+        } else {
+            None
+        };
+        let params = AppendParams::new(&request, channel)?;
         let typed = params.typed();
         if self.inner.processors.is_empty() {
             return match tx.query_typed(&self.inner.sql.append, &typed).await {
