@@ -14,6 +14,8 @@ bash scripts/ensure-etcd.sh
 bash scripts/ensure-zookeeper.sh
 # protoc, for etcd-client's build (the `etcd` feature).
 bash scripts/ensure-build-tools.sh
+# MariaDB, for the outbox's MySQL tests (they fail without it).
+bash scripts/ensure-mariadb.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest

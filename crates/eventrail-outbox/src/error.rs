@@ -1,5 +1,5 @@
 use eventrail_core::{BoxError, StoreError};
-use eventrail_store_postgres::{ConfigError, ConnectError};
+use eventrail_store_postgres::{ConfigError, ConnectError, MigrationError};
 use uuid::Uuid;
 
 /// Errors of enqueueing, relaying and administering the outbox.
@@ -26,6 +26,10 @@ pub enum OutboxError {
     /// refused by the server), or its settings are wrong: see [`ConnectError`].
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Migrating the outbox's tables was refused (the database holds a newer schema than this
+    /// library knows: upgrade it; or another migration held the lock): see [`MigrationError`].
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
     /// The database or the connection failed: retry later.
     #[error("outbox database operation failed")]
     Database(#[source] BoxError),

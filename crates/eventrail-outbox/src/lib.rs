@@ -13,6 +13,9 @@ mod inbox;
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 mod kinesis;
 mod message;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+mod mysql;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 mod nats;
@@ -63,6 +66,13 @@ pub use kinesis::KinesisSink;
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use lapin;
 pub use message::{NewMessage, OutboxMessage};
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use mysql::{MYSQL_OUTBOX_MIGRATION, MySqlOutbox, MySqlOutboxAdmin, MySqlRelay};
+/// The MySQL/MariaDB driver the [`MySqlOutbox`] and [`MySqlRelay`] run on.
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use mysql_async;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};

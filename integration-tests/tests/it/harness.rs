@@ -28,6 +28,16 @@ fn migrator() -> anyhow::Result<Migrator> {
     )?)
 }
 
+/// Logs of the code under test, shown for failing tests: RUST_LOG=debug for more.
+pub(crate) fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 pub(crate) struct TestDb {
     pub(crate) name: String,
     pub(crate) url: String,
@@ -46,14 +56,7 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
 impl TestDb {
     /// A fresh database with the event store migrated into schema `eventrail`.
     pub(crate) async fn new() -> anyhow::Result<Self> {
-        // Logs of the code under test, shown for failing tests: RUST_LOG=debug for more.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        init_logs();
         let admin_url = eventrail_devdb::database_url().await?;
         let admin = connect(&admin_url).await?;
         let fingerprint: String = {

@@ -1,4 +1,5 @@
-//! eventrail's integration tests: one binary, every test against a real PostgreSQL.
+//! eventrail's integration tests: one binary, every test against a real PostgreSQL (and, for
+//! the outbox on MySQL, a real MariaDB).
 //!
 //! Each test gets its own database cloned from a migrated template (see [`harness`]).
 
@@ -13,8 +14,10 @@ mod harness;
 mod isolation;
 mod message_db;
 mod migrations;
+mod mysql_harness;
 mod outbox;
 mod outbox_aws;
+mod outbox_backends;
 mod outbox_outage;
 mod outbox_pubsub;
 mod pgbouncer;

@@ -296,10 +296,10 @@ async fn rabbitmq_missing_exchange_and_refused_connection_are_classified_apart()
 
 /// A sink whose destination can be switched down; counts its publishes.
 #[derive(Clone, Default)]
-struct Switch {
-    inner: InMemorySink,
-    down: Arc<AtomicBool>,
-    calls: Arc<AtomicUsize>,
+pub(crate) struct Switch {
+    pub(crate) inner: InMemorySink,
+    pub(crate) down: Arc<AtomicBool>,
+    pub(crate) calls: Arc<AtomicUsize>,
 }
 
 impl Sink for Switch {

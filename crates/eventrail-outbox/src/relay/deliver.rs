@@ -9,14 +9,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use futures::StreamExt;
-use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::claim::Batch;
 use super::lease::Leases;
-use super::{CycleReport, Relay};
-use crate::error::{chain, db};
+use super::{Core, CycleReport, RelayDb, SettleParams, Settlement};
+use crate::error::chain;
 use crate::{FailureClass, OutboxError, OutboxMessage, Sink, SinkError};
 
 /// What happened to one claimed message.
@@ -45,46 +44,27 @@ impl Outcome {
     }
 }
 
-/// The arrays of one settle statement: each message, its key's head, its outcome and error,
-/// and its destination.
-struct Settlement<'m> {
-    sequences: Vec<i64>,
-    heads: Vec<i64>,
-    codes: Vec<&'static str>,
-    errors: Vec<Option<String>>,
-    destinations: Vec<&'m str>,
-}
-
-impl<'m> Settlement<'m> {
-    /// The messages of these keys; a message without an outcome is handed back untried.
-    fn of<'a>(
-        groups: impl Iterator<Item = &'a (i64, Vec<&'m OutboxMessage>)>,
-        outcomes: &HashMap<i64, (Outcome, Option<String>)>,
-    ) -> Self
-    where
-        'm: 'a,
-    {
-        let mut rows = Self {
-            sequences: Vec::new(),
-            heads: Vec::new(),
-            codes: Vec::new(),
-            errors: Vec::new(),
-            destinations: Vec::new(),
-        };
-        for (head, group) in groups {
-            for m in group {
-                let (outcome, error) = outcomes
-                    .get(&m.sequence)
-                    .map_or((Outcome::Returned, None), |(o, e)| (*o, e.clone()));
-                rows.sequences.push(m.sequence);
-                rows.heads.push(*head);
-                rows.codes.push(outcome.code());
-                rows.errors.push(error);
-                rows.destinations.push(m.destination.as_str());
-            }
+/// The settle rows of these keys' messages; a message without an outcome is handed back
+/// untried.
+fn settlement<'a, 'm: 'a>(
+    groups: impl Iterator<Item = &'a (i64, Vec<&'m OutboxMessage>)>,
+    outcomes: &HashMap<i64, (Outcome, Option<String>)>,
+) -> Settlement<'m> {
+    let mut rows = Settlement::default();
+    for (head, group) in groups {
+        for m in group {
+            let (outcome, error) = outcomes
+                .get(&m.sequence)
+                .map_or((Outcome::Returned, None), |(o, e)| (*o, e.clone()));
+            rows.sequences.push(m.sequence);
+            rows.heads.push(*head);
+            rows.codes.push(outcome.code());
+            rows.errors.push(error);
+            rows.destinations.push(m.destination.as_str());
+            rows.attempts.push(m.attempts);
         }
-        rows
     }
+    rows
 }
 
 /// What a batch knows of a destination while it publishes.
@@ -122,7 +102,7 @@ impl Gate {
     }
 }
 
-impl<S: Sink> Relay<S> {
+impl<S: Sink, D: RelayDb> Core<S, D> {
     /// Publishes a claimed batch while renewing its leases, and settles its keys as they finish:
     /// whatever finished while the previous settle ran goes in the next one, so a key is free for
     /// the next claim soon after its run, not after the batch's slowest key.
@@ -182,7 +162,7 @@ impl<S: Sink> Relay<S> {
                 let heads: Vec<i64> = chunk.iter().map(|&i| groups[i].0).collect();
                 let rows = {
                     let outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
-                    Settlement::of(chunk.iter().map(|&i| &groups[i]), &outcomes)
+                    settlement(chunk.iter().map(|&i| &groups[i]), &outcomes)
                 };
                 let settled_messages = rows.sequences.len();
                 let result = self.settle(rows).await;
@@ -320,58 +300,30 @@ impl<S: Sink> Relay<S> {
         std::mem::take(&mut *reported.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Marks settled keys' messages in one statement.
+    /// Marks settled keys' messages (one statement on PostgreSQL).
     async fn settle(&self, rows: Settlement<'_>) -> Result<CycleReport, OutboxError> {
-        let Settlement {
-            sequences,
-            heads,
-            codes,
-            errors,
-            destinations,
-        } = rows;
-        let backoff = &self.options.destination_backoff;
-        let destination_initial_ms = backoff.initial.as_secs_f64() * 1000.0;
-        let destination_max_ms = backoff.max.as_secs_f64() * 1000.0;
+        let claimed = rows.sequences.len();
         let retry = &self.options.retry;
-        let max_attempts = i32::try_from(retry.max_attempts).unwrap_or(i32::MAX);
-        let initial_ms = retry.initial_backoff.as_secs_f64() * 1000.0;
-        let max_ms = retry.max_backoff.as_secs_f64() * 1000.0;
-        let client = self.client().await?;
-        let rows = self
-            .options
-            .statements
-            .query(
-                &*client,
-                &self.tables.settle,
-                &[
-                    (&sequences, Type::INT8_ARRAY),
-                    (&codes, Type::TEXT_ARRAY),
-                    (&errors, Type::TEXT_ARRAY),
-                    (&max_attempts, Type::INT4),
-                    (&initial_ms, Type::FLOAT8),
-                    (&max_ms, Type::FLOAT8),
-                    (&self.id, Type::UUID),
-                    (&heads, Type::INT8_ARRAY),
-                    (&destinations, Type::TEXT_ARRAY),
-                    (&destination_initial_ms, Type::FLOAT8),
-                    (&destination_max_ms, Type::FLOAT8),
-                ],
-            )
-            .await
-            .map_err(db)?;
+        let backoff = &self.options.destination_backoff;
+        let params = SettleParams {
+            owner: self.id,
+            max_attempts: retry.max_attempts,
+            initial_backoff: retry.initial_backoff,
+            max_backoff: retry.max_backoff,
+            destination_initial: backoff.initial,
+            destination_max: backoff.max,
+        };
+        let rows = self.db.settle(rows, params).await?;
         let mut report = CycleReport {
-            claimed: sequences.len(),
+            claimed,
             ..CycleReport::default()
         };
-        for row in &rows {
-            let state: &str = row.get(0);
-            let outcome: &str = row.get(2);
-            match (state, outcome) {
+        for row in rows {
+            match (row.state.as_str(), row.outcome.as_str()) {
                 ("sent", _) => report.sent += 1,
                 ("dead", _) => {
                     report.dead += 1;
-                    let destination: String = row.get(1);
-                    metrics::counter!("eventrail_outbox_dead_letters_total", "destination" => destination)
+                    metrics::counter!("eventrail_outbox_dead_letters_total", "destination" => row.destination)
                         .increment(1);
                 }
                 (_, "r") => report.returned += 1,

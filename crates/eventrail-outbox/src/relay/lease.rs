@@ -5,11 +5,10 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use tokio_postgres::types::Type;
 use tracing::{debug, warn};
 
-use super::Relay;
-use crate::error::{chain, db};
+use super::{Core, RelayDb};
+use crate::error::chain;
 use crate::{OutboxError, OutboxMessage, Sink};
 
 /// Which keys of a batch this relay still holds, as far as it knows.
@@ -28,7 +27,7 @@ impl Leases {
     }
 }
 
-impl<S: Sink> Relay<S> {
+impl<S: Sink, D: RelayDb> Core<S, D> {
     /// Extends the batch's leases every third of the lease while it publishes; keys whose
     /// lease is gone are marked lost, so that their remaining messages are not published.
     pub(super) async fn keep_leases(
@@ -37,7 +36,6 @@ impl<S: Sink> Relay<S> {
         leases: &Mutex<Leases>,
     ) -> std::convert::Infallible {
         let lease = self.options.lease;
-        let lease_ms = lease.as_secs_f64() * 1000.0;
         loop {
             tokio::time::sleep(lease / 3).await;
             let held: Vec<i64> = {
@@ -52,7 +50,7 @@ impl<S: Sink> Relay<S> {
                 continue;
             }
             let sent = Instant::now();
-            match self.renew(&held, lease_ms).await {
+            match self.db.renew(&held, self.id, lease).await {
                 Ok(renewed) => {
                     let renewed: HashSet<i64> = renewed.into_iter().collect();
                     let mut l = leases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -76,31 +74,8 @@ impl<S: Sink> Relay<S> {
         }
     }
 
-    async fn renew(&self, heads: &[i64], lease_ms: f64) -> Result<Vec<i64>, OutboxError> {
-        let client = self.client().await?;
-        let rows = self
-            .options
-            .statements
-            .query(
-                &*client,
-                &self.tables.renew,
-                &[
-                    (&heads, Type::INT8_ARRAY),
-                    (&self.id, Type::UUID),
-                    (&lease_ms, Type::FLOAT8),
-                ],
-            )
-            .await
-            .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     pub(super) async fn release_leases(&self) -> Result<(), OutboxError> {
-        let client = self.client().await?;
-        let released = client
-            .execute_typed(&self.tables.release_all, &[(&self.id, Type::UUID)])
-            .await
-            .map_err(db)?;
+        let released = self.db.release_all(self.id).await?;
         debug!(released, "released leases");
         Ok(())
     }

@@ -14,38 +14,20 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
-use super::{CycleReport, RELAY_COMPONENT, Relay};
+use super::{Core, CycleReport, RELAY_COMPONENT, RelayDb};
 use crate::error::chain;
-use crate::{OutboxError, Sink, Wakeup};
+use crate::{OutboxError, Sink};
 
-impl<S: Sink> Relay<S> {
-    /// Relays until `shutdown` is cancelled, then stops claiming, lets in-flight publishes
-    /// finish within the shutdown timeout, hands back the rest and releases its leases.
-    ///
-    /// Claims are pipelined: while up to
-    /// [`claims_in_flight`](crate::OutboxOptions::claims_in_flight) batches' worth of messages publish
-    /// and settle, the next claim runs (it skips their keys, whose heads are leased). Keys are
-    /// settled as their runs finish, and each batch's leases are renewed until it is settled.
-    ///
-    /// Database failures are logged and retried every poll interval; they do not stop the relay.
-    ///
-    /// # Errors
-    /// [`OutboxError::Database`] when the leases cannot be released at shutdown (they expire).
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+impl<S: Sink, D: RelayDb> Core<S, D> {
+    /// The run loop of every relay (see [`Relay::run`](crate::Relay::run)); `wake` is notified
+    /// by whatever hints the database sends.
+    pub(crate) async fn run(
+        &self,
+        shutdown: &CancellationToken,
+        wake: &Notify,
+    ) -> Result<(), OutboxError> {
         let span = info_span!("outbox_relay", relay = %self.id);
         async {
-            let wake = Arc::new(Notify::new());
-            let stop_listener = shutdown.child_token();
-            let listener = match (&self.connect, self.options.wakeup) {
-                (Some(connect), Wakeup::Notify) => Some(tokio::spawn(listen(
-                    connect.clone(),
-                    self.tables.channel.clone(),
-                    self.options.poll_interval,
-                    Arc::clone(&wake),
-                    stop_listener.clone(),
-                ))),
-                _ => None,
-            };
             let mut next_cleanup = Instant::now();
             let mut next_stats = Instant::now();
             // Batches publishing or settling. The next claim runs while they do: their keys'
@@ -79,7 +61,7 @@ impl<S: Sink> Relay<S> {
                         Ok(batch) => {
                             more = batch.more;
                             if !batch.messages.is_empty() {
-                                batches.push(self.deliver(batch, &shutdown));
+                                batches.push(self.deliver(batch, shutdown));
                             }
                         }
                         Err(e) => {
@@ -125,23 +107,14 @@ impl<S: Sink> Relay<S> {
             while let Some(result) = batches.next().await {
                 settled(result);
             }
-            stop_listener.cancel();
-            if let Some(listener) = listener {
-                let _ = listener.await;
-            }
             self.release_leases().await
         }
         .instrument(span)
         .await
     }
 
-    /// One cycle: claim a batch, publish it, settle it. Returns what happened; `claimed` is 0
-    /// when nothing was due.
-    ///
-    /// # Errors
-    /// [`OutboxError::Database`]: the claim failed (nothing was published), or the settle
-    /// failed (the batch's leases expire and it is published again).
-    pub async fn relay_once(&self) -> Result<CycleReport, OutboxError> {
+    /// One cycle (see [`Relay::relay_once`](crate::Relay::relay_once)).
+    pub(crate) async fn relay_once(&self) -> Result<CycleReport, OutboxError> {
         self.cycle_until(&CancellationToken::new()).await
     }
 
@@ -178,7 +151,7 @@ fn settled<R>(result: Result<R, OutboxError>) {
 
 /// LISTENs on a dedicated connection ([`PgListener`](eventrail_store_postgres::PgListener)) and
 /// wakes the relay on each hint and after each (re)connection (hints may have been missed).
-async fn listen(
+pub(super) async fn listen(
     connect: PgConnectOptions,
     channel: String,
     max_retry: Duration,

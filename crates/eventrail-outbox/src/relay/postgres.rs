@@ -1,0 +1,214 @@
+//! The relay's database access on PostgreSQL: the statements of [`Tables`], sent on the
+//! relay's pool as [`Statements`] says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use eventrail_store_postgres::{ConnectError, Statements, to_sql_int as to_i64};
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::{ClaimRequest, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement};
+use crate::error::db;
+use crate::message::headers_from_json;
+use crate::tables::Tables;
+use crate::{OutboxError, OutboxMessage};
+
+/// The relay's pool and statements on PostgreSQL.
+pub(crate) struct PgRelayDb {
+    pub(crate) pool: Pool,
+    pub(crate) tables: Arc<Tables>,
+    pub(crate) statements: Statements,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl PgRelayDb {
+    /// A pooled connection; a pool timeout is a typed [`ConnectError`].
+    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| OutboxError::Connect(ConnectError::from_pool(e, &self.pool)))
+    }
+}
+
+impl RelayDb for PgRelayDb {
+    async fn claim(&self, request: ClaimRequest) -> Result<Claimed, OutboxError> {
+        let t = &self.tables;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let keys: Vec<String> = self
+            .statements
+            .query(
+                &tx,
+                &t.claim_keys,
+                &[(&to_i64(request.key_limit), Type::INT8)],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if keys.is_empty() {
+            tx.commit().await.map_err(db)?;
+            return Ok(Claimed::default());
+        }
+        let lease_ms = ms(request.lease);
+        let rows = self
+            .statements
+            .query(
+                &tx,
+                &t.claim_rows,
+                &[
+                    (&keys, Type::TEXT_ARRAY),
+                    (&to_i64(request.max_per_key), Type::INT8),
+                    (&to_i64(request.batch_size), Type::INT8),
+                    (&request.owner, Type::UUID),
+                    (&lease_ms, Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        // In outbox order (the statement sorts), so each key's messages are in order.
+        Ok(Claimed {
+            rows: rows
+                .iter()
+                .map(|r| ClaimedRow {
+                    message: message(r),
+                    head: r.get(9),
+                    probe: r.get(10),
+                })
+                .collect(),
+            keys_locked: keys.len(),
+        })
+    }
+
+    async fn renew(
+        &self,
+        heads: &[i64],
+        owner: Uuid,
+        lease: Duration,
+    ) -> Result<Vec<i64>, OutboxError> {
+        let client = self.client().await?;
+        let rows = self
+            .statements
+            .query(
+                &*client,
+                &self.tables.renew,
+                &[
+                    (&heads, Type::INT8_ARRAY),
+                    (&owner, Type::UUID),
+                    (&ms(lease), Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn release_all(&self, owner: Uuid) -> Result<u64, OutboxError> {
+        let client = self.client().await?;
+        client
+            .execute_typed(&self.tables.release_all, &[(&owner, Type::UUID)])
+            .await
+            .map_err(db)
+    }
+
+    async fn settle(
+        &self,
+        rows: Settlement<'_>,
+        params: SettleParams,
+    ) -> Result<Vec<Settled>, OutboxError> {
+        let Settlement {
+            sequences,
+            heads,
+            codes,
+            errors,
+            destinations,
+            attempts: _,
+        } = rows;
+        let max_attempts = i32::try_from(params.max_attempts).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        let rows = self
+            .statements
+            .query(
+                &*client,
+                &self.tables.settle,
+                &[
+                    (&sequences, Type::INT8_ARRAY),
+                    (&codes, Type::TEXT_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&max_attempts, Type::INT4),
+                    (&ms(params.initial_backoff), Type::FLOAT8),
+                    (&ms(params.max_backoff), Type::FLOAT8),
+                    (&params.owner, Type::UUID),
+                    (&heads, Type::INT8_ARRAY),
+                    (&destinations, Type::TEXT_ARRAY),
+                    (&ms(params.destination_initial), Type::FLOAT8),
+                    (&ms(params.destination_max), Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| Settled {
+                state: r.get(0),
+                destination: r.get(1),
+                outcome: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn cleanup_batch(&self, retention: Duration, batch: usize) -> Result<u64, OutboxError> {
+        let client = self.client().await?;
+        self.statements
+            .execute(
+                &*client,
+                &self.tables.cleanup,
+                &[(&ms(retention), Type::FLOAT8), (&to_i64(batch), Type::INT8)],
+            )
+            .await
+            .map_err(db)
+    }
+
+    async fn forget_destinations(&self) -> Result<u64, OutboxError> {
+        let client = self.client().await?;
+        client
+            .execute_typed(&self.tables.forget_destinations, &[])
+            .await
+            .map_err(db)
+    }
+
+    async fn stats(&self) -> Result<(u64, f64), OutboxError> {
+        let client = self.client().await?;
+        let row = client
+            .query_typed_one(&self.tables.stats, &[])
+            .await
+            .map_err(db)?;
+        Ok((
+            eventrail_store_postgres::from_sql_int(row.get(0)),
+            row.get(1),
+        ))
+    }
+}
+
+fn message(row: &Row) -> OutboxMessage {
+    OutboxMessage {
+        sequence: row.get(0),
+        id: row.get(1),
+        partition_key: row.get(2),
+        destination: row.get(3),
+        headers: headers_from_json(&row.get::<_, serde_json::Value>(4)),
+        payload: row.get(5),
+        content_type: row.get(6),
+        created_at: row.get(7),
+        attempts: u32::try_from(row.get::<_, i32>(8)).unwrap_or_default(),
+    }
+}
