@@ -9,6 +9,9 @@ mod amqp;
 mod aws;
 mod error;
 mod inbox;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+mod kafka;
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 mod kinesis;
@@ -55,6 +58,11 @@ pub use google_cloud_gax;
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 pub use google_cloud_pubsub;
 pub use inbox::Inbox;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use kafka::{
+    KAFKA_CONTENT_TYPE_HEADER, KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig, KafkaSinkError,
+};
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 pub use kinesis::KinesisSink;
@@ -66,6 +74,10 @@ pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};
+/// The Kafka client (librdkafka) the [`KafkaSink`] runs on.
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use rdkafka;
 pub use options::{DestinationBackoff, OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 #[cfg(feature = "pubsub")]
