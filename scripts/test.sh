@@ -9,6 +9,8 @@ bash scripts/ensure-message-db.sh
 bash scripts/ensure-pgbouncer.sh
 # NATS JetStream and RabbitMQ, for the outbox's broker tests (they fail without them).
 bash scripts/ensure-brokers.sh
+# A Kafka broker (nisshi, built once into ~/.cache/eventrail/nisshi), for the Kafka sink's tests.
+bash scripts/ensure-kafka.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -228,7 +228,10 @@ struct Inner {
 impl fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSink")
-            .field("bootstrap_servers", &self.inner.config.get("bootstrap.servers"))
+            .field(
+                "bootstrap_servers",
+                &self.inner.config.get("bootstrap.servers"),
+            )
             .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
@@ -289,7 +292,10 @@ impl KafkaSink {
             Ok(producer) => {
                 let old = std::mem::replace(&mut *current, (generation + 1, producer));
                 drop(current);
-                warn!(generation, "replaced the Kafka producer after a fatal error");
+                warn!(
+                    generation,
+                    "replaced the Kafka producer after a fatal error"
+                );
                 // Dropping a producer purges and flushes it (up to 500 ms): not on this thread.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn_blocking(move || drop(old));
@@ -446,7 +452,11 @@ mod tests {
 
     #[test]
     fn delivery_failures_are_classified_by_whom_they_are_about() {
-        for code in [Code::MessageSizeTooLarge, Code::InvalidRecord, Code::InvalidTopic] {
+        for code in [
+            Code::MessageSizeTooLarge,
+            Code::InvalidRecord,
+            Code::InvalidTopic,
+        ] {
             assert_eq!(class(code), FailureClass::MessagePermanent, "{code:?}");
         }
         for code in [Code::UnknownTopicOrPartition, Code::UnknownTopic] {
@@ -461,9 +471,17 @@ mod tests {
             Code::Fatal,
             Code::QueueFull,
         ] {
-            assert_eq!(class(code), FailureClass::DestinationUnavailable, "{code:?}");
+            assert_eq!(
+                class(code),
+                FailureClass::DestinationUnavailable,
+                "{code:?}"
+            );
         }
-        for code in [Code::MessageBatchTooLarge, Code::InvalidMessage, Code::Unknown] {
+        for code in [
+            Code::MessageBatchTooLarge,
+            Code::InvalidMessage,
+            Code::Unknown,
+        ] {
             assert_eq!(class(code), FailureClass::MessageTransient, "{code:?}");
         }
     }
@@ -511,7 +529,10 @@ mod tests {
                 .property("sasl.password", "hunter2")
         );
         let shown = format!("{config:?}");
-        assert!(shown.contains("sasl.password") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         let unknown = serde_json::from_str::<KafkaSinkConfig>(r#"{ "bootstrap": "k:9092" }"#);
         assert!(unknown.is_err());
         Ok(())
@@ -530,7 +551,10 @@ mod tests {
         )?;
         assert_eq!(sink.topic_name("orders"), "orders");
         let unknown = KafkaSink::new(&KafkaSinkConfig::new("b:1").property("no.such", "1"));
-        assert!(matches!(unknown, Err(KafkaSinkError::Client(_))), "{unknown:?}");
+        assert!(
+            matches!(unknown, Err(KafkaSinkError::Client(_))),
+            "{unknown:?}"
+        );
         Ok(())
     }
 }

@@ -74,10 +74,6 @@ pub use message::{NewMessage, OutboxMessage};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsSink, PARTITION_KEY_HEADER};
-/// The Kafka client (librdkafka) the [`KafkaSink`] runs on.
-#[cfg(feature = "kafka")]
-#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
-pub use rdkafka;
 pub use options::{DestinationBackoff, OutboxOptions, OutboxTables, RetryPolicy, Wakeup};
 pub use outbox::Outbox;
 #[cfg(feature = "pubsub")]
@@ -86,6 +82,10 @@ pub use pubsub::{
     PUBSUB_CONTENT_TYPE_ATTRIBUTE, PUBSUB_EMULATOR_DEFAULT_HOST, PUBSUB_MESSAGE_ID_ATTRIBUTE,
     PubSubSink,
 };
+/// The Kafka client (librdkafka) the [`KafkaSink`] runs on.
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use rdkafka;
 pub use relay::{CycleReport, Relay};
 pub use sink::{InMemorySink, PgTableSink, Sink};
 #[cfg(feature = "sqs")]

@@ -14,6 +14,7 @@ mod message_db;
 mod migrations;
 mod outbox;
 mod outbox_aws;
+mod outbox_kafka;
 mod outbox_outage;
 mod outbox_pubsub;
 mod pgbouncer;
