@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
-use tracing::{trace, warn};
+use tracing::{debug, trace, warn};
 
 use crate::{OutboxMessage, Sink, SinkError};
 
@@ -195,22 +195,25 @@ pub enum KafkaSinkError {
 /// created by publishing; a missing one is reported),
 /// `topic.metadata.propagation.max.ms=5000` and `partitioner=murmur2_random` (the Java client's
 /// partitioner). TLS and SASL (PLAIN, SCRAM, OAUTHBEARER; not GSSAPI) are client properties
-/// (`security.protocol`, `ssl.*`, `sasl.*`). Set `message.max.bytes` to the topics'
-/// `max.message.bytes`, so that an oversized message is refused on its own before it is sent
-/// (see below).
+/// (`security.protocol`, `ssl.*`, `sasl.*`). Setting `message.max.bytes` to the topics'
+/// `max.message.bytes` refuses an oversized message before it is sent (see below).
 ///
 /// # Failures
-/// Classified (see [`SinkError`]) by librdkafka's error code. Permanent for the message: larger
-/// than `message.max.bytes` (refused before it is sent), an invalid record, topic name or
-/// timestamp. The destination missing: an unknown topic or partition — an operator may create
+/// Classified (see [`SinkError`]) by librdkafka's error code. Permanent for the message: what
+/// librdkafka refuses before sending, for this record alone (larger than `message.max.bytes`,
+/// malformed), and a name that is no valid topic. The destination missing: an unknown topic or partition — an operator may create
 /// it, so the destination is backed off without spending attempts. The destination unavailable:
 /// no acknowledgement in time (`message.timeout.ms`: the broker down or partitioned), transport,
 /// name resolution, TLS and authentication failures, refused authorization, leader elections,
 /// too few in-sync replicas, throttling, a full local queue, and the idempotent producer's fatal
-/// errors (after which the sink makes a new producer). The rest counts against the message,
-/// including a broker's "message too large": the broker refuses the whole batch the record came
-/// in, which may hold other keys' messages, so the messages are retried (a message that really
-/// is too large goes dead when its attempts run out).
+/// errors (after which the sink makes a new producer). The rest counts against the message.
+///
+/// A broker judges a whole produce request ("message too large" against the topic's
+/// `max.message.bytes`, an invalid record or timestamp), and a request carries the records of
+/// many keys. When it refuses one, the sink sends the record again in a request of its own (on a
+/// second producer, made on first use, that sends one record per request): refused again, it is
+/// permanent; accepted, it was another record's fault and it is sent. So one oversized message
+/// does not take down the messages it was batched with.
 ///
 /// Clones share one producer (one connection per broker, with its own polling thread).
 #[derive(Clone)]
@@ -223,6 +226,9 @@ struct Inner {
     prefix: String,
     /// The producer and its generation, which counts replacements after fatal errors.
     producer: Mutex<(u64, FutureProducer)>,
+    /// A producer that sends one record per request, to put a record refused in a batch to the
+    /// test alone; made on first use.
+    alone: Mutex<Option<FutureProducer>>,
 }
 
 impl fmt::Debug for KafkaSink {
@@ -252,6 +258,7 @@ impl KafkaSink {
                 config: client,
                 prefix: config.topic_prefix.clone(),
                 producer: Mutex::new((0, producer)),
+                alone: Mutex::new(None),
             }),
         })
     }
@@ -296,10 +303,7 @@ impl KafkaSink {
                     generation,
                     "replaced the Kafka producer after a fatal error"
                 );
-                // Dropping a producer purges and flushes it (up to 500 ms): not on this thread.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn_blocking(move || drop(old));
-                }
+                drop_elsewhere(old);
             }
             Err(error) => warn!(%error, "could not replace the Kafka producer"),
         }
@@ -310,89 +314,227 @@ fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaSinkError> {
     config.create().map_err(KafkaSinkError::Client)
 }
 
-/// A librdkafka failure with the client's fatal-error text when there is one.
+/// A librdkafka failure, with the client's fatal-error text when there is one.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+#[error("{}{}", stage.describe(), detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
 struct Failed {
+    stage: Stage,
     #[source]
     error: KafkaError,
     detail: Option<String>,
+}
+
+impl Stage {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Enqueue => "librdkafka refused the record",
+            Self::Delivery => "the delivery report is a failure",
+            Self::Alone => "refused again when sent alone",
+        }
+    }
+}
+
+/// The record of `message` for `topic`.
+fn record<'a>(
+    topic: &'a str,
+    id: &'a str,
+    message: &'a OutboxMessage,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2)
+        .insert(Header {
+            key: KAFKA_MESSAGE_ID_HEADER,
+            value: Some(id),
+        })
+        .insert(Header {
+            key: KAFKA_CONTENT_TYPE_HEADER,
+            value: Some(message.content_type.as_str()),
+        });
+    for (name, value) in &message.headers {
+        if name != KAFKA_MESSAGE_ID_HEADER && name != KAFKA_CONTENT_TYPE_HEADER {
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: Some(value.as_str()),
+            });
+        }
+    }
+    FutureRecord::to(topic)
+        .key(message.partition_key.as_bytes())
+        .payload(message.payload.as_slice())
+        .headers(headers)
+}
+
+/// Sends `record` and waits for its delivery report; a failure says at which stage.
+async fn send(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<(), (KafkaError, Stage)> {
+    let started = Instant::now();
+    let delivery = loop {
+        match producer.send_result(record) {
+            Ok(delivery) => break delivery,
+            // librdkafka's local queue is full: wait for room, for a while.
+            Err((KafkaError::MessageProduction(Code::QueueFull), back))
+                if started.elapsed() < QUEUE_TIMEOUT =>
+            {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err((error, _)) => return Err((error, Stage::Enqueue)),
+        }
+    };
+    match delivery.await {
+        Ok(Ok(delivery)) => {
+            trace!(
+                partition = delivery.partition,
+                offset = delivery.offset,
+                "delivered"
+            );
+            Ok(())
+        }
+        Ok(Err((error, _))) => Err((error, Stage::Delivery)),
+        // The producer went away with the report (replaced after a fatal error).
+        Err(_) => Err((KafkaError::Canceled, Stage::Delivery)),
+    }
+}
+
+/// What a broker refuses for a whole produce request, which may carry other keys' records.
+fn refuses_the_request(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidRecord
+                | Code::InvalidTimestamp
+        )
+    )
 }
 
 impl Sink for KafkaSink {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), SinkError> {
         let topic = self.topic_name(&message.destination);
         let id = message.id.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2)
-            .insert(Header {
-                key: KAFKA_MESSAGE_ID_HEADER,
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: KAFKA_CONTENT_TYPE_HEADER,
-                value: Some(message.content_type.as_str()),
-            });
-        for (name, value) in &message.headers {
-            if name != KAFKA_MESSAGE_ID_HEADER && name != KAFKA_CONTENT_TYPE_HEADER {
-                headers = headers.insert(Header {
-                    key: name.as_str(),
-                    value: Some(value.as_str()),
-                });
-            }
-        }
-        let record = FutureRecord::to(&topic)
-            .key(message.partition_key.as_bytes())
-            .payload(message.payload.as_slice())
-            .headers(headers);
         let (generation, producer) = self.current();
-        match producer.send(record, QUEUE_TIMEOUT).await {
-            Ok(delivery) => {
-                trace!(
-                    topic,
-                    partition = delivery.partition,
-                    offset = delivery.offset,
-                    "delivered"
-                );
-                Ok(())
-            }
-            Err((error, _)) => {
-                let fatal = producer.client().fatal_error();
-                if fatal.is_some() {
-                    self.replace(generation);
+        match send(&producer, record(&topic, &id, message)).await {
+            Ok(()) => Ok(()),
+            // The broker refused the request the record went in, perhaps for another record of
+            // it: the record alone, in a request of its own, tells whose fault it was. (Nothing of
+            // this key is in flight meanwhile: the relay publishes a key's messages one by one.)
+            Err((error, Stage::Delivery)) if refuses_the_request(&error) => {
+                let alone = self.alone().map_err(SinkError::unavailable)?;
+                debug!(topic, %error, "refused in a batch; sending the record alone");
+                match send(&alone, record(&topic, &id, message)).await {
+                    Ok(()) => Ok(()),
+                    Err((error, Stage::Delivery)) if refuses_the_request(&error) => {
+                        Err(SinkError::permanent(Failed {
+                            stage: Stage::Alone,
+                            error,
+                            detail: None,
+                        }))
+                    }
+                    Err((error, stage)) => Err(self.failed(None, &alone, error, stage)),
                 }
-                let class = classify(&error);
-                let failed = Failed {
-                    error,
-                    detail: fatal.map(|(code, text)| format!("fatal {code:?}: {text}")),
-                };
-                Err(class(failed))
             }
+            Err((error, stage)) => Err(self.failed(Some(generation), &producer, error, stage)),
         }
     }
 }
 
+impl KafkaSink {
+    /// The producer that sends one record per request (made on first use).
+    fn alone(&self) -> Result<FutureProducer, KafkaSinkError> {
+        let mut alone = self
+            .inner
+            .alone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(producer) = alone.as_ref() {
+            return Ok(producer.clone());
+        }
+        let mut config = self.inner.config.clone();
+        config.set("batch.num.messages", "1").set("linger.ms", "0");
+        let producer = create(&config)?;
+        *alone = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// Classifies a failure at `stage`; when `producer` hit a fatal error, replaces it (the main
+    /// producer of `generation`, or the one that sends records alone).
+    fn failed(
+        &self,
+        generation: Option<u64>,
+        producer: &FutureProducer,
+        error: KafkaError,
+        stage: Stage,
+    ) -> SinkError {
+        let fatal = producer.client().fatal_error();
+        if fatal.is_some() {
+            match generation {
+                Some(generation) => self.replace(generation),
+                None => {
+                    let old = self
+                        .inner
+                        .alone
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    drop_elsewhere(old);
+                }
+            }
+        }
+        let class = classify(&error, stage);
+        class(Failed {
+            stage,
+            error,
+            detail: fatal.map(|(code, text)| format!("fatal {code:?}: {text}")),
+        })
+    }
+}
+
+/// Dropping a producer purges and flushes it (up to 500 ms) and joins its thread: not on a
+/// runtime's worker thread.
+fn drop_elsewhere<T: Send + 'static>(old: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+        Err(_) => drop(old),
+    }
+}
+
+/// Where a publish failed: librdkafka refused to enqueue the record (about this record alone), or
+/// the delivery report said so (about the produce request, which may carry other records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Enqueue,
+    Delivery,
+    /// Sent again in a request of its own, after the broker refused a whole request.
+    Alone,
+}
+
 /// Classifies a failed publish by librdkafka's error code (see [`KafkaSink`]); returns the
 /// constructor of the [`SinkError`].
-fn classify(error: &KafkaError) -> fn(Failed) -> SinkError {
+fn classify(error: &KafkaError, stage: Stage) -> fn(Failed) -> SinkError {
     match error.rdkafka_error_code() {
-        Some(code) => by_code(code),
+        Some(code) => by_code(code, stage),
         // A producer that cannot be reached (dropped, a runtime shutting down).
         None => SinkError::unavailable,
     }
 }
 
-fn by_code(code: Code) -> fn(Failed) -> SinkError {
+fn by_code(code: Code, stage: Stage) -> fn(Failed) -> SinkError {
     match code {
-        // This record will never be accepted: over message.max.bytes (refused before sending),
-        // malformed, a name that is no topic, a timestamp the broker refuses.
+        // Refused before sending, for this record alone: over message.max.bytes, malformed.
         Code::MessageSizeTooLarge
         | Code::InvalidMessageSize
         | Code::BadMessage
         | Code::InvalidRecord
-        | Code::InvalidTopic
-        | Code::InvalidTimestamp
         | Code::InvalidArgument
-        | Code::UnsupportedForMessageFormat => SinkError::permanent,
+            if stage == Stage::Enqueue =>
+        {
+            SinkError::permanent
+        }
+        // A name that is no topic, a topic that cannot store records with headers: nothing
+        // published there will ever be accepted.
+        Code::InvalidTopic | Code::UnsupportedForMessageFormat => SinkError::permanent,
         // The topic (or partition) does not exist: an operator may create it.
         Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition => {
             SinkError::missing
@@ -431,8 +573,10 @@ fn by_code(code: Code) -> fn(Failed) -> SinkError {
         | Code::InvalidRequiredAcks
         | Code::PurgeQueue
         | Code::PurgeInflight => SinkError::unavailable,
-        // Counts against the message: a broker's "message too large" (it refuses the whole
-        // batch, which may hold other keys' messages), a corrupt record, anything unexpected.
+        // Counts against the message: what the broker refuses for a whole produce request ("too
+        // large", an invalid record or timestamp: the request may carry other keys' records, so
+        // they are retried, and a record that really is at fault goes dead when its attempts run
+        // out), a corrupt record, anything unexpected.
         _ => SinkError::transient,
     }
 }
@@ -442,12 +586,17 @@ mod tests {
     use super::*;
     use crate::FailureClass;
 
-    fn class(code: Code) -> FailureClass {
+    fn class_at(code: Code, stage: Stage) -> FailureClass {
         let failed = Failed {
+            stage,
             error: KafkaError::MessageProduction(code),
             detail: None,
         };
-        by_code(code)(failed).class()
+        by_code(code, stage)(failed).class()
+    }
+
+    fn class(code: Code) -> FailureClass {
+        class_at(code, Stage::Delivery)
     }
 
     #[test]
@@ -455,10 +604,20 @@ mod tests {
         for code in [
             Code::MessageSizeTooLarge,
             Code::InvalidRecord,
-            Code::InvalidTopic,
+            Code::BadMessage,
         ] {
-            assert_eq!(class(code), FailureClass::MessagePermanent, "{code:?}");
+            assert_eq!(
+                class_at(code, Stage::Enqueue),
+                FailureClass::MessagePermanent,
+                "{code:?} refused before sending"
+            );
+            assert_eq!(
+                class_at(code, Stage::Delivery),
+                FailureClass::MessageTransient,
+                "{code:?} from the broker, for a whole request"
+            );
         }
+        assert_eq!(class(Code::InvalidTopic), FailureClass::MessagePermanent);
         for code in [Code::UnknownTopicOrPartition, Code::UnknownTopic] {
             assert_eq!(class(code), FailureClass::DestinationMissing, "{code:?}");
         }
