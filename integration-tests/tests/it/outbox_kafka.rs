@@ -546,6 +546,35 @@ async fn backed_off(db: &TestDb, class: FailureClass) -> anyhow::Result<bool> {
         .any(|d| d.class == class))
 }
 
+/// Waits until `more` messages beyond those sent now are sent.
+async fn flowing(db: &TestDb, more: i64) -> anyhow::Result<()> {
+    let before = count(db, "state = 'sent'").await?;
+    eventually(60, "messages flowing", || async {
+        Ok(count(db, "state = 'sent'").await? >= before + more)
+    })
+    .await
+}
+
+/// Stops the load, waits until everything it enqueued is sent and stops the relay, which must
+/// have sent everything (nothing dead); returns each key's payloads in enqueue order.
+async fn drain(
+    db: &TestDb,
+    stop: tokio_util::sync::CancellationToken,
+    load: tokio::task::JoinHandle<anyhow::Result<HashMap<String, Vec<Vec<u8>>>>>,
+    relay: crate::outbox::Running,
+) -> anyhow::Result<HashMap<String, Vec<Vec<u8>>>> {
+    stop.cancel();
+    let order = load.await??;
+    let total: usize = order.values().map(Vec::len).sum();
+    eventually(60, "everything sent", || async {
+        Ok(count(db, "state = 'sent'").await? == total as i64)
+    })
+    .await?;
+    relay.stop().await?;
+    assert_eq!(count(db, "state = 'dead'").await?, 0);
+    Ok(order)
+}
+
 #[tokio::test]
 async fn kafka_broker_frozen_under_load_loses_nothing_and_keeps_key_order() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
@@ -558,10 +587,7 @@ async fn kafka_broker_frozen_under_load_loses_nothing_and_keeps_key_order() -> a
     let stop = tokio_util::sync::CancellationToken::new();
     let producer = load(&db, &topic, stop.clone());
 
-    eventually(60, "messages flowing", || async {
-        Ok(count(&db, "state = 'sent'").await? >= 100)
-    })
-    .await?;
+    flowing(&db, 100).await?;
     server.signal("STOP")?;
     eventually(
         60,
@@ -569,21 +595,10 @@ async fn kafka_broker_frozen_under_load_loses_nothing_and_keeps_key_order() -> a
         || async { backed_off(&db, FailureClass::DestinationUnavailable).await },
     )
     .await?;
-    let before = count(&db, "state = 'sent'").await?;
     server.signal("CONT")?;
-    eventually(60, "messages flowing again", || async {
-        Ok(count(&db, "state = 'sent'").await? >= before + 100)
-    })
-    .await?;
-    stop.cancel();
-    let order = producer.await??;
+    flowing(&db, 100).await?;
+    let order = drain(&db, stop, producer, running).await?;
     let total: usize = order.values().map(Vec::len).sum();
-    eventually(60, "everything sent", || async {
-        Ok(count(&db, "state = 'sent'").await? == total as i64)
-    })
-    .await?;
-    running.stop().await?;
-    assert_eq!(count(&db, "state = 'dead'").await?, 0);
 
     let records = read_topic(&bootstrap, &topic).await?;
     let copies = check_key_order(&records, &order)?;
@@ -611,10 +626,7 @@ async fn kafka_broker_killed_and_restarted_under_load_gets_everything_not_yet_ac
     let stop = tokio_util::sync::CancellationToken::new();
     let producer = load(&db, &topic, stop.clone());
 
-    eventually(60, "messages flowing", || async {
-        Ok(count(&db, "state = 'sent'").await? >= 100)
-    })
-    .await?;
+    flowing(&db, 100).await?;
     server.kill()?;
     eventually(60, "the dead broker backed off as unavailable", || async {
         backed_off(&db, FailureClass::DestinationUnavailable).await
@@ -624,7 +636,9 @@ async fn kafka_broker_killed_and_restarted_under_load_gets_everything_not_yet_ac
     // storage); everything else must reach the new one.
     let acked_by_old: HashSet<Uuid> = acked.lock().unwrap_or_else(PoisonError::into_inner).clone();
     server.restart().await?;
-    // The new broker starts empty: the topic is missing until an operator creates it again.
+    // The new broker starts empty: the topic is missing until an operator creates it again. It
+    // does not know the idempotent producer's id either: librdkafka raises a fatal error
+    // (UNKNOWN_PRODUCER_ID) on the first produce to it, and the sink replaces its producer.
     eventually(
         60,
         "the restarted broker's missing topic backed off",
@@ -633,20 +647,9 @@ async fn kafka_broker_killed_and_restarted_under_load_gets_everything_not_yet_ac
     .await?;
     assert_eq!(count(&db, "state = 'dead'").await?, 0);
     create_topic(&bootstrap, &topic, 3, &[]).await?;
-    let before = count(&db, "state = 'sent'").await?;
-    eventually(60, "messages flowing again", || async {
-        Ok(count(&db, "state = 'sent'").await? >= before + 100)
-    })
-    .await?;
-    stop.cancel();
-    let order = producer.await??;
+    flowing(&db, 100).await?;
+    let order = drain(&db, stop, producer, running).await?;
     let total: usize = order.values().map(Vec::len).sum();
-    eventually(60, "everything sent", || async {
-        Ok(count(&db, "state = 'sent'").await? == total as i64)
-    })
-    .await?;
-    running.stop().await?;
-    assert_eq!(count(&db, "state = 'dead'").await?, 0);
 
     // Per key, what the new broker must hold: the messages the old one did not acknowledge.
     let client = db.pool.get().await?;
