@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -212,7 +213,9 @@ pub enum KafkaSinkError {
 /// no acknowledgement in time (`message.timeout.ms`: the broker down or partitioned), transport,
 /// name resolution, TLS and authentication failures, refused authorization, leader elections,
 /// too few in-sync replicas, throttling, a full local queue, and the idempotent producer's fatal
-/// errors (after which the sink makes a new producer). The rest counts against the message.
+/// errors (after which the sink makes a new producer; it also makes one when nothing was delivered
+/// for two delivery timeouts, which is how librdkafka can be left by a broker that lost the
+/// idempotent producer's state). The rest counts against the message.
 ///
 /// A broker judges a whole produce request ("message too large" against the topic's
 /// `max.message.bytes`, an invalid record or timestamp), and a request carries the records of
@@ -235,6 +238,12 @@ struct Inner {
     /// A producer that sends one record per request, to put a record refused in a batch to the
     /// test alone; made on first use.
     alone: Mutex<Option<FutureProducer>>,
+    /// When the sink was made: the origin of `last_delivery`.
+    origin: Instant,
+    /// Milliseconds from `origin` to the last delivery (or the last new producer).
+    last_delivery: AtomicU64,
+    /// `message.timeout.ms`.
+    delivery_timeout: Duration,
 }
 
 impl fmt::Debug for KafkaSink {
@@ -259,12 +268,19 @@ impl KafkaSink {
     pub fn new(config: &KafkaSinkConfig) -> Result<Self, KafkaSinkError> {
         let client = config.client_config()?;
         let producer = create(&client)?;
+        let delivery_timeout = ["message.timeout.ms", "delivery.timeout.ms"]
+            .iter()
+            .find_map(|name| client.get(name)?.trim().parse().ok())
+            .map_or(Duration::from_secs(20), Duration::from_millis);
         Ok(Self {
             inner: Arc::new(Inner {
                 config: client,
                 prefix: config.topic_prefix.clone(),
                 producer: Mutex::new((0, producer)),
                 alone: Mutex::new(None),
+                origin: Instant::now(),
+                last_delivery: AtomicU64::new(0),
+                delivery_timeout,
             }),
         })
     }
@@ -279,6 +295,18 @@ impl KafkaSink {
     /// of your own with the same settings).
     pub fn producer(&self) -> FutureProducer {
         self.current().1
+    }
+
+    /// Notes a delivery (or a new producer) now.
+    fn delivered(&self) {
+        let now = u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.last_delivery.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the last delivery (or new producer).
+    fn since_delivery(&self) -> Duration {
+        let last = Duration::from_millis(self.inner.last_delivery.load(Ordering::Relaxed));
+        self.inner.origin.elapsed().saturating_sub(last)
     }
 
     fn current(&self) -> (u64, FutureProducer) {
@@ -305,10 +333,8 @@ impl KafkaSink {
             Ok(producer) => {
                 let old = std::mem::replace(&mut *current, (generation + 1, producer));
                 drop(current);
-                warn!(
-                    generation,
-                    "replaced the Kafka producer after a fatal error"
-                );
+                self.delivered();
+                warn!(generation, "replaced the Kafka producer");
                 drop_elsewhere(old);
             }
             Err(error) => warn!(%error, "could not replace the Kafka producer"),
@@ -422,7 +448,10 @@ impl Sink for KafkaSink {
         let id = message.id.to_string();
         let (generation, producer) = self.current();
         match send(&producer, record(&topic, &id, message)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.delivered();
+                Ok(())
+            }
             // The broker refused the request the record went in, perhaps for another record of
             // it: the record alone, in a request of its own, tells whose fault it was. (Nothing of
             // this key is in flight meanwhile: the relay publishes a key's messages one by one.)
@@ -430,7 +459,10 @@ impl Sink for KafkaSink {
                 let alone = self.alone().map_err(SinkError::unavailable)?;
                 debug!(topic, %error, "refused in a batch; sending the record alone");
                 match send(&alone, record(&topic, &id, message)).await {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        self.delivered();
+                        Ok(())
+                    }
                     Err((error, Stage::Delivery)) if refuses_the_request(&error) => {
                         Err(SinkError::permanent(Failed {
                             stage: Stage::Alone,
@@ -474,6 +506,21 @@ impl KafkaSink {
         stage: Stage,
     ) -> SinkError {
         let fatal = producer.client().fatal_error();
+        if let Some(generation) = generation
+            && fatal.is_none()
+            && error.rdkafka_error_code() == Some(Code::MessageTimedOut)
+            && self.since_delivery() > 2 * self.inner.delivery_timeout
+        {
+            // Nothing delivered for two delivery timeouts. A broker that lost the idempotent
+            // producer's state (restarted without its log) can leave librdkafka timing out every
+            // record without raising a fatal error: a new producer starts afresh. While the
+            // broker is really down, this makes a new producer every other timeout, at no harm.
+            warn!(
+                since = ?self.since_delivery(),
+                "no Kafka delivery for two delivery timeouts: replacing the producer"
+            );
+            self.replace(generation);
+        }
         if fatal.is_some() {
             match generation {
                 Some(generation) => self.replace(generation),

@@ -14,9 +14,8 @@ use eventrail_outbox::rdkafka::consumer::{BaseConsumer, Consumer};
 use eventrail_outbox::rdkafka::message::{Headers, Message};
 use eventrail_outbox::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use eventrail_outbox::{
-    DestinationBackoff, FailureClass, KAFKA_CONTENT_TYPE_HEADER, KAFKA_MESSAGE_ID_HEADER,
-    KafkaSink, KafkaSinkConfig, NewMessage, OutboxAdmin, OutboxMessage, OutboxOptions, Relay,
-    RetryPolicy, Sink, SinkError, Wakeup,
+    FailureClass, KAFKA_CONTENT_TYPE_HEADER, KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig,
+    NewMessage, OutboxAdmin, OutboxMessage, OutboxOptions, Relay, RetryPolicy, Sink, SinkError,
 };
 use integration_tests::servers::KafkaServer;
 use uuid::Uuid;
@@ -488,22 +487,6 @@ impl<S: Sink> Sink for Acked<S> {
     }
 }
 
-/// Short timeouts and backoffs, many attempts: an outage of seconds backs the destination off.
-fn outage_options() -> OutboxOptions {
-    OutboxOptions::new()
-        .poll_interval(Duration::from_millis(20))
-        .wakeup(Wakeup::Poll)
-        .retry(RetryPolicy {
-            max_attempts: 1000,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-        })
-        .destination_backoff(DestinationBackoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        })
-}
-
 /// Enqueues batches of `KEYS` × 2 messages every 20 ms until stopped; returns each key's payloads
 /// in enqueue order.
 fn load(
@@ -583,7 +566,7 @@ async fn kafka_broker_frozen_under_load_loses_nothing_and_keeps_key_order() -> a
     let topic = unique_topic();
     create_topic(&bootstrap, &topic, 3, &[]).await?;
     let sink = sink(&bootstrap, |c| c.property("message.timeout.ms", "3000"))?;
-    let running = start(Relay::new(db.pool.clone(), sink, outage_options())?);
+    let running = start(Relay::new(db.pool.clone(), sink, fast())?);
     let stop = tokio_util::sync::CancellationToken::new();
     let producer = load(&db, &topic, stop.clone());
 
@@ -622,7 +605,7 @@ async fn kafka_broker_killed_and_restarted_under_load_gets_everything_not_yet_ac
         inner: sink(&bootstrap, |c| c.property("message.timeout.ms", "3000"))?,
         acked: Arc::clone(&acked),
     };
-    let running = start(Relay::new(db.pool.clone(), sink, outage_options())?);
+    let running = start(Relay::new(db.pool.clone(), sink, fast())?);
     let stop = tokio_util::sync::CancellationToken::new();
     let producer = load(&db, &topic, stop.clone());
 
