@@ -16,6 +16,8 @@ bash scripts/ensure-zookeeper.sh
 bash scripts/ensure-build-tools.sh
 # MariaDB, for the outbox's MySQL tests (they fail without it).
 bash scripts/ensure-mariadb.sh
+# A Kafka broker (nisshi, built once into ~/.cache/eventrail/nisshi), for the Kafka sink's tests.
+bash scripts/ensure-kafka.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -1,6 +1,6 @@
 //! Servers of a test's own, which it may kill and restart: a throwaway PostgreSQL cluster, a
-//! nats-server with JetStream, an etcd and a ZooKeeper server, each on a free port (never the
-//! shared ones).
+//! nats-server with JetStream, an etcd and a ZooKeeper server and a nisshi Kafka broker, each
+//! on a free port (never the shared ones).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -389,5 +389,109 @@ impl Drop for ZooKeeperServer {
     fn drop(&mut self) {
         let _ = self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where `scripts/ensure-kafka.sh` installs nisshi: `$NISSHI`, else
+/// `$HOME/.cache/eventrail/nisshi/bin/nisshi`, else `nisshi` on the `PATH`.
+#[must_use]
+pub fn nisshi_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NISSHI").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/eventrail/nisshi/bin/nisshi"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("nisshi"))
+}
+
+/// A nisshi broker (Kafka's protocol) of its own on a free port, with memory storage: a test may
+/// kill, freeze and restart it. Memory storage means a restarted broker starts empty (no topics,
+/// no records), like a new cluster.
+#[derive(Debug)]
+pub struct KafkaServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl KafkaServer {
+    /// Starts one and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When nisshi is not installed or does not start.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port()?,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Its bootstrap servers (`127.0.0.1:port`).
+    #[must_use]
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again, on the same port, empty) and waits until it accepts.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not accept within 30 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(nisshi_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+            ])
+            .arg(&url)
+            .args(["--storage-engine", "memory://nisshi/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("nisshi must be installed (scripts/ensure-kafka.sh installs it)")?;
+        self.child = Some(child);
+        let address = self.bootstrap();
+        eventually(30, "the nisshi broker accepting connections", || async {
+            Ok(tokio::net::TcpStream::connect(&address).await.is_ok())
+        })
+        .await
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the broker.
+    ///
+    /// # Errors
+    /// When it is not running or the signal cannot be sent.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the broker is not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// SIGKILLs the broker: gone, as in a crash (and with memory storage, its records with it).
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaServer {
+    fn drop(&mut self) {
+        let _ = self.signal("CONT");
+        let _ = self.kill();
     }
 }

@@ -74,7 +74,8 @@ enum Bench {
         #[arg(long)]
         async_commit: bool,
     },
-    /// Outbox relay throughput to NATS JetStream, RabbitMQ and memory against bare publish loops.
+    /// Outbox relay throughput to NATS JetStream, RabbitMQ, Kafka and memory against bare publish
+    /// loops.
     Outbox {
         /// Messages per measurement.
         #[arg(long, default_value_t = 50_000)]

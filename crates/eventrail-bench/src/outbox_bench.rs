@@ -1,7 +1,9 @@
-//! `eventrail-bench outbox`: relay throughput to NATS JetStream and to RabbitMQ against a bare
-//! client publish loop of the same messages (the physical limit), and with the in-memory sink
-//! (the database side alone). It works in a database of its own, `eventrail_bench_outbox`,
-//! created afresh, a JetStream stream `OUTBOX_BENCH` and a RabbitMQ queue `outbox_bench`.
+//! `eventrail-bench outbox`: relay throughput to NATS JetStream, to RabbitMQ and to Kafka against
+//! a bare client publish loop of the same messages (the physical limit), and with the in-memory
+//! sink (the database side alone). It works in a database of its own, `eventrail_bench_outbox`,
+//! created afresh, a JetStream stream `OUTBOX_BENCH`, a RabbitMQ queue `outbox_bench` and the
+//! Kafka topics `outbox_bench.raw` and `outbox_bench.bench` (`KAFKA_BOOTSTRAP_SERVERS`, by
+//! default 127.0.0.1:9092).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,15 +17,23 @@ use eventrail_outbox::lapin::options::{
 };
 use eventrail_outbox::lapin::types::FieldTable;
 use eventrail_outbox::lapin::{BasicProperties, Confirmation};
+use eventrail_outbox::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use eventrail_outbox::rdkafka::client::DefaultClientContext;
+use eventrail_outbox::rdkafka::message::{Header, OwnedHeaders};
+use eventrail_outbox::rdkafka::producer::FutureRecord;
 use eventrail_outbox::{
-    AmqpSink, InMemorySink, NatsSink, NewMessage, Outbox, OutboxMessage, OutboxOptions,
-    OutboxTables, Relay, Sink, SinkError, outbox_migrator,
+    AmqpSink, InMemorySink, KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig, NatsSink,
+    NewMessage, Outbox, OutboxMessage, OutboxOptions, OutboxTables, Relay, Sink, SinkError,
+    outbox_migrator,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 const STREAM: &str = "OUTBOX_BENCH";
 const QUEUE: &str = "outbox_bench";
+const KAFKA_PREFIX: &str = "outbox_bench.";
+/// Partitions of each Kafka topic.
+const KAFKA_PARTITIONS: i32 = 8;
 
 fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
     (0..n)
@@ -174,6 +184,56 @@ async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> any
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The bare producer, with the sink's settings (idempotent, `acks=all`): every message with its
+/// key and id header, `window` delivery reports outstanding.
+async fn bare_kafka(sink: &KafkaSink, n: usize, keys: usize, window: usize) -> anyhow::Result<f64> {
+    let all = messages(n, keys);
+    let producer = &sink.producer();
+    let topic = &sink.topic_name("raw");
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(all.iter().map(|m| async move {
+        let id = m.id.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: KAFKA_MESSAGE_ID_HEADER,
+            value: Some(id.as_str()),
+        });
+        let record = FutureRecord::to(topic)
+            .key(m.partition_key.as_bytes())
+            .payload(m.payload.as_slice())
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)?;
+        anyhow::Ok(())
+    }))
+    .buffer_unordered(window);
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Deletes and creates the bench's Kafka topics.
+async fn kafka_topics(bootstrap: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = eventrail_outbox::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names = [format!("{KAFKA_PREFIX}raw"), format!("{KAFKA_PREFIX}bench")];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Absent topics are fine: only a fresh, empty pair matters.
+    let _ = admin.delete_topics(&names, &options).await?;
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, KAFKA_PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&topics, &options).await? {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code:?}"))?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
     let admin_url = eventrail_devdb::database_url().await?;
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_outbox").await?;
@@ -211,6 +271,15 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         )
         .await?;
 
+    let kafka_bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
+    kafka_topics(&kafka_bootstrap)
+        .await
+        .context("a Kafka broker must be running (bash scripts/ensure-kafka.sh)")?;
+    let kafka = KafkaSink::new(&KafkaSinkConfig::new(&kafka_bootstrap).topic_prefix(KAFKA_PREFIX))?;
+
     println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
     let enqueue_rate = enqueue(&pool, n, keys).await?;
     pool.get()
@@ -229,6 +298,8 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         )
         .await?;
     let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch).await?;
+    let kafka_bare = bare_kafka(&kafka, n, keys, 1000).await?;
+    let kafka_relay = relay(&pool, kafka.clone(), n, keys, relays, batch).await?;
 
     println!(
         "| {:<36} | {:>12} | {:>12} |",
@@ -262,6 +333,16 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         "relay → RabbitMQ",
         amqp_relay,
         amqp_relay / amqp_bare
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12} |",
+        "bare Kafka producer loop (idempotent)", kafka_bare, "1.00"
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12.2} |",
+        "relay → Kafka",
+        kafka_relay,
+        kafka_relay / kafka_bare
     );
     println!(
         "targets: ≥ 20,000 messages/s to NATS ({}), ≥ 0.5× the bare loop ({})",

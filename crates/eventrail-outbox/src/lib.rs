@@ -9,6 +9,9 @@ mod amqp;
 mod aws;
 mod error;
 mod inbox;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+mod kafka;
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 mod kinesis;
@@ -58,6 +61,11 @@ pub use google_cloud_gax;
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 pub use google_cloud_pubsub;
 pub use inbox::Inbox;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use kafka::{
+    KAFKA_CONTENT_TYPE_HEADER, KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig, KafkaSinkError,
+};
 #[cfg(feature = "kinesis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 pub use kinesis::KinesisSink;
@@ -84,6 +92,10 @@ pub use pubsub::{
     PUBSUB_CONTENT_TYPE_ATTRIBUTE, PUBSUB_EMULATOR_DEFAULT_HOST, PUBSUB_MESSAGE_ID_ATTRIBUTE,
     PubSubSink,
 };
+/// The Kafka client (librdkafka) the [`KafkaSink`] runs on.
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use rdkafka;
 pub use relay::{CycleReport, Relay};
 pub use sink::{InMemorySink, PgTableSink, Sink};
 #[cfg(feature = "sqs")]

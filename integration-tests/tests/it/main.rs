@@ -18,6 +18,7 @@ mod mysql_harness;
 mod outbox;
 mod outbox_aws;
 mod outbox_backends;
+mod outbox_kafka;
 mod outbox_outage;
 mod outbox_pubsub;
 mod pgbouncer;
