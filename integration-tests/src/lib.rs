@@ -6,6 +6,7 @@ use tokio_postgres::Transaction;
 
 pub mod checks;
 pub mod fleet;
+pub mod saga_participant;
 pub mod saga_process;
 pub mod servers;
 pub mod torture;

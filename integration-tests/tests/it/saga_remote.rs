@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventrail_core::BoxError;
 use eventrail_outbox::{Inbox, Outbox, OutboxOptions, OutboxTables, Relay, Sink, outbox_migrator};
 use eventrail_saga::{
     Participant, RemoteCommand, SagaAdmin, SagaDefinition, SagaOptions, SagaRunner, SagaState,
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::outbox::{fast, start};
+use integration_tests::saga_participant::charge;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Checkout {
@@ -29,26 +29,20 @@ struct Checkout {
 type Receive =
     Arc<dyn Fn(String) -> BoxFuture<'static, anyhow::Result<Vec<Vec<u8>>>> + Send + Sync>;
 
-fn charge<'a>(
-    tx: &'a tokio_postgres::Transaction<'a>,
-    command: &'a RemoteCommand,
-) -> BoxFuture<'a, Result<serde_json::Value, BoxError>> {
-    Box::pin(async move {
-        let amount = command.payload["amount"].as_i64().unwrap_or(0);
-        // The payment's effect, in the participant's transaction.
-        tx.execute(
-            "INSERT INTO payments.charges (saga_id, amount) VALUES ($1, $2)",
-            &[&command.saga_id, &amount],
-        )
-        .await?;
-        if amount > 100 {
-            return Err("card declined".into());
-        }
-        Ok(serde_json::json!({"charged": amount}))
-    })
+/// Where the payments service runs.
+enum Payments {
+    /// In this process, consuming through `receive`.
+    Here,
+    /// In its own OS process (`test-saga-participant`), consuming from JetStream itself.
+    Process,
 }
 
-async fn scenario<S: Sink + Clone>(sink: S, prefix: &str, receive: Receive) -> anyhow::Result<()> {
+async fn scenario<S: Sink + Clone>(
+    sink: S,
+    prefix: &str,
+    receive: Receive,
+    service: Payments,
+) -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let mut client = db.pool.get().await?;
     outbox_migrator("payments", &OutboxTables::default())?
@@ -136,11 +130,27 @@ async fn scenario<S: Sink + Clone>(sink: S, prefix: &str, receive: Receive) -> a
     // The payments service: inbox, outbox and relay in its own schema.
     let payments = OutboxOptions::new().schema("payments");
     let participant = Participant::new("payments", Inbox::new(&payments)?, Outbox::new(&payments)?);
-    let payments_relay = start(Relay::new(
-        db.pool.clone(),
-        sink.clone(),
-        fast().schema("payments"),
-    )?);
+    let here = matches!(service, Payments::Here);
+    let payments_relay = if here {
+        Some(start(Relay::new(
+            db.pool.clone(),
+            sink.clone(),
+            fast().schema("payments"),
+        )?))
+    } else {
+        None
+    };
+    let payments_process = if here {
+        None
+    } else {
+        let command = integration_tests::fleet::WorkerCommand::new(env!(
+            "CARGO_BIN_EXE_test-saga-participant"
+        ))
+        .env("EVENTRAIL_TEST_SUBJECT_PREFIX", prefix);
+        Some(integration_tests::fleet::WorkerProcess::spawn(
+            &command, &db.url, "payments", 0,
+        )?)
+    };
 
     // The brokers' consumers: commands to the participant (except those for amount 999, which
     // the payments service never answers), replies to the sagas.
@@ -161,7 +171,12 @@ async fn scenario<S: Sink + Clone>(sink: S, prefix: &str, receive: Receive) -> a
         );
         async move {
             while !stop.is_cancelled() {
-                for body in receive(commands.clone()).await? {
+                let commands = if here {
+                    receive(commands.clone()).await?
+                } else {
+                    Vec::new() // the payments process consumes them itself
+                };
+                for body in commands {
                     let command: RemoteCommand = serde_json::from_slice(&body)?;
                     if command.payload["amount"] == 999 {
                         continue;
@@ -205,19 +220,26 @@ async fn scenario<S: Sink + Clone>(sink: S, prefix: &str, receive: Receive) -> a
     assert_eq!(settle(unanswered).await?, SagaState::Compensated);
 
     // The command redelivered: the inbox takes it once.
-    let again = handled
-        .lock()
-        .expect("lock")
-        .first()
-        .cloned()
-        .expect("a handled command");
-    assert!(!participant.handle(&db.pool, &again, charge).await?);
+    if here {
+        let again = handled
+            .lock()
+            .expect("lock")
+            .first()
+            .cloned()
+            .expect("a handled command");
+        assert!(!participant.handle(&db.pool, &again, charge).await?);
+    }
 
     stop.cancel();
     runner_task.await??;
     consumers.await??;
     orders_relay.stop().await?;
-    payments_relay.stop().await?;
+    if let Some(relay) = payments_relay {
+        relay.stop().await?;
+    }
+    if let Some(process) = payments_process {
+        process.stop()?;
+    }
 
     let client = db.client().await?;
     let charges: Vec<(Uuid, i64)> = client
@@ -265,6 +287,16 @@ async fn scenario<S: Sink + Clone>(sink: S, prefix: &str, receive: Receive) -> a
 
 #[tokio::test]
 async fn remote_steps_over_nats_jetstream_complete_refuse_and_time_out() -> anyhow::Result<()> {
+    over_nats(Payments::Here).await
+}
+
+/// The payments service in its own process, with its own relay and JetStream consumer.
+#[tokio::test]
+async fn remote_steps_between_two_processes_over_nats_jetstream() -> anyhow::Result<()> {
+    over_nats(Payments::Process).await
+}
+
+async fn over_nats(payments: Payments) -> anyhow::Result<()> {
     use eventrail_outbox::NatsSink;
     use futures::StreamExt;
 
@@ -308,7 +340,7 @@ async fn remote_steps_over_nats_jetstream_complete_refuse_and_time_out() -> anyh
             Ok(bodies)
         })
     });
-    scenario(sink.clone(), &prefix, receive).await?;
+    scenario(sink.clone(), &prefix, receive, payments).await?;
     sink.jetstream().delete_stream(&prefix).await?;
     Ok(())
 }
@@ -348,7 +380,7 @@ async fn remote_steps_over_rabbitmq_complete_refuse_and_time_out() -> anyhow::Re
             Ok(bodies)
         })
     });
-    scenario(sink.clone(), &prefix, receive).await?;
+    scenario(sink.clone(), &prefix, receive, Payments::Here).await?;
     for q in &queues {
         sink.channel()
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
