@@ -96,6 +96,28 @@ impl SagaRunner {
         }
     }
 
+    /// This runner as a task of a worker (`WorkerBuilder::task`): it runs on the worker
+    /// runtime, beside its consumers, and stops with the worker.
+    ///
+    /// ```no_run
+    /// # fn f(store: eventrail_store_postgres::PgEventStore, runner: eventrail_saga::SagaRunner,
+    /// #      direct: tokio_postgres::Config) -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = eventrail_worker::Worker::builder(store, direct)
+    ///     .task("sagas", runner.into_worker_task())
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_worker_task(
+        self,
+    ) -> impl FnOnce(
+        CancellationToken,
+    )
+        -> futures::future::BoxFuture<'static, Result<(), eventrail_core::BoxError>>
+    + Send
+    + 'static {
+        move |stop| Box::pin(async move { self.run(stop).await.map_err(Into::into) })
+    }
+
     /// This runner's id (its `owner` in the step rows).
     #[must_use]
     pub fn id(&self) -> &str {

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventrail_core::BoxError;
 use eventrail_store_postgres::{ConnectError, PgConnectOptions, PgEventStore};
+use futures::future::BoxFuture;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -35,7 +37,15 @@ pub struct WorkerBuilder {
     connect: PgConnectOptions,
     options: WorkerOptions,
     consumers: Vec<Arc<dyn DynConsumer>>,
+    tasks: Vec<Task>,
 }
+
+/// A task that runs for the worker's lifetime (a saga runner, a relay), stopped with it.
+/// Boxed: tasks of any type share one list.
+type Task = (
+    String,
+    Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send>,
+);
 
 /// The consumers' names, for `Debug`.
 fn consumer_names(consumers: &[Arc<dyn DynConsumer>]) -> Vec<&str> {
@@ -61,6 +71,18 @@ impl WorkerBuilder {
     /// Adds a consumer.
     pub fn consumer(mut self, consumer: impl Consumer) -> Self {
         self.consumers.push(Arc::new(consumer));
+        self
+    }
+
+    /// Runs `task` beside the consumers for as long as the worker runs (for example a saga
+    /// runner: `|stop| Box::pin(async move { runner.run(stop).await.map_err(Into::into) })`).
+    /// It gets a token cancelled when the worker stops, and the worker's shutdown waits for it.
+    /// An error it returns is logged; it does not stop the worker.
+    pub fn task<F>(mut self, name: impl Into<String>, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + 'static,
+    {
+        self.tasks.push((name.into(), Box::new(task)));
         self
     }
 
@@ -113,6 +135,7 @@ impl WorkerBuilder {
             options: Arc::new(options),
             tables: Arc::new(tables),
             consumers: self.consumers,
+            tasks: self.tasks,
         })
     }
 }
@@ -134,6 +157,7 @@ pub struct Worker {
     options: Arc<WorkerOptions>,
     tables: Arc<Tables>,
     consumers: Vec<Arc<dyn DynConsumer>>,
+    tasks: Vec<Task>,
 }
 
 impl fmt::Debug for Worker {
@@ -192,6 +216,7 @@ impl Worker {
             connect: connect.into(),
             options: WorkerOptions::default(),
             consumers: Vec::new(),
+            tasks: Vec::new(),
         }
     }
 
@@ -242,6 +267,11 @@ impl Worker {
         let mut session = Some(first);
 
         let dispatcher = tokio::spawn(run_dispatcher(shared.clone(), stop.clone()));
+        let side_tasks: Vec<(String, JoinHandle<Result<(), BoxError>>)> = self
+            .tasks
+            .into_iter()
+            .map(|(name, task)| (name, tokio::spawn(task(stop.clone()))))
+            .collect();
         let consumers: HashMap<String, Arc<dyn DynConsumer>> = self
             .consumers
             .iter()
@@ -374,6 +404,15 @@ impl Worker {
             let _ = r.task.await;
         }
         let _ = dispatcher.await;
+        for (name, task) in side_tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(task = %name, error = %crate::error::chain(&*e), "a worker task failed")
+                }
+                Err(e) => warn!(task = %name, error = %e, "a worker task panicked"),
+            }
+        }
         // The external elector hands leadership back first (revoking its lease, closing its
         // session), so the next leader need not wait for a timeout.
         elector.resign().await;

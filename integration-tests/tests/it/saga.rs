@@ -93,6 +93,10 @@ impl Running {
     }
 }
 
+fn options_for_sagas() -> SagaOptions {
+    options()
+}
+
 fn options() -> SagaOptions {
     SagaOptions::new()
         .poll_interval(Duration::from_millis(50))
@@ -1326,7 +1330,15 @@ async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelive
         .base_poll_interval(Duration::from_millis(10))
         .max_poll_interval(Duration::from_millis(100));
     let run_worker = || -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<Result<(), eventrail_worker::WorkerError>>)> {
-        let worker = Worker::builder(store.clone(), db.config()).options(options.clone()).consumer(starter()).build()?;
+        // The saga runner runs on the worker runtime, as one of its tasks.
+        let runner = SagaRunner::builder(store.clone(), options_for_sagas())
+            .definition(&definition)
+            .build()?;
+        let worker = Worker::builder(store.clone(), db.config())
+            .options(options.clone())
+            .consumer(starter())
+            .task("sagas", runner.into_worker_task())
+            .build()?;
         let stop = CancellationToken::new();
         Ok((stop.clone(), tokio::spawn(worker.run(stop))))
     };
@@ -1389,5 +1401,20 @@ async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelive
         5,
         "a redelivered event starts no second saga"
     );
+    let states: Vec<String> = client
+        .query("SELECT state FROM eventrail.saga_instances", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        states.iter().all(|s| s == "completed"),
+        "run by the worker's saga task: {states:?}"
+    );
+    let runners: i64 = client
+        .query_one("SELECT count(*) FROM eventrail.saga_runners", &[])
+        .await?
+        .get(0);
+    assert_eq!(runners, 0, "the task stopped with the worker");
     Ok(())
 }
