@@ -32,3 +32,7 @@ bench-faults:
 # 3-step sagas per second with 1 and 4 runners, beside DBOS Transact (installed from PyPI when missing)
 bench-saga:
     cargo run --release --locked -p eventrail-bench -- saga
+
+# Message DB, Emmett and Python eventsourcing appending the append benchmark's payload (issue 13's peers)
+bench-peers:
+    cargo run --release --locked -p eventrail-bench -- peers

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 mod faults_bench;
 mod outbox_bench;
+mod peers_bench;
 mod saga_bench;
 mod worker_bench;
 
@@ -112,6 +113,16 @@ enum Bench {
         /// Skip DBOS (which needs python3 and the `dbos` package, installed when missing).
         #[arg(long)]
         no_peer: bool,
+    },
+    /// Message DB's `write_message`, Emmett and Python `eventsourcing` appending the append
+    /// benchmark's payload with 1, 4 and 16 writers (installed from PyPI and npm when missing).
+    Peers {
+        /// Seconds per row.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Writer counts.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
+        writers: Vec<usize>,
     },
     /// A worker process of the `faults` benchmark (started by it).
     #[command(hide = true)]
@@ -370,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => outbox_bench::run(messages, keys, relays, batch).await,
         Bench::Faults { seconds, rounds } => faults_bench::run(seconds, rounds).await,
+        Bench::Peers { seconds, writers } => peers_bench::run(seconds, &writers).await,
         Bench::Saga {
             sagas,
             workers,
