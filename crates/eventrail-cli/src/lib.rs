@@ -21,7 +21,7 @@ use eventrail_core::{
     Category, EventData, EventStore, ReadAllOptions, ReadStreamOptions, RecordedEvent, StreamName,
 };
 use eventrail_outbox::OutboxAdmin;
-use eventrail_saga::{SagaAdmin, SagaOptions, SagaTables};
+use eventrail_saga::{SagaAdmin, SagaOptions};
 pub use saga::SagaAction;
 
 mod saga;
@@ -560,7 +560,7 @@ fn migrator(config: &EventrailConfig) -> anyhow::Result<Migrator> {
     Ok(eventrail_saga::with_saga_migration(
         everything,
         config.schema(),
-        &SagaTables::default(),
+        config.saga_tables(),
     )?)
 }
 

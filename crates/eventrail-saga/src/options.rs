@@ -35,9 +35,12 @@ impl SagaOptions {
         Self::default()
     }
 
-    /// The schema of `config` (shared with the store, the worker and the outbox).
+    /// The schema and saga table names of `config` (shared with the store, the worker, the
+    /// outbox and the CLI).
     pub fn from_config(config: &EventrailConfig) -> Self {
-        Self::new().schema(config.schema())
+        Self::new()
+            .schema(config.schema())
+            .tables(config.saga_tables().clone())
     }
 
     /// The schema of the saga tables (and of the event store the sagas record into).
@@ -70,5 +73,28 @@ impl SagaOptions {
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_take_the_configurations_schema_and_saga_tables() {
+        let config = EventrailConfig::builder()
+            .schema("billing")
+            .saga_tables(SagaTables {
+                saga_steps: "ops.steps".into(),
+                ..SagaTables::default()
+            })
+            .build()
+            .unwrap();
+        let o = SagaOptions::from_config(&config);
+        assert_eq!(o.schema, "billing");
+        assert_eq!(o.tables.saga_steps, "ops.steps");
+        let t = crate::tables::Tables::new(&o.tables, &o.schema).unwrap();
+        assert_eq!(t.steps, "\"ops\".\"steps\"");
+        assert_eq!(t.instances, "\"billing\".\"saga_instances\"");
     }
 }

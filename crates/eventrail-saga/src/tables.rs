@@ -1,5 +1,5 @@
+pub use eventrail_store_postgres::SagaTables;
 use eventrail_store_postgres::{ConfigError, Migration, Migrator};
-use serde::{Deserialize, Serialize};
 
 /// The sagas' migration (number 9; 8 is left to the worker's elector tables).
 pub const SAGA_MIGRATION: Migration = Migration {
@@ -7,36 +7,6 @@ pub const SAGA_MIGRATION: Migration = Migration {
     name: "saga",
     template: include_str!("../../../migrations/0009_saga.sql"),
 };
-
-/// The saga tables' names: bare names go in the configured schema, `schema.table` elsewhere.
-/// Fixed by the first migration of a schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct SagaTables {
-    /// One row per saga.
-    pub saga_instances: String,
-    /// One row per step of each saga.
-    pub saga_steps: String,
-    /// Signals the sagas received.
-    pub saga_signals: String,
-    /// Registered definitions.
-    pub saga_definitions: String,
-    /// Live runners and their handlers.
-    pub saga_runners: String,
-}
-
-impl Default for SagaTables {
-    fn default() -> Self {
-        Self {
-            saga_instances: "saga_instances".into(),
-            saga_steps: "saga_steps".into(),
-            saga_signals: "saga_signals".into(),
-            saga_definitions: "saga_definitions".into(),
-            saga_runners: "saga_runners".into(),
-        }
-    }
-}
 
 /// Validated, quoted, schema-qualified names.
 #[derive(Debug, Clone)]

@@ -81,6 +81,35 @@ impl Default for OutboxTables {
     }
 }
 
+/// Names of the sagas' tables; each may carry a schema (`ops.saga_steps`). Unqualified names live
+/// in the configuration's schema. Fixed by the first migration of a schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaTables {
+    /// One row per saga (default `saga_instances`).
+    pub saga_instances: String,
+    /// One row per step of each saga (default `saga_steps`).
+    pub saga_steps: String,
+    /// Signals the sagas received (default `saga_signals`).
+    pub saga_signals: String,
+    /// Registered definitions (default `saga_definitions`).
+    pub saga_definitions: String,
+    /// Live runners and their handlers (default `saga_runners`).
+    pub saga_runners: String,
+}
+
+impl Default for SagaTables {
+    fn default() -> Self {
+        Self {
+            saga_instances: "saga_instances".into(),
+            saga_steps: "saga_steps".into(),
+            saga_signals: "saga_signals".into(),
+            saga_definitions: "saga_definitions".into(),
+            saga_runners: "saga_runners".into(),
+        }
+    }
+}
+
 /// How the workers elect their leader: the `leader_election` section of a configuration file.
 /// The worker turns it into its `LeaderMode` (modes other than the PostgreSQL ones need the
 /// worker's `etcd` or `zookeeper` feature); options set in code win over it.
@@ -144,6 +173,7 @@ pub enum LeaderElectionMode {
 ///   "outbox_channel": "billing_outbox",
 ///   "worker_tables": { "consumer_checkpoints": "ops.checkpoints" },
 ///   "outbox_tables": { "outbox": "ops.outbox" },
+///   "saga_tables": { "saga_steps": "ops.saga_steps" },
 ///   "leader_election": { "mode": "zookeeper", "endpoints": ["zk-1:2181", "zk-2:2181"] }
 /// }
 /// ```
@@ -174,6 +204,8 @@ pub struct ConfigFile {
     pub worker_tables: WorkerTables,
     /// The outbox's tables.
     pub outbox_tables: OutboxTables,
+    /// The sagas' tables.
+    pub saga_tables: SagaTables,
     /// How the workers elect their leader (default: the advisory lock).
     pub leader_election: LeaderElection,
 }
@@ -190,6 +222,7 @@ impl Default for ConfigFile {
             outbox_channel: None,
             worker_tables: WorkerTables::default(),
             outbox_tables: OutboxTables::default(),
+            saga_tables: SagaTables::default(),
             leader_election: LeaderElection::default(),
         }
     }
@@ -242,6 +275,7 @@ struct Inner {
     outbox_channel: Option<String>,
     worker_tables: WorkerTables,
     outbox_tables: OutboxTables,
+    saga_tables: SagaTables,
     leader_election: LeaderElection,
     connect: Option<PgConnectOptions>,
     direct: Option<PgConnectOptions>,
@@ -292,6 +326,12 @@ impl EventrailConfigBuilder {
     /// The worker's table names.
     pub fn worker_tables(mut self, tables: WorkerTables) -> Self {
         self.file.worker_tables = tables;
+        self
+    }
+
+    /// The sagas' table names.
+    pub fn saga_tables(mut self, tables: SagaTables) -> Self {
+        self.file.saga_tables = tables;
         self
     }
 
@@ -368,6 +408,16 @@ impl EventrailConfigBuilder {
         ] {
             qualify_table(what, name, &f.schema)?;
         }
+        let sg = &f.saga_tables;
+        for (what, name) in [
+            ("saga_instances table", &sg.saga_instances),
+            ("saga_steps table", &sg.saga_steps),
+            ("saga_signals table", &sg.saga_signals),
+            ("saga_definitions table", &sg.saga_definitions),
+            ("saga_runners table", &sg.saga_runners),
+        ] {
+            qualify_table(what, name, &f.schema)?;
+        }
         Ok(EventrailConfig {
             inner: Arc::new(Inner {
                 quoted_schema,
@@ -376,6 +426,7 @@ impl EventrailConfigBuilder {
                 outbox_channel,
                 worker_tables: f.worker_tables,
                 outbox_tables: f.outbox_tables,
+                saga_tables: f.saga_tables,
                 leader_election: f.leader_election,
                 connect: self.connect,
                 direct: self.direct,
@@ -565,6 +616,12 @@ impl EventrailConfig {
         &self.inner.worker_tables
     }
 
+    /// The sagas' table names.
+    #[must_use]
+    pub fn saga_tables(&self) -> &SagaTables {
+        &self.inner.saga_tables
+    }
+
     /// The outbox's table names.
     #[must_use]
     pub fn outbox_tables(&self) -> &OutboxTables {
@@ -656,6 +713,27 @@ mod tests {
         );
         let unknown = serde_json::from_str::<ConfigFile>(r#"{ "shema": "x" }"#);
         assert!(unknown.is_err(), "unknown fields are refused");
+        let sagas = SagaTables {
+            saga_steps: "ops;drop".into(),
+            ..SagaTables::default()
+        };
+        assert!(
+            EventrailConfig::builder()
+                .saga_tables(sagas)
+                .build()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn saga_table_names_come_from_the_file() {
+        let file: ConfigFile = serde_json::from_str(
+            r#"{ "schema": "billing", "saga_tables": { "saga_steps": "ops.saga_steps" } }"#,
+        )
+        .unwrap();
+        let c = EventrailConfig::from_file_contents(file).unwrap();
+        assert_eq!(c.saga_tables().saga_steps, "ops.saga_steps");
+        assert_eq!(c.saga_tables().saga_instances, "saga_instances");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod store;
 
 pub use config::{
     ConfigFile, ConfigFileError, EventrailConfig, EventrailConfigBuilder, LeaderElection,
-    LeaderElectionMode, OutboxTables, WorkerTables,
+    LeaderElectionMode, OutboxTables, SagaTables, WorkerTables,
 };
 pub use connect::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenEvent,
