@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventrail_core::error_chain;
-use eventrail_store_postgres::{ListenEvent, PgConnectOptions, PgEventStore};
+use eventrail_store_postgres::{PgConnectOptions, PgEventStore};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::types::Type;
@@ -662,21 +662,15 @@ async fn listen(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut listener = match connect.listener(COMPONENT, &[&channel]) {
+    let listener = match connect.listener(COMPONENT, &[&channel]) {
         Ok(l) => l,
         Err(e) => {
             warn!(error = %error_chain(&e), "cannot LISTEN for due saga steps; polling");
             return;
         }
     };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            event = listener.recv() => match event {
-                Ok(ListenEvent::Notification(_) | ListenEvent::Listening { .. }) => wake.notify_one(),
-                Ok(_) => {}
-                Err(e) => debug!(error = %error_chain(&e), "saga listener reconnecting"),
-            },
-        }
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = listener.wake_on_events(&wake) => {}
     }
 }

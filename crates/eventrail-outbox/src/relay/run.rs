@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use eventrail_store_postgres::{ListenEvent, PgConnectOptions};
+use eventrail_store_postgres::PgConnectOptions;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
@@ -158,7 +158,7 @@ pub(super) async fn listen(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut listener = match connect.listener(RELAY_COMPONENT, &[&channel]) {
+    let listener = match connect.listener(RELAY_COMPONENT, &[&channel]) {
         Ok(l) => l.max_backoff(max_retry),
         Err(e) => {
             // Validated when the relay was built: it polls instead.
@@ -166,14 +166,8 @@ pub(super) async fn listen(
             return;
         }
     };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            event = listener.recv() => match event {
-                Ok(ListenEvent::Notification(_) | ListenEvent::Listening { .. }) => wake.notify_one(),
-                Ok(_) => {}
-                Err(e) => warn!(error = %chain(&e), "the outbox LISTEN connection failed; reconnecting"),
-            },
-        }
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = listener.wake_on_events(&wake) => {}
     }
 }

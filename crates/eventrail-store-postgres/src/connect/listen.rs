@@ -135,6 +135,26 @@ impl PgListener {
         }
     }
 
+    /// Wakes `wake` on every notification and after every (re)connection (hints sent while it
+    /// was away are lost, so a waiter must look again), reconnecting with backoff after a lost
+    /// connection, which it logs. It never ends: select it against your stop signal. For a
+    /// loop that polls and only needs to hear "something may have changed" (the outbox relay,
+    /// the saga runner).
+    pub async fn wake_on_events(mut self, wake: &tokio::sync::Notify) -> std::convert::Infallible {
+        loop {
+            match self.recv().await {
+                Ok(ListenEvent::Notification(_) | ListenEvent::Listening { .. }) => {
+                    wake.notify_one()
+                }
+                Err(e) => tracing::warn!(
+                    component = %self.component,
+                    error = %eventrail_core::error_chain(&e),
+                    "the LISTEN connection failed; reconnecting"
+                ),
+            }
+        }
+    }
+
     /// The next notification or (re)connection.
     ///
     /// # Errors
