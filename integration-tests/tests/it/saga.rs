@@ -123,7 +123,8 @@ fn run_definition<I: Serialize + serde::de::DeserializeOwned + 'static>(
     ))
 }
 
-async fn settled(sagas: &Sagas, id: Uuid) -> anyhow::Result<SagaState> {
+/// Waits (at most 30 s) until the saga is finished or stuck.
+pub(crate) async fn settled(sagas: &Sagas, id: Uuid) -> anyhow::Result<SagaState> {
     let state = tokio::time::timeout(
         Duration::from_secs(30),
         sagas.wait_settled(id, Duration::from_millis(20)),
@@ -1001,11 +1002,7 @@ mod crashes {
         .await?;
         let b = WorkerProcess::spawn(&command, &db.url, "b", 0)?;
         a.kill()?;
-        let state = tokio::time::timeout(
-            Duration::from_secs(30),
-            sagas.wait_settled(id, Duration::from_millis(20)),
-        )
-        .await??;
+        let state = super::settled(&sagas, id).await?;
         assert_eq!(state, SagaState::Completed);
         b.stop()?;
         let client = db.client().await?;
@@ -1160,8 +1157,6 @@ mod crashes {
 mod processes {
     //! Runners in their own OS processes: every one restarted, data definitions split over two.
 
-    use std::time::Duration;
-
     use eventrail_saga::{SagaAdmin, SagaDocument, SagaOptions, SagaState, Sagas};
     use integration_tests::fleet::{WorkerCommand, WorkerProcess};
     use integration_tests::saga_process::{
@@ -1215,11 +1210,7 @@ mod processes {
             WorkerProcess::spawn(&command(), &db.url, "r2", 0)?,
             WorkerProcess::spawn(&command(), &db.url, "r3", 0)?,
         ];
-        let state = tokio::time::timeout(
-            Duration::from_secs(30),
-            sagas.wait_settled(id, Duration::from_millis(20)),
-        )
-        .await??;
+        let state = super::settled(&sagas, id).await?;
         assert_eq!(state, SagaState::Completed);
         let finish = admin
             .show(id)
@@ -1275,11 +1266,7 @@ mod processes {
         tx.commit().await?;
         let admin = SagaAdmin::new(db.store(), &SagaOptions::new())?;
         for id in ids {
-            let state = tokio::time::timeout(
-                Duration::from_secs(30),
-                sagas.wait_settled(id, Duration::from_millis(20)),
-            )
-            .await??;
+            let state = super::settled(&sagas, id).await?;
             assert_eq!(state, SagaState::Completed);
             let steps = admin.show(id).await?.steps;
             let runner = |n: &str| {

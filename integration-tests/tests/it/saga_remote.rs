@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::outbox::{fast, start};
+use crate::saga::settled;
 use integration_tests::saga_participant::charge;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,21 +204,9 @@ async fn scenario<S: Sink + Clone>(
     let unanswered = sagas
         .start(&definition, &Checkout { amount: 999 }, None)
         .await?;
-    let settle = |id| {
-        let sagas = sagas.clone();
-        async move {
-            anyhow::Ok(
-                tokio::time::timeout(
-                    Duration::from_secs(30),
-                    sagas.wait_settled(id, Duration::from_millis(20)),
-                )
-                .await??,
-            )
-        }
-    };
-    assert_eq!(settle(paid).await?, SagaState::Completed);
-    assert_eq!(settle(declined).await?, SagaState::Compensated);
-    assert_eq!(settle(unanswered).await?, SagaState::Compensated);
+    assert_eq!(settled(&sagas, paid).await?, SagaState::Completed);
+    assert_eq!(settled(&sagas, declined).await?, SagaState::Compensated);
+    assert_eq!(settled(&sagas, unanswered).await?, SagaState::Compensated);
 
     // The command redelivered: the inbox takes it once.
     if here {
