@@ -99,6 +99,97 @@ async fn an_open_transaction_holding_a_lower_position_is_never_passed() -> anyho
     Ok(())
 }
 
+/// The store's own plain append is one statement (no plpgsql call): it must still hold its
+/// transaction id and the appender lock before it draws a position. Here it draws one, then
+/// waits inside its INSERT for another transaction that wrote the same event id (a raw writer,
+/// not an appender); a reader must wait for it rather than skip its position.
+#[tokio::test]
+async fn a_plain_append_waiting_after_taking_its_position_is_never_passed() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let first = store.append(request("a-1", 1)?).await?.last_position();
+
+    // The raw writer: not an appender (no appender lock), holding event id `id` uncommitted.
+    let id = uuid::Uuid::now_v7();
+    let mut raw = db.client().await?;
+    let raw_tx = raw.transaction().await?;
+    raw_tx
+        .execute(
+            "INSERT INTO eventrail.events (stream_name, stream_version, event_id, event_type, data) \
+             VALUES ('raw-1', 0, $1, 'Tick', '{}')",
+            &[&id],
+        )
+        .await?;
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .append(AppendRequest::new(
+                    "b-1".parse::<StreamName>()?,
+                    ExpectedVersion::Any,
+                    vec![event().with_id(id)],
+                ))
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    // It has drawn its position and waits on the raw writer's transaction id.
+    let watcher = db.client().await?;
+    integration_tests::servers::eventually(10, "the plain append waits on the raw writer", || {
+        let watcher = &watcher;
+        async move {
+            Ok(watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.datname = current_database() AND l.locktype = 'transactionid' \
+                       AND NOT l.granted",
+                    &[],
+                )
+                .await?
+                .get::<_, i64>(0)
+                >= 1)
+        }
+    })
+    .await?;
+    let later = store.append(request("c-1", 1)?).await?.last_position();
+
+    let mut watch = GapWatch::new();
+    for _ in 0..3 {
+        let read = store.read_safe(&mut watch, first, 100, None, None).await?;
+        assert_eq!(
+            read.frontier.safe, first,
+            "the frontier stops below the waiting append: {:?}",
+            read.frontier
+        );
+        assert!(read.events.is_empty());
+    }
+
+    raw_tx.rollback().await?;
+    let held = blocked.await??.last_position();
+    assert!(first < held && held < later, "{first} < {held} < {later}");
+    let mut seen = Vec::new();
+    let mut after = first;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while after < later {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader did not reach {later}"
+        );
+        let read = store.read_safe(&mut watch, after, 100, None, None).await?;
+        seen.extend(read.events.iter().map(|e| e.global_position));
+        after = read.frontier.safe;
+        if after < later {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(
+        seen,
+        [held, later],
+        "the waiting append is delivered, in order"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_rolled_back_hole_is_skipped_only_after_proof_and_reported() -> anyhow::Result<()> {
     let db = TestDb::new().await?;

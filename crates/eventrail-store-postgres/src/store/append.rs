@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use postgres_types::{Json, ToSql, Type};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Row, Transaction};
-use tracing::{instrument, warn};
+use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
 use super::{PgEventStore, backend, read_committed};
@@ -134,6 +134,22 @@ impl<'r> AppendParams<'r> {
             metadata: events.iter().map(|e| Json(&e.metadata)).collect(),
             channel,
         })
+    }
+
+    /// The parameters of the plain statement ([`Sql::append_plain`](super::sql)): stream,
+    /// expected version and the event columns.
+    fn plain(&self) -> [(&(dyn ToSql + Sync), Type); 9] {
+        [
+            (&self.stream, Type::TEXT),
+            (&self.expected_kind, Type::INT2),
+            (&self.expected_version, Type::INT8),
+            (&self.ids, Type::UUID_ARRAY),
+            (&self.types, Type::TEXT_ARRAY),
+            (&self.schema_versions, Type::INT4_ARRAY),
+            (&self.data, Type::JSONB_ARRAY),
+            (&self.data_binary, Type::BYTEA_ARRAY),
+            (&self.metadata, Type::JSONB_ARRAY),
+        ]
     }
 
     fn typed(&self) -> [(&(dyn ToSql + Sync), Type); 12] {
@@ -287,6 +303,69 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
 
 const SAVEPOINT: &str = "eventrail_append";
 
+/// What the plain statement made of an append.
+enum Plain {
+    /// Written.
+    Appended(AppendOutcome),
+    /// Refused for good (a duplicate event id, a lost connection).
+    Failed(StoreError),
+    /// Not decided: its snapshot may have been stale (a failed version check, a version
+    /// collision), or it may not insert (no INSERT privilege). `append_events` decides.
+    Undecided,
+}
+
+impl PgEventStore {
+    /// The store's own plain append in one SQL statement (see `Sql::append_plain`).
+    async fn append_plain(
+        &self,
+        client: &deadpool_postgres::Object,
+        request: &AppendRequest,
+        params: &AppendParams<'_>,
+    ) -> Plain {
+        let result = self
+            .statements()
+            .query(&**client, &self.inner.sql.append_plain, &params.plain())
+            .await;
+        match result {
+            Ok(rows) if rows.len() == request.events.len() => {
+                match positions_and_last_version(&rows) {
+                    Ok((positions, last)) => Plain::Appended(AppendOutcome::new(last, positions)),
+                    Err(e) => Plain::Failed(e),
+                }
+            }
+            // The check failed on the statement's snapshot, which may predate the stream lock.
+            Ok(_) => Plain::Undecided,
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                // A role that may only call `append_events` (`eventrail migrate --roles`).
+                self.inner
+                    .plain_appends
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                debug!("no INSERT privilege on events: appends go through append_events");
+                Plain::Undecided
+            }
+            Err(e) => match classify(e) {
+                AppendFailure::DuplicateId => {
+                    Plain::Failed(self.duplicate_id(&***client, &params.ids).await)
+                }
+                // A stale version collided: the function reads after the stream lock.
+                AppendFailure::Other(StoreError::SerializationConflict(_)) => Plain::Undecided,
+                AppendFailure::Other(e) => Plain::Failed(e),
+            },
+        }
+    }
+}
+
+/// The positions of the rows (in order) and the last stream version.
+fn positions_and_last_version(rows: &[Row]) -> Result<(Vec<u64>, u64), StoreError> {
+    let mut positions = Vec::with_capacity(rows.len());
+    let mut last = 0;
+    for row in rows {
+        positions.push(to_u64(row.try_get(0).map_err(backend)?));
+        last = last.max(to_u64(row.try_get(1).map_err(backend)?));
+    }
+    Ok((positions, last))
+}
+
 impl PgEventStore {
     async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
         let event_id = match client
@@ -311,7 +390,24 @@ impl PgEventStore {
         // No hint inside the transaction (it would serialise commits): sent after the commit.
         let params = AppendParams::new(&request, None)?;
         let mut client = self.client().await?;
-        if self.inner.processors.is_empty() && staged.is_none() {
+        let plain = self.inner.processors.is_empty() && staged.is_none();
+        if plain
+            && request.expected_position.is_none()
+            && self
+                .inner
+                .plain_appends
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            match self.append_plain(&client, &request, &params).await {
+                Plain::Appended(outcome) => {
+                    self.hint(outcome.last_position());
+                    return Ok(outcome);
+                }
+                Plain::Failed(e) => return Err(e),
+                Plain::Undecided => {}
+            }
+        }
+        if plain {
             // One statement in autocommit: one round trip. A database whose default isolation is
             // above READ COMMITTED refuses a conditional append (nothing written) or reports a
             // stale version: run it again below, explicitly at READ COMMITTED.

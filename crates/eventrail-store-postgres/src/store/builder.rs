@@ -114,6 +114,7 @@ impl PgEventStore {
             inner: Arc::new(Inner {
                 sql: Sql::new(&schema, options.schema_name()),
                 hinter,
+                plain_appends: std::sync::atomic::AtomicBool::new(true),
                 channel,
                 options,
                 config,

@@ -47,6 +47,9 @@ struct Inner {
     processors: Vec<Arc<dyn DynProcessor>>,
     /// After-commit hints of the store's own appends (none without a channel).
     hinter: Option<hint::Hinter>,
+    /// Whether the store's own plain appends use the one-statement path (cleared when its role
+    /// may not INSERT into events).
+    plain_appends: std::sync::atomic::AtomicBool,
 }
 
 /// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.

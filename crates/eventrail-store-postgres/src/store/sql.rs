@@ -1,13 +1,14 @@
 //! The store's SQL text, formatted once per store with its schema (and lock namespace) filled
 //! in, so no statement is built on the hot path.
 
-use crate::keys::SCOPE_ALL_LOCK;
+use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK, STREAM_LOCK};
 use crate::rows::EVENT_COLUMNS;
 
 /// SQL text with the schema filled in once.
 #[derive(Debug)]
 pub(super) struct Sql {
     pub(super) append: String,
+    pub(super) append_plain: String,
     pub(super) read_stream_forward: String,
     pub(super) read_stream_backward: String,
     pub(super) read_category: String,
@@ -31,6 +32,7 @@ impl Sql {
             append: format!(
                 "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
+            append_plain: append_plain(schema, &namespace),
             read_stream_forward: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
                  AND {} ORDER BY stream_version LIMIT $4",
@@ -85,4 +87,46 @@ impl Sql {
             existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
         }
     }
+}
+
+/// The plain append (no position precondition) as one SQL statement, without the plpgsql call
+/// of `append_events` (which costs as much server time as the INSERT itself). It takes what the
+/// function takes, in the same order: the transaction id, then the appender (whole-log) and
+/// category locks shared and the stream lock, all in the `held` CTE, which every inserted row
+/// joins, so no position is drawn before them (the gap proof).
+///
+/// Unlike the function, its snapshot is the statement's, taken before it waited for the stream
+/// lock, so its version may be stale: the version check is run against that snapshot and, when
+/// it fails, nothing is written (no row) and the caller asks the function for the authoritative
+/// answer; when it passes on a stale version, the insert collides on `events_stream_version_key`
+/// and the caller does the same. The store's own autocommit appends use it: a failed statement
+/// there aborts nothing of a caller's.
+///
+/// Parameters: `$1` stream, `$2` expected kind (as the function's), `$3` expected version,
+/// `$4`..`$9` the event columns. Returns each event's position and stream version, in order.
+fn append_plain(schema: &str, namespace: &str) -> String {
+    format!(
+        "WITH held AS MATERIALIZED ( \
+             SELECT pg_current_xact_id() AS xid, \
+                    pg_advisory_xact_lock_shared({SCOPE_ALL_LOCK}, hashtext('{namespace}')), \
+                    pg_advisory_xact_lock_shared({SCOPE_CATEGORY_LOCK}, \
+                        hashtext('{namespace}' || split_part($1, '-', 1))), \
+                    pg_advisory_xact_lock({STREAM_LOCK}, hashtext('{namespace}' || $1)) \
+         ), head AS MATERIALIZED ( \
+             SELECT max(stream_version) AS version FROM {schema}.events WHERE stream_name = $1 \
+         ) \
+         INSERT INTO {schema}.events AS e \
+             (stream_name, stream_version, event_id, event_type, schema_version, data, data_binary, metadata) \
+         SELECT $1, coalesce(h.version, -1) + n.ord, n.id, n.event_type, n.schema_version, \
+                n.data, n.data_binary, n.metadata \
+           FROM held, head h, \
+                unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::bytea[], $9::jsonb[]) \
+                WITH ORDINALITY AS n(id, event_type, schema_version, data, data_binary, metadata, ord) \
+          WHERE $2::int2 = 0 \
+             OR ($2 = 1 AND h.version IS NULL) \
+             OR ($2 = 2 AND h.version IS NOT NULL) \
+             OR ($2 = 3 AND h.version = $3::int8) \
+          ORDER BY n.ord \
+         RETURNING e.global_position, e.stream_version"
+    )
 }
