@@ -234,7 +234,26 @@ async fn kafka_topics(bootstrap: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
+/// What one run of the relay benchmark measured, in messages/s.
+pub(crate) struct RelayFigures {
+    pub(crate) enqueue: f64,
+    pub(crate) memory: f64,
+    pub(crate) nats_bare: f64,
+    pub(crate) nats_relay: f64,
+    pub(crate) amqp_bare: f64,
+    pub(crate) amqp_relay: f64,
+    /// Bare loop and relay, when Kafka was measured.
+    pub(crate) kafka: Option<(f64, f64)>,
+}
+
+/// Measures the relay to each broker beside its bare publish loop (Kafka when `with_kafka`).
+pub(crate) async fn measure(
+    n: usize,
+    keys: usize,
+    relays: usize,
+    batch: usize,
+    with_kafka: bool,
+) -> anyhow::Result<RelayFigures> {
     let admin_url = eventrail_devdb::database_url().await?;
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_outbox").await?;
     let mut client = crate::connect(&url).await?;
@@ -271,16 +290,6 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         )
         .await?;
 
-    let kafka_bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:9092".into());
-    kafka_topics(&kafka_bootstrap)
-        .await
-        .context("a Kafka broker must be running (bash scripts/ensure-kafka.sh)")?;
-    let kafka = KafkaSink::new(&KafkaSinkConfig::new(&kafka_bootstrap).topic_prefix(KAFKA_PREFIX))?;
-
-    println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
     let enqueue_rate = enqueue(&pool, n, keys).await?;
     pool.get()
         .await?
@@ -298,8 +307,52 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         )
         .await?;
     let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch).await?;
-    let kafka_bare = bare_kafka(&kafka, n, keys, 1000).await?;
-    let kafka_relay = relay(&pool, kafka.clone(), n, keys, relays, batch).await?;
+    let kafka = if with_kafka {
+        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        kafka_topics(&bootstrap)
+            .await
+            .context("a Kafka broker must be running (bash scripts/ensure-kafka.sh)")?;
+        let kafka = KafkaSink::new(&KafkaSinkConfig::new(&bootstrap).topic_prefix(KAFKA_PREFIX))?;
+        let bare = bare_kafka(&kafka, n, keys, 1000).await?;
+        Some((bare, relay(&pool, kafka, n, keys, relays, batch).await?))
+    } else {
+        None
+    };
+    let _ = nats.jetstream().delete_stream(STREAM).await;
+    for q in [QUEUE, "bench"] {
+        amqp.channel()
+            .queue_purge(q.into(), QueuePurgeOptions::default())
+            .await?;
+        amqp.channel()
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(RelayFigures {
+        enqueue: enqueue_rate,
+        memory,
+        nats_bare,
+        nats_relay,
+        amqp_bare,
+        amqp_relay,
+        kafka,
+    })
+}
+
+pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
+    println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
+    let RelayFigures {
+        enqueue: enqueue_rate,
+        memory,
+        nats_bare,
+        nats_relay,
+        amqp_bare,
+        amqp_relay,
+        kafka,
+    } = measure(n, keys, relays, batch, true).await?;
+    let (kafka_bare, kafka_relay) = kafka.unwrap_or((f64::NAN, f64::NAN));
 
     println!(
         "| {:<36} | {:>12} | {:>12} |",
@@ -353,15 +406,5 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
             "MISS"
         }
     );
-
-    let _ = nats.jetstream().delete_stream(STREAM).await;
-    for q in [QUEUE, "bench"] {
-        amqp.channel()
-            .queue_purge(q.into(), QueuePurgeOptions::default())
-            .await?;
-        amqp.channel()
-            .queue_delete(q.into(), QueueDeleteOptions::default())
-            .await?;
-    }
     Ok(())
 }

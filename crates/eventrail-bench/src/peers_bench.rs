@@ -62,11 +62,15 @@ fn emmett_home() -> anyhow::Result<PathBuf> {
     Ok(home)
 }
 
-/// Runs the peers and prints their table.
+/// Runs the peers: one JSON object per peer and writer count (`system`, `writers`,
+/// `events_per_second`).
 ///
 /// # Errors
 /// A database, install or peer failure.
-pub(crate) async fn run(seconds: u64, writers: &[usize]) -> anyhow::Result<()> {
+pub(crate) async fn measure(
+    seconds: u64,
+    writers: &[usize],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let admin_url = eventrail_devdb::database_url().await?;
     let mdb = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_peers_mdb").await?;
     let install_url = admin_url.clone();
@@ -97,6 +101,15 @@ pub(crate) async fn run(seconds: u64, writers: &[usize]) -> anyhow::Result<()> {
             .context("node is needed for the Emmett peer")?,
         "emmett_append.mjs",
     )?);
+    Ok(rows)
+}
+
+/// Runs the peers and prints their table.
+///
+/// # Errors
+/// A database, install or peer failure.
+pub(crate) async fn run(seconds: u64, writers: &[usize]) -> anyhow::Result<()> {
+    let rows = measure(seconds, writers).await?;
     println!(
         "\nPeers appending one small JSON event per transaction, {seconds} s per row, same server"
     );

@@ -161,7 +161,7 @@ async fn lag(
 }
 
 /// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
-async fn catch_up(
+pub(crate) async fn catch_up(
     admin_url: &str,
     events: usize,
     batch_sizes: &[Option<usize>],

@@ -1,0 +1,75 @@
+//! `eventrail-bench table`: every row of the performance table in one run on the same server,
+//! each beside its raw twin, then the peers appending the same payload.
+
+use anyhow::Context;
+
+use crate::{Row, append_rows, outbox_bench, peers_bench, print_rows, worker_bench};
+
+/// Runs every measurement and prints one table (and the peers' table under it).
+pub(crate) async fn run(
+    seconds: u64,
+    events: usize,
+    messages: usize,
+    peers: bool,
+) -> anyhow::Result<()> {
+    let mut rows = append_rows(seconds, false).await.context("appends")?;
+    let admin_url = eventrail_devdb::database_url().await?;
+    let (copy, rates) = worker_bench::catch_up(&admin_url, events, &[None])
+        .await
+        .context("catch-up")?;
+    rows.push(Row {
+        scenario: format!("catch-up, one consumer vs COPY TO ({events})"),
+        raw: copy,
+        eventrail: rates.first().copied().unwrap_or_default(),
+        target: 0.6,
+    });
+    let relay = outbox_bench::measure(messages, 2_000, 2, 10_000, false)
+        .await
+        .context("relay")?;
+    rows.push(Row {
+        scenario: "relay → NATS JetStream vs bare publish loop".into(),
+        raw: relay.nats_bare,
+        eventrail: relay.nats_relay,
+        target: 0.6,
+    });
+    rows.push(Row {
+        scenario: "relay → RabbitMQ vs bare loop (confirms)".into(),
+        raw: relay.amqp_bare,
+        eventrail: relay.amqp_relay,
+        target: 0.7,
+    });
+    println!();
+    print_rows("events/s; relay rows in messages/s", &rows);
+    println!(
+        "not measured (not built yet): catch-up from a hot standby; append/read latency at 1M → 50M events"
+    );
+    if peers {
+        let peers = peers_bench::measure(seconds, &[1, 4, 16])
+            .await
+            .context("peers")?;
+        println!(
+            "\nPeers appending the same payload, one event per transaction ({seconds} s a row)"
+        );
+        println!("| peer | 1 writer | 4 writers | 16 writers |");
+        println!("|---|--:|--:|--:|");
+        let mut systems: Vec<&str> = peers.iter().filter_map(|r| r["system"].as_str()).collect();
+        systems.dedup();
+        for system in systems {
+            let rate = |writers: u64| {
+                peers
+                    .iter()
+                    .find(|r| r["system"] == system && r["writers"] == writers)
+                    .and_then(|r| r["events_per_second"].as_f64())
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+            };
+            println!("| {system} | {} | {} | {} |", rate(1), rate(4), rate(16));
+        }
+        let eventrail: Vec<String> = rows
+            .iter()
+            .take(3)
+            .map(|r| format!("{:.0}", r.eventrail))
+            .collect();
+        println!("| eventrail (above) | {} |", eventrail.join(" | "));
+    }
+    Ok(())
+}
