@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use eventrail_core::{BoxError, StoreError};
-use eventrail_store_postgres::{FrontierStall, GapSkip, GapWatch, Snapshot};
+use eventrail_core::{BoxError, RecordedEvent, StoreError};
+use eventrail_store_postgres::{
+    Frontier, FrontierStall, GapSkip, GapWatch, PgEventStore, Snapshot,
+};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -66,6 +68,70 @@ struct Suspect {
     park: bool,
 }
 
+/// The next batch, read while the current one runs (catch-up overlaps reading with the
+/// handlers and the commit): the probe of the positions after `after` and their events.
+///
+/// Only a guess until the current batch commits exactly up to `after`; otherwise it is dropped
+/// (which aborts it) and the loop probes afresh. Events are immutable and `frontier.safe` is
+/// gap-safe however long ago it was probed, so reading outside the batch transaction is sound.
+struct ReadAhead {
+    after: u64,
+    task: tokio::task::JoinHandle<Result<Ahead, StoreError>>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a [`ReadAhead`] found: the frontier, the gap watch after that probe, and the events up
+/// to the frontier (or the read's error, a decode error among them, for the batch to handle).
+struct Ahead {
+    frontier: Frontier,
+    watch: GapWatch,
+    events: Result<Vec<RecordedEvent>, StoreError>,
+}
+
+impl ReadAhead {
+    fn start(
+        store: PgEventStore,
+        watch: GapWatch,
+        after: u64,
+        max: usize,
+        scope: ConsumerScope,
+    ) -> Self {
+        let task = tokio::spawn(async move {
+            let mut watch = watch;
+            let frontier = store.probe_frontier(&mut watch, after, max).await?;
+            let events = if frontier.safe > after {
+                match store.pool().get().await {
+                    Ok(client) => {
+                        store
+                            .read_range_in(
+                                &**client,
+                                after,
+                                frontier.safe,
+                                optional(&scope.categories),
+                                optional(&scope.event_types),
+                            )
+                            .await
+                    }
+                    Err(e) => Err(StoreError::backend(e)),
+                }
+            } else {
+                Ok(Vec::new())
+            };
+            Ok(Ahead {
+                frontier,
+                watch,
+                events,
+            })
+        });
+        Self { after, task }
+    }
+}
+
 struct Checkpoint {
     position: u64,
     paused: bool,
@@ -114,6 +180,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
     // After a committed batch the position is known; otherwise (start, idle, moved, failed) the
     // checkpoint row is read again, which also notices pauses, parks and rewinds.
     let mut known: Option<u64> = None;
+    let mut ahead: Option<ReadAhead> = None;
     // A previous owner frozen mid-batch holds the checkpoint row until its batch ends; its batch
     // can never commit (its epoch is older): end it now rather than after a lock wait.
     match ctx.shared.store.pool().get().await {
@@ -185,12 +252,36 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             }
             continue;
         }
-        let frontier = match ctx
-            .shared
-            .store
-            .probe_frontier(&mut watch, checkpoint.position, options.batch_size)
-            .await
-        {
+        // The read-ahead started with the previous batch, when that batch ended where it began.
+        let mut pre_read: Option<Result<Vec<RecordedEvent>, StoreError>> = None;
+        let read_ahead = match ahead.take() {
+            Some(mut a) if a.after == checkpoint.position => match (&mut a.task).await {
+                Ok(Ok(found)) => Some(found),
+                Ok(Err(e)) => {
+                    debug!(error = %crate::error::chain(&e), "the read-ahead failed; probing again");
+                    None
+                }
+                Err(e) => {
+                    debug!(error = %e, "the read-ahead did not finish; probing again");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let probed = match read_ahead {
+            Some(found) => {
+                watch = found.watch;
+                pre_read = Some(found.events);
+                Ok(found.frontier)
+            }
+            None => {
+                ctx.shared
+                    .store
+                    .probe_frontier(&mut watch, checkpoint.position, options.batch_size)
+                    .await
+            }
+        };
+        let frontier = match probed {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %crate::error::chain(&e), "probing the frontier failed");
@@ -256,6 +347,19 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             continue;
         }
         let started = std::time::Instant::now();
+        // Read exactly the batch's range ahead? Then the batch need not read it again.
+        let events = pre_read.filter(|_| up_to == frontier.safe && escaped.is_none());
+        // While this batch runs, read the next one, when there is more to read and nothing is
+        // being isolated.
+        if frontier.more && suspect.is_none() && escaped.is_none() {
+            ahead = Some(ReadAhead::start(
+                ctx.shared.store.clone(),
+                watch.clone(),
+                up_to,
+                options.batch_size,
+                scope.clone(),
+            ));
+        }
         // The event the handler is on, to know which one a timed-out batch was stuck on.
         let in_flight = AtomicU64::new(0);
         let attempt = tokio::time::timeout(
@@ -267,10 +371,14 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 up_to,
                 &frontier.skipped,
                 escaped.as_ref(),
+                events,
                 &in_flight,
             ),
         )
         .await;
+        if !matches!(&attempt, Ok(Ok(BatchEnd::Committed { position, .. })) if *position == up_to) {
+            ahead = None; // it guessed a commit that did not happen
+        }
         let end = match attempt {
             Ok(Ok(end)) => end,
             Ok(Err(e)) => {
@@ -482,6 +590,7 @@ async fn run_batch(
     up_to: u64,
     skipped: &[GapSkip],
     escaped: Option<&FrontierStall>,
+    read_ahead: Option<Result<Vec<RecordedEvent>, StoreError>>,
     in_flight: &AtomicU64,
 ) -> Result<BatchEnd, WorkerError> {
     let t = &ctx.shared.tables;
@@ -527,18 +636,22 @@ async fn run_batch(
     if to_u64(row.get(0)) != after || row.get::<_, bool>(1) {
         return Ok(BatchEnd::Moved);
     }
-    let events = match ctx
-        .shared
-        .store
-        .read_range_in(
-            &*tx,
-            after,
-            up_to,
-            optional(&scope.categories),
-            optional(&scope.event_types),
-        )
-        .await
-    {
+    let read = match read_ahead {
+        Some(read) => read,
+        None => {
+            ctx.shared
+                .store
+                .read_range_in(
+                    &*tx,
+                    after,
+                    up_to,
+                    optional(&scope.categories),
+                    optional(&scope.event_types),
+                )
+                .await
+        }
+    };
+    let events = match read {
         Ok(events) => events,
         // Only this consumer's read met the row: it parks, the others go on (a consumer whose
         // scope excludes the row never reads it).

@@ -1153,3 +1153,69 @@ async fn an_undecodable_row_parks_only_the_consumers_that_read_it_and_can_be_ski
     w.stop().await?;
     Ok(())
 }
+
+/// Records like [`Recorder`], but fails the first attempt at each of its positions.
+#[derive(Clone)]
+struct FailsOnceAt {
+    recorder: Recorder,
+    positions: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+}
+
+impl Consumer for FailsOnceAt {
+    fn name(&self) -> &str {
+        &self.recorder.name
+    }
+
+    async fn handle(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
+        let first_attempt = self
+            .positions
+            .lock()
+            .map_err(|_| "poisoned")?
+            .remove(&event.global_position);
+        if first_attempt {
+            return Err(format!("first attempt at {}", event.global_position).into());
+        }
+        self.recorder.handle(tx, event).await
+    }
+}
+
+/// Catch-up reads the next batch while the current one runs. Over a backlog of many small
+/// batches, with handlers failing once in the middle of batches (so batches shrink to isolate
+/// them and what was read ahead must be dropped), every event is still handled exactly once,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catching_up_with_reads_ahead_and_failures_mid_batch_handles_everything_once_in_order()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let mut head = 0;
+    for i in 0..30 {
+        head = append(&store, &format!("backlog-{i}"), 20).await?;
+    }
+    let fail_at: std::collections::BTreeSet<u64> = [37, 138, 139, 301, 450, head].into();
+    let consumer = FailsOnceAt {
+        recorder: Recorder::new("c0", "w"),
+        positions: Arc::new(std::sync::Mutex::new(fail_at)),
+    };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    };
+    let running = start(&db, fast().batch_size(25).retry(retry), &[consumer.clone()])?;
+    eventually(60, "the consumer to reach the head", || {
+        all_at(&admin, head)
+    })
+    .await?;
+    assert!(
+        consumer
+            .positions
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .is_empty(),
+        "every failing event was reached"
+    );
+    running.stop().await?;
+    assert_exactly_once(&db, 1).await
+}
