@@ -367,11 +367,13 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             run_batch(
                 &ctx,
                 &scope,
-                checkpoint.position,
-                up_to,
-                &frontier.skipped,
-                escaped.as_ref(),
-                events,
+                Batch {
+                    after: checkpoint.position,
+                    up_to,
+                    skipped: &frontier.skipped,
+                    escaped: escaped.as_ref(),
+                    read_ahead: events,
+                },
                 &in_flight,
             ),
         )
@@ -583,16 +585,33 @@ async fn park(
     Ok(row.is_some())
 }
 
+/// One batch's range and what comes with it.
+struct Batch<'a> {
+    /// The checkpoint it starts from.
+    after: u64,
+    /// The gap-safe position it ends at.
+    up_to: u64,
+    /// Holes proven in the range, audited with the batch.
+    skipped: &'a [GapSkip],
+    /// A hole skipped by the opt-in stall escape, audited with the batch.
+    escaped: Option<&'a FrontierStall>,
+    /// Its events, when they were read ahead (else the batch reads them).
+    read_ahead: Option<Result<Vec<RecordedEvent>, StoreError>>,
+}
+
 async fn run_batch(
     ctx: &ConsumerContext,
     scope: &ConsumerScope,
-    after: u64,
-    up_to: u64,
-    skipped: &[GapSkip],
-    escaped: Option<&FrontierStall>,
-    read_ahead: Option<Result<Vec<RecordedEvent>, StoreError>>,
+    batch: Batch<'_>,
     in_flight: &AtomicU64,
 ) -> Result<BatchEnd, WorkerError> {
+    let Batch {
+        after,
+        up_to,
+        skipped,
+        escaped,
+        read_ahead,
+    } = batch;
     let t = &ctx.shared.tables;
     let name = ctx.consumer.name();
     let mut client = ctx.shared.store.pool().get().await.map_err(db)?;
