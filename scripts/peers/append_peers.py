@@ -6,7 +6,7 @@ Usage: python3 append_peers.py <message-db-url> <eventsourcing-url> <seconds> <w
 <message-db-url> names a database with Message DB installed; <eventsourcing-url> an empty
 database (eventsourcing creates its tables). Prints one JSON line per system and writer count:
 {"system": ..., "writers": N, "events_per_second": ...}. Installs eventsourcing from PyPI when
-it is missing.
+it (or psycopg) is missing.
 """
 
 import json
@@ -18,13 +18,14 @@ import time
 import uuid
 from urllib.parse import urlparse
 
-import psycopg
-
 try:
     import eventsourcing  # noqa: F401
+    import psycopg
 except ImportError:
+    # eventsourcing's postgres extra brings psycopg (3) as well: a fresh machine has neither.
     print("append_peers: installing eventsourcing[postgres] from PyPI", file=sys.stderr)
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "eventsourcing[postgres]==9.5.6"])
+    import psycopg
 
 from eventsourcing.application import Application  # noqa: E402
 from eventsourcing.domain import Aggregate, event  # noqa: E402
