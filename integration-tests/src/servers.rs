@@ -88,6 +88,52 @@ impl Cluster {
     pub fn data(&self) -> &Path {
         &self.dir
     }
+
+    /// Starts a hot standby of this cluster (a streaming replica from the same binaries) on a
+    /// free port.
+    ///
+    /// # Errors
+    /// When the base backup or the standby's start fails.
+    pub async fn start_standby(&self) -> anyhow::Result<Standby> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir()
+            .join(format!("eventrail-standby-{}", Uuid::new_v4().simple()))
+            .join("data");
+        let admin_url = eventrail_devdb::start_throwaway_standby(self.port, &dir, port).await?;
+        Ok(Standby {
+            dir,
+            admin_url,
+            port,
+        })
+    }
+}
+
+/// A hot standby of a [`Cluster`], replaying its WAL as it streams; stopped and removed when
+/// dropped.
+#[derive(Debug)]
+pub struct Standby {
+    dir: PathBuf,
+    /// URL of its `postgres` database (read-only).
+    pub admin_url: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Standby {
+    /// The URL of its database `name` (read-only, replicated from the primary's).
+    #[must_use]
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = eventrail_devdb::stop_throwaway_cluster(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
 }
 
 impl Drop for Cluster {

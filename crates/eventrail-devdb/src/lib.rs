@@ -197,7 +197,14 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Some(dir);
+                // The folder the binaries really live in (a PATH entry may hold symlinks to a
+                // few of them only), where pg_basebackup is too.
+                return Some(
+                    fs::canonicalize(dir.join("initdb"))
+                        .ok()
+                        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+                        .unwrap_or(dir),
+                );
             }
         }
     }
@@ -297,6 +304,73 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
     let started = pg_ctl_start(bin, dir, &options);
     drop(lock);
     started
+}
+
+/// Starts a hot standby of the throwaway cluster on `127.0.0.1:primary_port` in `dir`, listening
+/// on `127.0.0.1:port`: a base backup (`pg_basebackup -R`, streaming its WAL) started with the
+/// same binaries, read-only and replaying the primary's WAL as it streams. Returns its URL. Stop
+/// it with [`stop_throwaway_cluster`].
+///
+/// # Errors
+/// [`DevDbError::NoPostgres`] when no binaries are installed, [`DevDbError::Command`] when
+/// `pg_basebackup` or `pg_ctl` fails, [`DevDbError::NotReady`] when it does not accept
+/// connections.
+pub async fn start_throwaway_standby(
+    primary_port: u16,
+    dir: &Path,
+    port: u16,
+) -> Result<String, DevDbError> {
+    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let parent = dir.parent().unwrap_or(Path::new("/tmp"));
+        fs::create_dir_all(parent).map_err(io("creating the standby's parent folder"))?;
+        if is_root() {
+            chown_to_postgres(parent)?;
+        }
+        info!(
+            primary_port,
+            port, "taking a base backup for a throwaway standby"
+        );
+        run_pg(
+            &bin.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &dir.to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 -c fsync=off \
+             -c hot_standby=on -c hot_standby_feedback=on",
+            dir.to_string_lossy()
+        );
+        pg_ctl_start(&bin, &dir, &options)
+    })
+    .await
+    .map_err(|e| DevDbError::Io {
+        what: "joining the standby's start task".into(),
+        source: std::io::Error::other(e),
+    })??;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    if accepts_connections(&url).await {
+        Ok(url)
+    } else {
+        Err(DevDbError::NotReady(url))
+    }
 }
 
 /// Starts a new throwaway cluster in `dir` (stopping and removing one found there) that accepts

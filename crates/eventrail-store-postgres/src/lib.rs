@@ -32,4 +32,4 @@ pub use options::{
     PgStoreOptions, QualifiedTable, from_sql_int, qualify_table, to_sql_int, validate_identifier,
 };
 pub use statements::{PooledClient, Statements};
-pub use store::{PgEventStore, PgEventStoreBuilder, PgStatelessProcessor};
+pub use store::{PgEventStore, PgEventStoreBuilder, PgStatelessProcessor, Standby};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use eventrail_core::{BoxError, RecordedEvent, StoreError};
 use eventrail_store_postgres::{
-    Frontier, FrontierStall, GapSkip, GapWatch, PgEventStore, Snapshot,
+    Frontier, FrontierStall, GapSkip, GapWatch, PgEventStore, Snapshot, Standby,
 };
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,7 @@ struct Ahead {
 impl ReadAhead {
     fn start(
         store: PgEventStore,
+        standby: Option<Standby>,
         watch: GapWatch,
         after: u64,
         max: usize,
@@ -104,7 +105,17 @@ impl ReadAhead {
         let task = tokio::spawn(async move {
             let mut watch = watch;
             let frontier = store.probe_frontier(&mut watch, after, max).await?;
-            let events = if frontier.safe > after {
+            let events = if let Some(standby) = &standby {
+                store
+                    .read_range_on(
+                        standby,
+                        after,
+                        frontier.safe,
+                        optional(&scope.categories),
+                        optional(&scope.event_types),
+                    )
+                    .await
+            } else if frontier.safe > after {
                 match store.pool().get().await {
                     Ok(client) => {
                         store
@@ -354,6 +365,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
         if frontier.more && suspect.is_none() && escaped.is_none() {
             ahead = Some(ReadAhead::start(
                 ctx.shared.store.clone(),
+                ctx.shared.standby.clone(),
                 watch.clone(),
                 up_to,
                 options.batch_size,
@@ -612,6 +624,22 @@ async fn run_batch(
         escaped,
         read_ahead,
     } = batch;
+    // On a standby, read before the transaction opens: waiting for replay holds nothing.
+    let read_ahead = match (read_ahead, &ctx.shared.standby) {
+        (None, Some(standby)) => Some(
+            ctx.shared
+                .store
+                .read_range_on(
+                    standby,
+                    after,
+                    up_to,
+                    optional(&scope.categories),
+                    optional(&scope.event_types),
+                )
+                .await,
+        ),
+        (read, _) => read,
+    };
     let t = &ctx.shared.tables;
     let name = ctx.consumer.name();
     let mut client = ctx.shared.store.pool().get().await.map_err(db)?;

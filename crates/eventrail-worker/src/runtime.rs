@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventrail_core::BoxError;
-use eventrail_store_postgres::{ConnectError, PgConnectOptions, PgEventStore};
+use eventrail_store_postgres::{ConnectError, PgConnectOptions, PgEventStore, Standby};
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +38,7 @@ pub struct WorkerBuilder {
     options: WorkerOptions,
     consumers: Vec<Arc<dyn DynConsumer>>,
     tasks: Vec<Task>,
+    standby: Option<Standby>,
 }
 
 /// A task that runs for the worker's lifetime (a saga runner, a relay), stopped with it.
@@ -71,6 +72,16 @@ impl WorkerBuilder {
     /// Adds a consumer.
     pub fn consumer(mut self, consumer: impl Consumer) -> Self {
         self.consumers.push(Arc::new(consumer));
+        self
+    }
+
+    /// Reads the consumers' events on a hot standby of the store's database, so that
+    /// subscribers' reads scale past one server. The frontier is still probed on the primary
+    /// (the gap proof needs its transaction ids and locks), a batch's events are read on the
+    /// standby once it has replayed that far, and checkpoints and handlers' writes go to the
+    /// primary in the batch transaction (see [`Standby`]).
+    pub fn standby(mut self, standby: Standby) -> Self {
+        self.standby = Some(standby);
         self
     }
 
@@ -136,6 +147,7 @@ impl WorkerBuilder {
             tables: Arc::new(tables),
             consumers: self.consumers,
             tasks: self.tasks,
+            standby: self.standby,
         })
     }
 }
@@ -158,6 +170,7 @@ pub struct Worker {
     tables: Arc<Tables>,
     consumers: Vec<Arc<dyn DynConsumer>>,
     tasks: Vec<Task>,
+    standby: Option<Standby>,
 }
 
 impl fmt::Debug for Worker {
@@ -188,6 +201,8 @@ pub(crate) struct Shared {
     /// Signalled when a leader announced moved assignments: follow them now, not at the next
     /// tick.
     pub(crate) assignments_moved: tokio::sync::Notify,
+    /// Where consumers read their events, when not on the primary.
+    pub(crate) standby: Option<Standby>,
 }
 
 /// The payload a leader sends on the events channel after it moved consumers (never a
@@ -217,6 +232,7 @@ impl Worker {
             options: WorkerOptions::default(),
             consumers: Vec::new(),
             tasks: Vec::new(),
+            standby: None,
         }
     }
 
@@ -255,6 +271,7 @@ impl Worker {
             tables: self.tables.clone(),
             head,
             assignments_moved: tokio::sync::Notify::new(),
+            standby: self.standby.clone(),
         });
         let stop = shutdown.child_token();
         let mut elector = AnyElector::start(&shared)?;

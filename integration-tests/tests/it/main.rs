@@ -26,6 +26,7 @@ mod poison;
 mod processors;
 mod saga;
 mod saga_remote;
+mod standby;
 mod store;
 mod tls;
 mod torture;

@@ -4,7 +4,8 @@
 //! - `builder`: constructors, the builder and accessors;
 //! - `append`: the append path (parameters, results, failures, processors);
 //! - `reads`: paged reads of a stream, a category and `$all`;
-//! - `safe`: the gap-safe read and the complete scope read.
+//! - `safe`: the gap-safe read and the complete scope read;
+//! - `standby`: the gap-safe read with its events read on a hot standby.
 //!
 //! This module holds the store itself and its [`EventStore`] implementation, which hands each
 //! operation to the module that does it.
@@ -30,9 +31,11 @@ mod hint;
 mod reads;
 mod safe;
 mod sql;
+mod standby;
 
 pub use append::PgStatelessProcessor;
 pub use builder::PgEventStoreBuilder;
+pub use standby::Standby;
 
 use append::DynProcessor;
 use sql::Sql;
