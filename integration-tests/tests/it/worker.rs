@@ -1203,7 +1203,11 @@ async fn catching_up_with_reads_ahead_and_failures_mid_batch_handles_everything_
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     };
-    let running = start(&db, fast().batch_size(25).retry(retry), &[consumer.clone()])?;
+    let running = start(
+        &db,
+        fast().batch_size(25).retry(retry),
+        std::slice::from_ref(&consumer),
+    )?;
     eventually(60, "the consumer to reach the head", || {
         all_at(&admin, head)
     })
