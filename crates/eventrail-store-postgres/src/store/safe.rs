@@ -15,7 +15,8 @@ use crate::frontier::{
     BlockingSession, Frontier, GapWatch, HoleEvidence, SafeRead, Snapshot, advance, widen_xid,
 };
 use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK};
-use crate::rows::{recorded_events, to_i64, to_u64};
+use crate::rows::{recorded_event, recorded_events, to_i64, to_u64};
+use futures::TryStreamExt;
 
 impl PgEventStore {
     /// Probes how far a subscriber at `after` may read without passing a position that may still
@@ -143,19 +144,24 @@ impl PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (after, up_to) = (to_i64(after, "position")?, to_i64(up_to, "position")?);
         // Typed parameters: one round trip and no prepare, on any client or transaction.
+        let params: [(&(dyn postgres_types::ToSql + Sync), Type); 4] = [
+            (&after, Type::INT8),
+            (&up_to, Type::INT8),
+            (&categories, Type::TEXT_ARRAY),
+            (&event_types, Type::TEXT_ARRAY),
+        ];
         let rows = client
-            .query_typed(
-                &self.inner.sql.read_range,
-                &[
-                    (&after, Type::INT8),
-                    (&up_to, Type::INT8),
-                    (&categories, Type::TEXT_ARRAY),
-                    (&event_types, Type::TEXT_ARRAY),
-                ],
-            )
+            .query_typed_raw(&self.inner.sql.read_range, params)
             .await
             .map_err(backend)?;
-        recorded_events(&rows)
+        // Decoded as they arrive, so decoding overlaps the server sending the rest (catch-up
+        // reads thousands of rows at a time).
+        futures::pin_mut!(rows);
+        let mut events = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(backend)? {
+            events.push(recorded_event(&row)?);
+        }
+        Ok(events)
     }
 
     /// The transactions appending to this log now: those holding the appender lock, which every
