@@ -23,6 +23,15 @@ pub(crate) async fn run(
         eventrail: rates.first().copied().unwrap_or_default(),
         target: 0.6,
     });
+    let (standby_copy, standby_rate) = worker_bench::catch_up_on_standby(events / 4)
+        .await
+        .context("catch-up on a standby")?;
+    rows.push(Row {
+        scenario: format!("catch-up on a hot standby vs its COPY TO ({})", events / 4),
+        raw: standby_copy,
+        eventrail: standby_rate,
+        target: 0.6,
+    });
     let relay = outbox_bench::measure(messages, 2_000, 2, 10_000, false)
         .await
         .context("relay")?;
@@ -40,9 +49,7 @@ pub(crate) async fn run(
     });
     println!();
     print_rows("events/s; relay rows in messages/s", &rows);
-    println!(
-        "not measured (not built yet): catch-up from a hot standby; append/read latency at 1M → 50M events"
-    );
+    println!("not measured (not built yet): append/read latency at 1M → 50M events");
     if peers {
         let peers = peers_bench::measure(seconds, &[1, 4, 16])
             .await

@@ -160,13 +160,8 @@ async fn lag(
     Ok(lags)
 }
 
-/// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
-pub(crate) async fn catch_up(
-    admin_url: &str,
-    events: usize,
-    batch_sizes: &[Option<usize>],
-) -> anyhow::Result<(f64, Vec<f64>)> {
-    let (url, store) = fresh(admin_url, "eventrail_bench_catchup").await?;
+/// Appends `events` events in 1000-event batches from 4 writers.
+async fn load(store: &PgEventStore, events: usize) -> anyhow::Result<()> {
     let batch = 1000;
     let mut appends = futures::stream::iter((0..events.div_ceil(batch)).map(|i| {
         let store = store.clone();
@@ -189,20 +184,12 @@ pub(crate) async fn catch_up(
     while let Some(r) = appends.next().await {
         r?;
     }
-    let client = connect(&url).await?;
-    client
-        .batch_execute("VACUUM ANALYZE eventrail.events")
-        .await?;
-    let head: i64 = client
-        .query_one("SELECT max(global_position) FROM eventrail.events", &[])
-        .await?
-        .get(0);
-    let total: i64 = client
-        .query_one("SELECT count(*) FROM eventrail.events", &[])
-        .await?
-        .get(0);
+    Ok(())
+}
 
-    // Raw: stream every row out with COPY (the physical limit of reading the log).
+/// The rate of `COPY (SELECT …) TO STDOUT` of every event on `client`, the physical limit of
+/// reading the log.
+async fn copy_rate(client: &tokio_postgres::Client, total: i64) -> anyhow::Result<f64> {
     let started = Instant::now();
     let copy = client
         .copy_out("COPY (SELECT global_position, stream_name, stream_version, event_id, event_type, schema_version, data, metadata, recorded_at FROM eventrail.events ORDER BY global_position) TO STDOUT")
@@ -212,14 +199,127 @@ pub(crate) async fn catch_up(
     while let Some(chunk) = copy.next().await {
         bytes += chunk?.len();
     }
-    let raw = total as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(bytes > 0, "COPY returned nothing");
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs one no-op consumer named `name` (with `options`, reading on `standby` if given) from 0
+/// until it has checkpointed `head`; its events/s over `total` events.
+async fn time_consumer(
+    url: &str,
+    store: &PgEventStore,
+    name: &'static str,
+    options: WorkerOptions,
+    standby: Option<eventrail_store_postgres::Standby>,
+    head: u64,
+    total: i64,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut builder = Worker::builder(
+        store.clone(),
+        url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
+    )
+    .options(options)
+    .consumer(Noop(name));
+    if let Some(standby) = standby {
+        builder = builder.standby(standby);
+    }
+    let worker = builder.build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    wait_for(
+        &url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
+        "eventrail",
+        &TableNames::default(),
+        name,
+        head,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    Ok(rate)
+}
+
+/// Head position and event count of the log behind `client`.
+async fn head_and_total(client: &tokio_postgres::Client) -> anyhow::Result<(u64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT max(global_position), count(*) FROM eventrail.events",
+            &[],
+        )
+        .await?;
+    Ok((u64::try_from(row.get::<_, i64>(0))?, row.get(1)))
+}
+
+/// On a throwaway primary with a hot standby: appends `events` events, then times a COPY TO on
+/// the standby and one consumer reading its events there (frontier from the primary).
+pub(crate) async fn catch_up_on_standby(events: usize) -> anyhow::Result<(f64, f64)> {
+    let cluster = integration_tests::servers::Cluster::start(None).await?;
+    let (url, store) = fresh(&cluster.admin_url, "eventrail_bench_standby").await?;
+    let standby = cluster.start_standby().await?;
+    load(&store, events).await?;
+    let primary = connect(&url).await?;
+    primary
+        .batch_execute("VACUUM ANALYZE eventrail.events")
+        .await?;
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    let replica = connect(&standby.url("eventrail_bench_standby")).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !replica
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+            &[&lsn],
+        )
+        .await?
+        .get::<_, bool>(0)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the standby did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (head, total) = head_and_total(&primary).await?;
+    let raw = copy_rate(&replica, total).await?;
+    let on_standby = eventrail_store_postgres::Standby::new(eventrail_devdb::pool(
+        &standby.url("eventrail_bench_standby"),
+        8,
+    )?);
+    let rate = time_consumer(
+        &url,
+        &store,
+        "standby-catch-up",
+        WorkerOptions::new(),
+        Some(on_standby),
+        head,
+        total,
+    )
+    .await?;
+    Ok((raw, rate))
+}
+
+/// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
+pub(crate) async fn catch_up(
+    admin_url: &str,
+    events: usize,
+    batch_sizes: &[Option<usize>],
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let (url, store) = fresh(admin_url, "eventrail_bench_catchup").await?;
+    load(&store, events).await?;
+    let client = connect(&url).await?;
+    client
+        .batch_execute("VACUUM ANALYZE eventrail.events")
+        .await?;
+    let (head, total) = head_and_total(&client).await?;
+    let raw = copy_rate(&client, total).await?;
 
     // The read path alone (no worker, no transaction): where the consumer's time goes.
     let started = Instant::now();
     let (mut watch, mut position, mut read) =
         (eventrail_store_postgres::GapWatch::new(), 0u64, 0usize);
-    while position < u64::try_from(head)? {
+    while position < head {
         let batch = store
             .read_safe(&mut watch, position, 2000, None, None)
             .await?;
@@ -237,28 +337,7 @@ pub(crate) async fn catch_up(
         let name: &'static str = ["catch-up-0", "catch-up-1", "catch-up-2"][i.min(2)];
         let options =
             batch_size.map_or_else(WorkerOptions::new, |n| WorkerOptions::new().batch_size(n));
-        let started = Instant::now();
-        let worker = Worker::builder(
-            store.clone(),
-            url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
-        )
-        .options(options)
-        .consumer(Noop(name))
-        .build()?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        wait_for(
-            &url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
-            "eventrail",
-            &TableNames::default(),
-            name,
-            u64::try_from(head)?,
-            Duration::from_secs(600),
-        )
-        .await?;
-        rates.push(total as f64 / started.elapsed().as_secs_f64());
-        stop.cancel();
-        task.await??;
+        rates.push(time_consumer(&url, &store, name, options, None, head, total).await?);
     }
     Ok((raw, rates))
 }
