@@ -36,3 +36,8 @@ bench-saga:
 # Message DB, Emmett and Python eventsourcing appending the append benchmark's payload (issue 13's peers)
 bench-peers:
     cargo run --release --locked -p eventrail-bench -- peers
+
+# every row of the performance table in one run (appends, catch-up, standby catch-up, relay, peers), each beside its raw twin
+bench-table:
+    bash scripts/ensure-brokers.sh
+    cargo run --release --locked -p eventrail-bench -- table
