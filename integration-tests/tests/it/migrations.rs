@@ -266,6 +266,19 @@ async fn least_privilege_roles_allow_what_each_needs_and_refuse_the_rest() -> an
         // UPDATE or DELETE of events, no outbox payloads, no worker tables.
         let writer_url = roles.url(&db.url, "writer");
         let writer = PgEventStore::new(eventrail_devdb::pool(&writer_url, 2)?);
+        // Its plain appends (one statement, and COPY for a batch; each on a store of its own)
+        // may not INSERT: they fall back to append_events.
+        let single = writer
+            .append(AppendRequest::new("role-3".parse()?, ExpectedVersion::NoStream, vec![event("A")]))
+            .await?;
+        let bulk = PgEventStore::new(eventrail_devdb::pool(&writer_url, 2)?)
+            .append(AppendRequest::new(
+                "role-4".parse()?,
+                ExpectedVersion::NoStream,
+                (0..50).map(|_| event("A")).collect(),
+            ))
+            .await?;
+        assert_eq!((single.stream_version, bulk.stream_version), (0, 49));
         let outbox = eventrail_outbox::Outbox::new(&eventrail_outbox::OutboxOptions::new())?;
         let (appended, _) = outbox
             .append_and_enqueue(

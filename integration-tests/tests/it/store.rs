@@ -471,3 +471,131 @@ async fn own_appends_hint_after_commit_coalesced() -> anyhow::Result<()> {
     assert!(hints < 200, "{hints} hints for 200 appends: not coalesced");
     Ok(())
 }
+
+/// Plain appends of many events go by binary COPY: the same outcomes as the one-statement path
+/// (contiguous versions, positions in version order, typed conflicts and duplicates, binary
+/// payloads), also when eight tasks race on one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_batches_by_copy_keep_versions_positions_and_typed_errors() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let stream: StreamName = "bulk-1".parse()?;
+    let batch = |base: usize| -> Vec<NewEvent> { (0..100).map(|i| event(base + i)).collect() };
+
+    // Eight tasks, each 5 batches of 100 with Any: all land, versions contiguous, each batch's
+    // positions increase with its versions and interleave with no other batch of the stream.
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut outcomes = Vec::new();
+            for round in 0..5 {
+                let out = store
+                    .append(AppendRequest::new(
+                        stream.clone(),
+                        ExpectedVersion::Any,
+                        batch(task * 1000 + round * 100),
+                    ))
+                    .await?;
+                outcomes.push(out);
+            }
+            anyhow::Ok(outcomes)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.extend(t.await??);
+    }
+    let events = store
+        .read_stream(&stream, ReadStreamOptions::default().max_count(10_000))
+        .await?;
+    let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(
+        versions,
+        (0..4000).collect::<Vec<_>>(),
+        "versions are contiguous"
+    );
+    let positions: Vec<u64> = events.iter().map(|e| e.global_position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase with stream versions"
+    );
+    for out in &outcomes {
+        let in_stream: Vec<u64> = out
+            .positions
+            .iter()
+            .map(|p| {
+                events
+                    .iter()
+                    .find(|e| e.global_position == *p)
+                    .map(|e| e.stream_version)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("an outcome's position is not in the stream"))?;
+        assert_eq!(in_stream.len(), 100);
+        assert_eq!(in_stream.last().copied(), Some(out.stream_version));
+        assert!(
+            in_stream.windows(2).all(|w| w[1] == w[0] + 1),
+            "{in_stream:?}"
+        );
+    }
+
+    // An exact expectation that does not hold writes nothing and names the actual version.
+    match store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Exact(10),
+            batch(90_000),
+        ))
+        .await
+    {
+        Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(3999)),
+        other => panic!("expected a wrong expected version, got {other:?}"),
+    }
+    let out = store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Exact(3999),
+            batch(91_000),
+        ))
+        .await?;
+    assert_eq!(out.stream_version, 4099);
+
+    // A duplicate id in a large batch: nothing of it is written, the id is named.
+    let dup = events[5].id;
+    let mut with_dup = batch(92_000);
+    with_dup[50] = with_dup[50].clone().with_id(dup);
+    match store
+        .append(AppendRequest::new(
+            "bulk-2".parse()?,
+            ExpectedVersion::Any,
+            with_dup,
+        ))
+        .await
+    {
+        Err(StoreError::DuplicateEventId { event_id }) => assert_eq!(event_id, Some(dup)),
+        other => panic!("expected a duplicate id, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&"bulk-2".parse()?).await?, None);
+
+    // Binary payloads round-trip.
+    let binary: Vec<NewEvent> = (0..40u8)
+        .map(|i| NewEvent::new("Blob", eventrail_core::EventData::Binary(vec![i; 3])))
+        .collect();
+    store
+        .append(AppendRequest::new(
+            "bulk-3".parse()?,
+            ExpectedVersion::NoStream,
+            binary,
+        ))
+        .await?;
+    let read = store
+        .read_stream(&"bulk-3".parse()?, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(read.len(), 40);
+    assert!(read.iter().enumerate().all(|(i, e)| e.data
+        == eventrail_core::EventData::Binary(vec![u8::try_from(i).unwrap_or_default(); 3])));
+    Ok(())
+}

@@ -304,7 +304,7 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
 const SAVEPOINT: &str = "eventrail_append";
 
 /// What the plain statement made of an append.
-enum Plain {
+pub(super) enum Plain {
     /// Written.
     Appended(AppendOutcome),
     /// Refused for good (a duplicate event id, a lost connection).
@@ -367,7 +367,11 @@ fn positions_and_last_version(rows: &[Row]) -> Result<(Vec<u64>, u64), StoreErro
 }
 
 impl PgEventStore {
-    async fn duplicate_id(&self, client: &impl GenericClient, ids: &[Uuid]) -> StoreError {
+    pub(super) async fn duplicate_id(
+        &self,
+        client: &impl GenericClient,
+        ids: &[Uuid],
+    ) -> StoreError {
         let event_id = match client
             .query_typed_opt(&self.inner.sql.existing_ids, &[(&ids, Type::UUID_ARRAY)])
             .await
@@ -398,7 +402,15 @@ impl PgEventStore {
                 .plain_appends
                 .load(std::sync::atomic::Ordering::Relaxed)
         {
-            match self.append_plain(&client, &request, &params).await {
+            // COPY's statements are prepared and kept: not behind PgBouncer in transaction mode.
+            let plain = if request.events.len() >= super::copy::COPY_FROM
+                && self.statements() == crate::Statements::Cached
+            {
+                self.append_copy(&mut client, &request).await
+            } else {
+                self.append_plain(&client, &request, &params).await
+            };
+            match plain {
                 Plain::Appended(outcome) => {
                     self.hint(outcome.last_position());
                     return Ok(outcome);

@@ -3,6 +3,7 @@
 //! - `sql`: the SQL text, formatted once per store;
 //! - `builder`: constructors, the builder and accessors;
 //! - `append`: the append path (parameters, results, failures, processors);
+//! - `copy`: large plain appends by binary `COPY`;
 //! - `reads`: paged reads of a stream, a category and `$all`;
 //! - `safe`: the gap-safe read and the complete scope read;
 //! - `standby`: the gap-safe read with its events read on a hot standby.
@@ -27,6 +28,7 @@ use crate::rows::to_u64;
 
 mod append;
 mod builder;
+mod copy;
 mod hint;
 mod reads;
 mod safe;

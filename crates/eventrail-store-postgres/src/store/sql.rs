@@ -9,6 +9,9 @@ use crate::rows::EVENT_COLUMNS;
 pub(super) struct Sql {
     pub(super) append: String,
     pub(super) append_plain: String,
+    pub(super) append_locks: String,
+    pub(super) reserve_positions: String,
+    pub(super) copy_events: String,
     pub(super) read_stream_forward: String,
     pub(super) read_stream_backward: String,
     pub(super) read_category: String,
@@ -28,7 +31,12 @@ impl Sql {
         let namespace = crate::keys::lock_namespace(name);
         let events = format!("{schema}.events");
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
+        let (append_locks, reserve_positions, copy_events) =
+            super::copy::copy_sql(schema, &namespace);
         Self {
+            append_locks,
+            reserve_positions,
+            copy_events,
             append: format!(
                 "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),

@@ -1,0 +1,183 @@
+//! Large plain appends by binary `COPY`, the cheapest way PostgreSQL takes many rows (its
+//! multi-row inserts write far less than one `INSERT … SELECT unnest(…)`).
+//!
+//! The transaction keeps every rule of the one-statement append, in separate statements sent
+//! together (one round trip): its transaction id and the appender, category and stream locks
+//! first; then the stream's version, read after the locks (READ COMMITTED: a new statement sees
+//! every append that held the stream lock before), so the version check is authoritative; then
+//! the batch's positions from the sequence, after the id and the locks (the gap proof). `COPY`
+//! writes the rows with those positions and versions, and the transaction commits.
+
+use eventrail_core::{AppendOutcome, AppendRequest, EventData, ExpectedVersion, StoreError};
+use futures::pin_mut;
+use postgres_types::{Json, ToSql, Type};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tracing::debug;
+
+use super::append::Plain;
+use super::{PgEventStore, backend, read_committed};
+use crate::rows::to_u64;
+
+/// Plain appends of at least this many events go by `COPY` (below it, the one-statement append's
+/// single round trip costs less than `COPY`'s extra ones).
+pub(super) const COPY_FROM: usize = 32;
+
+const COPY_TYPES: [Type; 9] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::JSONB,
+    Type::BYTEA,
+    Type::JSONB,
+];
+
+impl PgEventStore {
+    /// The store's own plain append of `request` (no position precondition) by `COPY`.
+    pub(super) async fn append_copy(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        request: &AppendRequest,
+    ) -> Plain {
+        let ids: Vec<uuid::Uuid> = request.events.iter().map(|e| e.id).collect();
+        match self.copy_in_transaction(client, request).await {
+            Ok(outcome) => Plain::Appended(outcome),
+            Err(Copied::Refused(e)) => Plain::Failed(e),
+            Err(Copied::Database(e)) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                self.inner
+                    .plain_appends
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                debug!("no INSERT privilege on events: appends go through append_events");
+                Plain::Undecided
+            }
+            Err(Copied::Database(e)) => {
+                if crate::error::is_unique_violation(&e, "events_event_id_key") {
+                    Plain::Failed(self.duplicate_id(&***client, &ids).await)
+                } else {
+                    Plain::Failed(backend(e))
+                }
+            }
+        }
+    }
+
+    async fn copy_in_transaction(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        request: &AppendRequest,
+    ) -> Result<AppendOutcome, Copied> {
+        let sql = &self.inner.sql;
+        let statements = self.statements();
+        let stream = request.stream.as_str();
+        let count = i32::try_from(request.events.len())
+            .map_err(|_| Copied::Refused(StoreError::InvalidRequest("too many events".into())))?;
+        let tx = read_committed(client).await.map_err(Copied::Refused)?;
+        // Prepared first (when cached), so the three go out in this order in one round trip.
+        for (text, types) in [
+            (&sql.append_locks, &[Type::TEXT][..]),
+            (&sql.stream_version, &[Type::TEXT][..]),
+            (&sql.reserve_positions, &[Type::INT4][..]),
+        ] {
+            statements.warm(&tx, text, types).await?;
+        }
+        let stream_param: [(&(dyn ToSql + Sync), Type); 1] = [(&stream, Type::TEXT)];
+        let count_param: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT4)];
+        let (locked, version, reserved) = futures::join!(
+            statements.query_one(&tx, &sql.append_locks, &stream_param),
+            statements.query_one(&tx, &sql.stream_version, &stream_param),
+            statements.query_one(&tx, &sql.reserve_positions, &count_param),
+        );
+        locked?;
+        let current: Option<i64> = version?.try_get(0)?;
+        let positions: Vec<i64> = reserved?.try_get(0)?;
+        let matches = match request.expected_version {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(v) => current.map(to_u64) == Some(v),
+        };
+        if !matches {
+            // Read after the stream lock: authoritative. Nothing was written.
+            return Err(Copied::Refused(StoreError::WrongExpectedVersion {
+                stream: request.stream.to_string(),
+                expected: request.expected_version,
+                actual: current.map(to_u64),
+            }));
+        }
+        let first = current.map_or(0, |v| v + 1);
+        let copy_statement = tx.prepare_cached(&sql.copy_events).await?;
+        let copy = tx.copy_in(&copy_statement).await?;
+        let writer = BinaryCopyInWriter::new(copy, &COPY_TYPES);
+        pin_mut!(writer);
+        for (i, (event, position)) in request.events.iter().zip(&positions).enumerate() {
+            let version = first + i64::from(i32::try_from(i).unwrap_or(i32::MAX));
+            let schema_version = i32::try_from(event.schema_version).map_err(|_| {
+                Copied::Refused(StoreError::InvalidRequest(
+                    "schema version out of range".into(),
+                ))
+            })?;
+            let (data, binary) = match &event.data {
+                EventData::Json(v) => (Some(v), None),
+                EventData::Binary(b) => (None, Some(b.as_slice())),
+            };
+            writer
+                .as_mut()
+                .write(&[
+                    position,
+                    &stream,
+                    &version,
+                    &event.id,
+                    &event.event_type.as_str(),
+                    &schema_version,
+                    &data,
+                    &binary,
+                    &Json(&event.metadata),
+                ])
+                .await?;
+        }
+        writer.finish().await?;
+        tx.commit().await?;
+        let last = to_u64(first + i64::from(count) - 1);
+        Ok(AppendOutcome::new(
+            last,
+            positions.into_iter().map(to_u64).collect(),
+        ))
+    }
+}
+
+/// How a `COPY` append failed.
+enum Copied {
+    /// Decided: the caller gets this error.
+    Refused(StoreError),
+    /// A database error, classified by the caller.
+    Database(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Copied {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// The SQL of the `COPY` path, with `schema` quoted and the lock `namespace` filled in.
+pub(super) fn copy_sql(schema: &str, namespace: &str) -> (String, String, String) {
+    use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK, STREAM_LOCK};
+    let locks = format!(
+        "SELECT pg_current_xact_id()::text, \
+                pg_advisory_xact_lock_shared({SCOPE_ALL_LOCK}, hashtext('{namespace}'))::text, \
+                pg_advisory_xact_lock_shared({SCOPE_CATEGORY_LOCK}, \
+                    hashtext('{namespace}' || split_part($1, '-', 1)))::text, \
+                pg_advisory_xact_lock({STREAM_LOCK}, hashtext('{namespace}' || $1))::text"
+    );
+    let reserve = format!(
+        "SELECT ARRAY(SELECT nextval('{schema}.events_global_position_seq') \
+                        FROM generate_series(1, $1::int4))"
+    );
+    let copy = format!(
+        "COPY {schema}.events (global_position, stream_name, stream_version, event_id, event_type, \
+         schema_version, data, data_binary, metadata) FROM STDIN (FORMAT binary)"
+    );
+    (locks, reserve, copy)
+}
