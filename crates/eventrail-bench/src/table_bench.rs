@@ -59,8 +59,12 @@ pub(crate) async fn run(
         );
         println!("| peer | 1 writer | 4 writers | 16 writers |");
         println!("|---|--:|--:|--:|");
-        let mut systems: Vec<&str> = peers.iter().filter_map(|r| r["system"].as_str()).collect();
-        systems.dedup();
+        let mut systems: Vec<&str> = Vec::new();
+        for system in peers.iter().filter_map(|r| r["system"].as_str()) {
+            if !systems.contains(&system) {
+                systems.push(system);
+            }
+        }
         for system in systems {
             let rate = |writers: u64| {
                 peers
