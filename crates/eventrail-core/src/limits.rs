@@ -64,12 +64,17 @@ impl NewEvent {
         validate_event_type(&self.event_type)?;
         match &self.data {
             EventData::Json(value) => {
-                if has_nul(value) {
+                let walked = walk(value);
+                if walked.nul {
                     return Err(EventRule::NulCharacter("payload"));
                 }
-                let len = json_len(value);
-                if len > MAX_EVENT_DATA_LEN {
-                    return Err(EventRule::DataTooLarge { len });
+                // Serialised only when the bound says it might be too large: the exact length
+                // costs a full serialisation per event, the bound one walk.
+                if walked.max_len > MAX_EVENT_DATA_LEN {
+                    let len = json_len(value);
+                    if len > MAX_EVENT_DATA_LEN {
+                        return Err(EventRule::DataTooLarge { len });
+                    }
                 }
             }
             EventData::Binary(bytes) if bytes.len() > MAX_EVENT_DATA_LEN => {
@@ -129,6 +134,47 @@ fn validate_metadata(metadata: &Metadata) -> Result<(), EventRule> {
     Ok(())
 }
 
+/// What one walk of a JSON value finds: whether a string or key holds NUL, and an upper bound
+/// of its serialised length (every string byte escaped as `\u00XX`, every number 24 bytes).
+struct Walked {
+    nul: bool,
+    max_len: usize,
+}
+
+fn walk(value: &serde_json::Value) -> Walked {
+    fn text(s: &str) -> usize {
+        s.len().saturating_mul(6).saturating_add(2)
+    }
+    let mut nul = false;
+    let mut max_len = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        let len = match v {
+            serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
+            serde_json::Value::Number(_) => 24,
+            serde_json::Value::String(s) => {
+                nul |= s.contains('\0');
+                text(s)
+            }
+            serde_json::Value::Array(items) => {
+                stack.extend(items);
+                items.len() + 2
+            }
+            serde_json::Value::Object(map) => {
+                let mut len = map.len() * 2 + 2;
+                for (k, v) in map {
+                    nul |= k.contains('\0');
+                    len = len.saturating_add(text(k));
+                    stack.push(v);
+                }
+                len
+            }
+        };
+        max_len = max_len.saturating_add(len);
+    }
+    Walked { nul, max_len }
+}
+
 fn has_nul(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => s.contains('\0'),
@@ -162,6 +208,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_walk_bounds_the_serialised_length_and_finds_nul() {
+        for value in [
+            json!(null),
+            json!({ "a": [1, -2.5e300, "x\u{1}\"y", { "k\\": true }], "": "" }),
+            json!([[[]], {}, u64::MAX, i64::MIN, "é€𝄞"]),
+            json!("\u{7}".repeat(1000)),
+        ] {
+            let walked = walk(&value);
+            assert!(walked.max_len >= json_len(&value), "{value}");
+            assert!(!walked.nul);
+        }
+        assert!(walk(&json!({ "a": ["ok", "n\u{0}l"] })).nul);
+        assert!(walk(&json!({ "k\u{0}": 1 })).nul);
+    }
 
     fn rule(event: &NewEvent) -> Option<EventRule> {
         event.validate().err()
