@@ -105,6 +105,18 @@ async fn an_open_transaction_holding_a_lower_position_is_never_passed() -> anyho
 /// not an appender); a reader must wait for it rather than skip its position.
 #[tokio::test]
 async fn a_plain_append_waiting_after_taking_its_position_is_never_passed() -> anyhow::Result<()> {
+    append_waiting_after_taking_positions_is_never_passed(1).await
+}
+
+/// The same for a large plain append, which goes by COPY: its positions are drawn in a statement
+/// of their own, after the one that takes the id and the locks.
+#[tokio::test]
+async fn a_copy_append_waiting_after_taking_its_positions_is_never_passed() -> anyhow::Result<()> {
+    append_waiting_after_taking_positions_is_never_passed(40).await
+}
+
+/// An append of `n` events, the last with an event id a raw writer holds uncommitted.
+async fn append_waiting_after_taking_positions_is_never_passed(n: usize) -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     let store = db.store();
     let first = store.append(request("a-1", 1)?).await?.last_position();
@@ -127,7 +139,10 @@ async fn a_plain_append_waiting_after_taking_its_position_is_never_passed() -> a
                 .append(AppendRequest::new(
                     "b-1".parse::<StreamName>()?,
                     ExpectedVersion::Any,
-                    vec![event().with_id(id)],
+                    (1..n)
+                        .map(|_| event())
+                        .chain([event().with_id(id)])
+                        .collect(),
                 ))
                 .await
                 .map_err(anyhow::Error::from)
@@ -165,8 +180,12 @@ async fn a_plain_append_waiting_after_taking_its_position_is_never_passed() -> a
     }
 
     raw_tx.rollback().await?;
-    let held = blocked.await??.last_position();
-    assert!(first < held && held < later, "{first} < {held} < {later}");
+    let held = blocked.await??.positions;
+    assert_eq!(held.len(), n);
+    assert!(
+        first < held[0] && held[n - 1] < later,
+        "{first} < {held:?} < {later}"
+    );
     let mut seen = Vec::new();
     let mut after = first;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -182,11 +201,8 @@ async fn a_plain_append_waiting_after_taking_its_position_is_never_passed() -> a
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    assert_eq!(
-        seen,
-        [held, later],
-        "the waiting append is delivered, in order"
-    );
+    let expected: Vec<u64> = held.iter().copied().chain([later]).collect();
+    assert_eq!(seen, expected, "the waiting append is delivered, in order");
     Ok(())
 }
 
