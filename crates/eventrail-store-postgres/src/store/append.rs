@@ -403,14 +403,14 @@ impl PgEventStore {
                 .load(std::sync::atomic::Ordering::Relaxed)
         {
             // COPY's statements are prepared and kept: not behind PgBouncer in transaction mode.
-            let plain = if request.events.len() >= super::copy::COPY_FROM
+            let attempt = if request.events.len() >= super::copy::COPY_FROM
                 && self.statements() == crate::Statements::Cached
             {
                 self.append_copy(&mut client, &request).await
             } else {
                 self.append_plain(&client, &request, &params).await
             };
-            match plain {
+            match attempt {
                 Plain::Appended(outcome) => {
                     self.hint(outcome.last_position());
                     return Ok(outcome);
