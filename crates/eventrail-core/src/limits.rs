@@ -135,7 +135,8 @@ fn validate_metadata(metadata: &Metadata) -> Result<(), EventRule> {
 }
 
 /// What one walk of a JSON value finds: whether a string or key holds NUL, and an upper bound
-/// of its serialised length (every string byte escaped as `\u00XX`, every number 24 bytes).
+/// of its serialised length (every string byte escaped as `\u00XX`; numbers counted exactly, as
+/// serde_json's `arbitrary_precision` may make them long).
 struct Walked {
     nul: bool,
     max_len: usize,
@@ -151,7 +152,7 @@ fn walk(value: &serde_json::Value) -> Walked {
     while let Some(v) = stack.pop() {
         let len = match v {
             serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
-            serde_json::Value::Number(_) => 24,
+            serde_json::Value::Number(n) => json_len(n),
             serde_json::Value::String(s) => {
                 nul |= s.contains('\0');
                 text(s)
@@ -185,7 +186,7 @@ fn has_nul(value: &serde_json::Value) -> bool {
 }
 
 /// The JSON text length, counted without building the text.
-fn json_len(value: &serde_json::Value) -> usize {
+fn json_len(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
