@@ -266,16 +266,20 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
         // The read-ahead started with the previous batch, when that batch ended where it began.
         let mut pre_read: Option<Result<Vec<RecordedEvent>, StoreError>> = None;
         let read_ahead = match ahead.take() {
-            Some(mut a) if a.after == checkpoint.position => match (&mut a.task).await {
-                Ok(Ok(found)) => Some(found),
-                Ok(Err(e)) => {
-                    debug!(error = %crate::error::chain(&e), "the read-ahead failed; probing again");
-                    None
-                }
-                Err(e) => {
-                    debug!(error = %e, "the read-ahead did not finish; probing again");
-                    None
-                }
+            // A read on a lagging standby may wait: shutdown does not wait for it.
+            Some(mut a) if a.after == checkpoint.position => tokio::select! {
+                () = ctx.cancel.cancelled() => return,
+                joined = &mut a.task => match joined {
+                    Ok(Ok(found)) => Some(found),
+                    Ok(Err(e)) => {
+                        debug!(error = %crate::error::chain(&e), "the read-ahead failed; probing again");
+                        None
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "the read-ahead did not finish; probing again");
+                        None
+                    }
+                },
             },
             _ => None,
         };
