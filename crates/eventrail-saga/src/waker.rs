@@ -68,7 +68,12 @@ async fn send(pending: Weak<Notify>, pool: Pool, channel: String) {
         }
         if let Ok(client) = pool.get().await {
             let _ = client
-                .query_typed("SELECT pg_notify($1, '')", &[(&channel, Type::TEXT)])
+                // Committed without waiting for its WAL flush: a wake-up need not survive a
+                // crash, and a flush would take a place in every group commit.
+                .query_typed(
+                    "SELECT pg_notify($1, ''), set_config('synchronous_commit', 'off', true)",
+                    &[(&channel, Type::TEXT)],
+                )
                 .await;
         }
         tokio::time::sleep(GAP).await;

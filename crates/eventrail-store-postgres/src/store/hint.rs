@@ -49,6 +49,10 @@ impl Hinter {
     }
 }
 
+/// The hint's statement: the notification, committed without waiting for its WAL flush.
+pub(crate) const HINT: &str =
+    "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)";
+
 /// The shortest gap between two hints: appends in that window share one (a few milliseconds
 /// of wake-up latency against a statement per append on a busy single writer).
 const MIN_GAP: Duration = Duration::from_millis(5);
@@ -60,12 +64,12 @@ async fn send_hints(channel: String, pool: Pool, mut newest: watch::Receiver<u64
         let position = newest.borrow_and_update().to_string();
         let sent = async {
             let client = pool.get().await?;
-            // Unnamed: works behind PgBouncer in transaction mode as well.
+            // Unnamed: works behind PgBouncer in transaction mode as well. A notification needs
+            // a transaction id, so its commit would wait for a WAL flush like an append's and
+            // take a place in every group commit; a wake-up need not survive a crash, so this
+            // one transaction commits asynchronously.
             client
-                .query_typed(
-                    "SELECT pg_notify($1, $2)",
-                    &[(&channel, Type::TEXT), (&position, Type::TEXT)],
-                )
+                .query_typed(HINT, &[(&channel, Type::TEXT), (&position, Type::TEXT)])
                 .await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         };
