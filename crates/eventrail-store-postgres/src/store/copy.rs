@@ -42,7 +42,6 @@ impl PgEventStore {
         client: &mut deadpool_postgres::Object,
         request: &AppendRequest,
     ) -> Plain {
-        let ids: Vec<uuid::Uuid> = request.events.iter().map(|e| e.id).collect();
         match self.copy_in_transaction(client, request).await {
             Ok(outcome) => Plain::Appended(outcome),
             Err(Copied::Refused(e)) => Plain::Failed(e),
@@ -55,6 +54,7 @@ impl PgEventStore {
             }
             Err(Copied::Database(e)) => {
                 if crate::error::is_unique_violation(&e, "events_event_id_key") {
+                    let ids: Vec<uuid::Uuid> = request.events.iter().map(|e| e.id).collect();
                     Plain::Failed(self.duplicate_id(&***client, &ids).await)
                 } else {
                     Plain::Failed(backend(e))
@@ -111,8 +111,8 @@ impl PgEventStore {
         let copy = tx.copy_in(&copy_statement).await?;
         let writer = BinaryCopyInWriter::new(copy, &COPY_TYPES);
         pin_mut!(writer);
-        for (i, (event, position)) in request.events.iter().zip(&positions).enumerate() {
-            let version = first + i64::from(i32::try_from(i).unwrap_or(i32::MAX));
+        let numbered = request.events.iter().zip(&positions).zip(first..);
+        for ((event, position), version) in numbered {
             let schema_version = i32::try_from(event.schema_version).map_err(|_| {
                 Copied::Refused(StoreError::InvalidRequest(
                     "schema version out of range".into(),
@@ -159,25 +159,4 @@ impl From<tokio_postgres::Error> for Copied {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Database(e)
     }
-}
-
-/// The SQL of the `COPY` path, with `schema` quoted and the lock `namespace` filled in.
-pub(super) fn copy_sql(schema: &str, namespace: &str) -> (String, String, String) {
-    use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK, STREAM_LOCK};
-    let locks = format!(
-        "SELECT pg_current_xact_id()::text, \
-                pg_advisory_xact_lock_shared({SCOPE_ALL_LOCK}, hashtext('{namespace}'))::text, \
-                pg_advisory_xact_lock_shared({SCOPE_CATEGORY_LOCK}, \
-                    hashtext('{namespace}' || split_part($1, '-', 1)))::text, \
-                pg_advisory_xact_lock({STREAM_LOCK}, hashtext('{namespace}' || $1))::text"
-    );
-    let reserve = format!(
-        "SELECT ARRAY(SELECT nextval('{schema}.events_global_position_seq') \
-                        FROM generate_series(1, $1::int4))"
-    );
-    let copy = format!(
-        "COPY {schema}.events (global_position, stream_name, stream_version, event_id, event_type, \
-         schema_version, data, data_binary, metadata) FROM STDIN (FORMAT binary)"
-    );
-    (locks, reserve, copy)
 }

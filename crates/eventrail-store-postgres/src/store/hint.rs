@@ -50,8 +50,7 @@ impl Hinter {
 }
 
 /// The hint's statement: the notification, committed without waiting for its WAL flush.
-pub(crate) const HINT: &str =
-    "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)";
+const HINT: &str = "SELECT pg_notify($1, $2), set_config('synchronous_commit', 'off', true)";
 
 /// The shortest gap between two hints: appends in that window share one (a few milliseconds
 /// of wake-up latency against a statement per append on a busy single writer).

@@ -31,12 +31,16 @@ impl Sql {
         let namespace = crate::keys::lock_namespace(name);
         let events = format!("{schema}.events");
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
-        let (append_locks, reserve_positions, copy_events) =
-            super::copy::copy_sql(schema, &namespace);
         Self {
-            append_locks,
-            reserve_positions,
-            copy_events,
+            append_locks: format!("SELECT {}", appender_locks(&namespace)),
+            reserve_positions: format!(
+                "SELECT ARRAY(SELECT nextval('{schema}.events_global_position_seq') \
+                                FROM generate_series(1, $1::int4))"
+            ),
+            copy_events: format!(
+                "COPY {events} (global_position, stream_name, stream_version, event_id, event_type, \
+                 schema_version, data, data_binary, metadata) FROM STDIN (FORMAT binary)"
+            ),
             append: format!(
                 "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
@@ -97,6 +101,19 @@ impl Sql {
     }
 }
 
+/// What every append takes before it draws a position, in this order (the gap proof): its
+/// transaction id, the appender (whole-log) and category locks shared, and the stream lock, for
+/// the stream `$1`. Without a position precondition: that one takes its scope exclusively.
+fn appender_locks(namespace: &str) -> String {
+    format!(
+        "pg_current_xact_id() AS xid, \
+         pg_advisory_xact_lock_shared({SCOPE_ALL_LOCK}, hashtext('{namespace}')), \
+         pg_advisory_xact_lock_shared({SCOPE_CATEGORY_LOCK}, \
+             hashtext('{namespace}' || split_part($1, '-', 1))), \
+         pg_advisory_xact_lock({STREAM_LOCK}, hashtext('{namespace}' || $1))"
+    )
+}
+
 /// The plain append (no position precondition) as one SQL statement, without the plpgsql call
 /// of `append_events` (which costs as much server time as the INSERT itself). It takes what the
 /// function takes, in the same order: the transaction id, then the appender (whole-log) and
@@ -113,14 +130,9 @@ impl Sql {
 /// Parameters: `$1` stream, `$2` expected kind (as the function's), `$3` expected version,
 /// `$4`..`$9` the event columns. Returns each event's position and stream version, in order.
 fn append_plain(schema: &str, namespace: &str) -> String {
+    let locks = appender_locks(namespace);
     format!(
-        "WITH held AS MATERIALIZED ( \
-             SELECT pg_current_xact_id() AS xid, \
-                    pg_advisory_xact_lock_shared({SCOPE_ALL_LOCK}, hashtext('{namespace}')), \
-                    pg_advisory_xact_lock_shared({SCOPE_CATEGORY_LOCK}, \
-                        hashtext('{namespace}' || split_part($1, '-', 1))), \
-                    pg_advisory_xact_lock({STREAM_LOCK}, hashtext('{namespace}' || $1)) \
-         ), head AS MATERIALIZED ( \
+        "WITH held AS MATERIALIZED (SELECT {locks}), head AS MATERIALIZED ( \
              SELECT max(stream_version) AS version FROM {schema}.events WHERE stream_name = $1 \
          ) \
          INSERT INTO {schema}.events AS e \
