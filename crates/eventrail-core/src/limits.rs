@@ -120,7 +120,7 @@ fn validate_metadata(metadata: &Metadata) -> Result<(), EventRule> {
         || metadata
             .extra
             .iter()
-            .any(|(k, v)| k.contains('\0') || has_nul(v))
+            .any(|(k, v)| k.contains('\0') || walk(v).nul)
     {
         return Err(EventRule::NulCharacter("metadata"));
     }
@@ -174,15 +174,6 @@ fn walk(value: &serde_json::Value) -> Walked {
         max_len = max_len.saturating_add(len);
     }
     Walked { nul, max_len }
-}
-
-fn has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
 }
 
 /// The JSON text length, counted without building the text.
