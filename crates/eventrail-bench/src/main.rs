@@ -28,6 +28,7 @@ mod faults_bench;
 mod outbox_bench;
 mod peers_bench;
 mod saga_bench;
+mod scale_bench;
 mod table_bench;
 mod worker_bench;
 
@@ -129,8 +130,9 @@ enum Bench {
         writers: Vec<usize>,
     },
     /// Every row of issue 13's table in one run on the same server: appends against INSERT and
-    /// COPY, catch-up against COPY TO, the relay against bare NATS and RabbitMQ loops, and the
-    /// peers (Message DB, Emmett, Python eventsourcing) with 1, 4 and 16 writers.
+    /// COPY, catch-up against COPY TO (on the server and on a hot standby), the relay against
+    /// bare NATS and RabbitMQ loops, append/read latency as the log grows (see `scale`), and
+    /// the peers (Message DB, Emmett, Python eventsourcing) with 1, 4 and 16 writers.
     Table {
         /// Seconds per append and peer measurement.
         #[arg(long, default_value_t = 3)]
@@ -144,6 +146,19 @@ enum Bench {
         /// Skip the peers (which need python3 and node).
         #[arg(long)]
         no_peers: bool,
+        /// Log sizes of the latency rows, in events (none: skip them).
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000_000, 10_000_000, 50_000_000])]
+        scale_sizes: Vec<u64>,
+    },
+    /// Append and read latency (p50/p99) as the log grows, beside raw INSERT and SELECT, on a
+    /// throwaway cluster.
+    Scale {
+        /// Log sizes to measure at, in events.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000_000, 10_000_000, 50_000_000])]
+        sizes: Vec<u64>,
+        /// Samples of each operation at each size.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
     },
     /// A worker process of the `faults` benchmark (started by it).
     #[command(hide = true)]
@@ -423,7 +438,9 @@ async fn main() -> anyhow::Result<()> {
             events,
             messages,
             no_peers,
-        } => table_bench::run(seconds, events, messages, !no_peers).await,
+            scale_sizes,
+        } => table_bench::run(seconds, events, messages, !no_peers, &scale_sizes).await,
+        Bench::Scale { sizes, samples } => scale_bench::run(&sizes, samples).await,
         Bench::WorkerProcess { args } => {
             integration_tests::worker_process::run(args.into_iter()).await
         }

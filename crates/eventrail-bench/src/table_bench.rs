@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 
-use crate::{Row, append_rows, outbox_bench, peers_bench, print_rows, worker_bench};
+use crate::{Row, append_rows, outbox_bench, peers_bench, print_rows, scale_bench, worker_bench};
 
 /// Runs every measurement and prints one table (and the peers' table under it).
 pub(crate) async fn run(
@@ -11,6 +11,7 @@ pub(crate) async fn run(
     events: usize,
     messages: usize,
     peers: bool,
+    scale_sizes: &[u64],
 ) -> anyhow::Result<()> {
     let mut rows = append_rows(seconds, false).await.context("appends")?;
     let admin_url = eventrail_devdb::database_url().await?;
@@ -49,7 +50,13 @@ pub(crate) async fn run(
     });
     println!();
     print_rows("events/s; relay rows in messages/s", &rows);
-    println!("not measured (not built yet): append/read latency at 1M → 50M events");
+    if !scale_sizes.is_empty() {
+        let scale = scale_bench::measure(scale_sizes, 2000)
+            .await
+            .context("latency as the log grows")?;
+        println!("\nAppend and read latency as the log grows (a throwaway cluster, fsync off)");
+        scale_bench::print(&scale);
+    }
     if peers {
         let peers = peers_bench::measure(seconds, &[1, 4, 16])
             .await

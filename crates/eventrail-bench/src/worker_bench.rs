@@ -52,7 +52,7 @@ impl Consumer for Noop {
     }
 }
 
-async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventStore)> {
+pub(crate) async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventStore)> {
     let url = eventrail_devdb::recreate_database(admin_url, name).await?;
     let mut client = connect(&url).await?;
     worker_migrator("eventrail", &TableNames::default())?
@@ -64,7 +64,7 @@ async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventSt
     ))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -192,6 +192,9 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
     // checkpoint row is read again, which also notices pauses, parks and rewinds.
     let mut known: Option<u64> = None;
     let mut ahead: Option<ReadAhead> = None;
+    // Positions the next batch may cover: `batch_size` at the head, growing while catching up.
+    let mut span = options.batch_size;
+    let catch_up_limit = options.catch_up_limit();
     // A previous owner frozen mid-batch holds the checkpoint row until its batch ends; its batch
     // can never commit (its epoch is older): end it now rather than after a lock wait.
     match ctx.shared.store.pool().get().await {
@@ -292,7 +295,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
             None => {
                 ctx.shared
                     .store
-                    .probe_frontier(&mut watch, checkpoint.position, options.batch_size)
+                    .probe_frontier(&mut watch, checkpoint.position, span)
                     .await
             }
         };
@@ -364,6 +367,12 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
         let started = std::time::Instant::now();
         // Read exactly the batch's range ahead? Then the batch need not read it again.
         let events = pre_read.filter(|_| up_to == frontier.safe && escaped.is_none());
+        // Behind the head, the next batch is twice this one if this one commits quickly.
+        let grown = if frontier.more && suspect.is_none() {
+            span.saturating_mul(2).min(catch_up_limit)
+        } else {
+            options.batch_size
+        };
         // While this batch runs, read the next one, when there is more to read and nothing is
         // being isolated.
         if frontier.more && suspect.is_none() && escaped.is_none() {
@@ -372,7 +381,7 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
                 ctx.shared.standby.clone(),
                 watch.clone(),
                 up_to,
-                options.batch_size,
+                grown,
                 scope.clone(),
             ));
         }
@@ -396,6 +405,19 @@ pub(crate) async fn run_consumer(ctx: ConsumerContext) {
         .await;
         if !matches!(&attempt, Ok(Ok(BatchEnd::Committed { position, .. })) if *position == up_to) {
             ahead = None; // it guessed a commit that did not happen
+        }
+        // A batch that took long (slow handlers, a busy database) or did not commit sends the
+        // next one back to `batch_size`, to keep each batch well inside `batch_timeout`.
+        span = match &attempt {
+            Ok(Ok(BatchEnd::Committed { .. }))
+                if started.elapsed() * 10 < options.batch_timeout =>
+            {
+                grown
+            }
+            _ => options.batch_size,
+        };
+        if span != grown {
+            ahead = None; // read for a batch this size no longer wants
         }
         let end = match attempt {
             Ok(Ok(end)) => end,

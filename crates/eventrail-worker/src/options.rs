@@ -114,12 +114,17 @@ pub use eventrail_core::RetryPolicy;
 /// ([`eventrail_store_postgres::EventrailConfig::worker_tables`]).
 pub use eventrail_store_postgres::WorkerTables as TableNames;
 
+/// How many times [`WorkerOptions::batch_size`] a catch-up batch may grow by default.
+const CATCH_UP_GROWTH: usize = 4;
+
 /// Settings of a worker, as a consuming builder. Every setting has a default.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub struct WorkerOptions {
     pub(crate) name: String,
     pub(crate) batch_size: usize,
+    /// `None`: [`CATCH_UP_GROWTH`] × `batch_size`.
+    pub(crate) catch_up_batch_size: Option<usize>,
     pub(crate) base_poll_interval: Duration,
     pub(crate) max_poll_interval: Duration,
     pub(crate) dispatcher_interval: Duration,
@@ -147,6 +152,7 @@ impl Default for WorkerOptions {
         Self {
             name: "worker".into(),
             batch_size: 1000,
+            catch_up_batch_size: None,
             base_poll_interval: Duration::from_millis(50),
             max_poll_interval: Duration::from_secs(2),
             dispatcher_interval: Duration::from_millis(500),
@@ -185,6 +191,23 @@ impl WorkerOptions {
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self
+    }
+
+    /// Most positions one batch covers while the consumer is behind the head (default 4 ×
+    /// [`batch_size`](Self::batch_size); never below it). Behind the head, each batch that
+    /// commits within a tenth of [`batch_timeout`](Self::batch_timeout) doubles the next one,
+    /// up to this, so that a catch-up commits, probes and reads less often per event; back at
+    /// the head, or after a slow or failed batch, batches start again at `batch_size`.
+    pub fn catch_up_batch_size(mut self, n: usize) -> Self {
+        self.catch_up_batch_size = Some(n);
+        self
+    }
+
+    /// The largest catch-up batch: at least [`batch_size`](Self::batch_size).
+    pub(crate) fn catch_up_limit(&self) -> usize {
+        self.catch_up_batch_size
+            .unwrap_or(self.batch_size.saturating_mul(CATCH_UP_GROWTH))
+            .max(self.batch_size)
     }
 
     /// First wait of an idle consumer before it looks again (default 50 ms).

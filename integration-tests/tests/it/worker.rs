@@ -1223,3 +1223,50 @@ async fn catching_up_with_reads_ahead_and_failures_mid_batch_handles_everything_
     running.stop().await?;
     assert_exactly_once(&db, 1).await
 }
+
+/// Behind the head, batches grow from `batch_size` up to `catch_up_batch_size` (fewer commits,
+/// probes and reads per event), never past it, and every event is still handled once, in order.
+/// Each batch is one transaction: the recorder's rows carry its id (`xmin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catching_up_grows_batches_up_to_the_catch_up_size_and_handles_everything_once_in_order()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    let admin = admin(&db)?;
+    let mut head = 0;
+    for i in 0..20 {
+        head = append(&store, &format!("backlog-{i}"), 50).await?;
+    }
+    let consumer = Recorder::new("c0", "w");
+    let running = start(
+        &db,
+        fast().batch_size(10).catch_up_batch_size(80),
+        std::slice::from_ref(&consumer),
+    )?;
+    eventually(60, "the consumer to reach the head", || {
+        all_at(&admin, head)
+    })
+    .await?;
+    running.stop().await?;
+    assert_exactly_once(&db, 1).await?;
+    let sizes: Vec<i64> = db
+        .client()
+        .await?
+        .query(
+            "SELECT count(*) FROM handled GROUP BY xmin::text::bigint ORDER BY min(position)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let largest = sizes.iter().copied().max().unwrap_or_default();
+    assert!(largest <= 80, "no batch past the catch-up size: {sizes:?}");
+    assert_eq!(largest, 80, "batches grew to the catch-up size: {sizes:?}");
+    assert!(
+        sizes.len() < 30,
+        "{} batches for {head} events: {sizes:?}",
+        sizes.len()
+    );
+    Ok(())
+}
