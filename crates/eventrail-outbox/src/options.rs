@@ -208,7 +208,11 @@ impl OutboxOptions {
     }
 
     /// Sent messages older than this are deleted (default 7 days); the cut-off slides with the
-    /// database clock.
+    /// database clock. With [`Duration::ZERO`] a sent message is deleted as soon as its
+    /// broker acknowledged it, in the settle that would have marked it sent: the cheapest
+    /// settle (a delete writes no index entry), at the price of the sent history, and of
+    /// [`OutboxError::DuplicateMessageId`](crate::OutboxError::DuplicateMessageId) for an id
+    /// enqueued again after it was sent.
     pub fn retention(mut self, d: Duration) -> Self {
         self.retention = d;
         self

@@ -177,6 +177,8 @@ impl Tables {
             // backoff had ended (this was a probe), the next, doubled backoff; a failure
             // reported while the backoff still runs (a publish started before it) leaves it.
             // Any answer of a destination (sent, or a failure of the message) ends its backoff.
+            // Without retention ($12 false), a sent message is deleted instead of marked: a
+            // delete writes no index entry, where marking it sent writes three.
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
@@ -209,24 +211,33 @@ impl Tables {
                      DELETE FROM {destinations}
                      WHERE destination IN (SELECT destination FROM reported WHERE outcome IN ('s', 'f', 'p'))
                        AND destination NOT IN (SELECT destination FROM reported WHERE outcome IN ('u', 'm'))
+                 ), gone AS (
+                     DELETE FROM {outbox} AS o
+                     USING f
+                     WHERE NOT $12::bool AND o.sequence = f.seq AND f.outcome = 's'
+                     RETURNING o.destination
+                 ), marked AS (
+                     UPDATE {outbox} AS o SET
+                         state = CASE WHEN f.outcome = 's' THEN 'sent'
+                                      WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
+                                      ELSE 'pending' END,
+                         sent_at = CASE WHEN f.outcome = 's' THEN now() END,
+                         last_error = CASE WHEN f.outcome IN ('f', 'p', 'u', 'm') THEN f.error ELSE o.last_error END,
+                         next_attempt_at = CASE WHEN f.outcome = 'f' THEN
+                             now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts + f.uncounted - 1, 0), 40)))
+                                     * (0.5 + random() / 2) * interval '1 millisecond'
+                             ELSE o.next_attempt_at END,
+                         attempts = CASE WHEN f.outcome IN ('r', 'u', 'm') THEN greatest(o.attempts + f.uncounted - 1, 0)
+                                         ELSE o.attempts + f.uncounted END,
+                         lease_owner = NULL,
+                         lease_expires_at = NULL
+                     FROM f
+                     WHERE o.sequence = f.seq AND ($12::bool OR f.outcome <> 's')
+                     RETURNING o.state, o.destination, f.outcome
                  )
-                 UPDATE {outbox} AS o SET
-                     state = CASE WHEN f.outcome = 's' THEN 'sent'
-                                  WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
-                                  ELSE 'pending' END,
-                     sent_at = CASE WHEN f.outcome = 's' THEN now() END,
-                     last_error = CASE WHEN f.outcome IN ('f', 'p', 'u', 'm') THEN f.error ELSE o.last_error END,
-                     next_attempt_at = CASE WHEN f.outcome = 'f' THEN
-                         now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts + f.uncounted - 1, 0), 40)))
-                                 * (0.5 + random() / 2) * interval '1 millisecond'
-                         ELSE o.next_attempt_at END,
-                     attempts = CASE WHEN f.outcome IN ('r', 'u', 'm') THEN greatest(o.attempts + f.uncounted - 1, 0)
-                                     ELSE o.attempts + f.uncounted END,
-                     lease_owner = NULL,
-                     lease_expires_at = NULL
-                 FROM f
-                 WHERE o.sequence = f.seq
-                 RETURNING o.state, o.destination, f.outcome"
+                 SELECT state, destination, outcome FROM marked
+                 UNION ALL
+                 SELECT 'sent', destination, 's' FROM gone"
             ),
             // Extends the leases of the heads this relay still holds; a head missing from the
             // result was taken over (or settled) and its key must stop publishing.

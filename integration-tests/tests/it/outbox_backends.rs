@@ -1076,6 +1076,77 @@ async fn per_key_order_holds_under_parallel_publishing_and_retries<B: Backend>()
     Ok(())
 }
 
+/// With a retention of zero, a settle deletes what was sent instead of marking it (the cleanup,
+/// an hour away here, has nothing to do with it); a failed message stays with its attempts,
+/// and per-key order and the cycle's report are those of a kept history.
+async fn without_retention_a_settle_deletes_what_was_sent<B: Backend>() -> anyhow::Result<()> {
+    let db = B::new().await?;
+    let options = || {
+        fast()
+            .retention(Duration::ZERO)
+            .cleanup_interval(Duration::from_secs(3600))
+            .batch_size(25)
+            .max_per_key(5)
+    };
+    // One cycle: three sent and reported as sent, nothing left.
+    enqueue(
+        &db,
+        (0..3u8)
+            .map(|n| NewMessage::new("orders", "key-once", vec![n]))
+            .collect(),
+    )
+    .await?;
+    let once = InMemorySink::new();
+    let report = db.relay(once.clone(), options())?.relay_once().await?;
+    assert_eq!(report.sent, 3, "{report:?}");
+    assert_eq!(db.count("true").await?, 0, "sent messages are deleted");
+    assert_eq!(once.messages().len(), 3);
+
+    // Many keys, two relays, every third publish failing.
+    let sink = Flaky::new(3);
+    let mut messages = Vec::new();
+    for round in 0..20u8 {
+        for key in 0..10 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    enqueue(&db, messages).await?;
+    let relays: Vec<Running> = (0..2)
+        .map(|_| Ok(start(db.relay(sink.clone(), options())?)))
+        .collect::<anyhow::Result<_>>()?;
+    eventually(60, "every message sent and deleted", || async {
+        Ok(db.count("true").await? == 0)
+    })
+    .await?;
+    for r in relays {
+        r.stop().await?;
+    }
+    let delivered = sink.inner.messages();
+    let times = check_order(&delivered);
+    assert_eq!(times.len(), 200);
+    assert!(times.values().all(|&n| n == 1));
+
+    // A message that keeps failing stays, with its attempts, and parks its key.
+    enqueue(
+        &db,
+        vec![NewMessage::new("orders", "key-dead", b"x".to_vec())],
+    )
+    .await?;
+    let refusing = Flaky::new(1);
+    let relay = db.relay(
+        refusing,
+        options().retry(RetryPolicy {
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(5),
+        }),
+    )?;
+    let report = relay.relay_once().await?;
+    assert_eq!(report.dead, 1, "{report:?}");
+    assert_eq!(db.count("state = 'dead' AND attempts = 1").await?, 1);
+    Ok(())
+}
+
 async fn the_cleanup_cut_off_slides<B: Backend>() -> anyhow::Result<()> {
     let db = B::new().await?;
     enqueue(
@@ -1382,6 +1453,7 @@ on_both!(
     a_broker_down_then_back_drains_the_backlog,
     per_key_order_holds_under_parallel_publishing_and_retries,
     the_cleanup_cut_off_slides,
+    without_retention_a_settle_deletes_what_was_sent,
     shutdown_meets_its_deadline_and_hands_work_back,
     torture_producers_rollbacks_and_a_killed_relay_lose_nothing,
     a_relay_that_lost_its_lease_stops_publishing_the_key,

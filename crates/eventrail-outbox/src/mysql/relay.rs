@@ -338,6 +338,7 @@ impl RelayDb for MySqlRelayDb {
         // the attempt number they were claimed with (the head's attempt was counted at the
         // claim, the others' count now; a message handed back gets its attempt back).
         let mut marks = Vec::new();
+        let mut gone: Vec<i64> = Vec::new();
         let mut settled = Vec::new();
         for i in 0..rows.sequences.len() {
             if !held.contains(&rows.heads[i]) {
@@ -355,13 +356,17 @@ impl RelayDb for MySqlRelayDb {
                 "f" if attempts >= params.max_attempts => "dead",
                 _ => "pending",
             };
-            marks.push(serde_json::json!({
+            if state == "sent" && !params.keep_sent {
+                gone.push(rows.sequences[i]);
+            } else {
+                marks.push(serde_json::json!({
                 "s": rows.sequences[i],
                 "o": code,
                 "e": rows.errors[i],
                 "t": state,
                 "a": attempts,
-            }));
+                }));
+            }
             settled.push(Settled {
                 state: state.to_owned(),
                 destination: rows.destinations[i].to_owned(),
@@ -379,6 +384,11 @@ impl RelayDb for MySqlRelayDb {
             )
             .await
             .map_err(db)?;
+        }
+        if !gone.is_empty() {
+            tx.exec_drop(&t.delete_sent, (json(gone.as_slice()),))
+                .await
+                .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(settled)

@@ -77,6 +77,7 @@ pub(crate) struct MySqlTables {
     pub(crate) down: String,
     pub(crate) up: String,
     pub(crate) mark: String,
+    pub(crate) delete_sent: String,
     pub(crate) renew: String,
     pub(crate) renewed: String,
     pub(crate) release_all: String,
@@ -225,6 +226,8 @@ impl MySqlTables {
                 "SELECT sequence FROM {outbox}
                  WHERE sequence IN ({int_list}) AND lease_owner = ? AND state = 'pending'"
             ),
+            // Without retention, sent messages are deleted at once instead of marked.
+            delete_sent: format!("DELETE o FROM {outbox} AS o JOIN {int_join} ON o.sequence = j.v"),
             release_all: format!(
                 "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = GREATEST(attempts - 1, 0)
                  WHERE lease_owner = ? AND state = 'pending'"

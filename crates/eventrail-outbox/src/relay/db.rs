@@ -64,6 +64,9 @@ pub(crate) struct SettleParams {
     pub(crate) max_backoff: Duration,
     pub(crate) destination_initial: Duration,
     pub(crate) destination_max: Duration,
+    /// Whether sent messages are kept (marked sent, deleted by the cleanup after the
+    /// retention) or deleted at once (a retention of zero).
+    pub(crate) keep_sent: bool,
 }
 
 /// What a settle did to one message whose key was still held.

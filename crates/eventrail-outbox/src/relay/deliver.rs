@@ -312,6 +312,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             max_backoff: retry.max_backoff,
             destination_initial: backoff.initial,
             destination_max: backoff.max,
+            keep_sent: !self.options.retention.is_zero(),
         };
         let rows = self.db.settle(rows, params).await?;
         let mut report = CycleReport {

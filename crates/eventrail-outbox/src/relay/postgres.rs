@@ -152,6 +152,7 @@ impl RelayDb for PgRelayDb {
                     (&destinations, Type::TEXT_ARRAY),
                     (&ms(params.destination_initial), Type::FLOAT8),
                     (&ms(params.destination_max), Type::FLOAT8),
+                    (&params.keep_sent, Type::BOOL),
                 ],
             )
             .await
