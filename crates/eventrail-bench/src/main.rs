@@ -67,7 +67,8 @@ enum Bench {
         /// Seconds of the lag measurement, per dispatcher.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// Also measure catch-up with this batch size (besides the default options).
+        /// Also measure catch-up with fixed batches of this size (never grown), besides the
+        /// default options.
         #[arg(long)]
         batch_size: Option<usize>,
     },

@@ -75,6 +75,14 @@ impl<S: Sink> Sink for Counted<S> {
     }
 }
 
+/// What a relay keeps of sent messages: the default retention (marked sent, deleted later by the
+/// cleanup), or none (deleted by the settle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum History {
+    Kept,
+    None,
+}
+
 /// Enqueues `n` messages, then relays them with `relays` relays (as deployed: `Relay::run`)
 /// until none is pending.
 async fn relay<S: Sink + Clone>(
@@ -84,9 +92,14 @@ async fn relay<S: Sink + Clone>(
     keys: usize,
     relays: usize,
     batch: usize,
+    history: History,
 ) -> anyhow::Result<f64> {
     enqueue(pool, n, keys).await?;
-    let options = OutboxOptions::new()
+    let options = match history {
+        History::Kept => OutboxOptions::new(),
+        History::None => OutboxOptions::new().retention(Duration::ZERO),
+    };
+    let options = options
         .batch_size(batch)
         .max_per_key(16)
         .max_in_flight(keys)
@@ -240,8 +253,12 @@ pub(crate) struct RelayFigures {
     pub(crate) memory: f64,
     pub(crate) nats_bare: f64,
     pub(crate) nats_relay: f64,
+    /// The relay with a retention of zero (a settle deletes what was sent).
+    pub(crate) nats_relay_deleting: f64,
     pub(crate) amqp_bare: f64,
     pub(crate) amqp_relay: f64,
+    /// The relay with a retention of zero.
+    pub(crate) amqp_relay_deleting: f64,
     /// Bare loop and relay, when Kafka was measured.
     pub(crate) kafka: Option<(f64, f64)>,
 }
@@ -295,9 +312,20 @@ pub(crate) async fn measure(
         .await?
         .batch_execute("TRUNCATE eventrail.outbox")
         .await?;
-    let memory = relay(&pool, Arc::new(InMemorySink::new()), n, keys, relays, batch).await?;
+    let memory = relay(
+        &pool,
+        Arc::new(InMemorySink::new()),
+        n,
+        keys,
+        relays,
+        batch,
+        History::Kept,
+    )
+    .await?;
     let nats_bare = bare_nats(nats.jetstream(), n, keys, 1000).await?;
-    let nats_relay = relay(&pool, nats.clone(), n, keys, relays, batch).await?;
+    let nats_relay = relay(&pool, nats.clone(), n, keys, relays, batch, History::Kept).await?;
+    let nats_relay_deleting =
+        relay(&pool, nats.clone(), n, keys, relays, batch, History::None).await?;
     let amqp_bare = bare_amqp(&amqp, n, keys, 1000).await?;
     amqp.channel()
         .queue_declare(
@@ -306,7 +334,9 @@ pub(crate) async fn measure(
             FieldTable::default(),
         )
         .await?;
-    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch).await?;
+    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch, History::Kept).await?;
+    let amqp_relay_deleting =
+        relay(&pool, amqp.clone(), n, keys, relays, batch, History::None).await?;
     let kafka = if with_kafka {
         let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
             .ok()
@@ -317,7 +347,10 @@ pub(crate) async fn measure(
             .context("a Kafka broker must be running (bash scripts/ensure-kafka.sh)")?;
         let kafka = KafkaSink::new(&KafkaSinkConfig::new(&bootstrap).topic_prefix(KAFKA_PREFIX))?;
         let bare = bare_kafka(&kafka, n, keys, 1000).await?;
-        Some((bare, relay(&pool, kafka, n, keys, relays, batch).await?))
+        Some((
+            bare,
+            relay(&pool, kafka, n, keys, relays, batch, History::Kept).await?,
+        ))
     } else {
         None
     };
@@ -335,8 +368,10 @@ pub(crate) async fn measure(
         memory,
         nats_bare,
         nats_relay,
+        nats_relay_deleting,
         amqp_bare,
         amqp_relay,
+        amqp_relay_deleting,
         kafka,
     })
 }
@@ -348,8 +383,10 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         memory,
         nats_bare,
         nats_relay,
+        nats_relay_deleting,
         amqp_bare,
         amqp_relay,
+        amqp_relay_deleting,
         kafka,
     } = measure(n, keys, relays, batch, true).await?;
     let (kafka_bare, kafka_relay) = kafka.unwrap_or((f64::NAN, f64::NAN));
@@ -378,6 +415,12 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         nats_relay / nats_bare
     );
     println!(
+        "| {:<36} | {:>12.0} | {:>12.2} |",
+        "relay → NATS, retention 0",
+        nats_relay_deleting,
+        nats_relay_deleting / nats_bare
+    );
+    println!(
         "| {:<36} | {:>12.0} | {:>12} |",
         "bare RabbitMQ publish loop (confirms)", amqp_bare, "1.00"
     );
@@ -386,6 +429,12 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         "relay → RabbitMQ",
         amqp_relay,
         amqp_relay / amqp_bare
+    );
+    println!(
+        "| {:<36} | {:>12.0} | {:>12.2} |",
+        "relay → RabbitMQ, retention 0",
+        amqp_relay_deleting,
+        amqp_relay_deleting / amqp_bare
     );
     println!(
         "| {:<36} | {:>12.0} | {:>12} |",

@@ -43,9 +43,21 @@ pub(crate) async fn run(
         target: 0.6,
     });
     rows.push(Row {
+        scenario: "relay → NATS, retention 0 (settle deletes)".into(),
+        raw: relay.nats_bare,
+        eventrail: relay.nats_relay_deleting,
+        target: 0.6,
+    });
+    rows.push(Row {
         scenario: "relay → RabbitMQ vs bare loop (confirms)".into(),
         raw: relay.amqp_bare,
         eventrail: relay.amqp_relay,
+        target: 0.7,
+    });
+    rows.push(Row {
+        scenario: "relay → RabbitMQ, retention 0 (settle deletes)".into(),
+        raw: relay.amqp_bare,
+        eventrail: relay.amqp_relay_deleting,
         target: 0.7,
     });
     println!();

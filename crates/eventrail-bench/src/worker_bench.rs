@@ -335,8 +335,10 @@ pub(crate) async fn catch_up(
     let mut rates = Vec::new();
     for (i, batch_size) in batch_sizes.iter().enumerate() {
         let name: &'static str = ["catch-up-0", "catch-up-1", "catch-up-2"][i.min(2)];
-        let options =
-            batch_size.map_or_else(WorkerOptions::new, |n| WorkerOptions::new().batch_size(n));
+        // A given size is fixed: batches of exactly that many positions, never grown.
+        let options = batch_size.map_or_else(WorkerOptions::new, |n| {
+            WorkerOptions::new().batch_size(n).catch_up_batch_size(n)
+        });
         rates.push(time_consumer(&url, &store, name, options, None, head, total).await?);
     }
     Ok((raw, rates))
@@ -473,7 +475,7 @@ pub(crate) async fn run(
     for (size, rate) in sizes.iter().zip(&rates) {
         let label = size.map_or_else(
             || "eventrail consumer, default options".to_owned(),
-            |n| format!("eventrail consumer, batch size {n}"),
+            |n| format!("eventrail consumer, fixed batches of {n}"),
         );
         println!(
             "| {label:<40} | {rate:>8.0} | {:>5.2} | ≥ 0.5 |",
