@@ -147,7 +147,7 @@ enum Bench {
         /// Skip the peers (which need python3 and node).
         #[arg(long)]
         no_peers: bool,
-        /// Log sizes of the latency rows, in events (none: skip them).
+        /// Log sizes of the latency rows, in events (`0` skips them).
         #[arg(long, value_delimiter = ',', default_values_t = [1_000_000, 10_000_000, 50_000_000])]
         scale_sizes: Vec<u64>,
     },
