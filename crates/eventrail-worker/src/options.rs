@@ -186,8 +186,9 @@ impl WorkerOptions {
         self
     }
 
-    /// Most positions one batch covers (default 1000): larger batches commit less often when
-    /// catching up, smaller ones hold the checkpoint row for less time.
+    /// Most positions one batch covers at the head (default 1000): smaller batches hold the
+    /// checkpoint row for less time. Behind the head, batches grow from this up to
+    /// [`catch_up_batch_size`](Self::catch_up_batch_size).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self
