@@ -293,7 +293,7 @@ pub(crate) fn print(results: &[(u64, Vec<Latency>)]) {
 }
 
 fn millions(n: u64) -> String {
-    if n % 1_000_000 == 0 {
+    if n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
     } else {
         n.to_string()
