@@ -105,33 +105,19 @@ impl ReadAhead {
         let task = tokio::spawn(async move {
             let mut watch = watch;
             let frontier = store.probe_frontier(&mut watch, after, max).await?;
-            let events = if let Some(standby) = &standby {
-                store
-                    .read_range_on(
-                        standby,
-                        after,
-                        frontier.safe,
-                        optional(&scope.categories),
-                        optional(&scope.event_types),
-                    )
-                    .await
-            } else if frontier.safe > after {
-                match store.pool().get().await {
-                    Ok(client) => {
-                        store
-                            .read_range_in(
-                                &**client,
-                                after,
-                                frontier.safe,
-                                optional(&scope.categories),
-                                optional(&scope.event_types),
-                            )
-                            .await
-                    }
-                    Err(e) => Err(StoreError::backend(e)),
+            let (categories, event_types) =
+                (optional(&scope.categories), optional(&scope.event_types));
+            let events = match &standby {
+                Some(standby) => {
+                    store
+                        .read_range_on(standby, after, frontier.safe, categories, event_types)
+                        .await
                 }
-            } else {
-                Ok(Vec::new())
+                None => {
+                    store
+                        .read_range(after, frontier.safe, categories, event_types)
+                        .await
+                }
             };
             Ok(Ahead {
                 frontier,

@@ -118,14 +118,31 @@ impl PgEventStore {
         event_types: Option<&[String]>,
     ) -> Result<SafeRead, StoreError> {
         let frontier = self.probe_frontier(watch, after, max_positions).await?;
-        let events = if frontier.safe > after {
-            let client = self.client().await?;
-            self.read_range_in(&**client, after, frontier.safe, categories, event_types)
-                .await?
-        } else {
-            Vec::new()
-        };
+        let events = self
+            .read_range(after, frontier.safe, categories, event_types)
+            .await?;
         Ok(SafeRead { events, frontier })
+    }
+
+    /// [`read_range_in`](Self::read_range_in) on a pooled connection of this store; nothing
+    /// (and no connection taken) when `up_to <= after`. Only gap-safe when `up_to` came from
+    /// [`PgEventStore::probe_frontier`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], or the pool's typed connect error.
+    pub async fn read_range(
+        &self,
+        after: u64,
+        up_to: u64,
+        categories: Option<&[String]>,
+        event_types: Option<&[String]>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if up_to <= after {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        self.read_range_in(&**client, after, up_to, categories, event_types)
+            .await
     }
 
     /// Events with `after < position <= up_to`, filtered, through any client or transaction (the
