@@ -262,22 +262,47 @@ pub async fn start_throwaway_cluster(dir: &Path, port: u16) -> Result<String, De
     if accepts_connections(&url).await {
         return Ok(url);
     }
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
-        install: "apt-get install -y postgresql",
-    })?;
+    let bin = installed_bin_dir()?;
     let dir = dir.to_path_buf();
     let url_for_task = url.clone();
-    tokio::task::spawn_blocking(move || start_blocking(&bin, &dir, port))
-        .await
-        .map_err(|e| DevDbError::Io {
-            what: "joining the start task".into(),
-            source: std::io::Error::other(e),
-        })??;
+    blocking("joining the start task", move || {
+        start_blocking(&bin, &dir, port)
+    })
+    .await?;
     if accepts_connections(&url_for_task).await {
         Ok(url)
     } else {
         Err(DevDbError::NotReady(url))
     }
+}
+
+/// The installed PostgreSQL binaries' folder, or the typed error saying how to install them.
+fn installed_bin_dir() -> Result<PathBuf, DevDbError> {
+    postgres_bin_dir().ok_or(DevDbError::NoPostgres {
+        install: "apt-get install -y postgresql",
+    })
+}
+
+/// Runs `work` (commands and files) on the blocking pool; `what` names a failed join.
+async fn blocking(
+    what: &str,
+    work: impl FnOnce() -> Result<(), DevDbError> + Send + 'static,
+) -> Result<(), DevDbError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DevDbError::Io {
+            what: what.into(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// The `pg_ctl -o` options of a throwaway server on `127.0.0.1:port` with its data in `dir`. The
+/// socket goes in the data folder: it belongs to the server's user.
+fn throwaway_options(port: u16, dir: &Path) -> String {
+    format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 -c fsync=off",
+        dir.to_string_lossy()
+    )
 }
 
 fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
@@ -295,11 +320,7 @@ fn start_blocking(bin: &Path, dir: &Path, port: u16) -> Result<(), DevDbError> {
         }
         initdb(bin, dir)?;
     }
-    let dir_s = dir.to_string_lossy();
-    // The socket goes in the data folder: it belongs to the server's user.
-    let options = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {dir_s} -c max_connections=200 -c fsync=off"
-    );
+    let options = throwaway_options(port, dir);
     info!(port, "starting the throwaway PostgreSQL cluster");
     let started = pg_ctl_start(bin, dir, &options);
     drop(lock);
@@ -320,11 +341,9 @@ pub async fn start_throwaway_standby(
     dir: &Path,
     port: u16,
 ) -> Result<String, DevDbError> {
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
-        install: "apt-get install -y postgresql",
-    })?;
+    let bin = installed_bin_dir()?;
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    blocking("joining the standby's start task", move || {
         let parent = dir.parent().unwrap_or(Path::new("/tmp"));
         fs::create_dir_all(parent).map_err(io("creating the standby's parent folder"))?;
         if is_root() {
@@ -354,17 +373,12 @@ pub async fn start_throwaway_standby(
             ],
         )?;
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 -c fsync=off \
-             -c hot_standby=on -c hot_standby_feedback=on",
-            dir.to_string_lossy()
+            "{} -c hot_standby=on -c hot_standby_feedback=on",
+            throwaway_options(port, &dir)
         );
         pg_ctl_start(&bin, &dir, &options)
     })
-    .await
-    .map_err(|e| DevDbError::Io {
-        what: "joining the standby's start task".into(),
-        source: std::io::Error::other(e),
-    })??;
+    .await?;
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     if accepts_connections(&url).await {
         Ok(url)
@@ -391,19 +405,13 @@ pub async fn start_throwaway_tls_cluster(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<String, DevDbError> {
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
-        install: "apt-get install -y postgresql",
-    })?;
+    let bin = installed_bin_dir()?;
     let (dir, cert, key) = (dir.to_path_buf(), cert.to_path_buf(), key.to_path_buf());
     let client_ca = client_ca.map(Path::to_path_buf);
-    tokio::task::spawn_blocking(move || {
+    blocking("joining the start task", move || {
         start_tls_blocking(&bin, &dir, port, (&cert, &key), client_ca.as_deref())
     })
-    .await
-    .map_err(|e| DevDbError::Io {
-        what: "joining the start task".into(),
-        source: std::io::Error::other(e),
-    })??;
+    .await?;
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
@@ -520,9 +528,7 @@ fn start_tls_blocking(
 /// # Errors
 /// [`DevDbError::Command`] when `pg_ctl stop` fails.
 pub fn stop_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
-        install: "apt-get install -y postgresql",
-    })?;
+    let bin = installed_bin_dir()?;
     run_pg(
         &bin.join("pg_ctl"),
         &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"],
@@ -536,9 +542,7 @@ pub fn stop_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
 /// # Errors
 /// [`DevDbError::Command`] when `pg_ctl restart` fails.
 pub fn restart_throwaway_cluster(dir: &Path) -> Result<(), DevDbError> {
-    let bin = postgres_bin_dir().ok_or(DevDbError::NoPostgres {
-        install: "apt-get install -y postgresql",
-    })?;
+    let bin = installed_bin_dir()?;
     let log = dir.join("server.log");
     run_pg(
         &bin.join("pg_ctl"),
