@@ -8,7 +8,7 @@
 //! the batch's positions from the sequence, after the id and the locks (the gap proof). `COPY`
 //! writes the rows with those positions and versions, and the transaction commits.
 
-use eventrail_core::{AppendOutcome, AppendRequest, EventData, ExpectedVersion, StoreError};
+use eventrail_core::{AppendOutcome, AppendRequest, EventData, StoreError};
 use futures::pin_mut;
 use postgres_types::{Json, ToSql, Type};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -92,13 +92,10 @@ impl PgEventStore {
         locked?;
         let current: Option<i64> = version?.try_get(0)?;
         let positions: Vec<i64> = reserved?.try_get(0)?;
-        let matches = match request.expected_version {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current.is_none(),
-            ExpectedVersion::StreamExists => current.is_some(),
-            ExpectedVersion::Exact(v) => current.map(to_u64) == Some(v),
-        };
-        if !matches {
+        if !request
+            .expected_version
+            .is_satisfied_by(current.map(to_u64))
+        {
             // Read after the stream lock: authoritative. Nothing was written.
             return Err(Copied::Refused(StoreError::WrongExpectedVersion {
                 stream: request.stream.to_string(),
