@@ -24,6 +24,7 @@ mod message_db;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cpu;
 mod faults_bench;
 mod outbox_bench;
 mod peers_bench;

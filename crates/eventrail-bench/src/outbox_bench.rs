@@ -29,6 +29,8 @@ use eventrail_outbox::{
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::cpu::{CpuMeter, CpuUse};
+
 const STREAM: &str = "OUTBOX_BENCH";
 const QUEUE: &str = "outbox_bench";
 const KAFKA_PREFIX: &str = "outbox_bench.";
@@ -93,7 +95,7 @@ async fn relay<S: Sink + Clone>(
     relays: usize,
     batch: usize,
     history: History,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, CpuUse)> {
     enqueue(pool, n, keys).await?;
     let options = match history {
         History::Kept => OutboxOptions::new(),
@@ -116,6 +118,7 @@ async fn relay<S: Sink + Clone>(
         acked: Arc::clone(&acked),
     };
     let stop = CancellationToken::new();
+    let meter = CpuMeter::start();
     let started = Instant::now();
     let tasks: Vec<_> = (0..relays)
         .map(|_| {
@@ -131,12 +134,13 @@ async fn relay<S: Sink + Clone>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
     stop.cancel();
     for t in tasks {
         t.await??;
     }
     client.batch_execute("TRUNCATE eventrail.outbox").await?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// The bare client: publish every message with its dedup id, `window` acks outstanding.
@@ -261,6 +265,8 @@ pub(crate) struct RelayFigures {
     pub(crate) amqp_relay_deleting: f64,
     /// Bare loop and relay, when Kafka was measured.
     pub(crate) kafka: Option<(f64, f64)>,
+    /// Where the CPU of each NATS and RabbitMQ phase went.
+    pub(crate) cpu: Vec<(&'static str, CpuUse)>,
 }
 
 /// Measures the relay to each broker beside its bare publish loop (Kafka when `with_kafka`).
@@ -312,21 +318,38 @@ pub(crate) async fn measure(
         .await?
         .batch_execute("TRUNCATE eventrail.outbox")
         .await?;
-    let memory = relay(
-        &pool,
-        Arc::new(InMemorySink::new()),
-        n,
-        keys,
-        relays,
-        batch,
-        History::Kept,
-    )
-    .await?;
+    let mut cpu = Vec::new();
+    let mut phase = |label: &'static str, (rate, use_): (f64, CpuUse)| {
+        cpu.push((label, use_));
+        rate
+    };
+    let memory = phase(
+        "relay → in-memory sink",
+        relay(
+            &pool,
+            Arc::new(InMemorySink::new()),
+            n,
+            keys,
+            relays,
+            batch,
+            History::Kept,
+        )
+        .await?,
+    );
+    let meter = CpuMeter::start();
     let nats_bare = bare_nats(nats.jetstream(), n, keys, 1000).await?;
-    let nats_relay = relay(&pool, nats.clone(), n, keys, relays, batch, History::Kept).await?;
-    let nats_relay_deleting =
-        relay(&pool, nats.clone(), n, keys, relays, batch, History::None).await?;
+    let nats_bare = phase("bare JetStream loop", (nats_bare, meter.stop()));
+    let nats_relay = phase(
+        "relay → NATS",
+        relay(&pool, nats.clone(), n, keys, relays, batch, History::Kept).await?,
+    );
+    let nats_relay_deleting = phase(
+        "relay → NATS, retention 0",
+        relay(&pool, nats.clone(), n, keys, relays, batch, History::None).await?,
+    );
+    let meter = CpuMeter::start();
     let amqp_bare = bare_amqp(&amqp, n, keys, 1000).await?;
+    let amqp_bare = phase("bare RabbitMQ loop", (amqp_bare, meter.stop()));
     amqp.channel()
         .queue_declare(
             "bench".into(),
@@ -334,9 +357,14 @@ pub(crate) async fn measure(
             FieldTable::default(),
         )
         .await?;
-    let amqp_relay = relay(&pool, amqp.clone(), n, keys, relays, batch, History::Kept).await?;
-    let amqp_relay_deleting =
-        relay(&pool, amqp.clone(), n, keys, relays, batch, History::None).await?;
+    let amqp_relay = phase(
+        "relay → RabbitMQ",
+        relay(&pool, amqp.clone(), n, keys, relays, batch, History::Kept).await?,
+    );
+    let amqp_relay_deleting = phase(
+        "relay → RabbitMQ, retention 0",
+        relay(&pool, amqp.clone(), n, keys, relays, batch, History::None).await?,
+    );
     let kafka = if with_kafka {
         let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
             .ok()
@@ -349,7 +377,9 @@ pub(crate) async fn measure(
         let bare = bare_kafka(&kafka, n, keys, 1000).await?;
         Some((
             bare,
-            relay(&pool, kafka, n, keys, relays, batch, History::Kept).await?,
+            relay(&pool, kafka, n, keys, relays, batch, History::Kept)
+                .await?
+                .0,
         ))
     } else {
         None
@@ -373,6 +403,7 @@ pub(crate) async fn measure(
         amqp_relay,
         amqp_relay_deleting,
         kafka,
+        cpu,
     })
 }
 
@@ -388,6 +419,7 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         amqp_relay,
         amqp_relay_deleting,
         kafka,
+        cpu,
     } = measure(n, keys, relays, batch, true).await?;
     let (kafka_bare, kafka_relay) = kafka.unwrap_or((f64::NAN, f64::NAN));
 
@@ -446,6 +478,7 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         kafka_relay,
         kafka_relay / kafka_bare
     );
+    print_cpu(&cpu, n);
     println!(
         "targets: ≥ 20,000 messages/s to NATS ({}), ≥ 0.5× the bare loop ({})",
         if nats_relay >= 20_000.0 { "ok" } else { "MISS" },
@@ -456,4 +489,38 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         }
     );
     Ok(())
+}
+
+/// The processes a relay phase's CPU goes to: PostgreSQL's backends, the brokers, this process.
+const SERVERS: [&str; 4] = ["postgres", "nats-server", "beam.smp", "eventrail-bench"];
+
+/// Prints where each phase's CPU went, in µs per message, and how many cores were busy: a
+/// relay shares the machine with PostgreSQL, a bare loop does not.
+pub(crate) fn print_cpu(cpu: &[(&'static str, CpuUse)], messages: usize) {
+    println!();
+    println!(
+        "CPU per message (µs), by process, and cores busy (of {}):",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
+    println!(
+        "| {:<30} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8} | {:>6} |",
+        "phase", "postgres", "nats", "rabbitmq", "bench", "other", "cores"
+    );
+    println!(
+        "|{:-<32}|{:-<10}|{:-<10}|{:-<10}|{:-<10}|{:-<10}|{:-<8}|",
+        "", "", "", "", "", "", ""
+    );
+    for (label, use_) in cpu {
+        let each = |name: &str| use_.micros_per_message(name, messages);
+        println!(
+            "| {:<30} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>6.2} |",
+            label,
+            each(SERVERS[0]),
+            each(SERVERS[1]),
+            each(SERVERS[2]),
+            each(SERVERS[3]),
+            use_.others_per_message(&SERVERS, messages),
+            use_.cores()
+        );
+    }
 }

@@ -62,6 +62,7 @@ pub(crate) async fn run(
     });
     println!();
     print_rows("events/s; relay rows in messages/s", &rows);
+    outbox_bench::print_cpu(&relay.cpu, messages);
     let scale_sizes: Vec<u64> = scale_sizes.iter().copied().filter(|s| *s > 0).collect();
     if !scale_sizes.is_empty() {
         let scale = scale_bench::measure(&scale_sizes, 2000)

@@ -43,6 +43,7 @@ pub(crate) struct Tables {
     pub(crate) lock_keys: String,
     pub(crate) insert: String,
     pub(crate) claim_keys: String,
+    pub(crate) claim_named_keys: String,
     pub(crate) claim_rows: String,
     pub(crate) settle: String,
     pub(crate) renew: String,
@@ -116,6 +117,27 @@ impl Tables {
                        WHERE d.destination = o.destination AND d.next_attempt_at > now()
                    )
                  ORDER BY o.sequence LIMIT $1
+                 FOR UPDATE OF o SKIP LOCKED"
+            ),
+            // `claim_keys` for the keys in $1 only: each key's head by one descent of the
+            // (partition_key, sequence) index, then the same eligibility and the same claim
+            // lock, so that a relay following up its keys and another relay walking every head
+            // are arbitrated by the head's row lock and lease as two walks are.
+            claim_named_keys: format!(
+                "SELECT o.partition_key
+                 FROM unnest($1::text[]) AS k(key)
+                 CROSS JOIN LATERAL (
+                     SELECT sequence FROM {outbox}
+                     WHERE state <> 'sent' AND partition_key = k.key
+                     ORDER BY sequence LIMIT 1
+                 ) AS h
+                 JOIN {outbox} AS o ON o.sequence = h.sequence
+                 WHERE {eligible_o}
+                   AND NOT EXISTS (
+                       SELECT 1 FROM {destinations} AS d
+                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
+                   )
+                 ORDER BY o.sequence LIMIT $2
                  FOR UPDATE OF o SKIP LOCKED"
             ),
             // Runs in a later statement than `claim_keys`, so its snapshot sees every claim

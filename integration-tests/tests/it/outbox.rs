@@ -327,6 +327,81 @@ async fn poison_message_goes_dead_while_other_keys_flow_and_its_key_waits() -> a
     Ok(())
 }
 
+/// A relay that sent a key's full run claims that key again by name: it does not walk every
+/// key's head for it. 500 idle keys (their destination backed off for an hour) sit beside one
+/// busy key of 400 messages, claimed 4 at a time: walking every head for each of the 100 runs
+/// would descend the (partition_key, sequence) index 100 × 501 times.
+#[tokio::test]
+async fn a_relay_follows_up_its_busy_key_without_walking_every_head() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let idle_keys = 500;
+    let busy: Vec<NewMessage> = (0..400u32)
+        .map(|i| NewMessage::new("up", "busy", i.to_be_bytes().to_vec()))
+        .collect();
+    let idle: Vec<NewMessage> = (0..idle_keys)
+        .map(|i| NewMessage::new("down", format!("idle-{i}"), vec![1]))
+        .collect();
+    enqueue(&db, idle).await?;
+    enqueue(&db, busy.clone()).await?;
+    db.pool
+        .get()
+        .await?
+        .execute(
+            "INSERT INTO eventrail.outbox_destinations (destination, reason, next_attempt_at, last_error)
+             VALUES ('down', 'unavailable', now() + interval '1 hour', 'down for the test')",
+            &[],
+        )
+        .await?;
+    let mut config = db.config();
+    config.application_name("following-relay");
+    let sink = InMemorySink::new();
+    // One claim of one run at a time; no poll-driven walk during the test.
+    let options = fast()
+        .poll_interval(Duration::from_secs(60))
+        .batch_size(4)
+        .max_per_key(4)
+        .claims_in_flight(1);
+    let relay = start(Relay::connect(&config.into(), sink.clone(), options)?);
+    eventually(30, "the busy key is sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 400)
+    })
+    .await?;
+    relay.stop().await?;
+    let delivered = sink.messages();
+    let times = check_order(&delivered);
+    assert!(busy.iter().all(|m| times.get(&m.id) == Some(&1)));
+    assert_eq!(delivered.len(), 400, "no idle key was published");
+    // A backend's index statistics are flushed when it exits, before it leaves
+    // pg_stat_activity: wait for the relay's sessions to be gone, then read them.
+    let client = db.client().await?;
+    eventually(20, "the relay's sessions closed", || async {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'following-relay'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(open == 0)
+    })
+    .await?;
+    let descents: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes
+             WHERE schemaname = 'eventrail' AND relname = 'outbox' AND indexrelname LIKE '%partition_key%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let walk = i64::from(idle_keys) + 1;
+    eprintln!("{descents} descents of the key index for 100 runs (a walk costs {walk})");
+    assert!(
+        descents > 0 && descents < 3 * walk,
+        "{descents} descents of the key index: a walk of every head costs {walk}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn notify_wakes_an_idle_relay() -> anyhow::Result<()> {
     let db = TestDb::new().await?;

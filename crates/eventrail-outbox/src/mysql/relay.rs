@@ -16,8 +16,8 @@ use super::error::db;
 use super::tables::MySqlTables;
 use crate::message::headers_from_json;
 use crate::relay::{
-    ClaimRequest, Claimed, ClaimedRow, Core, CycleReport, RelayDb, SettleParams, Settled,
-    Settlement,
+    ClaimRequest, ClaimScope, Claimed, ClaimedRow, Core, CycleReport, RelayDb, SettleParams,
+    Settled, Settlement,
 };
 use crate::{OutboxError, OutboxMessage, OutboxOptions, Sink};
 
@@ -140,7 +140,11 @@ impl RelayDb for MySqlRelayDb {
         let t = &self.tables;
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(read_committed()).await.map_err(db)?;
-        let heads: Vec<i64> = tx.query(&t.heads).await.map_err(db)?;
+        let heads: Vec<i64> = match &request.scope {
+            ClaimScope::Due => tx.query(&t.heads).await,
+            ClaimScope::Keys(keys) => tx.exec(&t.heads_of_keys, (json(keys.as_slice()),)).await,
+        }
+        .map_err(db)?;
         if heads.is_empty() {
             tx.commit().await.map_err(db)?;
             return Ok(Claimed::default());

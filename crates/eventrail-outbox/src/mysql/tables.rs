@@ -70,6 +70,7 @@ pub(crate) struct MySqlTables {
     /// The record of applied versions.
     migrations: String,
     pub(crate) heads: String,
+    pub(crate) heads_of_keys: String,
     pub(crate) lock_heads: String,
     pub(crate) runs: String,
     pub(crate) lease: String,
@@ -133,6 +134,12 @@ impl MySqlTables {
             // it is sent.
             heads: format!(
                 "SELECT MIN(sequence) FROM {outbox} WHERE state IN ('pending', 'dead') GROUP BY partition_key"
+            ),
+            // `heads` of the keys in the JSON array ? only (a relay following up its keys).
+            heads_of_keys: format!(
+                "SELECT MIN(sequence) FROM {outbox}
+                 WHERE state IN ('pending', 'dead') AND partition_key IN ({text_list})
+                 GROUP BY partition_key"
             ),
             // The due heads, oldest first, locked without waiting: a head another relay is
             // claiming now is skipped. A locking read sees the latest committed row, so a head

@@ -10,9 +10,22 @@ use uuid::Uuid;
 
 use crate::{OutboxError, OutboxMessage};
 
+/// Which keys a claim looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClaimScope {
+    /// Every key with an unsent message: a walk of every key's head, oldest head first.
+    Due,
+    /// Only these keys (a relay following up the keys whose full runs it just sent): one head
+    /// lookup per key instead of a walk of all of them. Locking and eligibility are as for
+    /// [`Due`](Self::Due), so another relay's claim of one of them is arbitrated the same way.
+    Keys(Vec<String>),
+}
+
 /// What one claim asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClaimRequest {
+    /// The keys it looks at.
+    pub(crate) scope: ClaimScope,
     /// Most keys to lock.
     pub(crate) key_limit: usize,
     /// Most messages of one key.
@@ -81,7 +94,8 @@ pub(crate) struct Settled {
 
 /// The relay's database. Async methods in the crate's idiom; one implementation per database.
 pub(crate) trait RelayDb: Send + Sync + 'static {
-    /// In one transaction: locks up to `key_limit` due keys' heads (skipping heads locked by
+    /// In one transaction: locks up to `key_limit` due keys' heads of the request's scope,
+    /// oldest head first (skipping heads locked by
     /// another claim, leased or delayed heads, dead heads and keys whose head goes to a
     /// backed-off destination), then per key the run of eligible messages from the head on,
     /// leasing the heads and counting their attempts.

@@ -160,12 +160,28 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                     chunk.push(i);
                 }
                 let heads: Vec<i64> = chunk.iter().map(|&i| groups[i].0).collect();
-                let rows = {
+                let (rows, full_runs_sent) = {
                     let outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
-                    settlement(chunk.iter().map(|&i| &groups[i]), &outcomes)
+                    let full_runs_sent: Vec<String> = chunk
+                        .iter()
+                        .map(|&i| &groups[i].1)
+                        .filter(|run| {
+                            run.len() >= self.options.max_per_key
+                                && run.iter().all(|m| {
+                                    matches!(outcomes.get(&m.sequence), Some((Outcome::Sent, _)))
+                                })
+                        })
+                        .filter_map(|run| run.first().map(|m| m.partition_key.clone()))
+                        .collect();
+                    let rows = settlement(chunk.iter().map(|&i| &groups[i]), &outcomes);
+                    (rows, full_runs_sent)
                 };
                 let settled_messages = rows.sequences.len();
                 let result = self.settle(rows).await;
+                if result.is_ok() {
+                    // Their keys probably have more due: the next claim follows them up.
+                    self.follow(full_runs_sent);
+                }
                 self.in_flight_messages
                     .fetch_sub(settled_messages, Ordering::Relaxed);
                 self.settled_since_claim

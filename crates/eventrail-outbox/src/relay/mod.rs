@@ -13,8 +13,8 @@
 //! that every database's relay has the same semantics.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 use eventrail_store_postgres::PgConnectOptions;
@@ -34,7 +34,7 @@ mod run;
 mod upkeep;
 
 pub(crate) use db::{
-    ClaimRequest, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement,
+    ClaimRequest, ClaimScope, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement,
 };
 
 /// What one relay cycle did.
@@ -84,6 +84,8 @@ pub(crate) struct Core<S, D> {
     keys_freed: Notify,
     /// Messages settled since `run` last claimed.
     settled_since_claim: AtomicUsize,
+    /// Keys whose full runs were sent since they were last claimed: claimed by name next.
+    follow: Mutex<Vec<String>>,
 }
 
 impl<S, D> Core<S, D> {
@@ -97,6 +99,7 @@ impl<S, D> Core<S, D> {
             in_flight_messages: AtomicUsize::new(0),
             keys_freed: Notify::new(),
             settled_since_claim: AtomicUsize::new(0),
+            follow: Mutex::new(Vec::new()),
             options: Arc::new(options),
         }
     }

@@ -10,7 +10,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{ClaimRequest, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement};
+use super::{
+    ClaimRequest, ClaimScope, Claimed, ClaimedRow, RelayDb, SettleParams, Settled, Settlement,
+};
 use crate::error::db;
 use crate::message::headers_from_json;
 use crate::tables::Tables;
@@ -42,18 +44,24 @@ impl RelayDb for PgRelayDb {
         let t = &self.tables;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let keys: Vec<String> = self
-            .statements
-            .query(
-                &tx,
-                &t.claim_keys,
-                &[(&to_i64(request.key_limit), Type::INT8)],
-            )
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let key_limit = to_i64(request.key_limit);
+        let locked = match &request.scope {
+            ClaimScope::Due => {
+                self.statements
+                    .query(&tx, &t.claim_keys, &[(&key_limit, Type::INT8)])
+                    .await
+            }
+            ClaimScope::Keys(keys) => {
+                self.statements
+                    .query(
+                        &tx,
+                        &t.claim_named_keys,
+                        &[(keys, Type::TEXT_ARRAY), (&key_limit, Type::INT8)],
+                    )
+                    .await
+            }
+        };
+        let keys: Vec<String> = locked.map_err(db)?.iter().map(|r| r.get(0)).collect();
         if keys.is_empty() {
             tx.commit().await.map_err(db)?;
             return Ok(Claimed::default());

@@ -39,6 +39,11 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             };
             let mut batches = FuturesUnordered::new();
             let mut claim = true;
+            // The next claim looks at every due key (else at the followed keys, if any): at
+            // the start, after a claim of due keys filled up, after a hint or a failure, and
+            // at least every poll interval, so that keys nobody follows are not starved.
+            let mut due = true;
+            let mut last_due = Instant::now();
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
                 if now >= next_stats {
@@ -57,9 +62,23 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                 let mut failed = false;
                 if claim && room() {
                     self.settled_since_claim.store(0, Ordering::Relaxed);
-                    match drive(self.claim(), &mut batches).await {
+                    due |= last_due.elapsed() >= self.options.poll_interval;
+                    let followed = if due {
+                        None
+                    } else {
+                        drive(self.claim_followed(), &mut batches).await
+                    };
+                    let result = match followed {
+                        Some(result) => result,
+                        None => {
+                            last_due = Instant::now();
+                            drive(self.claim_due(), &mut batches).await
+                        }
+                    };
+                    match result {
                         Ok(batch) => {
-                            more = batch.more;
+                            due = batch.more;
+                            more = batch.more || self.has_followed();
                             if !batch.messages.is_empty() {
                                 batches.push(self.deliver(batch, shutdown));
                             }
@@ -67,6 +86,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                         Err(e) => {
                             warn!(error = %chain(&e), "outbox claim failed");
                             failed = true;
+                            due = true;
                         }
                     }
                 }
@@ -90,18 +110,26 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                 // A settle frees keys; a hint or the poll interval may bring new messages.
                 claim = tokio::select! {
                     () = shutdown.cancelled() => true,
-                    () = wake.notified() => true,
-                    // A claim scans every key's head: after a settle, wait until a quarter of
+                    () = wake.notified() => {
+                        due = true;
+                        true
+                    }
+                    // Followed keys are claimed at once. A claim of due keys scans every key's
+                    // head: after a settle that freed no followed key, wait until a quarter of
                     // what was in flight settled (at once when little or nothing is in flight).
                     () = self.keys_freed.notified() => {
-                        self.settled_since_claim.load(Ordering::Relaxed) * 4
-                            >= self.in_flight_messages.load(Ordering::Relaxed)
+                        self.has_followed()
+                            || self.settled_since_claim.load(Ordering::Relaxed) * 4
+                                >= self.in_flight_messages.load(Ordering::Relaxed)
                     }
                     Some(result) = batches.next(), if !batches.is_empty() => {
                         settled(result);
                         true
                     }
-                    () = tokio::time::sleep(self.options.poll_interval) => true,
+                    () = tokio::time::sleep(self.options.poll_interval) => {
+                        due = true;
+                        true
+                    }
                 };
             }
             while let Some(result) = batches.next().await {
@@ -119,7 +147,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
     }
 
     async fn cycle_until(&self, shutdown: &CancellationToken) -> Result<CycleReport, OutboxError> {
-        let batch = self.claim().await?;
+        let batch = self.claim_due().await?;
         if batch.messages.is_empty() {
             return Ok(CycleReport::default());
         }
