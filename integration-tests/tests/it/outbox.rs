@@ -395,8 +395,9 @@ async fn a_relay_follows_up_its_busy_key_without_walking_every_head() -> anyhow:
         .get(0);
     let walk = i64::from(idle_keys) + 1;
     eprintln!("{descents} descents of the key index for 100 runs (a walk costs {walk})");
+    // A few walks (the first claim, and once the busy key is drained), not one per run.
     assert!(
-        descents > 0 && descents < 3 * walk,
+        descents > 0 && descents < 5 * walk,
         "{descents} descents of the key index: a walk of every head costs {walk}"
     );
     Ok(())

@@ -122,7 +122,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             self.run_length.store(run, Ordering::Relaxed);
         }
         if !messages.is_empty() {
-            debug!(keys = taken, messages = messages.len(), "claimed");
+            debug!(due, keys = taken, messages = messages.len(), "claimed");
         }
         Ok(Batch {
             messages,
