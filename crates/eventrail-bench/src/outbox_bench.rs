@@ -492,7 +492,7 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
 }
 
 /// The processes a relay phase's CPU goes to: PostgreSQL's backends, the brokers, this process.
-const SERVERS: [&str; 4] = ["postgres", "nats-server", "beam.smp", "eventrail-bench"];
+const SERVERS: [&str; 4] = ["postgres", "nats-server", "beam.smp", crate::cpu::BENCH];
 
 /// Prints where each phase's CPU went, in µs per message, and how many cores were busy: a
 /// relay shares the machine with PostgreSQL, a bare loop does not.

@@ -1076,6 +1076,45 @@ async fn per_key_order_holds_under_parallel_publishing_and_retries<B: Backend>()
     Ok(())
 }
 
+/// Relays that follow their keys up by name (a long poll interval: few walks of every head)
+/// and walk when a failed run left a key unfollowed, three of them competing for ten keys,
+/// still publish each message once and each key in order.
+async fn followed_keys_keep_their_order_beside_walks_and_retries<B: Backend>() -> anyhow::Result<()>
+{
+    let db = B::new().await?;
+    let sink = Flaky::new(13);
+    let mut messages = Vec::new();
+    for round in 0..40u8 {
+        for key in 0..10 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    enqueue(&db, messages).await?;
+    let options = fast()
+        .poll_interval(Duration::from_secs(1))
+        .batch_size(20)
+        .max_per_key(4);
+    let relays: Vec<Running> = (0..3)
+        .map(|_| Ok(start(db.relay(sink.clone(), options.clone())?)))
+        .collect::<anyhow::Result<_>>()?;
+    eventually(60, "every message sent", || async {
+        Ok(db.count("state = 'sent'").await? == 400)
+    })
+    .await?;
+    for r in relays {
+        r.stop().await?;
+    }
+    let delivered = sink.inner.messages();
+    let times = check_order(&delivered);
+    assert_eq!(times.len(), 400);
+    assert!(
+        times.values().all(|&n| n == 1),
+        "each message published once"
+    );
+    assert!(db.count("attempts > 1").await? > 0, "some were retried");
+    Ok(())
+}
+
 /// With a retention of zero, a settle deletes what was sent instead of marking it (the cleanup,
 /// an hour away here, has nothing to do with it); a failed message stays with its attempts,
 /// and per-key order and the cycle's report are those of a kept history.
@@ -1452,6 +1491,7 @@ on_both!(
     nats_jetstream_end_to_end,
     a_broker_down_then_back_drains_the_backlog,
     per_key_order_holds_under_parallel_publishing_and_retries,
+    followed_keys_keep_their_order_beside_walks_and_retries,
     the_cleanup_cut_off_slides,
     without_retention_a_settle_deletes_what_was_sent,
     shutdown_meets_its_deadline_and_hands_work_back,
