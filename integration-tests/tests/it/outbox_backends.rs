@@ -1033,47 +1033,8 @@ async fn a_broker_down_then_back_drains_the_backlog<B: Backend>() -> anyhow::Res
 
 async fn per_key_order_holds_under_parallel_publishing_and_retries<B: Backend>()
 -> anyhow::Result<()> {
-    let db = B::new().await?;
-    let sink = Flaky::new(3); // every third publish fails
-    let mut messages = Vec::new();
-    for round in 0..30u8 {
-        for key in 0..10 {
-            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
-        }
-    }
-    enqueue(&db, messages).await?;
-    let relays: Vec<Running> = (0..3)
-        .map(|_| {
-            Ok(start(db.relay(
-                sink.clone(),
-                fast().batch_size(25).max_per_key(5),
-            )?))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    eventually(60, "every message sent", || async {
-        Ok(db.count("state = 'sent'").await? == 300)
-    })
-    .await?;
-    for r in relays {
-        r.stop().await?;
-    }
-    let delivered = sink.inner.messages();
-    let times = check_order(&delivered);
-    assert_eq!(times.len(), 300);
-    assert!(times.values().all(|&n| n == 1));
-    assert!(db.count("attempts > 1").await? > 0, "some were retried");
-    // Payloads too: round r of a key comes before round r + 1.
-    let mut rounds: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
-    for m in &delivered {
-        rounds
-            .entry(&m.partition_key)
-            .or_default()
-            .push(m.payload[0]);
-    }
-    for (key, seen) in rounds {
-        assert_eq!(seen, (0..30).collect::<Vec<u8>>(), "{key}");
-    }
-    Ok(())
+    three_relays_publish_each_once_in_key_order::<B>(30, 3, fast().batch_size(25).max_per_key(5))
+        .await
 }
 
 /// Relays that follow their keys up by name (a long poll interval: few walks of every head)
@@ -1081,24 +1042,35 @@ async fn per_key_order_holds_under_parallel_publishing_and_retries<B: Backend>()
 /// still publish each message once and each key in order.
 async fn followed_keys_keep_their_order_beside_walks_and_retries<B: Backend>() -> anyhow::Result<()>
 {
+    let options = fast()
+        .poll_interval(Duration::from_secs(1))
+        .batch_size(20)
+        .max_per_key(4);
+    three_relays_publish_each_once_in_key_order::<B>(40, 13, options).await
+}
+
+/// `rounds` messages on each of ten keys, relayed by three relays with `options` to a sink that
+/// fails every `every`-th publish: each message is published once, each key's in order.
+async fn three_relays_publish_each_once_in_key_order<B: Backend>(
+    rounds: u8,
+    every: usize,
+    options: OutboxOptions,
+) -> anyhow::Result<()> {
     let db = B::new().await?;
-    let sink = Flaky::new(13);
+    let sink = Flaky::new(every);
     let mut messages = Vec::new();
-    for round in 0..40u8 {
+    for round in 0..rounds {
         for key in 0..10 {
             messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
         }
     }
     enqueue(&db, messages).await?;
-    let options = fast()
-        .poll_interval(Duration::from_secs(1))
-        .batch_size(20)
-        .max_per_key(4);
     let relays: Vec<Running> = (0..3)
         .map(|_| Ok(start(db.relay(sink.clone(), options.clone())?)))
         .collect::<anyhow::Result<_>>()?;
+    let total = 10 * usize::from(rounds);
     eventually(60, "every message sent", || async {
-        Ok(db.count("state = 'sent'").await? == 400)
+        Ok(db.count("state = 'sent'").await? == i64::try_from(total)?)
     })
     .await?;
     for r in relays {
@@ -1106,12 +1078,23 @@ async fn followed_keys_keep_their_order_beside_walks_and_retries<B: Backend>() -
     }
     let delivered = sink.inner.messages();
     let times = check_order(&delivered);
-    assert_eq!(times.len(), 400);
+    assert_eq!(times.len(), total);
     assert!(
         times.values().all(|&n| n == 1),
         "each message published once"
     );
     assert!(db.count("attempts > 1").await? > 0, "some were retried");
+    // Payloads too: round r of a key comes before round r + 1.
+    let mut seen_rounds: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for m in &delivered {
+        seen_rounds
+            .entry(&m.partition_key)
+            .or_default()
+            .push(m.payload[0]);
+    }
+    for (key, seen) in seen_rounds {
+        assert_eq!(seen, (0..rounds).collect::<Vec<u8>>(), "{key}");
+    }
     Ok(())
 }
 
