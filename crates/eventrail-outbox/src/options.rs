@@ -169,7 +169,9 @@ impl OutboxOptions {
         self
     }
 
-    /// How often an idle relay looks for due messages (default 500 ms).
+    /// How often an idle relay looks for due messages (default 500 ms). A busy relay that
+    /// follows up the keys whose full runs it just sent still walks every key's head at least
+    /// this often, and on enqueue hints at most every quarter of it.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self

@@ -96,6 +96,9 @@ impl Tables {
             // its key. The lock's recheck of the head sees a claim committed meanwhile.
             // The heads are found by a loose index scan: one descent of the
             // (partition_key, sequence) index per key, instead of reading every unsent row.
+            // Rows are looked up by `sequence = ANY (ARRAY(…))` here and below, never joined
+            // with a CTE: with stale statistics (an outbox analyzed while it was empty), the
+            // planner would scan the CTE once per pending row, quadratic in the backlog.
             // A key whose head goes to a backed-off destination is not claimed at all, so a
             // destination that is down costs no claim, lease or publish until its backoff ends.
             claim_keys: format!(
@@ -111,7 +114,7 @@ impl Tables {
                      ) AS next
                  )
                  SELECT o.partition_key FROM {outbox} AS o
-                 WHERE o.sequence IN (SELECT sequence FROM heads) AND {eligible_o}
+                 WHERE o.sequence = ANY (ARRAY(SELECT sequence FROM heads)) AND {eligible_o}
                    AND NOT EXISTS (
                        SELECT 1 FROM {destinations} AS d
                        WHERE d.destination = o.destination AND d.next_attempt_at > now()
@@ -124,15 +127,17 @@ impl Tables {
             // lock, so that a relay following up its keys and another relay walking every head
             // are arbitrated by the head's row lock and lease as two walks are.
             claim_named_keys: format!(
-                "SELECT o.partition_key
-                 FROM unnest($1::text[]) AS k(key)
-                 CROSS JOIN LATERAL (
-                     SELECT sequence FROM {outbox}
-                     WHERE state <> 'sent' AND partition_key = k.key
-                     ORDER BY sequence LIMIT 1
-                 ) AS h
-                 JOIN {outbox} AS o ON o.sequence = h.sequence
-                 WHERE {eligible_o}
+                "SELECT o.partition_key FROM {outbox} AS o
+                 WHERE o.sequence = ANY (ARRAY(
+                         SELECT h.sequence
+                         FROM unnest($1::text[]) AS k(key)
+                         CROSS JOIN LATERAL (
+                             SELECT sequence FROM {outbox}
+                             WHERE state <> 'sent' AND partition_key = k.key
+                             ORDER BY sequence LIMIT 1
+                         ) AS h
+                     ))
+                   AND {eligible_o}
                    AND NOT EXISTS (
                        SELECT 1 FROM {destinations} AS d
                        WHERE d.destination = o.destination AND d.next_attempt_at > now()
@@ -178,8 +183,7 @@ impl Tables {
                  ), leased AS (
                      UPDATE {outbox} AS o
                      SET lease_owner = $4, lease_expires_at = now() + $5::float8 * interval '1 millisecond', attempts = o.attempts + 1
-                     FROM runs
-                     WHERE o.sequence = runs.sequence AND runs.n = 1 AND {eligible_o}
+                     WHERE o.sequence = ANY (ARRAY(SELECT sequence FROM runs WHERE n = 1)) AND {eligible_o}
                      RETURNING o.sequence
                  )
                  SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head, probe

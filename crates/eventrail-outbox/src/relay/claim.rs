@@ -5,8 +5,9 @@
 //! A claim of due keys walks every key's head (one index descent per key, about 14 µs each
 //! on a 2-core machine: 30 ms at 2000 keys, whatever it finds). A relay that just sent a
 //! key's full run (`max_per_key` messages) follows that key up instead: it claims it by name,
-//! one descent, while due-key claims keep running on hints, on the poll interval and when
-//! settles free keys that are not followed, so other keys are not starved.
+//! one descent, while due-key claims keep running on the poll interval, when settles free
+//! keys that are not followed, and on hints (rate-limited while following: see `run`), so
+//! other keys are not starved.
 
 use std::collections::HashSet;
 use std::sync::PoisonError;

@@ -40,9 +40,13 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             let mut batches = FuturesUnordered::new();
             let mut claim = true;
             // The next claim looks at every due key (else at the followed keys, if any): at
-            // the start, after a claim of due keys filled up, after a hint or a failure, and
-            // at least every poll interval, so that keys nobody follows are not starved.
+            // the start, after a claim of due keys filled up or a failure, and at least every
+            // poll interval, so that keys nobody follows are not starved. A hint (a commit of
+            // an enqueue) makes the next claim look at every key too, but at most every
+            // quarter of the poll interval: under a steady stream of enqueues, a relay busy
+            // with its followed keys would otherwise walk every key's head at every claim.
             let mut due = true;
+            let mut hinted = false;
             let mut last_due = Instant::now();
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
@@ -62,7 +66,9 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                 let mut failed = false;
                 if claim && room() {
                     self.settled_since_claim.store(0, Ordering::Relaxed);
-                    due |= last_due.elapsed() >= self.options.poll_interval;
+                    let since = last_due.elapsed();
+                    due |= since >= self.options.poll_interval
+                        || (hinted && since >= self.options.poll_interval / 4);
                     let followed = if due {
                         None
                     } else {
@@ -72,6 +78,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                         Some(result) => result,
                         None => {
                             last_due = Instant::now();
+                            hinted = false;
                             drive(self.claim_due(), &mut batches).await
                         }
                     };
@@ -111,7 +118,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                 claim = tokio::select! {
                     () = shutdown.cancelled() => true,
                     () = wake.notified() => {
-                        due = true;
+                        hinted = true;
                         true
                     }
                     // Followed keys are claimed at once. A claim of due keys scans every key's
