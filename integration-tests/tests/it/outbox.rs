@@ -419,14 +419,27 @@ async fn relay_a_busy_key_beside_idle_ones(
         "no idle key was published"
     );
     assert!(times.values().all(|&n| n == 1));
-    // A backend's index statistics are flushed when it exits, before it leaves
-    // pg_stat_activity: wait for the relay's sessions to be gone, then read them.
+    let stats = outbox_index_stats(db, "following-relay").await?;
+    Ok(stats
+        .iter()
+        .filter(|(name, _)| name.contains("partition_key"))
+        .map(|(_, (scans, _))| scans)
+        .sum())
+}
+
+/// Per index of the outbox: (scans, index entries read), once the sessions named
+/// `application` are gone (a backend flushes its statistics when it exits, before it leaves
+/// pg_stat_activity).
+async fn outbox_index_stats(
+    db: &TestDb,
+    application: &str,
+) -> anyhow::Result<HashMap<String, (i64, i64)>> {
     let client = db.client().await?;
     eventually(20, "the relay's sessions closed", || async {
         let open: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'following-relay'",
-                &[],
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
             )
             .await?
             .get(0);
@@ -434,13 +447,60 @@ async fn relay_a_busy_key_beside_idle_ones(
     })
     .await?;
     Ok(client
-        .query_one(
-            "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes
-             WHERE schemaname = 'eventrail' AND relname = 'outbox' AND indexrelname LIKE '%partition_key%'",
+        .query(
+            "SELECT indexrelname::text, idx_scan, idx_tup_read FROM pg_stat_user_indexes
+             WHERE schemaname = 'eventrail' AND relname = 'outbox'",
             &[],
         )
         .await?
-        .get(0))
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// On an outbox never analyzed (autovacuum off: its statistics stay those of an empty table),
+/// claims still look each key's head up by its sequence: they do not read every pending row
+/// for each claim. 50 keys of 40 messages, claimed 4 per key and 40 at a time, walking every
+/// head at each claim (the 20 ms poll).
+#[tokio::test]
+async fn claims_on_an_outbox_never_analyzed_read_heads_not_the_backlog() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    db.pool
+        .get()
+        .await?
+        .batch_execute("ALTER TABLE eventrail.outbox SET (autovacuum_enabled = false)")
+        .await?;
+    let mut messages = Vec::new();
+    for round in 0..40u8 {
+        for key in 0..50 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    enqueue(&db, messages).await?;
+    let mut config = db.config();
+    config.application_name("unanalyzed-relay");
+    let sink = InMemorySink::new();
+    let options = fast().batch_size(40).max_per_key(4).claims_in_flight(1);
+    let relay = start(Relay::connect(&config.into(), sink.clone(), options)?);
+    eventually(30, "everything is sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 2000)
+    })
+    .await?;
+    relay.stop().await?;
+    let times = check_order(&sink.messages());
+    assert!(times.len() == 2000 && times.values().all(|&n| n == 1));
+    let stats = outbox_index_stats(&db, "unanalyzed-relay").await?;
+    let read: i64 = stats
+        .iter()
+        .filter(|(name, _)| !name.contains("partition_key"))
+        .map(|(_, (_, read))| read)
+        .sum();
+    eprintln!("index entries read outside the key index: {read} ({stats:?})");
+    assert!(
+        read > 0 && read < 20_000,
+        "{read} index entries read for 2000 messages: claims read the backlog ({stats:?})"
+    );
+    Ok(())
 }
 
 #[tokio::test]
