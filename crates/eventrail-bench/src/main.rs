@@ -97,6 +97,9 @@ enum Bench {
         /// Most messages one claim takes.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
+        /// Keys parked by a dead message beside them (a walk of every key's head visits them).
+        #[arg(long, default_value_t = 0)]
+        parked_keys: usize,
     },
     /// Consumer lag under churn (with and without a long transaction in another database) and
     /// recovery time after each fault of the torture run, with the default worker options.
@@ -427,7 +430,17 @@ async fn main() -> anyhow::Result<()> {
             keys,
             relays,
             batch,
-        } => outbox_bench::run(messages, keys, relays, batch).await,
+            parked_keys,
+        } => {
+            outbox_bench::run(outbox_bench::Load {
+                messages,
+                keys,
+                relays,
+                batch,
+                parked_keys,
+            })
+            .await
+        }
         Bench::Faults { seconds, rounds } => faults_bench::run(seconds, rounds).await,
         Bench::Peers { seconds, writers } => peers_bench::run(seconds, &writers).await,
         Bench::Saga {

@@ -85,18 +85,44 @@ pub(crate) enum History {
     None,
 }
 
-/// Enqueues `n` messages, then relays them with `relays` relays (as deployed: `Relay::run`)
-/// until none is pending.
+/// What each relay measurement relays, and how.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) messages: usize,
+    pub(crate) keys: usize,
+    pub(crate) relays: usize,
+    /// Most messages one claim takes.
+    pub(crate) batch: usize,
+    /// Keys parked by a dead message beside the load: no relay publishes them, but a walk of
+    /// every key's head visits them.
+    pub(crate) parked_keys: usize,
+}
+
+/// Enqueues the load's messages (and parks its parked keys), then relays them with its relays
+/// (as deployed: `Relay::run`) until none is pending.
 async fn relay<S: Sink + Clone>(
     pool: &Pool,
     sink: S,
-    n: usize,
-    keys: usize,
-    relays: usize,
-    batch: usize,
+    load: Load,
     history: History,
 ) -> anyhow::Result<(f64, CpuUse)> {
+    let Load {
+        messages: n,
+        keys,
+        relays,
+        batch,
+        parked_keys,
+    } = load;
     enqueue(pool, n, keys).await?;
+    pool.get()
+        .await?
+        .execute(
+            "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
+             SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
+             FROM generate_series(1, $1::int8) AS i",
+            &[&i64::try_from(parked_keys)?],
+        )
+        .await?;
     let options = match history {
         History::Kept => OutboxOptions::new(),
         History::None => OutboxOptions::new().retention(Duration::ZERO),
@@ -270,13 +296,8 @@ pub(crate) struct RelayFigures {
 }
 
 /// Measures the relay to each broker beside its bare publish loop (Kafka when `with_kafka`).
-pub(crate) async fn measure(
-    n: usize,
-    keys: usize,
-    relays: usize,
-    batch: usize,
-    with_kafka: bool,
-) -> anyhow::Result<RelayFigures> {
+pub(crate) async fn measure(load: Load, with_kafka: bool) -> anyhow::Result<RelayFigures> {
+    let (n, keys) = (load.messages, load.keys);
     let admin_url = eventrail_devdb::database_url().await?;
     let url = eventrail_devdb::recreate_database(&admin_url, "eventrail_bench_outbox").await?;
     let mut client = crate::connect(&url).await?;
@@ -325,27 +346,18 @@ pub(crate) async fn measure(
     };
     let memory = phase(
         "relay → in-memory sink",
-        relay(
-            &pool,
-            Arc::new(InMemorySink::new()),
-            n,
-            keys,
-            relays,
-            batch,
-            History::Kept,
-        )
-        .await?,
+        relay(&pool, Arc::new(InMemorySink::new()), load, History::Kept).await?,
     );
     let meter = CpuMeter::start();
     let nats_bare = bare_nats(nats.jetstream(), n, keys, 1000).await?;
     let nats_bare = phase("bare JetStream loop", (nats_bare, meter.stop()));
     let nats_relay = phase(
         "relay → NATS",
-        relay(&pool, nats.clone(), n, keys, relays, batch, History::Kept).await?,
+        relay(&pool, nats.clone(), load, History::Kept).await?,
     );
     let nats_relay_deleting = phase(
         "relay → NATS, retention 0",
-        relay(&pool, nats.clone(), n, keys, relays, batch, History::None).await?,
+        relay(&pool, nats.clone(), load, History::None).await?,
     );
     let meter = CpuMeter::start();
     let amqp_bare = bare_amqp(&amqp, n, keys, 1000).await?;
@@ -359,11 +371,11 @@ pub(crate) async fn measure(
         .await?;
     let amqp_relay = phase(
         "relay → RabbitMQ",
-        relay(&pool, amqp.clone(), n, keys, relays, batch, History::Kept).await?,
+        relay(&pool, amqp.clone(), load, History::Kept).await?,
     );
     let amqp_relay_deleting = phase(
         "relay → RabbitMQ, retention 0",
-        relay(&pool, amqp.clone(), n, keys, relays, batch, History::None).await?,
+        relay(&pool, amqp.clone(), load, History::None).await?,
     );
     let kafka = if with_kafka {
         let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
@@ -375,12 +387,7 @@ pub(crate) async fn measure(
             .context("a Kafka broker must be running (bash scripts/ensure-kafka.sh)")?;
         let kafka = KafkaSink::new(&KafkaSinkConfig::new(&bootstrap).topic_prefix(KAFKA_PREFIX))?;
         let bare = bare_kafka(&kafka, n, keys, 1000).await?;
-        Some((
-            bare,
-            relay(&pool, kafka, n, keys, relays, batch, History::Kept)
-                .await?
-                .0,
-        ))
+        Some((bare, relay(&pool, kafka, load, History::Kept).await?.0))
     } else {
         None
     };
@@ -407,8 +414,17 @@ pub(crate) async fn measure(
     })
 }
 
-pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> anyhow::Result<()> {
-    println!("{n} messages over {keys} partition keys, {relays} relays, claims of {batch}");
+pub(crate) async fn run(load: Load) -> anyhow::Result<()> {
+    let Load {
+        messages: n,
+        keys,
+        relays,
+        batch,
+        parked_keys,
+    } = load;
+    println!(
+        "{n} messages over {keys} partition keys ({parked_keys} more keys parked), {relays} relays, claims of {batch}"
+    );
     let RelayFigures {
         enqueue: enqueue_rate,
         memory,
@@ -420,7 +436,7 @@ pub(crate) async fn run(n: usize, keys: usize, relays: usize, batch: usize) -> a
         amqp_relay_deleting,
         kafka,
         cpu,
-    } = measure(n, keys, relays, batch, true).await?;
+    } = measure(load, true).await?;
     let (kafka_bare, kafka_relay) = kafka.unwrap_or((f64::NAN, f64::NAN));
 
     println!(

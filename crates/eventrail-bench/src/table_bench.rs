@@ -33,9 +33,14 @@ pub(crate) async fn run(
         eventrail: standby_rate,
         target: 0.6,
     });
-    let relay = outbox_bench::measure(messages, 2_000, 2, 10_000, false)
-        .await
-        .context("relay")?;
+    let load = outbox_bench::Load {
+        messages,
+        keys: 2_000,
+        relays: 2,
+        batch: 10_000,
+        parked_keys: 0,
+    };
+    let relay = outbox_bench::measure(load, false).await.context("relay")?;
     rows.push(Row {
         scenario: "relay → NATS JetStream vs bare publish loop".into(),
         raw: relay.nats_bare,
