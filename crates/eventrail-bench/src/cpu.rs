@@ -82,20 +82,20 @@ impl CpuUse {
 
     /// CPU µs per message of the processes named `name`.
     pub(crate) fn micros_per_message(&self, name: &str, messages: usize) -> f64 {
-        let seconds: f64 = self
-            .by_name
-            .iter()
-            .filter(|(n, _)| n == name)
-            .fold(0.0, |sum, (_, s)| sum + s);
-        seconds * 1e6 / messages.max(1) as f64
+        self.per_message(messages, |n| n == name)
     }
 
     /// CPU µs per message of every process not in `named`.
     pub(crate) fn others_per_message(&self, named: &[&str], messages: usize) -> f64 {
-        let seconds: f64 = self
+        self.per_message(messages, |n| !named.contains(&n))
+    }
+
+    /// CPU µs per message of the processes whose names `counted` accepts.
+    fn per_message(&self, messages: usize, counted: impl Fn(&str) -> bool) -> f64 {
+        let seconds = self
             .by_name
             .iter()
-            .filter(|(n, _)| !named.contains(&n.as_str()))
+            .filter(|(n, _)| counted(n))
             .fold(0.0, |sum, (_, s)| sum + s);
         seconds * 1e6 / messages.max(1) as f64
     }

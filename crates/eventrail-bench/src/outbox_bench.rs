@@ -114,15 +114,17 @@ async fn relay<S: Sink + Clone>(
         parked_keys,
     } = load;
     enqueue(pool, n, keys).await?;
-    pool.get()
-        .await?
-        .execute(
+    if parked_keys > 0 {
+        pool.get()
+            .await?
+            .execute(
             "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
              SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
              FROM generate_series(1, $1::int8) AS i",
             &[&i64::try_from(parked_keys)?],
         )
         .await?;
+    }
     let options = match history {
         History::Kept => OutboxOptions::new(),
         History::None => OutboxOptions::new().retention(Duration::ZERO),
@@ -291,7 +293,7 @@ pub(crate) struct RelayFigures {
     pub(crate) amqp_relay_deleting: f64,
     /// Bare loop and relay, when Kafka was measured.
     pub(crate) kafka: Option<(f64, f64)>,
-    /// Where the CPU of each NATS and RabbitMQ phase went.
+    /// Where the CPU of each phase went (the in-memory sink, NATS and RabbitMQ).
     pub(crate) cpu: Vec<(&'static str, CpuUse)>,
 }
 

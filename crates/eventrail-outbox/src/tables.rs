@@ -76,6 +76,20 @@ impl Tables {
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
+        // Of the heads `heads` selects (sequences), the due ones, oldest first, locked without
+        // waiting (the key's claim lock), at most `limit`: what both claims of keys end with.
+        let lock_heads = |heads: &str, limit: &str| {
+            format!(
+                "SELECT o.partition_key FROM {outbox} AS o
+                 WHERE o.sequence = ANY (ARRAY({heads})) AND {eligible_o}
+                   AND NOT EXISTS (
+                       SELECT 1 FROM {destinations} AS d
+                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
+                   )
+                 ORDER BY o.sequence LIMIT {limit}
+                 FOR UPDATE OF o SKIP LOCKED"
+            )
+        };
         let eligible_c = "c.state = 'pending' AND (c.lease_owner IS NULL OR c.lease_expires_at < now()) AND c.next_attempt_at <= now()";
         Ok(Self {
             // Sorted, so that two producers locking several keys cannot deadlock each other.
@@ -113,37 +127,24 @@ impl Tables {
                          ORDER BY partition_key, sequence LIMIT 1
                      ) AS next
                  )
-                 SELECT o.partition_key FROM {outbox} AS o
-                 WHERE o.sequence = ANY (ARRAY(SELECT sequence FROM heads)) AND {eligible_o}
-                   AND NOT EXISTS (
-                       SELECT 1 FROM {destinations} AS d
-                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
-                   )
-                 ORDER BY o.sequence LIMIT $1
-                 FOR UPDATE OF o SKIP LOCKED"
+                 {}",
+                lock_heads("SELECT sequence FROM heads", "$1")
             ),
             // `claim_keys` for the keys in $1 only: each key's head by one descent of the
             // (partition_key, sequence) index, then the same eligibility and the same claim
             // lock, so that a relay following up its keys and another relay walking every head
             // are arbitrated by the head's row lock and lease as two walks are.
-            claim_named_keys: format!(
-                "SELECT o.partition_key FROM {outbox} AS o
-                 WHERE o.sequence = ANY (ARRAY(
-                         SELECT h.sequence
-                         FROM unnest($1::text[]) AS k(key)
-                         CROSS JOIN LATERAL (
-                             SELECT sequence FROM {outbox}
-                             WHERE state <> 'sent' AND partition_key = k.key
-                             ORDER BY sequence LIMIT 1
-                         ) AS h
-                     ))
-                   AND {eligible_o}
-                   AND NOT EXISTS (
-                       SELECT 1 FROM {destinations} AS d
-                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
-                   )
-                 ORDER BY o.sequence LIMIT $2
-                 FOR UPDATE OF o SKIP LOCKED"
+            claim_named_keys: lock_heads(
+                &format!(
+                    "SELECT h.sequence
+                     FROM unnest($1::text[]) AS k(key)
+                     CROSS JOIN LATERAL (
+                         SELECT sequence FROM {outbox}
+                         WHERE state <> 'sent' AND partition_key = k.key
+                         ORDER BY sequence LIMIT 1
+                     ) AS h"
+                ),
+                "$2",
             ),
             // Runs in a later statement than `claim_keys`, so its snapshot sees every claim
             // committed before the head locks were granted. Per key (in the order of $1), it

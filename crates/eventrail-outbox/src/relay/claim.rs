@@ -10,8 +10,8 @@
 //! other keys are not starved.
 
 use std::collections::HashSet;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tracing::{debug, instrument};
@@ -37,10 +37,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
     pub(super) async fn claim_due(&self) -> Result<Batch, OutboxError> {
         metrics::counter!("eventrail_outbox_claims_total", "scope" => "due").increment(1);
         // The walk looks at every key, the followed ones too.
-        self.follow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.followed().clear();
         self.claim(ClaimScope::Due, self.key_limit()).await
     }
 
@@ -49,7 +46,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
     pub(super) async fn claim_followed(&self) -> Option<Result<Batch, OutboxError>> {
         let key_limit = self.key_limit();
         let keys: Vec<String> = {
-            let mut follow = self.follow.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut follow = self.followed();
             // A key appears once in a claim: claimed twice, its run would be published twice.
             let mut seen = HashSet::new();
             follow.retain(|k| seen.insert(k.clone()));
@@ -66,19 +63,17 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
 
     /// Whether keys wait to be followed up.
     pub(super) fn has_followed(&self) -> bool {
-        !self
-            .follow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        !self.followed().is_empty()
     }
 
     /// Records keys whose full runs were sent: the next claims look at them first.
     pub(super) fn follow(&self, keys: impl IntoIterator<Item = String>) {
-        self.follow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(keys);
+        self.followed().extend(keys);
+    }
+
+    /// The keys to follow up (a poisoned lock still holds a valid list of keys).
+    fn followed(&self) -> MutexGuard<'_, Vec<String>> {
+        self.follow.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Heads one claim locks: about `batch_size` divided by the messages per key the last claim
