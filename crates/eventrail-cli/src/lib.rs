@@ -689,7 +689,9 @@ const DATA_WIDTH: usize = 60;
 
 fn data_cell(data: &EventData) -> String {
     let text = match data {
-        EventData::Json(v) => v.to_string(),
+        EventData::Json(json) => json
+            .value()
+            .map_or_else(|e| format!("<{e}>"), ToString::to_string),
         EventData::Binary(b) => format!("<{} bytes>", b.len()),
     };
     if text.chars().count() > DATA_WIDTH {

@@ -29,7 +29,7 @@ pub struct JsonCodec;
 impl Codec for JsonCodec {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<EventData, CodecError> {
         serde_json::to_value(value)
-            .map(EventData::Json)
+            .map(EventData::json)
             .map_err(|e| CodecError::Serde {
                 codec: "json",
                 source: e.into(),
@@ -38,10 +38,7 @@ impl Codec for JsonCodec {
 
     fn decode<T: DeserializeOwned>(&self, data: &EventData) -> Result<T, CodecError> {
         match data {
-            EventData::Json(value) => T::deserialize(value).map_err(|e| CodecError::Serde {
-                codec: "json",
-                source: e.into(),
-            }),
+            EventData::Json(json) => json.decode(),
             EventData::Binary(_) => Err(CodecError::WrongDataKind {
                 expected: "json",
                 found: "binary",
@@ -138,7 +135,7 @@ mod tests {
 
         #[test]
         fn json_mismatch_is_an_error(n in any::<i64>()) {
-            let data = EventData::Json(serde_json::json!(n));
+            let data = EventData::json(serde_json::json!(n));
             let is_serde_error = matches!(JsonCodec.decode::<Sample>(&data), Err(CodecError::Serde { .. }));
             prop_assert!(is_serde_error);
         }

@@ -1037,7 +1037,7 @@ pub async fn command_retries_on_concurrent_appends<S: EventStore>(store: &S) {
     assert!(
         read[4..]
             .iter()
-            .all(|e| e.data == EventData::Json(serde_json::json!({ "type": "Added", "n": 100 })))
+            .all(|e| e.data == EventData::json(serde_json::json!({ "type": "Added", "n": 100 })))
     );
 }
 

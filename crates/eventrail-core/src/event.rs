@@ -5,18 +5,27 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::StreamName;
+use crate::{JsonData, StreamName};
 
 /// An event payload: JSON (queryable as `jsonb`) or opaque bytes from a binary codec.
+///
+/// JSON read from a store is kept as text and parsed on first use (see [`JsonData`]), so a
+/// consumer that skips an event does not pay for its JSON.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventData {
     /// JSON data.
-    Json(serde_json::Value),
+    Json(JsonData),
     /// Binary data.
     Binary(Vec<u8>),
 }
 
 impl EventData {
+    /// JSON data from a value.
+    #[must_use]
+    pub fn json(value: serde_json::Value) -> Self {
+        Self::Json(value.into())
+    }
+
     /// `"json"` or `"binary"`.
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -111,7 +120,7 @@ pub struct NewEvent {
 impl NewEvent {
     /// A JSON event with a fresh UUID v7, schema version 1 and empty metadata.
     pub fn json(event_type: impl Into<String>, data: serde_json::Value) -> Self {
-        Self::new(event_type, EventData::Json(data))
+        Self::new(event_type, EventData::json(data))
     }
 
     /// An event with a fresh UUID v7, schema version 1 and empty metadata.

@@ -5,7 +5,8 @@
 //! outbox, sagas) speak the same language.
 //!
 //! - [`StreamName`] parses and validates Message DB style names (`category-id`, `category:type-id`).
-//! - [`NewEvent`] goes in, [`RecordedEvent`] comes out; [`EventData`] is JSON or binary.
+//! - [`NewEvent`] goes in, [`RecordedEvent`] comes out; [`EventData`] is JSON (parsed on first
+//!   use, [`JsonData`]) or binary.
 //! - [`ExpectedVersion`] and [`ExpectedPosition`] are the optimistic concurrency checks.
 //! - [`Codec`] turns values into [`EventData`]; [`Event`] and [`EventRegistry`] give typed events
 //!   with schema versions and upcasters.
@@ -19,6 +20,7 @@ mod codec;
 mod command;
 mod error;
 mod event;
+mod json;
 mod limits;
 mod processor;
 mod registry;
@@ -46,6 +48,7 @@ pub use error::{
     error_chain, find_database_error,
 };
 pub use event::{EventData, Metadata, NewEvent, RecordedEvent};
+pub use json::JsonData;
 pub use limits::{
     EventRule, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, MAX_METADATA_LEN, RESERVED_METADATA_KEYS,
 };

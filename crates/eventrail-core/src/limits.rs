@@ -45,6 +45,9 @@ pub enum EventRule {
         /// Its size in bytes.
         len: usize,
     },
+    /// The JSON text of the payload does not parse (it was made with [`JsonData::from_text`](crate::JsonData::from_text)).
+    #[error("the payload is not JSON that serde_json can read")]
+    InvalidJson,
     /// A JSON string or key holds U+0000, which PostgreSQL's `jsonb` and `text` cannot store.
     #[error("the {0} holds a NUL character (U+0000), which PostgreSQL cannot store")]
     NulCharacter(&'static str),
@@ -63,7 +66,10 @@ impl NewEvent {
     pub fn validate(&self) -> Result<(), EventRule> {
         validate_event_type(&self.event_type)?;
         match &self.data {
-            EventData::Json(value) => {
+            EventData::Json(json) => {
+                // Text (a payload read back and appended again) is checked as the value it
+                // parses to: the rules are the same, whatever the form.
+                let value = json.value().map_err(|_| EventRule::InvalidJson)?;
                 let walked = walk(value);
                 if walked.nul {
                     return Err(EventRule::NulCharacter("payload"));

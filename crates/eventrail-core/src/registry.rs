@@ -62,10 +62,11 @@ pub type Upcaster = Box<dyn Fn(EventData) -> Result<EventData, BoxError> + Send 
 /// let registry = EventRegistry::<Account>::new()
 ///     .current_version("Deposited", 2)
 ///     .upcaster("Deposited", 1, |data| match data {
-///         EventData::Json(mut v) => {
+///         EventData::Json(json) => {
+///             let mut v = json.into_value()?;
 ///             let amount = v["amount"].as_u64().ok_or("amount missing")?;
 ///             v["cents"] = (amount * 100).into();
-///             Ok(EventData::Json(v))
+///             Ok(EventData::json(v))
 ///         }
 ///         EventData::Binary(_) => Err("binary data".into()),
 ///     });
@@ -240,7 +241,7 @@ mod tests {
             global_position: 1,
             event_type: event_type.into(),
             schema_version,
-            data: EventData::Json(data),
+            data: EventData::json(data),
             metadata: Metadata::default(),
             recorded_at: SystemTime::now(),
             transaction_id: 1,
@@ -251,18 +252,20 @@ mod tests {
         EventRegistry::new()
             .current_version("Deposited", 3)
             .upcaster("Deposited", 1, |data| match data {
-                EventData::Json(mut v) => {
+                EventData::Json(json) => {
+                    let mut v = json.into_value()?;
                     let units = v["amount"].as_u64().ok_or("amount missing")?;
                     v["units"] = units.into();
-                    Ok(EventData::Json(v))
+                    Ok(EventData::json(v))
                 }
                 EventData::Binary(_) => Err("binary".into()),
             })
             .upcaster("Deposited", 2, |data| match data {
-                EventData::Json(mut v) => {
+                EventData::Json(json) => {
+                    let mut v = json.into_value()?;
                     let units = v["units"].as_u64().ok_or("units missing")?;
                     v["cents"] = (units * 100).into();
-                    Ok(EventData::Json(v))
+                    Ok(EventData::json(v))
                 }
                 EventData::Binary(_) => Err("binary".into()),
             })
@@ -279,6 +282,7 @@ mod tests {
         let EventData::Json(data) = new.data else {
             panic!("json codec")
         };
+        let data = data.into_value().unwrap();
         let back = r.decode(&recorded("Deposited", 3, data)).unwrap();
         assert_eq!(back, Account::Deposited { cents: 7 });
     }

@@ -15,7 +15,7 @@ type Select = dyn Fn(&RecordedEvent) -> Option<Value> + Send + Sync;
 /// use eventrail_saga::SagaStarter;
 /// let starter = SagaStarter::new("order-sagas", sagas, document, |event| {
 ///     match &event.data {
-///         eventrail_core::EventData::Json(v) if event.event_type == "OrderPlaced" => Some(v.clone()),
+///         eventrail_core::EventData::Json(v) if event.event_type == "OrderPlaced" => v.value().ok().cloned(),
 ///         _ => None,
 ///     }
 /// });

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use eventrail_core::{EventData, Metadata, RecordedEvent, StoreError, StreamName};
+use eventrail_core::{EventData, JsonData, Metadata, RecordedEvent, StoreError, StreamName};
 use postgres_types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -33,9 +33,9 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     };
     let stream: &str = row.try_get(1).map_err(|e| undecodable(e.into()))?;
     let stream: StreamName = stream.parse().map_err(|e| undecodable(Box::new(e)))?;
-    let data: Option<serde_json::Value> = row.try_get(6).map_err(|e| undecodable(e.into()))?;
+    let data: Option<JsonColumn> = row.try_get(6).map_err(|e| undecodable(e.into()))?;
     let data = match data {
-        Some(json) => EventData::Json(json),
+        Some(JsonColumn(json)) => EventData::Json(json),
         None => EventData::Binary(
             row.try_get::<_, Option<Vec<u8>>>(7)
                 .map_err(|e| undecodable(e.into()))?
@@ -62,6 +62,71 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// The text of a `jsonb` (or `json`) value in PostgreSQL's binary form.
+fn json_text<'a>(
+    ty: &postgres_types::Type,
+    raw: &'a [u8],
+) -> Result<&'a str, Box<dyn std::error::Error + Sync + Send>> {
+    // jsonb's binary form is a version byte (1) followed by the JSON text.
+    let text = if *ty == postgres_types::Type::JSONB {
+        match raw.split_first() {
+            Some((1, text)) => text,
+            _ => return Err("unsupported jsonb binary version".into()),
+        }
+    } else {
+        raw
+    };
+    Ok(std::str::from_utf8(text)?)
+}
+
+/// The `data` column kept as text: [`JsonData`] parses it when somebody reads the payload, so a
+/// consumer that skips the event (or decodes it straight into its own type) never builds a
+/// `serde_json::Value` of it.
+struct JsonColumn(JsonData);
+
+impl<'a> postgres_types::FromSql<'a> for JsonColumn {
+    fn from_sql(
+        ty: &postgres_types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(JsonData::from_text(json_text(ty, raw)?)))
+    }
+
+    fn accepts(ty: &postgres_types::Type) -> bool {
+        <Json<serde_json::Value> as postgres_types::FromSql<'_>>::accepts(ty)
+    }
+}
+
+/// A payload as a `jsonb` parameter: text read from the store goes back as it came, without a
+/// parse and a serialisation.
+#[derive(Debug)]
+pub(crate) struct JsonParam<'a>(pub(crate) &'a JsonData);
+
+impl postgres_types::ToSql for JsonParam<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres_types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0.as_text() {
+            Some(text) => {
+                if *ty == postgres_types::Type::JSONB {
+                    out.extend_from_slice(&[1]);
+                }
+                out.extend_from_slice(text.as_bytes());
+                Ok(postgres_types::IsNull::No)
+            }
+            None => Json(self.0.value()?).to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &postgres_types::Type) -> bool {
+        <Json<serde_json::Value> as postgres_types::ToSql>::accepts(ty)
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
 /// The `metadata` column, with a fast path for the common empty object (serde's `flatten` makes
 /// even `{}` cost a buffered pass).
 struct MetadataColumn(Metadata);
@@ -71,13 +136,7 @@ impl<'a> postgres_types::FromSql<'a> for MetadataColumn {
         ty: &postgres_types::Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        // jsonb's binary form is a version byte (1) followed by the JSON text.
-        let text = if *ty == postgres_types::Type::JSONB {
-            raw.get(1..).unwrap_or_default()
-        } else {
-            raw
-        };
-        if text == b"{}" {
+        if json_text(ty, raw)? == "{}" {
             return Ok(Self(Metadata::default()));
         }
         let Json(metadata) = Json::<Metadata>::from_sql(ty, raw)?;

@@ -135,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             let EventData::Json(data) = &event.data else {
                 continue;
             };
+            let data = data.value()?;
             let step = data["step"]
                 .as_str()
                 .map(|s| format!(" {s}"))

@@ -38,6 +38,7 @@ impl Consumer for OrderTotals {
         let EventData::Json(data) = &event.data else {
             return Err("expected JSON".into());
         };
+        let data = data.value()?;
         let customer = data["customer"].as_str().ok_or("customer missing")?;
         let amount = data["amount"].as_i64().ok_or("amount missing")?;
         tx.execute(

@@ -2,8 +2,8 @@
 //! API (raw SQL, an older version, a bug) reads as a typed decode error naming its position.
 
 use eventrail_core::{
-    AppendRequest, EventRule, EventStore, ExpectedVersion, Metadata, NewEvent, ReadStreamOptions,
-    StoreError, StreamName,
+    AppendRequest, Codec, CodecError, EventRule, EventStore, ExpectedVersion, JsonCodec, Metadata,
+    NewEvent, ReadStreamOptions, StoreError, StreamName,
 };
 use eventrail_store_postgres::GapWatch;
 
@@ -135,5 +135,129 @@ async fn an_undecodable_row_is_a_decode_error_naming_its_position() -> anyhow::R
         .read_safe(&mut GapWatch::new(), bad_name, 100, None, None)
         .await?;
     assert!(past.events.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_payload_serde_json_cannot_parse_fails_its_reader_not_the_read() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let stream: StreamName = "deep-1".parse()?;
+    // jsonb takes 200 levels of nesting and numbers beyond f64; serde_json parses neither.
+    store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![tick(), NewEvent::json("Nested", crate::worker::nested(200))],
+        ))
+        .await?;
+    db.client()
+        .await?
+        .execute(
+            "INSERT INTO eventrail.events (stream_name, stream_version, event_id, event_type, data)
+             VALUES ('deep-1', 2, gen_random_uuid(), 'Wide', '{\"n\": 1e400}')",
+            &[],
+        )
+        .await?;
+    store
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Exact(2),
+            vec![tick()],
+        ))
+        .await?;
+
+    // Reads hand the payloads over unparsed: the stream and the log read whole.
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(read.len(), 4);
+    let safe = store
+        .read_safe(&mut GapWatch::new(), 0, 100, None, None)
+        .await?;
+    assert_eq!(safe.events.len(), 4);
+    // Whoever reads a payload gets its parse error, typed; the others decode.
+    for event in [&read[1], &read[2], &safe.events[1], &safe.events[2]] {
+        let decoded = JsonCodec.decode::<serde_json::Value>(&event.data);
+        assert!(
+            matches!(decoded, Err(CodecError::Serde { codec: "json", .. })),
+            "{}: {decoded:?}",
+            event.event_type
+        );
+    }
+    for event in [&read[0], &read[3]] {
+        assert_eq!(
+            JsonCodec.decode::<serde_json::Value>(&event.data)?,
+            serde_json::json!({})
+        );
+    }
+
+    // Appended again as read, the unparseable payload is refused by name, and nothing written.
+    let again = store
+        .append(AppendRequest::new(
+            "deep-2".parse()?,
+            ExpectedVersion::Any,
+            read.iter()
+                .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()))
+                .collect(),
+        ))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::InvalidEvent {
+                index: 1,
+                rule: EventRule::InvalidJson,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(store.stream_version(&"deep-2".parse()?).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn payloads_read_and_appended_again_are_written_as_they_were_read() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    let payload = |i: usize| serde_json::json!({ "i": i, "text": format!("caf\u{e9} \"{i}\""), "list": [1.5, null, true] });
+    // 40 events go by COPY, 2 by the one-statement append: both write stored text back.
+    for (from, to, n) in [("src-1", "dst-1", 40), ("src-2", "dst-2", 2)] {
+        store
+            .append(AppendRequest::new(
+                from.parse()?,
+                ExpectedVersion::NoStream,
+                (0..n)
+                    .map(|i| NewEvent::json("Copied", payload(i)))
+                    .collect(),
+            ))
+            .await?;
+        let read = store
+            .read_stream(&from.parse()?, ReadStreamOptions::default())
+            .await?;
+        assert!(read.iter().all(
+            |e| matches!(&e.data, eventrail_core::EventData::Json(j) if j.as_text().is_some())
+        ));
+        store
+            .append(AppendRequest::new(
+                to.parse()?,
+                ExpectedVersion::NoStream,
+                read.iter()
+                    .map(|e| NewEvent::new(e.event_type.clone(), e.data.clone()))
+                    .collect(),
+            ))
+            .await?;
+        let copied = store
+            .read_stream(&to.parse()?, ReadStreamOptions::default())
+            .await?;
+        assert_eq!(copied.len(), n);
+        for (i, event) in copied.iter().enumerate() {
+            assert_eq!(
+                JsonCodec.decode::<serde_json::Value>(&event.data)?,
+                payload(i)
+            );
+        }
+    }
     Ok(())
 }

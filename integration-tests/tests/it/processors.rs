@@ -27,6 +27,7 @@ impl<'t> StatelessProcessor<Transaction<'t>> for Balances {
             let EventData::Json(data) = &e.data else {
                 continue;
             };
+            let data = data.value().map_err(ProcessorError::failed)?;
             let amount = data["amount"].as_i64().unwrap_or(0);
             let row = tx
                 .query_one(

@@ -1305,7 +1305,8 @@ async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelive
             definition.document().clone(),
             |event| match &event.data {
                 EventData::Json(v) if event.event_type == "OrderPlaced" => {
-                    Some(serde_json::json!({"id": v["order"], "fail": null, "express": false}))
+                    let order = v.value().ok()?["order"].clone();
+                    Some(serde_json::json!({"id": order, "fail": null, "express": false}))
                 }
                 _ => None,
             },

@@ -118,7 +118,9 @@ async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
         .iter()
         .skip(1)
         .map(|e| match &e.data {
-            eventrail_core::EventData::Json(v) => v.to_string(),
+            eventrail_core::EventData::Json(v) => v
+                .value()
+                .map_or_else(|e| e.to_string(), ToString::to_string),
             eventrail_core::EventData::Binary(_) => String::new(),
         })
         .collect();

@@ -1154,6 +1154,100 @@ async fn an_undecodable_row_parks_only_the_consumers_that_read_it_and_can_be_ski
     Ok(())
 }
 
+/// JSON nested `depth` arrays deep: PostgreSQL's `jsonb` stores it, `serde_json` parses at most
+/// 128 levels.
+pub(crate) fn nested(depth: usize) -> serde_json::Value {
+    (0..depth).fold(serde_json::json!(1), |inner, _| {
+        serde_json::Value::Array(vec![inner])
+    })
+}
+
+/// Records like [`Recorder`]; when `reads_payload`, after parsing the event's JSON.
+#[derive(Clone)]
+struct PayloadReader {
+    recorder: Recorder,
+    reads_payload: bool,
+}
+
+impl Consumer for PayloadReader {
+    fn name(&self) -> &str {
+        &self.recorder.name
+    }
+
+    async fn handle(&self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
+        use eventrail_core::Codec as _;
+        if self.reads_payload {
+            eventrail_core::JsonCodec.decode::<serde_json::Value>(&event.data)?;
+        }
+        self.recorder.handle(tx, event).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payload_the_json_parser_refuses_parks_only_the_consumers_that_read_it()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let store = db.store();
+    append(&store, "good-1", 3).await?;
+    // Taken by the store and by jsonb, refused by serde_json when parsed.
+    let deep = store
+        .append(AppendRequest::new(
+            "deep-1".parse()?,
+            ExpectedVersion::Any,
+            vec![NewEvent::json("Nested", nested(200))],
+        ))
+        .await?
+        .last_position();
+    let last = append(&store, "good-2", 3).await?;
+    let consumer = |name: &str, reads_payload| PayloadReader {
+        recorder: Recorder::new(name, "w"),
+        reads_payload,
+    };
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+    };
+    let w = start(
+        &db,
+        fast().retry(retry),
+        &[consumer("skims", false), consumer("reads", true)],
+    )?;
+    // The payload is parsed when a handler reads it, not when the batch is read: a consumer
+    // that never looks at it goes past it.
+    db.wait_for("skims", last, Duration::from_secs(20)).await?;
+    assert_eq!(
+        handled(&db, "skims").await?,
+        (1..=last).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+    // The one that reads it gets the parse error from its codec, and is parked at that event.
+    match db.wait_for("reads", last, Duration::from_secs(20)).await {
+        Err(WorkerError::ConsumerParked { .. }) => {}
+        other => panic!("expected the reader parked at the deep payload, got {other:?}"),
+    }
+    let status = admin(&db)?.status().await?;
+    let reads = status
+        .consumers
+        .iter()
+        .find(|c| c.consumer == "reads")
+        .expect("status");
+    assert_eq!(reads.parked_position, Some(deep));
+    assert!(
+        reads
+            .parked_error
+            .as_deref()
+            .is_some_and(|e| e.contains("recursion limit")),
+        "{:?}",
+        reads.parked_error
+    );
+    assert_eq!(
+        handled(&db, "reads").await?,
+        (1..deep).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+    w.stop().await?;
+    Ok(())
+}
+
 /// Records like [`Recorder`], but fails the first attempt at each of its positions.
 #[derive(Clone)]
 struct FailsOnceAt {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{PgEventStore, backend, read_committed};
 use crate::error::is_unique_violation;
-use crate::rows::{parse_xid, to_i64, to_u64};
+use crate::rows::{JsonParam, parse_xid, to_i64, to_u64};
 
 /// A [`StatelessProcessor`] that runs in a PostgreSQL append transaction.
 ///
@@ -76,7 +76,7 @@ struct AppendParams<'r> {
     ids: Vec<Uuid>,
     types: Vec<&'r str>,
     schema_versions: Vec<i32>,
-    data: Vec<Option<&'r serde_json::Value>>,
+    data: Vec<Option<JsonParam<'r>>>,
     data_binary: Vec<Option<&'r [u8]>>,
     metadata: Vec<Json<&'r eventrail_core::Metadata>>,
     channel: Option<&'r str>,
@@ -120,7 +120,7 @@ impl<'r> AppendParams<'r> {
             data: events
                 .iter()
                 .map(|e| match &e.data {
-                    EventData::Json(v) => Some(v),
+                    EventData::Json(v) => Some(JsonParam(v)),
                     EventData::Binary(_) => None,
                 })
                 .collect(),

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::append::Plain;
 use super::{PgEventStore, backend, read_committed};
-use crate::rows::to_u64;
+use crate::rows::{JsonParam, to_u64};
 
 /// Plain appends of at least this many events go by `COPY` (below it, the one-statement append's
 /// single round trip costs less than `COPY`'s extra ones).
@@ -116,7 +116,7 @@ impl PgEventStore {
                 ))
             })?;
             let (data, binary) = match &event.data {
-                EventData::Json(v) => (Some(v), None),
+                EventData::Json(v) => (Some(JsonParam(v)), None),
                 EventData::Binary(b) => (None, Some(b.as_slice())),
             };
             writer
