@@ -15,7 +15,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let mut rows = append_rows(seconds, false).await.context("appends")?;
     let admin_url = eventrail_devdb::database_url().await?;
-    let (copy, rates) = worker_bench::catch_up(&admin_url, events, &[None])
+    let (copy, rates) = worker_bench::catch_up(&admin_url, events, &[None], false)
         .await
         .context("catch-up")?;
     rows.push(Row {

@@ -52,6 +52,32 @@ impl Consumer for Noop {
     }
 }
 
+/// The benchmark's payload as a consumer's own type.
+#[derive(serde::Deserialize)]
+#[expect(dead_code, reason = "read by serde only: decoding is what is measured")]
+struct Loaded {
+    client: usize,
+    n: u64,
+    sku: String,
+    qty: u32,
+    note: String,
+}
+
+/// Decodes each payload into [`Loaded`], as a typical projection does, and does nothing else.
+struct Decoding(&'static str);
+
+impl Consumer for Decoding {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    async fn handle(&self, _tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), BoxError> {
+        use eventrail_core::Codec as _;
+        let _: Loaded = eventrail_core::JsonCodec.decode(&event.data)?;
+        Ok(())
+    }
+}
+
 pub(crate) async fn fresh(admin_url: &str, name: &str) -> anyhow::Result<(String, PgEventStore)> {
     let url = eventrail_devdb::recreate_database(admin_url, name).await?;
     let mut client = connect(&url).await?;
@@ -203,24 +229,29 @@ async fn copy_rate(client: &tokio_postgres::Client, total: i64) -> anyhow::Resul
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Runs one no-op consumer named `name` (with `options`, reading on `standby` if given) from 0
-/// until it has checkpointed `head`; its events/s over `total` events.
+/// Runs one no-op consumer named `name` (decoding each payload when `decode`; with `options`,
+/// reading on `standby` if given) from 0 until it has checkpointed `head`; its events/s over
+/// `total` events (`log` is `(head, total)`).
 async fn time_consumer(
     url: &str,
     store: &PgEventStore,
     name: &'static str,
+    decode: bool,
     options: WorkerOptions,
     standby: Option<eventrail_store_postgres::Standby>,
-    head: u64,
-    total: i64,
+    (head, total): (u64, i64),
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut builder = Worker::builder(
         store.clone(),
         url.parse::<eventrail_store_postgres::PgConnectOptions>()?,
     )
-    .options(options)
-    .consumer(Noop(name));
+    .options(options);
+    builder = if decode {
+        builder.consumer(Decoding(name))
+    } else {
+        builder.consumer(Noop(name))
+    };
     if let Some(standby) = standby {
         builder = builder.standby(standby);
     }
@@ -291,20 +322,23 @@ pub(crate) async fn catch_up_on_standby(events: usize) -> anyhow::Result<(f64, f
         &url,
         &store,
         "standby-catch-up",
+        false,
         WorkerOptions::new(),
         Some(on_standby),
-        head,
-        total,
+        (head, total),
     )
     .await?;
     Ok((raw, rate))
 }
 
-/// Appends `events` events, then times one consumer from 0 to the head, and a raw COPY TO.
+/// Appends `events` events, then times a raw COPY TO and one no-op consumer from 0 to the head
+/// per batch size (`None`: the default options); with `decoding`, last, one more consumer with
+/// the default options that decodes every payload into a struct.
 pub(crate) async fn catch_up(
     admin_url: &str,
     events: usize,
     batch_sizes: &[Option<usize>],
+    decoding: bool,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let (url, store) = fresh(admin_url, "eventrail_bench_catchup").await?;
     load(&store, events).await?;
@@ -339,7 +373,12 @@ pub(crate) async fn catch_up(
         let options = batch_size.map_or_else(WorkerOptions::new, |n| {
             WorkerOptions::new().batch_size(n).catch_up_batch_size(n)
         });
-        rates.push(time_consumer(&url, &store, name, options, None, head, total).await?);
+        rates.push(time_consumer(&url, &store, name, false, options, None, (head, total)).await?);
+    }
+    if decoding {
+        let options = WorkerOptions::new();
+        let name = "catch-up-decoding";
+        rates.push(time_consumer(&url, &store, name, true, options, None, (head, total)).await?);
     }
     Ok((raw, rates))
 }
@@ -466,17 +505,20 @@ pub(crate) async fn run(
     if batch_size.is_some() {
         sizes.push(batch_size);
     }
-    let (raw, rates) = catch_up(&admin_url, events, &sizes)
+    let (raw, rates) = catch_up(&admin_url, events, &sizes, true)
         .await
         .context("catch-up")?;
     println!("\n| catch-up of one consumer (no-op handler) | events/s | ratio | target |");
     println!("|------------------------------------------|---------:|------:|-------:|");
     println!("| raw COPY (SELECT …) TO                   | {raw:>8.0} |       |        |");
-    for (size, rate) in sizes.iter().zip(&rates) {
-        let label = size.map_or_else(
+    let labels = sizes.iter().map(|size| {
+        size.map_or_else(
             || "eventrail consumer, default options".to_owned(),
             |n| format!("eventrail consumer, fixed batches of {n}"),
-        );
+        )
+    });
+    let labels = labels.chain(["the same, decoding each payload (struct)".to_owned()]);
+    for (label, rate) in labels.zip(&rates) {
         println!(
             "| {label:<40} | {rate:>8.0} | {:>5.2} | ≥ 0.5 |",
             rate / raw
