@@ -154,7 +154,11 @@ impl Tables {
             // claim a key whose head is leased, so the head's lease holds the whole run, and a
             // claim writes one row per key instead of one per message. The others' attempts
             // are counted when they settle; `attempts` is returned as this attempt's number.
-            // The run is read with its payloads, so that no row is looked up twice. A message
+            // The run is read with its payloads, so that no row is looked up twice. The last
+            // filter is written `(… IN …) IS TRUE` so that it stays a hashed subplan: as a plain
+            // `IN`, the planner makes it a semi join, and a generic plan (which estimates `runs`
+            // and `leased` at a row or two) a nested loop comparing every row with every leased
+            // head. A message
             // to a backed-off destination ends the run too; `probe` says that the message's
             // destination was backed off and its backoff has ended: the relay publishes one
             // message to it first, and the others only if that one got through.
@@ -189,7 +193,7 @@ impl Tables {
                  )
                  SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head, probe
                  FROM runs
-                 WHERE head IN (SELECT sequence FROM leased)
+                 WHERE (head IN (SELECT sequence FROM leased)) IS TRUE
                  ORDER BY sequence"
             ),
             // One statement settles a whole batch: `s` sent, `f` failed (retry or dead), `p`

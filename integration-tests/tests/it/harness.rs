@@ -56,9 +56,13 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
 impl TestDb {
     /// A fresh database with the event store migrated into schema `eventrail`.
     pub(crate) async fn new() -> anyhow::Result<Self> {
+        Self::on(&eventrail_devdb::database_url().await?).await
+    }
+
+    /// [`TestDb::new`] on the server of `admin_url` (a throwaway cluster's).
+    pub(crate) async fn on(admin_url: &str) -> anyhow::Result<Self> {
         init_logs();
-        let admin_url = eventrail_devdb::database_url().await?;
-        let admin = connect(&admin_url).await?;
+        let admin = connect(admin_url).await?;
         let fingerprint: String = {
             let all: String = migrator()?
                 .migrations()
@@ -72,7 +76,7 @@ impl TestDb {
         };
         let template = format!("eventrail_tpl_{fingerprint}");
         Self::clone_of(
-            &admin_url,
+            admin_url,
             &admin,
             &template,
             "eventrail_test",

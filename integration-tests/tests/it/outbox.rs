@@ -908,3 +908,59 @@ async fn rabbitmq_sink_opens_a_new_channel_after_the_broker_closed_it() -> anyho
         .await?;
     Ok(())
 }
+
+/// Once PostgreSQL plans the relay's prepared statements generically (after five executions,
+/// when the generic plan looks no dearer), it estimates every array parameter at a few rows: a
+/// join between two of a claim's intermediate results then becomes a nested loop over every
+/// pair. On a cluster of its own, with generic plans forced and every plan of the relay's
+/// sessions logged with its row counts by `auto_explain`: the relay's joins filter out at most a
+/// few rows per message, not the product of a claim's rows and its keys.
+#[tokio::test]
+async fn relay_statements_planned_generically_never_compare_every_row_with_every_key()
+-> anyhow::Result<()> {
+    let cluster = integration_tests::servers::Cluster::start(None).await?;
+    let db = TestDb::on(&cluster.admin_url).await?;
+    let mut messages = Vec::new();
+    for round in 0..20u8 {
+        for key in 0..100 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    enqueue(&db, messages).await?;
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "ALTER DATABASE {0} SET plan_cache_mode = force_generic_plan;
+             ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain';
+             ALTER DATABASE {0} SET auto_explain.log_min_duration = 0;
+             ALTER DATABASE {0} SET auto_explain.log_analyze = on;
+             ALTER DATABASE {0} SET auto_explain.log_timing = off;",
+            db.name
+        ))
+        .await?;
+    let sink = InMemorySink::new();
+    // Claims of 500 messages: whole runs of 25 keys, their heads leased in the same statement.
+    let options = fast().batch_size(500).max_per_key(20).claims_in_flight(1);
+    let relay = start(Relay::connect(&db.config().into(), sink.clone(), options)?);
+    eventually(60, "everything is sent", || async {
+        Ok(count(&db, "state = 'sent'").await? == 2000)
+    })
+    .await?;
+    relay.stop().await?;
+    let times = check_order(&sink.messages());
+    assert!(times.len() == 2000 && times.values().all(|&n| n == 1));
+
+    let log = std::fs::read_to_string(cluster.data().join("server.log"))?;
+    let claims = log.matches("WITH runs AS").count();
+    assert!(claims > 0, "the claims' plans were logged");
+    let removed: u64 = log
+        .lines()
+        .filter_map(|line| line.split("Rows Removed by Join Filter: ").nth(1))
+        .map(|n| n.trim().parse::<u64>())
+        .sum::<Result<_, _>>()?;
+    assert!(
+        removed < 2_000,
+        "{removed} rows removed by join filters in {claims} claims of 2000 messages"
+    );
+    Ok(())
+}
