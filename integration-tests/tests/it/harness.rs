@@ -160,6 +160,25 @@ impl TestDb {
         })
     }
 
+    /// From the next session on, plans every prepared statement generically (as PostgreSQL does
+    /// after five executions when the generic plan looks no dearer: array parameters estimated
+    /// at a few rows) and logs each plan with its row counts (`auto_explain`). For a database on
+    /// a cluster of its own, whose `server.log` [`join_filter_rows`] then reads.
+    pub(crate) async fn log_generic_plans(&self) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .batch_execute(&format!(
+                "ALTER DATABASE {0} SET plan_cache_mode = force_generic_plan;
+                 ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain';
+                 ALTER DATABASE {0} SET auto_explain.log_min_duration = 0;
+                 ALTER DATABASE {0} SET auto_explain.log_analyze = on;
+                 ALTER DATABASE {0} SET auto_explain.log_timing = off;",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+
     pub(crate) fn store(&self) -> PgEventStore {
         PgEventStore::new(self.pool.clone())
     }
@@ -278,4 +297,15 @@ pub(crate) fn one_event(stream: &str) -> anyhow::Result<eventrail_core::AppendRe
         eventrail_core::ExpectedVersion::Any,
         vec![eventrail_core::NewEvent::json("E", serde_json::json!({}))],
     ))
+}
+
+/// The rows removed by join filters over every plan `auto_explain` logged in `log`: a join
+/// planned as a nested loop over two intermediate results compares every pair, and removes
+/// nearly all of them here.
+pub(crate) fn join_filter_rows(log: &str) -> anyhow::Result<u64> {
+    Ok(log
+        .lines()
+        .filter_map(|line| line.split("Rows Removed by Join Filter: ").nth(1))
+        .map(|n| n.trim().parse::<u64>())
+        .sum::<Result<_, _>>()?)
 }

@@ -927,17 +927,7 @@ async fn relay_statements_planned_generically_never_compare_every_row_with_every
         }
     }
     enqueue(&db, messages).await?;
-    db.client()
-        .await?
-        .batch_execute(&format!(
-            "ALTER DATABASE {0} SET plan_cache_mode = force_generic_plan;
-             ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain';
-             ALTER DATABASE {0} SET auto_explain.log_min_duration = 0;
-             ALTER DATABASE {0} SET auto_explain.log_analyze = on;
-             ALTER DATABASE {0} SET auto_explain.log_timing = off;",
-            db.name
-        ))
-        .await?;
+    db.log_generic_plans().await?;
     let sink = InMemorySink::new();
     // Claims of 500 messages: whole runs of 25 keys, their heads leased in the same statement.
     let options = fast().batch_size(500).max_per_key(20).claims_in_flight(1);
@@ -953,11 +943,7 @@ async fn relay_statements_planned_generically_never_compare_every_row_with_every
     let log = std::fs::read_to_string(cluster.data().join("server.log"))?;
     let claims = log.matches("WITH runs AS").count();
     assert!(claims > 0, "the claims' plans were logged");
-    let removed: u64 = log
-        .lines()
-        .filter_map(|line| line.split("Rows Removed by Join Filter: ").nth(1))
-        .map(|n| n.trim().parse::<u64>())
-        .sum::<Result<_, _>>()?;
+    let removed = crate::harness::join_filter_rows(&log)?;
     assert!(
         removed < 2_000,
         "{removed} rows removed by join filters in {claims} claims of 2000 messages"

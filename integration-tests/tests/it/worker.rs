@@ -1248,6 +1248,60 @@ async fn a_payload_the_json_parser_refuses_parks_only_the_consumers_that_read_it
     Ok(())
 }
 
+/// The relay's claim went quadratic under generic plans (see the outbox test of the same name);
+/// the store's appends (one statement, `COPY`, `append_events` with a position precondition) and
+/// a consumer catching up, planned the same way, compare no row of one intermediate result with
+/// every row of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_and_catch_up_planned_generically_never_compare_every_row_with_every_row()
+-> anyhow::Result<()> {
+    let cluster = integration_tests::servers::Cluster::start(None).await?;
+    let db = crate::harness::TestDb::on(&cluster.admin_url).await?;
+    db.client().await?.batch_execute(HANDLED_DDL).await?;
+    db.log_generic_plans().await?;
+    // A pool of its own: every session opens after the settings.
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 4)?);
+    let mut last = 0;
+    for i in 0..20 {
+        last = append(&store, &format!("single-{i}"), 1).await?;
+    }
+    for i in 0..5 {
+        last = append(&store, &format!("batch-{i}"), 200).await?;
+    }
+    for i in 0..10 {
+        let request = AppendRequest::new(
+            format!("single-{i}").parse()?,
+            ExpectedVersion::Exact(0),
+            vec![NewEvent::json("Checked", serde_json::json!({ "i": i }))],
+        )
+        .with_expected_position(eventrail_core::ExpectedPosition::all(Some(last)));
+        last = store.append(request).await?.last_position();
+    }
+    let w = start(&db, fast(), &[Recorder::new("generic", "w")])?;
+    db.wait_for("generic", last, Duration::from_secs(30))
+        .await?;
+    w.stop().await?;
+    assert_eq!(
+        handled(&db, "generic").await?,
+        (1..=last).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+
+    let log = std::fs::read_to_string(cluster.data().join("server.log"))?;
+    for statement in [
+        "append_events",
+        "events_global_position_seq",
+        "pg_current_snapshot",
+    ] {
+        assert!(log.contains(statement), "plans of {statement} logged");
+    }
+    let removed = crate::harness::join_filter_rows(&log)?;
+    assert!(
+        removed < last,
+        "{removed} rows removed by join filters for {last} events"
+    );
+    Ok(())
+}
+
 /// Records like [`Recorder`], but fails the first attempt at each of its positions.
 #[derive(Clone)]
 struct FailsOnceAt {
