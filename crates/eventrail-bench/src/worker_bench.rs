@@ -231,7 +231,7 @@ async fn copy_rate(client: &tokio_postgres::Client, total: i64) -> anyhow::Resul
 
 /// Runs one no-op consumer named `name` (decoding each payload when `decode`; with `options`,
 /// reading on `standby` if given) from 0 until it has checkpointed `head`; its events/s over
-/// `total` events (`log` is `(head, total)`).
+/// `total` events.
 async fn time_consumer(
     url: &str,
     store: &PgEventStore,

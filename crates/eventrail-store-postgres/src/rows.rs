@@ -62,21 +62,19 @@ pub(crate) fn recorded_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-/// The text of a `jsonb` (or `json`) value in PostgreSQL's binary form.
-fn json_text<'a>(
+/// The JSON text of a `jsonb` (or `json`) value in PostgreSQL's binary form, as bytes.
+fn json_bytes<'a>(
     ty: &postgres_types::Type,
     raw: &'a [u8],
-) -> Result<&'a str, Box<dyn std::error::Error + Sync + Send>> {
+) -> Result<&'a [u8], Box<dyn std::error::Error + Sync + Send>> {
     // jsonb's binary form is a version byte (1) followed by the JSON text.
-    let text = if *ty == postgres_types::Type::JSONB {
-        match raw.split_first() {
-            Some((1, text)) => text,
-            _ => return Err("unsupported jsonb binary version".into()),
-        }
-    } else {
-        raw
-    };
-    Ok(std::str::from_utf8(text)?)
+    if *ty != postgres_types::Type::JSONB {
+        return Ok(raw);
+    }
+    match raw.split_first() {
+        Some((1, text)) => Ok(text),
+        _ => Err("unsupported jsonb binary version".into()),
+    }
 }
 
 /// The `data` column kept as text: [`JsonData`] parses it when somebody reads the payload, so a
@@ -89,7 +87,9 @@ impl<'a> postgres_types::FromSql<'a> for JsonColumn {
         ty: &postgres_types::Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Self(JsonData::from_text(json_text(ty, raw)?)))
+        Ok(Self(JsonData::from_text(std::str::from_utf8(json_bytes(
+            ty, raw,
+        )?)?)))
     }
 
     fn accepts(ty: &postgres_types::Type) -> bool {
@@ -136,7 +136,8 @@ impl<'a> postgres_types::FromSql<'a> for MetadataColumn {
         ty: &postgres_types::Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        if json_text(ty, raw)? == "{}" {
+        // Compared as bytes: the parse below checks the UTF-8 of anything else, once.
+        if json_bytes(ty, raw)? == b"{}" {
             return Ok(Self(Metadata::default()));
         }
         let Json(metadata) = Json::<Metadata>::from_sql(ty, raw)?;
