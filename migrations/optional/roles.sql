@@ -44,3 +44,15 @@ REVOKE USAGE ON SEQUENCE {schema}.events_global_position_seq FROM {role_prefix}_
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role_prefix}_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role_prefix}_admin;
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE ON SEQUENCES TO {role_prefix}_admin;
+
+-- A log partitioned by position (optional migration 10): its bookkeeping tables are the append
+-- trigger's alone, and the store's writers attach partitions ahead of the sequence.
+DO $$
+BEGIN
+    IF to_regclass('{schema}.event_partitioning') IS NOT NULL THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.event_ids, {schema}.streams,
+            {schema}.event_partitioning FROM {role_prefix}_admin;
+        GRANT EXECUTE ON FUNCTION {schema}.add_event_partitions(bigint) TO {role_prefix}_writer;
+    END IF;
+END
+$$;

@@ -164,6 +164,9 @@ enum Bench {
         /// Samples of each operation at each size.
         #[arg(long, default_value_t = 2000)]
         samples: usize,
+        /// Partition the log by position range first, N positions per partition.
+        #[arg(long, value_name = "N")]
+        partition_size: Option<u64>,
     },
     /// A worker process of the `faults` benchmark (started by it).
     #[command(hide = true)]
@@ -455,7 +458,11 @@ async fn main() -> anyhow::Result<()> {
             no_peers,
             scale_sizes,
         } => table_bench::run(seconds, events, messages, !no_peers, &scale_sizes).await,
-        Bench::Scale { sizes, samples } => scale_bench::run(&sizes, samples).await,
+        Bench::Scale {
+            sizes,
+            samples,
+            partition_size,
+        } => scale_bench::run(&sizes, samples, partition_size).await,
         Bench::WorkerProcess { args } => {
             integration_tests::worker_process::run(args.into_iter()).await
         }

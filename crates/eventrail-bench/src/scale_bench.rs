@@ -4,7 +4,9 @@
 //! It runs on a throwaway cluster (the bench's own, fsync off, default settings otherwise), so
 //! its figures compare sizes with each other, not with the shared server's. The log is grown by
 //! a server-side `INSERT … SELECT` of 10-event streams (the store's indexes all in place, as if
-//! appended), then vacuumed as autovacuum would; each size is measured with one client.
+//! appended), then vacuumed as autovacuum would; each size is measured with one client. With
+//! `--partition-size` the log is partitioned by position range (raw twins write to the same
+//! partitioned table, so its trigger runs for them too).
 
 use std::time::{Duration, Instant};
 
@@ -70,13 +72,21 @@ impl Pick {
 
 /// Grows the log to each of `sizes` in turn and measures every operation `samples` times
 /// there; returns, per size, the latencies in the order of [`OPERATIONS`].
+/// With `partition_size`, the log is partitioned by position range first (migration 10), and
+/// partitions are attached ahead of each growth step.
 pub(crate) async fn measure(
     sizes: &[u64],
     samples: usize,
+    partition_size: Option<u64>,
 ) -> anyhow::Result<Vec<(u64, Vec<Latency>)>> {
     let cluster = integration_tests::servers::Cluster::start(None).await?;
     let (url, store) = worker_bench::fresh(&cluster.admin_url, "eventrail_bench_scale").await?;
-    let client = connect(&url).await?;
+    let mut client = connect(&url).await?;
+    if let Some(size) = partition_size {
+        eventrail_store_postgres::Migrator::new("eventrail")?
+            .partition_by_position(&mut client, size)
+            .await?;
+    }
     // Fewer checkpoints (and full-page writes) while growing; this cluster is the bench's own.
     for setting in [
         "ALTER SYSTEM SET max_wal_size = '16GB'",
@@ -93,6 +103,7 @@ pub(crate) async fn measure(
     let mut results = Vec::new();
     for size in sorted {
         let started = Instant::now();
+        store.add_partitions(size - grown).await?;
         grow([&client, &second], grown, size)
             .await
             .context("growing the log")?;
@@ -301,9 +312,17 @@ fn millions(n: u64) -> String {
 }
 
 /// `eventrail-bench scale`.
-pub(crate) async fn run(sizes: &[u64], samples: usize) -> anyhow::Result<()> {
-    println!("append and read latency as the log grows ({samples} samples a cell)");
-    let results = measure(sizes, samples).await?;
+pub(crate) async fn run(
+    sizes: &[u64],
+    samples: usize,
+    partition_size: Option<u64>,
+) -> anyhow::Result<()> {
+    let layout = partition_size.map_or_else(
+        || "one table".to_owned(),
+        |n| format!("partitioned every {n} positions"),
+    );
+    println!("append and read latency as the log grows ({layout}, {samples} samples a cell)");
+    let results = measure(sizes, samples, partition_size).await?;
     print(&results);
     Ok(())
 }

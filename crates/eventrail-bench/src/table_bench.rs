@@ -70,7 +70,7 @@ pub(crate) async fn run(
     outbox_bench::print_cpu(&relay.cpu, messages);
     let scale_sizes: Vec<u64> = scale_sizes.iter().copied().filter(|s| *s > 0).collect();
     if !scale_sizes.is_empty() {
-        let scale = scale_bench::measure(&scale_sizes, 2000)
+        let scale = scale_bench::measure(&scale_sizes, 2000, None)
             .await
             .context("latency as the log grows")?;
         println!("\nAppend and read latency as the log grows (a throwaway cluster, fsync off)");

@@ -1,7 +1,7 @@
 //! The `eventrail` operator command, as a library so that its commands can be tested.
 //!
 //! ```text
-//! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX] | migrate info
+//! eventrail migrate [--schema S] [--print-sql] [--roles PREFIX] [--partition-size N] | migrate info
 //! eventrail stream read <stream> [--from VERSION] [--backward] [--limit N]
 //! eventrail category read <category> [--from POSITION] [--limit N]
 //! eventrail status
@@ -61,6 +61,10 @@ pub enum Command {
         /// PREFIX_admin.
         #[arg(long, value_name = "PREFIX")]
         roles: Option<String>,
+        /// Then partition the events table by position range, N positions per partition (for
+        /// very large logs; rewrites the log under an exclusive lock: see the README).
+        #[arg(long, value_name = "N", conflicts_with = "print_sql")]
+        partition_size: Option<u64>,
         /// `info`: list applied, pending and unknown migrations instead.
         #[command(subcommand)]
         action: Option<MigrateAction>,
@@ -277,6 +281,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             print_sql: true,
             roles,
             action: None,
+            ..
         } => {
             let migrator = migrator(&config)?;
             writeln!(out, "{}", migrator.print_sql())?;
@@ -287,6 +292,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Migrate {
             print_sql: false,
             roles,
+            partition_size,
             action: None,
         } => {
             let migrator = migrator(&config)?;
@@ -305,6 +311,17 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     "applied migrations {applied:?} to schema {}",
                     config.schema()
                 )?;
+            }
+            if let Some(size) = partition_size {
+                if migrator.partition_by_position(&mut client, size).await? {
+                    writeln!(
+                        out,
+                        "partitioned the events of schema {} by position, {size} per partition",
+                        config.schema()
+                    )?;
+                } else {
+                    writeln!(out, "the events of schema {} are partitioned already", config.schema())?;
+                }
             }
             if let Some(prefix) = roles {
                 migrator.install_roles(&mut client, &prefix).await?;

@@ -293,6 +293,14 @@ impl DatabaseError {
         }
     }
 
+    /// The same error, marked retryable or not (when the caller knows better than the SQLSTATE,
+    /// say after it removed the cause).
+    #[must_use]
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
     /// The SQLSTATE, such as `23505`.
     #[must_use]
     pub fn code(&self) -> Option<&str> {

@@ -50,6 +50,18 @@ pub enum MigrationError {
         /// The holder's `application_name`, when it could be seen.
         application_name: Option<String>,
     },
+    /// A partition size of zero or below, or beyond `i64::MAX` positions.
+    #[error("invalid partition size {size}: give the number of positions per partition, at least 1")]
+    InvalidPartitionSize {
+        /// The refused size.
+        size: u64,
+    },
+    /// The log is already partitioned, with another partition size; nothing was changed.
+    #[error("the log is already partitioned with {partition_size} positions per partition")]
+    PartitionedDifferently {
+        /// The size it was partitioned with.
+        partition_size: u64,
+    },
     /// A configuration value was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -50,7 +50,32 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (7, "append_keys_and_privileges"),
     (8, "worker_fencing"),
     (9, "saga"),
+    (PARTITION_MIGRATION.version, PARTITION_MIGRATION.name),
 ];
+
+/// The optional conversion of the log to a table partitioned by position range
+/// ([`Migrator::partition_by_position`]); `run` never applies it.
+const PARTITION_MIGRATION: Migration = Migration {
+    version: 10,
+    name: "partition_by_position",
+    template: include_str!("../../../migrations/optional/0010_partition_by_position.sql"),
+};
+
+/// `append_events` (migration 7) reads a stream's version with this statement on the plain table;
+/// on a partitioned log it reads the `streams` row instead.
+const VERSION_PROBE: &str = "SELECT max(e.stream_version) INTO v_current FROM {schema}.events e WHERE e.stream_name = p_stream;";
+const VERSION_FROM_STREAMS: &str =
+    "SELECT s.version INTO v_current FROM {schema}.streams s WHERE s.stream_name = p_stream;";
+
+/// Migration 7's `append_events`, reading versions from `streams` (see migration 10).
+fn append_events_on_streams() -> String {
+    let template = EVENT_STORE_MIGRATIONS
+        .iter()
+        .find(|m| m.name == "append_keys_and_privileges")
+        .map_or("", |m| m.template);
+    debug_assert!(template.contains(VERSION_PROBE));
+    template.replace(VERSION_PROBE, VERSION_FROM_STREAMS)
+}
 
 /// Whether `migration` is in the catalogue of eventrail's migrations (each component checks
 /// its own in a test, so that the catalogue cannot fall behind).
@@ -306,7 +331,13 @@ impl Migrator {
                 known.applied_checksum = Some(checksum);
                 known.applied_at = Some(at);
             } else {
-                let state = if KNOWN_MIGRATIONS.contains(&(version, name.as_str())) {
+                let state = if version == PARTITION_MIGRATION.version {
+                    if checksum == self::checksum(&PARTITION_MIGRATION) {
+                        MigrationState::Applied
+                    } else {
+                        MigrationState::Changed
+                    }
+                } else if KNOWN_MIGRATIONS.contains(&(version, name.as_str())) {
                     MigrationState::OtherComponent
                 } else {
                     MigrationState::Unknown
@@ -514,6 +545,98 @@ impl Migrator {
     }
 }
 
+impl Migrator {
+    /// Converts the log to a table partitioned by position range, `partition_size` positions per
+    /// partition (optional migration 10), after applying every pending migration. Returns
+    /// `false` when the log was already partitioned with that size.
+    ///
+    /// Stream versions and event ids are then kept in tables of their own (`streams`,
+    /// `event_ids`), and new partitions are attached ahead of the sequence by the store (see
+    /// the README, "Very large logs"). The conversion rewrites the log in one transaction under
+    /// an `ACCESS EXCLUSIVE` lock: appends and reads wait for it. Run it on a new or small log,
+    /// or in a maintenance window. Re-run `install_roles` afterwards if you use the roles.
+    ///
+    /// # Errors
+    /// [`MigrationError::InvalidPartitionSize`], [`MigrationError::PartitionedDifferently`],
+    /// and those of [`run`](Self::run).
+    #[instrument(skip_all, fields(schema = %self.schema, partition_size = partition_size))]
+    pub async fn partition_by_position(
+        &self,
+        client: &mut Client,
+        partition_size: u64,
+    ) -> Result<bool, MigrationError> {
+        let size = i64::try_from(partition_size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or(MigrationError::InvalidPartitionSize {
+                size: partition_size,
+            })?;
+        self.lock(client).await?;
+        let result = async {
+            self.run_locked(client).await?;
+            self.partition_locked(client, size).await
+        }
+        .await;
+        let unlocked = client
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&MIGRATION_LOCK_CLASS, &self.schema],
+            )
+            .await;
+        let converted = result?;
+        unlocked.map_err(db)?;
+        Ok(converted)
+    }
+
+    async fn partition_locked(&self, client: &mut Client, size: i64) -> Result<bool, MigrationError> {
+        let table = self.bookkeeping_table();
+        let partitioning = format!("{}.event_partitioning", self.quoted);
+        let tx = client.transaction().await.map_err(db)?;
+        let done: bool = tx
+            .query_one(
+                &format!("SELECT EXISTS (SELECT FROM {table} WHERE version = $1)"),
+                &[&PARTITION_MIGRATION.version],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if done {
+            let current: i64 = tx
+                .query_one(&format!("SELECT partition_size FROM {partitioning}"), &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            return if current == size {
+                Ok(false)
+            } else {
+                Err(MigrationError::PartitionedDifferently {
+                    partition_size: u64::try_from(current).unwrap_or_default(),
+                })
+            };
+        }
+        let sql = self
+            .render(PARTITION_MIGRATION.template)
+            .replace("{partition_size}", &size.to_string());
+        tx.batch_execute(&sql).await.map_err(db)?;
+        tx.batch_execute(&self.render(&append_events_on_streams()))
+            .await
+            .map_err(db)?;
+        tx.execute(
+            &format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, md5($3))"),
+            &[
+                &PARTITION_MIGRATION.version,
+                &PARTITION_MIGRATION.name,
+                &PARTITION_MIGRATION.template,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        info!(partition_size = size, "partitioned the log by position range");
+        Ok(true)
+    }
+}
+
 /// The checksum recorded for a migration: the md5 of its template, in hex (as PostgreSQL's
 /// `md5()` gives it, which older versions recorded).
 fn checksum(m: &Migration) -> String {
@@ -554,6 +677,13 @@ mod tests {
         };
         // SELECT md5('abc')
         assert_eq!(checksum(&m), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn the_partitioned_append_events_reads_versions_from_streams() {
+        let sql = append_events_on_streams();
+        assert!(sql.contains(VERSION_FROM_STREAMS) && !sql.contains(VERSION_PROBE));
+        assert!(sql.contains("CREATE OR REPLACE FUNCTION {schema}.append_events("));
     }
 
     #[test]

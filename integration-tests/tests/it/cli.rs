@@ -609,3 +609,47 @@ async fn saga_commands_list_show_operate_and_report_definitions() -> anyhow::Res
     assert!(missing.to_string().contains("no saga"), "{missing}");
     Ok(())
 }
+
+#[tokio::test]
+async fn migrate_partitions_the_log_on_request_once() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let args = |size: &'static str| {
+        [
+            "migrate",
+            "--database-url",
+            db.url.as_str(),
+            "--schema",
+            "parted",
+            "--partition-size",
+            size,
+        ]
+    };
+    let err = eventrail(&args("0")).await.unwrap_err();
+    assert!(err.to_string().contains("invalid partition size 0"), "{err}");
+    let out = eventrail(&args("1000")).await?;
+    assert!(out.contains("partitioned the events of schema parted by position, 1000 per partition"), "{out}");
+    let out = eventrail(&args("1000")).await?;
+    assert!(out.contains("partitioned already"), "{out}");
+    let kind: String = db
+        .client()
+        .await?
+        .query_one("SELECT relkind::text FROM pg_class WHERE oid = 'parted.events'::regclass", &[])
+        .await?
+        .get(0);
+    assert_eq!(kind, "p");
+    let store = db.store_with(eventrail_store_postgres::PgStoreOptions::new().schema("parted"));
+    let outcome = store
+        .append(AppendRequest::new(
+            "account-1".parse()?,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Opened", serde_json::json!({}))],
+        ))
+        .await?;
+    assert_eq!(outcome.stream_version, 0);
+    let info = eventrail(&["migrate", "info", "--database-url", &db.url, "--schema", "parted"]).await?;
+    assert!(
+        info.lines().any(|l| l.contains("partition_by_position") && l.contains("applied")),
+        "{info}"
+    );
+    Ok(())
+}

@@ -89,6 +89,22 @@ impl TestDb {
         .await
     }
 
+    /// A fresh database like [`TestDb::new`], with the log partitioned by position range,
+    /// `partition_size` positions per partition.
+    pub(crate) async fn partitioned(partition_size: u64) -> anyhow::Result<Self> {
+        let db = Self::new().await?;
+        db.partition(partition_size).await?;
+        Ok(db)
+    }
+
+    /// Partitions this database's log (see [`Migrator::partition_by_position`]).
+    pub(crate) async fn partition(&self, partition_size: u64) -> anyhow::Result<bool> {
+        let mut client = connect(&self.url).await?;
+        Ok(migrator()?
+            .partition_by_position(&mut client, partition_size)
+            .await?)
+    }
+
     /// A new database cloned from `template`, which is built first with `build` when missing.
     ///
     /// Everything happens under the harness lock: PostgreSQL refuses to clone a database while

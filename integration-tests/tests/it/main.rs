@@ -21,6 +21,7 @@ mod outbox_backends;
 mod outbox_kafka;
 mod outbox_outage;
 mod outbox_pubsub;
+mod partitioned;
 mod pgbouncer;
 mod poison;
 mod processors;

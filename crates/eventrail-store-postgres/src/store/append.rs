@@ -15,6 +15,7 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
+use super::partitions::{Layout, is_missing_partition};
 use super::{PgEventStore, backend, read_committed};
 use crate::error::is_unique_violation;
 use crate::rows::{JsonParam, parse_xid, to_i64, to_u64};
@@ -303,6 +304,9 @@ fn interpret_positions(request: &AppendRequest, rows: &[Row]) -> Result<AppendOu
 
 const SAVEPOINT: &str = "eventrail_append";
 
+/// How often the store's own append is tried when its positions have no partition yet.
+const MISSING_PARTITION_ATTEMPTS: u32 = 5;
+
 /// What the plain statement made of an append.
 pub(super) enum Plain {
     /// Written.
@@ -322,10 +326,12 @@ impl PgEventStore {
         request: &AppendRequest,
         params: &AppendParams<'_>,
     ) -> Plain {
-        let result = self
-            .statements()
-            .query(&**client, &self.inner.sql.append_plain, &params.plain())
-            .await;
+        let sql = match self.layout(&***client).await {
+            Ok(Layout::Table) => &self.inner.sql.append_plain,
+            Ok(Layout::Partitioned) => &self.inner.sql.append_plain_partitioned,
+            Err(e) => return Plain::Failed(e),
+        };
+        let result = self.statements().query(&**client, sql, &params.plain()).await;
         match result {
             Ok(rows) if rows.len() == request.events.len() => {
                 match positions_and_last_version(&rows) {
@@ -372,8 +378,12 @@ impl PgEventStore {
         client: &impl GenericClient,
         ids: &[Uuid],
     ) -> StoreError {
+        let sql = match self.known_layout() {
+            Layout::Table => &self.inner.sql.existing_ids,
+            Layout::Partitioned => &self.inner.sql.existing_ids_partitioned,
+        };
         let event_id = match client
-            .query_typed_opt(&self.inner.sql.existing_ids, &[(&ids, Type::UUID_ARRAY)])
+            .query_typed_opt(sql, &[(&ids, Type::UUID_ARRAY)])
             .await
         {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()),
@@ -390,9 +400,30 @@ impl PgEventStore {
         request: AppendRequest,
         staged: Option<&P>,
     ) -> Result<AppendOutcome, StoreError> {
+        // A partitioned log grew faster than its partitions were attached: nothing was written;
+        // attach room for twice the batch and try again (concurrent appends take positions too).
+        let room = 2 * request.events.len() as u64;
+        let mut attempts = 1;
+        loop {
+            match self.append_once(&request, staged).await {
+                Err(e) if is_missing_partition(&e) && attempts < MISSING_PARTITION_ATTEMPTS => {
+                    debug!(attempts, "no partition for the append's positions yet: attaching");
+                    self.add_partitions(room).await?;
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn append_once<P: StatefulProcessor + ?Sized>(
+        &self,
+        request: &AppendRequest,
+        staged: Option<&P>,
+    ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
         // No hint inside the transaction (it would serialise commits): sent after the commit.
-        let params = AppendParams::new(&request, None)?;
+        let params = AppendParams::new(request, None)?;
         let mut client = self.client().await?;
         let plain = self.inner.processors.is_empty() && staged.is_none();
         if plain
@@ -406,13 +437,13 @@ impl PgEventStore {
             let attempt = if request.events.len() >= super::copy::COPY_FROM
                 && self.statements() == crate::Statements::Cached
             {
-                self.append_copy(&mut client, &request).await
+                self.append_copy(&mut client, request).await
             } else {
-                self.append_plain(&client, &request, &params).await
+                self.append_plain(&client, request, &params).await
             };
             match attempt {
                 Plain::Appended(outcome) => {
-                    self.hint(outcome.last_position());
+                    self.appended(outcome.last_position());
                     return Ok(outcome);
                 }
                 Plain::Failed(e) => return Err(e),
@@ -428,10 +459,10 @@ impl PgEventStore {
                 .query(&*client, &self.inner.sql.append, &params.typed())
                 .await
             {
-                Ok(rows) => match interpret_positions(&request, &rows) {
+                Ok(rows) => match interpret_positions(request, &rows) {
                     Err(StoreError::IsolationNotSupported { .. }) => {}
                     Ok(outcome) => {
-                        self.hint(outcome.last_position());
+                        self.appended(outcome.last_position());
                         return Ok(outcome);
                     }
                     other => return other,
@@ -462,7 +493,7 @@ impl PgEventStore {
                 AppendFailure::Other(e) => return Err(e),
             },
         };
-        let (outcome, recorded) = interpret(&request, &rows)?;
+        let (outcome, recorded) = interpret(request, &rows)?;
         for p in &self.inner.processors {
             p.process(&tx, &recorded)
                 .await
@@ -476,7 +507,7 @@ impl PgEventStore {
         }
         match tx.commit().await {
             Ok(()) => {
-                self.hint(outcome.last_position());
+                self.appended(outcome.last_position());
                 if let Some(p) = staged {
                     p.commit().await;
                 }
@@ -500,6 +531,12 @@ impl PgEventStore {
         if let Some(h) = &self.inner.hinter {
             h.hint(position);
         }
+    }
+
+    /// After the store's own append committed up to `last`: the hint, and partitions ahead.
+    fn appended(&self, last: u64) {
+        self.hint(last);
+        self.partitions_after(last);
     }
 
     /// Appends inside the caller's open transaction, so business writes, events, outbox rows and
@@ -544,6 +581,21 @@ impl PgEventStore {
         request: AppendRequest,
         hint: bool,
     ) -> Result<AppendOutcome, StoreError> {
+        let room = 2 * request.events.len() as u64;
+        match self.append_in_once(tx, request, hint).await {
+            Err(e) if is_missing_partition(&e) => {
+                Err(self.missing_partition_in_caller_tx(e, room).await)
+            }
+            other => other,
+        }
+    }
+
+    async fn append_in_once(
+        &self,
+        tx: &Transaction<'_>,
+        request: AppendRequest,
+        hint: bool,
+    ) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
         let channel = if hint {
             self.inner.channel.as_deref()
@@ -553,10 +605,14 @@ impl PgEventStore {
         let params = AppendParams::new(&request, channel)?;
         let typed = params.typed();
         if self.inner.processors.is_empty() {
-            return match tx.query_typed(&self.inner.sql.append, &typed).await {
+            let outcome = match tx.query_typed(&self.inner.sql.append, &typed).await {
                 Ok(rows) => interpret_positions(&request, &rows),
                 Err(e) => Err(classify(e).into_error()),
             };
+            if let Ok(o) = &outcome {
+                self.partitions_after(o.last_position());
+            }
+            return outcome;
         }
         // The savepoint and the append are pipelined: still one round trip.
         let savepoint = format!("SAVEPOINT {SAVEPOINT}");
@@ -582,6 +638,7 @@ impl PgEventStore {
                 tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
                     .await
                     .map_err(backend)?;
+                self.partitions_after(outcome.last_position());
                 Ok(outcome)
             }
             Err(e) => {

@@ -115,6 +115,7 @@ impl PgEventStore {
                 sql: Sql::new(&schema, options.schema_name()),
                 hinter,
                 plain_appends: std::sync::atomic::AtomicBool::new(true),
+                partitions: super::partitions::Partitions::default(),
                 channel,
                 options,
                 config,

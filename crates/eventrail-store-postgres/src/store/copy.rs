@@ -16,6 +16,7 @@ use tokio_postgres::error::SqlState;
 use tracing::debug;
 
 use super::append::Plain;
+use super::partitions::Layout;
 use super::{PgEventStore, backend, read_committed};
 use crate::rows::{JsonParam, to_u64};
 
@@ -73,11 +74,15 @@ impl PgEventStore {
         let stream = request.stream.as_str();
         let count = i32::try_from(request.events.len())
             .map_err(|_| Copied::Refused(StoreError::InvalidRequest("too many events".into())))?;
+        let stream_version = match self.layout(&***client).await.map_err(Copied::Refused)? {
+            Layout::Table => &sql.stream_version,
+            Layout::Partitioned => &sql.stream_version_partitioned,
+        };
         let tx = read_committed(client).await.map_err(Copied::Refused)?;
         // Prepared first (when cached), so the three go out in this order in one round trip.
         for (text, types) in [
             (&sql.append_locks, &[Type::TEXT][..]),
-            (&sql.stream_version, &[Type::TEXT][..]),
+            (stream_version, &[Type::TEXT][..]),
             (&sql.reserve_positions, &[Type::INT4][..]),
         ] {
             statements.warm(&tx, text, types).await?;
@@ -86,7 +91,7 @@ impl PgEventStore {
         let count_param: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT4)];
         let (locked, version, reserved) = futures::join!(
             statements.query_one(&tx, &sql.append_locks, &stream_param),
-            statements.query_one(&tx, &sql.stream_version, &stream_param),
+            statements.query_one(&tx, stream_version, &stream_param),
             statements.query_one(&tx, &sql.reserve_positions, &count_param),
         );
         locked?;

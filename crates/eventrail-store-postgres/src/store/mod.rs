@@ -30,6 +30,7 @@ mod append;
 mod builder;
 mod copy;
 mod hint;
+mod partitions;
 mod reads;
 mod safe;
 mod sql;
@@ -55,6 +56,8 @@ struct Inner {
     /// Whether the store's own plain appends use the one-statement path (cleared when its role
     /// may not INSERT into events).
     plain_appends: std::sync::atomic::AtomicBool,
+    /// The events table's layout and partitions, learnt on first use.
+    partitions: partitions::Partitions,
 }
 
 /// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.
@@ -158,11 +161,15 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
+        let sql = match self.layout(&**client).await? {
+            partitions::Layout::Table => &self.inner.sql.stream_version,
+            partitions::Layout::Partitioned => &self.inner.sql.stream_version_partitioned,
+        };
         let row = self
             .statements()
             .query_one(
                 &*client,
-                &self.inner.sql.stream_version,
+                sql,
                 &[(&stream.as_str(), Type::TEXT)],
             )
             .await

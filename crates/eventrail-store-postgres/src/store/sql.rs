@@ -9,6 +9,8 @@ use crate::rows::EVENT_COLUMNS;
 pub(super) struct Sql {
     pub(super) append: String,
     pub(super) append_plain: String,
+    /// `append_plain` on a partitioned log: the version from `streams`.
+    pub(super) append_plain_partitioned: String,
     pub(super) append_locks: String,
     pub(super) reserve_positions: String,
     pub(super) copy_events: String,
@@ -20,9 +22,14 @@ pub(super) struct Sql {
     pub(super) read_scope_all: String,
     pub(super) read_scope_category: String,
     pub(super) stream_version: String,
+    pub(super) stream_version_partitioned: String,
+    pub(super) layout: String,
+    pub(super) partitioning: String,
+    pub(super) add_partitions: String,
     pub(super) probe: String,
     pub(super) appenders: String,
     pub(super) existing_ids: String,
+    pub(super) existing_ids_partitioned: String,
 }
 
 impl Sql {
@@ -30,6 +37,7 @@ impl Sql {
     pub(super) fn new(schema: &str, name: &str) -> Self {
         let namespace = crate::keys::lock_namespace(name);
         let events = format!("{schema}.events");
+        // The lookups by stream name and event id that differ on a partitioned log.
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
         Self {
             append_locks: format!("SELECT {}", appender_locks(&namespace)),
@@ -44,7 +52,12 @@ impl Sql {
             append: format!(
                 "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
-            append_plain: append_plain(schema, &namespace),
+            append_plain: append_plain(schema, &namespace, &version_probe(schema)),
+            append_plain_partitioned: append_plain(
+                schema,
+                &namespace,
+                &version_from_streams(schema),
+            ),
             read_stream_forward: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
                  AND {} ORDER BY stream_version LIMIT $4",
@@ -77,9 +90,16 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $3 AND global_position > $1 \
                  ORDER BY global_position LIMIT $2"
             ),
-            stream_version: format!(
-                "SELECT max(stream_version) FROM {events} WHERE stream_name = $1"
+            stream_version: format!("SELECT {}", version_probe(schema)),
+            stream_version_partitioned: format!("SELECT {}", version_from_streams(schema)),
+            layout: format!(
+                "SELECT (SELECT relkind = 'p' FROM pg_catalog.pg_class \
+                 WHERE oid = to_regclass('{events}'))"
             ),
+            partitioning: format!(
+                "SELECT partition_size, upper_bound FROM {schema}.event_partitioning"
+            ),
+            add_partitions: format!("SELECT {schema}.add_event_partitions($1)"),
             probe: format!(
                 "SELECT pg_current_snapshot()::text, ARRAY(SELECT global_position FROM {events} \
                  WHERE global_position > $1 ORDER BY global_position LIMIT $2)"
@@ -97,8 +117,22 @@ impl Sql {
                   AND a.objid IN (hashtext('{namespace}')::oid, 0::oid))"
             ),
             existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
+            existing_ids_partitioned: format!(
+                "SELECT event_id FROM {schema}.event_ids WHERE event_id = ANY($1) LIMIT 1"
+            ),
         }
     }
+}
+
+/// A stream's version (`$1`) on the plain table: the newest of its events.
+fn version_probe(schema: &str) -> String {
+    format!("(SELECT max(stream_version) FROM {schema}.events WHERE stream_name = $1)")
+}
+
+/// A stream's version on a partitioned log: its `streams` row, one index probe however many
+/// partitions there are (a `max()` would descend one index per partition).
+fn version_from_streams(schema: &str) -> String {
+    format!("(SELECT version FROM {schema}.streams WHERE stream_name = $1)")
 }
 
 /// What every append takes before it draws a position, in this order (the gap proof): its
@@ -129,11 +163,11 @@ fn appender_locks(namespace: &str) -> String {
 ///
 /// Parameters: `$1` stream, `$2` expected kind (as the function's), `$3` expected version,
 /// `$4`..`$9` the event columns. Returns each event's position and stream version, in order.
-fn append_plain(schema: &str, namespace: &str) -> String {
+fn append_plain(schema: &str, namespace: &str, version: &str) -> String {
     let locks = appender_locks(namespace);
     format!(
         "WITH held AS MATERIALIZED (SELECT {locks}), head AS MATERIALIZED ( \
-             SELECT max(stream_version) AS version FROM {schema}.events WHERE stream_name = $1 \
+             SELECT {version} AS version \
          ) \
          INSERT INTO {schema}.events AS e \
              (stream_name, stream_version, event_id, event_type, schema_version, data, data_binary, metadata) \

@@ -1,0 +1,369 @@
+//! A log partitioned by position range (optional migration 10): the store's rules hold on it
+//! (versions, event ids, concurrency, the three append paths, a consumer's gap proof), a plain log
+//! converts without losing anything, and partitions are attached ahead without waiting for open
+//! appends or readers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventrail_core::{
+    AppendRequest, EventData, EventStore, ExpectedVersion, NewEvent, ReadAllOptions,
+    ReadStreamOptions, StoreError, StreamName,
+};
+use eventrail_store_postgres::{MigrationError, MigrationState, PgEventStore};
+use eventrail_worker::{TableNames, Worker, WorkerAdmin, WorkerOptions};
+use integration_tests::{HANDLED_DDL, Recorder};
+use tokio::sync::Barrier;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{TestDb, connect, eventually};
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
+        .collect()
+}
+
+async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<u64> {
+    let request = AppendRequest::new(stream.parse()?, ExpectedVersion::Any, events(n));
+    Ok(store.append(request).await?.last_position())
+}
+
+/// The partitions of the log and the bound the bookkeeping records.
+async fn partitions(db: &TestDb) -> anyhow::Result<(i64, i64)> {
+    let row = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_inherits WHERE inhparent = 'eventrail.events'::regclass),
+                    (SELECT upper_bound FROM eventrail.event_partitioning)",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn read_everything(store: &PgEventStore) -> anyhow::Result<Vec<eventrail_core::RecordedEvent>> {
+    Ok(store
+        .read_all(ReadAllOptions::default().max_count(100_000))
+        .await?)
+}
+
+#[tokio::test]
+async fn the_conformance_suite_passes_on_a_log_partitioned_every_25_positions()
+-> anyhow::Result<()> {
+    // 25 positions a partition: many appends of the suite cross a boundary, and its
+    // larger batches find no partition for their positions until the store attaches one.
+    let db = TestDb::partitioned(25).await?;
+    eventrail_core::conformance::run(&db.store()).await;
+    let (count, bound) = partitions(&db).await?;
+    let head = read_everything(&db.store()).await?.len();
+    assert!(count > 3 && bound > 25, "{count} partitions up to {bound}");
+    assert!(head > 20, "the suite appended {head} events");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_appenders_on_a_partitioned_log_each_get_their_own_versions() -> anyhow::Result<()> {
+    let db = TestDb::partitioned(10).await?;
+    let store = db.store();
+    let stream: StreamName = "race-1".parse()?;
+    // Sixteen expect a new stream: one wins, the others are told the stream's version.
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .append(AppendRequest::new(stream, ExpectedVersion::NoStream, events(1)))
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(_) => winners += 1,
+            Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(0)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert_eq!(winners, 1);
+    // Sixteen append three events each at any version (single statements and COPY batches):
+    // every version once, every batch contiguous.
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let n = if i % 4 == 0 { 40 } else { 3 };
+            store
+                .append(AppendRequest::new(stream, ExpectedVersion::Any, events(n)))
+                .await
+                .map(|o| (n, o))
+        }));
+    }
+    let mut total = 1;
+    for t in tasks {
+        let (n, outcome) = t.await??;
+        total += n;
+        assert_eq!(outcome.positions.len(), n);
+    }
+    let read = store
+        .read_stream(&stream, ReadStreamOptions::default().max_count(1000))
+        .await?;
+    let versions: Vec<u64> = read.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (0..total as u64).collect::<Vec<_>>());
+    assert_eq!(store.stream_version(&stream).await?, Some(total as u64 - 1));
+    let positions: HashSet<u64> = read.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions.len(), total);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.store();
+    append(&store, "order-1", 5).await?;
+    append(&store, "order-2", 40).await?; // the COPY path
+    let binary = NewEvent::new("Blob", EventData::Binary(vec![0, 159, 146, 150]));
+    let binary_id = binary.id;
+    store
+        .append(AppendRequest::new("blob-1".parse()?, ExpectedVersion::NoStream, vec![binary]))
+        .await?;
+    let before = read_everything(&store).await?;
+
+    assert!(db.partition(16).await?, "converted");
+    let converted = db.store();
+    assert_eq!(read_everything(&converted).await?, before, "every event as it was");
+
+    // Versions go on from the stream's last one, by every path.
+    let order: StreamName = "order-1".parse()?;
+    assert_eq!(converted.stream_version(&order).await?, Some(4));
+    let wrong = converted
+        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(3), events(1)))
+        .await;
+    assert!(
+        matches!(wrong, Err(StoreError::WrongExpectedVersion { actual: Some(4), .. })),
+        "{wrong:?}"
+    );
+    let next = converted
+        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(4), events(2)))
+        .await?;
+    assert_eq!(next.stream_version, 6);
+    let copied = converted
+        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(6), events(40)))
+        .await?;
+    assert_eq!(copied.stream_version, 46);
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let inside = converted
+        .append_in(&tx, AppendRequest::new(order.clone(), ExpectedVersion::Exact(46), events(1)))
+        .await?;
+    tx.commit().await?;
+    assert_eq!(inside.stream_version, 47);
+
+    // An event id from before the conversion is still refused, by name.
+    let again = NewEvent::new("Blob", EventData::Binary(vec![1])).with_id(binary_id);
+    let duplicate = converted
+        .append(AppendRequest::new("blob-2".parse()?, ExpectedVersion::Any, vec![again]))
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::DuplicateEventId { event_id: Some(id) }) if id == binary_id),
+        "{duplicate:?}"
+    );
+    // Nothing of the refused append was written.
+    assert_eq!(
+        converted.stream_version(&"blob-2".parse()?).await?,
+        None
+    );
+
+    // Converting again is a no-op; another size is refused; the bookkeeping knows it.
+    assert!(!db.partition(16).await?);
+    match db.partition(32).await {
+        Err(e) => assert!(
+            matches!(
+                e.downcast_ref::<MigrationError>(),
+                Some(MigrationError::PartitionedDifferently { partition_size: 16 })
+            ),
+            "{e:#}"
+        ),
+        Ok(done) => anyhow::bail!("a second size was accepted ({done})"),
+    }
+    let client = connect(&db.url).await?;
+    let info = eventrail_store_postgres::Migrator::new("eventrail")?
+        .info(&client)
+        .await?;
+    let ten = info.iter().find(|m| m.version == 10).expect("migration 10 listed");
+    assert_eq!((ten.name.as_str(), ten.state), ("partition_by_position", MigrationState::Applied));
+    // Events stay immutable on the partitioned table.
+    let refused = client
+        .execute("UPDATE eventrail.events SET event_type = 'x'", &[])
+        .await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code().cloned()).map(|c| c.code().to_owned()),
+        Some("ER001".to_owned())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn partitions_are_attached_ahead_of_appends_without_waiting_for_open_appends_or_readers()
+-> anyhow::Result<()> {
+    let db = TestDb::partitioned(50).await?;
+    let store = db.store();
+    let (_, first_bound) = partitions(&db).await?;
+
+    // An append and a reader keep their transactions open.
+    let mut appender = db.client().await?;
+    let open_append = appender.transaction().await?;
+    store.append_in(&open_append, one("open-1")?).await?;
+    let mut reader = db.client().await?;
+    let open_read = reader
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    open_read.query("SELECT count(*) FROM eventrail.events", &[]).await?;
+
+    // Attaching does not wait for them (a lock wait would fail after 2 s).
+    let maintainer = db.client().await?;
+    maintainer.batch_execute("SET lock_timeout = '2s'").await?;
+    let bound: i64 = maintainer
+        .query_one("SELECT eventrail.add_event_partitions(500)", &[])
+        .await?
+        .get(0);
+    assert!(bound > 500 && bound > first_bound, "attached up to {bound}");
+    open_append.commit().await?;
+    open_read.commit().await?;
+
+    // The store's own appends attach partitions as the sequence nears the newest one, and a
+    // batch larger than a partition finds room too.
+    let mut last = 0;
+    for i in 0..300 {
+        last = append(&store, &format!("s-{}", i % 7), 1 + i % 3).await?;
+    }
+    last = last.max(append(&store, "big-1", 130).await?);
+    eventually(10, "a partition ahead of the last position", || async {
+        let (_, bound) = partitions(&db).await?;
+        Ok(u64::try_from(bound)? > last + 25)
+    })
+    .await?;
+    let everything = read_everything(&store).await?;
+    let positions: Vec<u64> = everything.iter().map(|e| e.global_position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(everything.len(), 1 + (0..300).map(|i| 1 + i % 3).sum::<usize>() + 130);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_append_in_a_caller_transaction_past_the_last_partition_is_retryable_and_then_succeeds()
+-> anyhow::Result<()> {
+    let db = TestDb::partitioned(10).await?;
+    let store = db.store();
+    let (_, bound) = partitions(&db).await?;
+    // More events than there are positions left in the attached partitions.
+    let n = usize::try_from(bound)? + 5;
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let request = AppendRequest::new("bulk-1".parse()?, ExpectedVersion::NoStream, events(n));
+    let failed = store.append_in(&tx, request.clone()).await;
+    match &failed {
+        Err(e) => assert!(e.is_retryable(), "{e:#}"),
+        Ok(o) => anyhow::bail!("appended past the partitions: {o:?}"),
+    }
+    tx.rollback().await?;
+    // The store attached the room the batch needs: the retry goes through.
+    let tx = client.transaction().await?;
+    let outcome = store.append_in(&tx, request).await?;
+    tx.commit().await?;
+    assert_eq!(outcome.stream_version, n as u64 - 1);
+    Ok(())
+}
+
+fn one(stream: &str) -> anyhow::Result<AppendRequest> {
+    Ok(AppendRequest::new(stream.parse()?, ExpectedVersion::Any, events(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_handle_every_event_of_a_partitioned_log_once_in_order_across_holes()
+-> anyhow::Result<()> {
+    let db = TestDb::partitioned(20).await?;
+    db.client().await?.batch_execute(HANDLED_DDL).await?;
+    let retried = Arc::new(AtomicUsize::new(0));
+    let store = db.store();
+    let options = WorkerOptions::new()
+        .heartbeat_interval(Duration::from_millis(100))
+        .rebalance_interval(Duration::from_millis(100))
+        .base_poll_interval(Duration::from_millis(10))
+        .max_poll_interval(Duration::from_millis(200));
+    let mut builder = Worker::builder(
+        PgEventStore::new(eventrail_devdb::pool(&db.url, 8)?),
+        db.config(),
+    )
+    .options(options);
+    for i in 0..2 {
+        builder = builder.consumer(Recorder::new(format!("c{i}"), "w"));
+    }
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(builder.build()?.run(stop.clone()));
+
+    // Four writers across partition boundaries; every third of their transactions rolls back,
+    // leaving holes the consumers must prove and pass.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (store, pool, retried) = (store.clone(), db.pool.clone(), retried.clone());
+        writers.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..40 {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                let request = AppendRequest::new(
+                    format!("w{w}-{}", i % 3).parse()?,
+                    ExpectedVersion::Any,
+                    events(1 + i % 4),
+                );
+                // A writer retries what the store calls retryable (here: an append that
+                // found no partition for its positions, which the store then attached).
+                let outcome = match store.append_in(&tx, request.clone()).await {
+                    Err(e) if e.is_retryable() => {
+                        drop(tx);
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        let tx = client.transaction().await?;
+                        let outcome = store.append_in(&tx, request).await?;
+                        tx.commit().await?;
+                        last = outcome.last_position();
+                        continue;
+                    }
+                    other => other?,
+                };
+                if i % 3 == 2 {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                    last = outcome.last_position();
+                }
+            }
+            anyhow::Ok(last)
+        }));
+    }
+    let mut head = 0;
+    for w in writers {
+        head = head.max(w.await??);
+    }
+    let admin = WorkerAdmin::new(db.pool.clone(), "eventrail", &TableNames::default())?;
+    eventually(20, "both consumers at the head", || async {
+        let consumers = admin.status().await?.consumers;
+        Ok(consumers.len() == 2 && consumers.iter().all(|c| c.position >= head))
+    })
+    .await?;
+    stop.cancel();
+    worker.await??;
+    let (count, _) = partitions(&db).await?;
+    assert!(count > 5, "the log spans {count} partitions");
+    eprintln!("{} appends were retried", retried.load(Ordering::Relaxed));
+    integration_tests::checks::assert_exactly_once_in_order(&db.client().await?, 2).await
+}
