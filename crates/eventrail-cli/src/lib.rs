@@ -320,7 +320,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                         config.schema()
                     )?;
                 } else {
-                    writeln!(out, "the events of schema {} are partitioned already", config.schema())?;
+                    writeln!(
+                        out,
+                        "the events of schema {} are partitioned already",
+                        config.schema()
+                    )?;
                 }
             }
             if let Some(prefix) = roles {

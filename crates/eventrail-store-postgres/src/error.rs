@@ -51,7 +51,9 @@ pub enum MigrationError {
         application_name: Option<String>,
     },
     /// A partition size of zero or below, or beyond `i64::MAX` positions.
-    #[error("invalid partition size {size}: give the number of positions per partition, at least 1")]
+    #[error(
+        "invalid partition size {size}: give the number of positions per partition, at least 1"
+    )]
     InvalidPartitionSize {
         /// The refused size.
         size: u64,

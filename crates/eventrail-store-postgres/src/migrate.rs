@@ -588,7 +588,11 @@ impl Migrator {
         Ok(converted)
     }
 
-    async fn partition_locked(&self, client: &mut Client, size: i64) -> Result<bool, MigrationError> {
+    async fn partition_locked(
+        &self,
+        client: &mut Client,
+        size: i64,
+    ) -> Result<bool, MigrationError> {
         let table = self.bookkeeping_table();
         let partitioning = format!("{}.event_partitioning", self.quoted);
         let tx = client.transaction().await.map_err(db)?;
@@ -632,7 +636,10 @@ impl Migrator {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        info!(partition_size = size, "partitioned the log by position range");
+        info!(
+            partition_size = size,
+            "partitioned the log by position range"
+        );
         Ok(true)
     }
 }

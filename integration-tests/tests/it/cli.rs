@@ -625,15 +625,24 @@ async fn migrate_partitions_the_log_on_request_once() -> anyhow::Result<()> {
         ]
     };
     let err = eventrail(&args("0")).await.unwrap_err();
-    assert!(err.to_string().contains("invalid partition size 0"), "{err}");
+    assert!(
+        err.to_string().contains("invalid partition size 0"),
+        "{err}"
+    );
     let out = eventrail(&args("1000")).await?;
-    assert!(out.contains("partitioned the events of schema parted by position, 1000 per partition"), "{out}");
+    assert!(
+        out.contains("partitioned the events of schema parted by position, 1000 per partition"),
+        "{out}"
+    );
     let out = eventrail(&args("1000")).await?;
     assert!(out.contains("partitioned already"), "{out}");
     let kind: String = db
         .client()
         .await?
-        .query_one("SELECT relkind::text FROM pg_class WHERE oid = 'parted.events'::regclass", &[])
+        .query_one(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'parted.events'::regclass",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(kind, "p");
@@ -646,9 +655,18 @@ async fn migrate_partitions_the_log_on_request_once() -> anyhow::Result<()> {
         ))
         .await?;
     assert_eq!(outcome.stream_version, 0);
-    let info = eventrail(&["migrate", "info", "--database-url", &db.url, "--schema", "parted"]).await?;
+    let info = eventrail(&[
+        "migrate",
+        "info",
+        "--database-url",
+        &db.url,
+        "--schema",
+        "parted",
+    ])
+    .await?;
     assert!(
-        info.lines().any(|l| l.contains("partition_by_position") && l.contains("applied")),
+        info.lines()
+            .any(|l| l.contains("partition_by_position") && l.contains("applied")),
         "{info}"
     );
     Ok(())

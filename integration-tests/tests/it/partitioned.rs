@@ -45,15 +45,17 @@ async fn partitions(db: &TestDb) -> anyhow::Result<(i64, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
-async fn read_everything(store: &PgEventStore) -> anyhow::Result<Vec<eventrail_core::RecordedEvent>> {
+async fn read_everything(
+    store: &PgEventStore,
+) -> anyhow::Result<Vec<eventrail_core::RecordedEvent>> {
     Ok(store
         .read_all(ReadAllOptions::default().max_count(100_000))
         .await?)
 }
 
 #[tokio::test]
-async fn the_conformance_suite_passes_on_a_log_partitioned_every_25_positions()
--> anyhow::Result<()> {
+async fn the_conformance_suite_passes_on_a_log_partitioned_every_25_positions() -> anyhow::Result<()>
+{
     // 25 positions a partition: many appends of the suite cross a boundary, and its
     // larger batches find no partition for their positions until the store attaches one.
     let db = TestDb::partitioned(25).await?;
@@ -78,7 +80,11 @@ async fn racing_appenders_on_a_partitioned_log_each_get_their_own_versions() -> 
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             store
-                .append(AppendRequest::new(stream, ExpectedVersion::NoStream, events(1)))
+                .append(AppendRequest::new(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    events(1),
+                ))
                 .await
         }));
     }
@@ -124,7 +130,8 @@ async fn racing_appenders_on_a_partitioned_log_each_get_their_own_versions() -> 
 }
 
 #[tokio::test]
-async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() -> anyhow::Result<()> {
+async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() -> anyhow::Result<()>
+{
     let db = TestDb::new().await?;
     let store = db.store();
     append(&store, "order-1", 5).await?;
@@ -132,36 +139,65 @@ async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() 
     let binary = NewEvent::new("Blob", EventData::Binary(vec![0, 159, 146, 150]));
     let binary_id = binary.id;
     store
-        .append(AppendRequest::new("blob-1".parse()?, ExpectedVersion::NoStream, vec![binary]))
+        .append(AppendRequest::new(
+            "blob-1".parse()?,
+            ExpectedVersion::NoStream,
+            vec![binary],
+        ))
         .await?;
     let before = read_everything(&store).await?;
 
     assert!(db.partition(16).await?, "converted");
     let converted = db.store();
-    assert_eq!(read_everything(&converted).await?, before, "every event as it was");
+    assert_eq!(
+        read_everything(&converted).await?,
+        before,
+        "every event as it was"
+    );
 
     // Versions go on from the stream's last one, by every path.
     let order: StreamName = "order-1".parse()?;
     assert_eq!(converted.stream_version(&order).await?, Some(4));
     let wrong = converted
-        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(3), events(1)))
+        .append(AppendRequest::new(
+            order.clone(),
+            ExpectedVersion::Exact(3),
+            events(1),
+        ))
         .await;
     assert!(
-        matches!(wrong, Err(StoreError::WrongExpectedVersion { actual: Some(4), .. })),
+        matches!(
+            wrong,
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(4),
+                ..
+            })
+        ),
         "{wrong:?}"
     );
     let next = converted
-        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(4), events(2)))
+        .append(AppendRequest::new(
+            order.clone(),
+            ExpectedVersion::Exact(4),
+            events(2),
+        ))
         .await?;
     assert_eq!(next.stream_version, 6);
     let copied = converted
-        .append(AppendRequest::new(order.clone(), ExpectedVersion::Exact(6), events(40)))
+        .append(AppendRequest::new(
+            order.clone(),
+            ExpectedVersion::Exact(6),
+            events(40),
+        ))
         .await?;
     assert_eq!(copied.stream_version, 46);
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     let inside = converted
-        .append_in(&tx, AppendRequest::new(order.clone(), ExpectedVersion::Exact(46), events(1)))
+        .append_in(
+            &tx,
+            AppendRequest::new(order.clone(), ExpectedVersion::Exact(46), events(1)),
+        )
         .await?;
     tx.commit().await?;
     assert_eq!(inside.stream_version, 47);
@@ -169,17 +205,18 @@ async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() 
     // An event id from before the conversion is still refused, by name.
     let again = NewEvent::new("Blob", EventData::Binary(vec![1])).with_id(binary_id);
     let duplicate = converted
-        .append(AppendRequest::new("blob-2".parse()?, ExpectedVersion::Any, vec![again]))
+        .append(AppendRequest::new(
+            "blob-2".parse()?,
+            ExpectedVersion::Any,
+            vec![again],
+        ))
         .await;
     assert!(
         matches!(duplicate, Err(StoreError::DuplicateEventId { event_id: Some(id) }) if id == binary_id),
         "{duplicate:?}"
     );
     // Nothing of the refused append was written.
-    assert_eq!(
-        converted.stream_version(&"blob-2".parse()?).await?,
-        None
-    );
+    assert_eq!(converted.stream_version(&"blob-2".parse()?).await?, None);
 
     // Converting again is a no-op; another size is refused; the bookkeeping knows it.
     assert!(!db.partition(16).await?);
@@ -197,14 +234,23 @@ async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() 
     let info = eventrail_store_postgres::Migrator::new("eventrail")?
         .info(&client)
         .await?;
-    let ten = info.iter().find(|m| m.version == 10).expect("migration 10 listed");
-    assert_eq!((ten.name.as_str(), ten.state), ("partition_by_position", MigrationState::Applied));
+    let ten = info
+        .iter()
+        .find(|m| m.version == 10)
+        .expect("migration 10 listed");
+    assert_eq!(
+        (ten.name.as_str(), ten.state),
+        ("partition_by_position", MigrationState::Applied)
+    );
     // Events stay immutable on the partitioned table.
     let refused = client
         .execute("UPDATE eventrail.events SET event_type = 'x'", &[])
         .await;
     assert_eq!(
-        refused.err().and_then(|e| e.code().cloned()).map(|c| c.code().to_owned()),
+        refused
+            .err()
+            .and_then(|e| e.code().cloned())
+            .map(|c| c.code().to_owned()),
         Some("ER001".to_owned())
     );
     Ok(())
@@ -227,7 +273,9 @@ async fn partitions_are_attached_ahead_of_appends_without_waiting_for_open_appen
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .start()
         .await?;
-    open_read.query("SELECT count(*) FROM eventrail.events", &[]).await?;
+    open_read
+        .query("SELECT count(*) FROM eventrail.events", &[])
+        .await?;
 
     // Attaching does not wait for them (a lock wait would fail after 2 s).
     let maintainer = db.client().await?;
@@ -255,7 +303,10 @@ async fn partitions_are_attached_ahead_of_appends_without_waiting_for_open_appen
     let everything = read_everything(&store).await?;
     let positions: Vec<u64> = everything.iter().map(|e| e.global_position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(everything.len(), 1 + (0..300).map(|i| 1 + i % 3).sum::<usize>() + 130);
+    assert_eq!(
+        everything.len(),
+        1 + (0..300).map(|i| 1 + i % 3).sum::<usize>() + 130
+    );
     Ok(())
 }
 
@@ -285,7 +336,11 @@ async fn an_append_in_a_caller_transaction_past_the_last_partition_is_retryable_
 }
 
 fn one(stream: &str) -> anyhow::Result<AppendRequest> {
-    Ok(AppendRequest::new(stream.parse()?, ExpectedVersion::Any, events(1)))
+    Ok(AppendRequest::new(
+        stream.parse()?,
+        ExpectedVersion::Any,
+        events(1),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

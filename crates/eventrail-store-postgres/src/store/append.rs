@@ -331,7 +331,10 @@ impl PgEventStore {
             Ok(Layout::Partitioned) => &self.inner.sql.append_plain_partitioned,
             Err(e) => return Plain::Failed(e),
         };
-        let result = self.statements().query(&**client, sql, &params.plain()).await;
+        let result = self
+            .statements()
+            .query(&**client, sql, &params.plain())
+            .await;
         match result {
             Ok(rows) if rows.len() == request.events.len() => {
                 match positions_and_last_version(&rows) {
@@ -407,7 +410,10 @@ impl PgEventStore {
         loop {
             match self.append_once(&request, staged).await {
                 Err(e) if is_missing_partition(&e) && attempts < MISSING_PARTITION_ATTEMPTS => {
-                    debug!(attempts, "no partition for the append's positions yet: attaching");
+                    debug!(
+                        attempts,
+                        "no partition for the append's positions yet: attaching"
+                    );
                     self.add_partitions(room).await?;
                     attempts += 1;
                 }

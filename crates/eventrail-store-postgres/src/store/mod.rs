@@ -167,11 +167,7 @@ impl EventStore for PgEventStore {
         };
         let row = self
             .statements()
-            .query_one(
-                &*client,
-                sql,
-                &[(&stream.as_str(), Type::TEXT)],
-            )
+            .query_one(&*client, sql, &[(&stream.as_str(), Type::TEXT)])
             .await
             .map_err(backend)?;
         Ok(row

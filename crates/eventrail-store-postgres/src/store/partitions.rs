@@ -72,7 +72,9 @@ impl PgEventStore {
                 let size: i64 = row.try_get(0).map_err(backend)?;
                 let bound: i64 = row.try_get(1).map_err(backend)?;
                 known.size.store(size.unsigned_abs(), Ordering::Relaxed);
-                known.bound.fetch_max(bound.unsigned_abs(), Ordering::Relaxed);
+                known
+                    .bound
+                    .fetch_max(bound.unsigned_abs(), Ordering::Relaxed);
                 known.layout.store(PARTITIONED, Ordering::Relaxed);
                 Ok(Layout::Partitioned)
             }
@@ -137,7 +139,11 @@ impl PgEventStore {
             if let Err(e) = store.add_partitions(0).await {
                 warn!(error = %eventrail_core::error_chain(&e), "could not attach event partitions; the next append tries again");
             }
-            store.inner.partitions.adding.store(false, Ordering::Release);
+            store
+                .inner
+                .partitions
+                .adding
+                .store(false, Ordering::Release);
         });
     }
 }
@@ -146,13 +152,18 @@ impl PgEventStore {
     /// An append in a caller's transaction found no partition for its positions: that
     /// transaction is aborted, so attach the partitions now (on another connection: attaching
     /// does not wait for open appends) and report the error as retryable.
-    pub(super) async fn missing_partition_in_caller_tx(&self, error: StoreError, room: u64) -> StoreError {
+    pub(super) async fn missing_partition_in_caller_tx(
+        &self,
+        error: StoreError,
+        room: u64,
+    ) -> StoreError {
         if let Err(e) = self.add_partitions(room).await {
             warn!(error = %eventrail_core::error_chain(&e), "could not attach event partitions");
             return error;
         }
         match error {
-            StoreError::Backend(source) => match source.downcast::<eventrail_core::DatabaseError>() {
+            StoreError::Backend(source) => match source.downcast::<eventrail_core::DatabaseError>()
+            {
                 Ok(db) => StoreError::Backend(Box::new(db.with_retryable(true))),
                 Err(other) => StoreError::Backend(other),
             },
