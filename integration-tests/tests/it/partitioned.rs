@@ -422,3 +422,62 @@ async fn consumers_handle_every_event_of_a_partitioned_log_once_in_order_across_
     eprintln!("{} appends were retried", retried.load(Ordering::Relaxed));
     integration_tests::checks::assert_exactly_once_in_order(&db.client().await?, 2).await
 }
+
+/// Index scans of the stream index of the partition holding `position`.
+async fn stream_index_scans(db: &TestDb, position: u64) -> anyhow::Result<i64> {
+    let position = i64::try_from(position)?;
+    Ok(db
+        .client()
+        .await?
+        .query_one(
+            "SELECT coalesce(sum(s.idx_scan), 0)::int8
+               FROM pg_stat_user_indexes s
+               JOIN pg_index i ON i.indexrelid = s.indexrelid
+              WHERE s.relid = (SELECT tableoid FROM eventrail.events WHERE global_position = $1)
+                AND i.indkey[0] = (SELECT attnum FROM pg_attribute
+                                    WHERE attrelid = 'eventrail.events'::regclass AND attname = 'stream_name')",
+            &[&position],
+        )
+        .await?
+        .get(0))
+}
+
+#[tokio::test]
+async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> anyhow::Result<()> {
+    let db = TestDb::partitioned(20).await?;
+    let store = db.store();
+    let old = append(&store, "old-1", 30).await?; // positions 1..=30: two partitions
+    for i in 0..5 {
+        append(&store, &format!("filler-{i}"), 10).await?;
+    }
+    let young: StreamName = "young-1".parse()?;
+    let first = store
+        .append(AppendRequest::new(young.clone(), ExpectedVersion::NoStream, events(3)))
+        .await?
+        .positions[0];
+    let (before_old, before_young) = (
+        stream_index_scans(&db, 1).await?,
+        stream_index_scans(&db, first).await?,
+    );
+    for _ in 0..10 {
+        let forward = store.read_stream(&young, ReadStreamOptions::default()).await?;
+        assert_eq!(forward.len(), 3);
+        let backward = store
+            .read_stream(&young, ReadStreamOptions::default().backward())
+            .await?;
+        assert_eq!(backward.first().map(|e| e.stream_version), Some(2));
+    }
+    // Statistics reach the views when each session flushes them: wait for the young partition's.
+    eventually(10, "the reads' index scans in the statistics", || async {
+        Ok(stream_index_scans(&db, first).await? >= before_young + 20)
+    })
+    .await?;
+    assert_eq!(stream_index_scans(&db, 1).await?, before_old, "the oldest partition was opened");
+    // The old stream still reads whole, across its partitions.
+    let old_stream = store
+        .read_stream(&"old-1".parse()?, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(old_stream.len(), 30);
+    assert_eq!(old_stream.last().map(|e| e.global_position), Some(old));
+    Ok(())
+}

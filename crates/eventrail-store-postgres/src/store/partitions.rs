@@ -7,11 +7,13 @@
 //! store that has not learnt the layout yet (or a log converted under a running store) is only
 //! slower. After each append the store attaches the next partition once the sequence comes
 //! within half a partition of the newest one; an append that still finds no partition for its
-//! position (a burst faster than that) attaches it and is tried once more.
+//! position (a burst faster than that) attaches it and is tried again. These statements are
+//! unnamed (one round trip each), so they work behind PgBouncer in transaction mode too.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use eventrail_core::StoreError;
+use postgres_types::Type;
 use tokio_postgres::GenericClient;
 use tracing::{info, warn};
 
@@ -53,9 +55,11 @@ impl PgEventStore {
         }
         let sql = &self.inner.sql;
         let partitioned: Option<bool> = client
-            .query_one(&sql.layout, &[])
+            .query_typed(&sql.layout, &[])
             .await
             .map_err(backend)?
+            .first()
+            .ok_or_else(|| backend("the layout query returned no row"))?
             .try_get(0)
             .map_err(backend)?;
         match partitioned {
@@ -65,10 +69,13 @@ impl PgEventStore {
                 Ok(Layout::Table)
             }
             Some(true) => {
-                let row = client
-                    .query_one(&sql.partitioning, &[])
+                let rows = client
+                    .query_typed(&sql.partitioning, &[])
                     .await
                     .map_err(backend)?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| backend("event_partitioning has no row"))?;
                 let size: i64 = row.try_get(0).map_err(backend)?;
                 let bound: i64 = row.try_get(1).map_err(backend)?;
                 known.size.store(size.unsigned_abs(), Ordering::Relaxed);
@@ -78,6 +85,15 @@ impl PgEventStore {
                 known.layout.store(PARTITIONED, Ordering::Relaxed);
                 Ok(Layout::Partitioned)
             }
+        }
+    }
+
+    /// The layout, learnt on a connection of its own if not known yet.
+    pub(super) async fn learned_layout(&self) -> Result<Layout, StoreError> {
+        match self.inner.partitions.layout.load(Ordering::Relaxed) {
+            TABLE => Ok(Layout::Table),
+            PARTITIONED => Ok(Layout::Partitioned),
+            _ => self.layout(&**self.client().await?).await,
         }
     }
 
@@ -104,9 +120,11 @@ impl PgEventStore {
             return Ok(None);
         }
         let bound: i64 = client
-            .query_one(&self.inner.sql.add_partitions, &[&room])
+            .query_typed(&self.inner.sql.add_partitions, &[(&room, Type::INT8)])
             .await
             .map_err(backend)?
+            .first()
+            .ok_or_else(|| backend("add_event_partitions returned no row"))?
             .try_get(0)
             .map_err(backend)?;
         let bound = bound.unsigned_abs();

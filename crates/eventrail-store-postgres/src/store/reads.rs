@@ -10,6 +10,7 @@ use eventrail_core::{
 use futures::{Stream, TryStreamExt};
 use postgres_types::{ToSql, Type};
 
+use super::partitions::Layout;
 use super::{PgEventStore, backend, limit};
 use crate::rows::{recorded_events, to_i64};
 
@@ -80,11 +81,17 @@ impl PgEventStore {
             page_size: options.page_size,
             what: "version",
         };
+        let partitioned = self.learned_layout().await? == Layout::Partitioned;
+        let sql = &self.inner.sql;
         match options.direction {
             Direction::Forward => {
                 read.run(
                     self,
-                    &self.inner.sql.read_stream_forward,
+                    if partitioned {
+                        &sql.read_stream_forward_partitioned
+                    } else {
+                        &sql.read_stream_forward
+                    },
                     options.from_version.unwrap_or(0),
                     |e| e.stream_version.checked_add(1),
                 )
@@ -93,7 +100,11 @@ impl PgEventStore {
             Direction::Backward => {
                 read.run(
                     self,
-                    &self.inner.sql.read_stream_backward,
+                    if partitioned {
+                        &sql.read_stream_backward_partitioned
+                    } else {
+                        &sql.read_stream_backward
+                    },
                     options.from_version.unwrap_or(i64::MAX as u64),
                     |e| e.stream_version.checked_sub(1),
                 )

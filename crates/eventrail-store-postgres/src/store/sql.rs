@@ -16,6 +16,8 @@ pub(super) struct Sql {
     pub(super) copy_events: String,
     pub(super) read_stream_forward: String,
     pub(super) read_stream_backward: String,
+    pub(super) read_stream_forward_partitioned: String,
+    pub(super) read_stream_backward_partitioned: String,
     pub(super) read_category: String,
     pub(super) read_all: String,
     pub(super) read_range: String,
@@ -67,6 +69,18 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version <= $2 \
                  AND {} ORDER BY stream_version DESC LIMIT $4",
                 types.replace("$TYPES", "$3")
+            ),
+            read_stream_forward_partitioned: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
+                 AND {} AND {} ORDER BY stream_version LIMIT $4",
+                types.replace("$TYPES", "$3"),
+                from_first_position(schema)
+            ),
+            read_stream_backward_partitioned: format!(
+                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version <= $2 \
+                 AND {} AND {} ORDER BY stream_version DESC LIMIT $4",
+                types.replace("$TYPES", "$3"),
+                from_first_position(schema)
             ),
             read_category: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $1 AND global_position >= $2 \
@@ -133,6 +147,15 @@ fn version_probe(schema: &str) -> String {
 /// partitions there are (a `max()` would descend one index per partition).
 fn version_from_streams(schema: &str) -> String {
     format!("(SELECT version FROM {schema}.streams WHERE stream_name = $1)")
+}
+
+/// On a partitioned log, a stream read skips the partitions before the stream's first event
+/// (pruned at run time: PostgreSQL never opens them).
+fn from_first_position(schema: &str) -> String {
+    format!(
+        "global_position >= coalesce((SELECT first_position FROM {schema}.streams \
+         WHERE stream_name = $1), 0)"
+    )
 }
 
 /// What every append takes before it draws a position, in this order (the gap proof): its
