@@ -452,7 +452,11 @@ async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> a
     }
     let young: StreamName = "young-1".parse()?;
     let first = store
-        .append(AppendRequest::new(young.clone(), ExpectedVersion::NoStream, events(3)))
+        .append(AppendRequest::new(
+            young.clone(),
+            ExpectedVersion::NoStream,
+            events(3),
+        ))
         .await?
         .positions[0];
     let (before_old, before_young) = (
@@ -460,7 +464,9 @@ async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> a
         stream_index_scans(&db, first).await?,
     );
     for _ in 0..10 {
-        let forward = store.read_stream(&young, ReadStreamOptions::default()).await?;
+        let forward = store
+            .read_stream(&young, ReadStreamOptions::default())
+            .await?;
         assert_eq!(forward.len(), 3);
         let backward = store
             .read_stream(&young, ReadStreamOptions::default().backward())
@@ -472,7 +478,11 @@ async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> a
         Ok(stream_index_scans(&db, first).await? >= before_young + 20)
     })
     .await?;
-    assert_eq!(stream_index_scans(&db, 1).await?, before_old, "the oldest partition was opened");
+    assert_eq!(
+        stream_index_scans(&db, 1).await?,
+        before_old,
+        "the oldest partition was opened"
+    );
     // The old stream still reads whole, across its partitions.
     let old_stream = store
         .read_stream(&"old-1".parse()?, ReadStreamOptions::default())
