@@ -72,31 +72,7 @@ async fn racing_appenders_on_a_partitioned_log_each_get_their_own_versions() -> 
     let db = TestDb::partitioned(10).await?;
     let store = db.store();
     let stream: StreamName = "race-1".parse()?;
-    // Sixteen expect a new stream: one wins, the others are told the stream's version.
-    let barrier = Arc::new(Barrier::new(16));
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            store
-                .append(AppendRequest::new(
-                    stream,
-                    ExpectedVersion::NoStream,
-                    events(1),
-                ))
-                .await
-        }));
-    }
-    let mut winners = 0;
-    for t in tasks {
-        match t.await? {
-            Ok(_) => winners += 1,
-            Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(0)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    assert_eq!(winners, 1);
+    crate::store::sixteen_tasks_race_on(stream.clone(), &store).await?;
     // Sixteen append three events each at any version (single statements and COPY batches):
     // every version once, every batch contiguous.
     let barrier = Arc::new(Barrier::new(16));
@@ -112,7 +88,7 @@ async fn racing_appenders_on_a_partitioned_log_each_get_their_own_versions() -> 
                 .map(|o| (n, o))
         }));
     }
-    let mut total = 1;
+    let mut total = 81;
     for t in tasks {
         let (n, outcome) = t.await??;
         total += n;

@@ -32,9 +32,15 @@ async fn the_in_memory_store_passes_the_same_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_tasks_racing_on_one_stream() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    let store = db.store();
-    let stream: StreamName = "race-1".parse()?;
+    sixteen_tasks_race_on("race-1".parse()?, &db.store()).await
+}
 
+/// Sixteen tasks expect a new `stream` (one wins), then append five events each with exact
+/// expectations, retrying on conflicts: every version once, no append written twice.
+pub(crate) async fn sixteen_tasks_race_on(
+    stream: StreamName,
+    store: &eventrail_store_postgres::PgEventStore,
+) -> anyhow::Result<()> {
     // Round 1: all expect a new stream; exactly one wins.
     let barrier = Arc::new(Barrier::new(16));
     let mut tasks = Vec::new();
