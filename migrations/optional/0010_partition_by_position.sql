@@ -86,6 +86,7 @@ DECLARE
     v_bound bigint;
     v_through bigint;
     v_name text;
+    v_grantee text;
 BEGIN
     SELECT p.partition_size, p.upper_bound INTO STRICT v_size, v_bound
       FROM {schema}.event_partitioning p FOR UPDATE;
@@ -95,6 +96,16 @@ BEGIN
         EXECUTE format('CREATE TABLE {schema}.%I (LIKE {schema}.events INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS)', v_name);
         EXECUTE format('ALTER TABLE {schema}.events ATTACH PARTITION {schema}.%I FOR VALUES FROM (%s) TO (%s)',
                        v_name, v_bound, v_bound + v_size);
+        -- Written through the parent only (its trigger keeps event_ids and streams): whatever
+        -- the schema's default privileges granted on the new table, no one but the owner may
+        -- write to it directly.
+        FOR v_grantee IN
+            SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+              FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = format('{schema}.%I', v_name)::regclass AND a.grantee <> c.relowner
+        LOOP
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.%I FROM %s', v_name, v_grantee);
+        END LOOP;
         v_bound := v_bound + v_size;
     END LOOP;
     UPDATE {schema}.event_partitioning SET upper_bound = v_bound;

@@ -45,14 +45,23 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role_pref
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role_prefix}_admin;
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE ON SEQUENCES TO {role_prefix}_admin;
 
--- A log partitioned by position (optional migration 10): its bookkeeping tables are the append
--- trigger's alone, and the store's writers attach partitions ahead of the sequence.
+-- A log partitioned by position (optional migration 10): its bookkeeping tables are readable and
+-- written by the append trigger alone, and the store's writers attach partitions ahead.
 DO $$
+DECLARE
+    p text;
 BEGIN
     IF to_regclass('{schema}.event_partitioning') IS NOT NULL THEN
         REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.event_ids, {schema}.streams,
             {schema}.event_partitioning FROM {role_prefix}_admin;
+        GRANT SELECT ON {schema}.event_ids, {schema}.streams, {schema}.event_partitioning
+            TO {role_prefix}_reader;
         GRANT EXECUTE ON FUNCTION {schema}.add_event_partitions(bigint) TO {role_prefix}_writer;
+        -- Partitions are written through the parent only (`ALL TABLES` above included them).
+        FOR p IN SELECT i.inhrelid::regclass::text FROM pg_inherits i
+                  WHERE i.inhparent = '{schema}.events'::regclass LOOP
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM {role_prefix}_admin', p);
+        END LOOP;
     END IF;
 END
 $$;

@@ -614,3 +614,69 @@ async fn a_migrator_waiting_for_the_lock_names_its_holder() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn least_privilege_roles_work_on_a_partitioned_log() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let roles = Roles {
+        prefix: format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        admin_url: eventrail_devdb::database_url().await?,
+    };
+    let result = async {
+        crate::cli::eventrail(&[
+            "migrate", "--roles", &roles.prefix, "--partition-size", "20", "--database-url", &db.url,
+        ])
+        .await?;
+        let owner = db.client().await?;
+        roles.logins(&owner).await?;
+        // writer: appends through append_events, past the attached partitions (it may attach).
+        let writer_url = roles.url(&db.url, "writer");
+        let writer = PgEventStore::new(eventrail_devdb::pool(&writer_url, 2)?);
+        let single = writer
+            .append(AppendRequest::new("role-1".parse()?, ExpectedVersion::NoStream, vec![event("A")]))
+            .await?;
+        let bulk = writer
+            .append(AppendRequest::new(
+                "role-1".parse()?,
+                ExpectedVersion::Exact(0),
+                (0..70).map(|_| event("A")).collect(),
+            ))
+            .await?;
+        assert_eq!((single.stream_version, bulk.stream_version), (0, 70));
+        let w = crate::harness::connect(&writer_url).await?;
+        refused(w.execute("UPDATE eventrail.streams SET version = 0", &[]).await, "moving a stream's version");
+        refused(w.execute("DELETE FROM eventrail.event_ids", &[]).await, "forgetting event ids");
+        // reader: reads streams (their first position prunes the read) but appends nothing.
+        let reader = PgEventStore::new(eventrail_devdb::pool(&roles.url(&db.url, "reader"), 2)?);
+        let read = reader
+            .read_stream(&"role-1".parse()?, eventrail_core::ReadStreamOptions::default())
+            .await?;
+        assert_eq!(read.len(), 71);
+        // admin: still cannot rewrite history or its bookkeeping.
+        let a = crate::harness::connect(&roles.url(&db.url, "admin")).await?;
+        refused(a.execute("UPDATE eventrail.streams SET version = 0", &[]).await, "UPDATE streams by the admin");
+        refused(a.execute("DELETE FROM eventrail.event_ids", &[]).await, "DELETE event ids by the admin");
+        refused(a.execute("UPDATE eventrail.events SET event_type = 'B'", &[]).await, "UPDATE events by the admin");
+        // Nor write to a partition directly, bypassing the parent's trigger: neither one that
+        // existed when the roles were made nor one attached since.
+        let newest: String = owner
+            .query_one(
+                "SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'eventrail.events'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        for partition in ["eventrail.events_p000000", newest.as_str()] {
+            let insert = format!(
+                "INSERT INTO {partition} (global_position, stream_name, stream_version, event_id, event_type, data)
+                 VALUES (1000000, 'raw-1', 0, gen_random_uuid(), 'Raw', '{{}}')"
+            );
+            refused(a.execute(insert.as_str(), &[]).await, "an INSERT into a partition by the admin");
+        }
+        assert_ne!(newest, "eventrail.events_p000000", "partitions were attached since");
+        anyhow::Ok(())
+    }
+    .await;
+    roles.drop_all().await?;
+    result
+}
