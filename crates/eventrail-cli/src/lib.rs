@@ -63,7 +63,7 @@ pub enum Command {
         roles: Option<String>,
         /// Then partition the events table by position range, N positions per partition (for
         /// very large logs; rewrites the log under an exclusive lock: see the README).
-        #[arg(long, value_name = "N", conflicts_with = "print_sql")]
+        #[arg(long, value_name = "N")]
         partition_size: Option<u64>,
         /// `info`: list applied, pending and unknown migrations instead.
         #[command(subcommand)]
@@ -280,11 +280,14 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Migrate {
             print_sql: true,
             roles,
+            partition_size,
             action: None,
-            ..
         } => {
             let migrator = migrator(&config)?;
             writeln!(out, "{}", migrator.print_sql())?;
+            if let Some(size) = partition_size {
+                writeln!(out, "{}", migrator.partition_sql(size)?)?;
+            }
             if let Some(prefix) = roles {
                 writeln!(out, "{}", migrator.roles_sql(&prefix)?)?;
             }

@@ -565,12 +565,7 @@ impl Migrator {
         client: &mut Client,
         partition_size: u64,
     ) -> Result<bool, MigrationError> {
-        let size = i64::try_from(partition_size)
-            .ok()
-            .filter(|s| *s > 0)
-            .ok_or(MigrationError::InvalidPartitionSize {
-                size: partition_size,
-            })?;
+        let size = partition_size_sql(partition_size)?;
         self.lock(client).await?;
         let result = async {
             self.run_locked(client).await?;
@@ -586,6 +581,33 @@ impl Migrator {
         let converted = result?;
         unlocked.map_err(db)?;
         Ok(converted)
+    }
+
+    /// The SQL of [`partition_by_position`](Self::partition_by_position) for your own migration
+    /// tool: run it in one transaction after [`print_sql`](Self::print_sql)'s script. It
+    /// records migration 10 with its checksum, as `partition_by_position` does.
+    ///
+    /// # Errors
+    /// [`MigrationError::InvalidPartitionSize`].
+    pub fn partition_sql(&self, partition_size: u64) -> Result<String, MigrationError> {
+        Ok(self.partition_script(partition_size_sql(partition_size)?))
+    }
+
+    /// Migration 10, then `append_events` reading versions from `streams`, then its record.
+    fn partition_script(&self, size: i64) -> String {
+        let m = &PARTITION_MIGRATION;
+        format!(
+            "-- migration {}: {}\n{}\n{}\nINSERT INTO {} (version, name, checksum) VALUES ({}, '{}', '{}');\n",
+            m.version,
+            m.name,
+            self.render(m.template)
+                .replace("{partition_size}", &size.to_string()),
+            self.render(&append_events_on_streams()),
+            self.bookkeeping_table(),
+            m.version,
+            m.name,
+            checksum(m)
+        )
     }
 
     async fn partition_locked(
@@ -618,23 +640,9 @@ impl Migrator {
                 })
             };
         }
-        let sql = self
-            .render(PARTITION_MIGRATION.template)
-            .replace("{partition_size}", &size.to_string());
-        tx.batch_execute(&sql).await.map_err(db)?;
-        tx.batch_execute(&self.render(&append_events_on_streams()))
+        tx.batch_execute(&self.partition_script(size))
             .await
             .map_err(db)?;
-        tx.execute(
-            &format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, md5($3))"),
-            &[
-                &PARTITION_MIGRATION.version,
-                &PARTITION_MIGRATION.name,
-                &PARTITION_MIGRATION.template,
-            ],
-        )
-        .await
-        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         info!(
             partition_size = size,
@@ -642,6 +650,14 @@ impl Migrator {
         );
         Ok(true)
     }
+}
+
+/// A partition size as SQL takes it: at least 1, at most `i64::MAX`.
+fn partition_size_sql(size: u64) -> Result<i64, MigrationError> {
+    i64::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or(MigrationError::InvalidPartitionSize { size })
 }
 
 /// The checksum recorded for a migration: the md5 of its template, in hex (as PostgreSQL's

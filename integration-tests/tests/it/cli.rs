@@ -624,6 +624,33 @@ async fn migrate_partitions_the_log_on_request_once() -> anyhow::Result<()> {
             size,
         ]
     };
+    // Printed, it applies on its own in one transaction, after the printed migrations.
+    let printed = eventrail(&[
+        "migrate",
+        "--print-sql",
+        "--schema",
+        "printed_parts",
+        "--partition-size",
+        "10",
+    ])
+    .await?;
+    assert!(printed.contains("PARTITION BY RANGE (global_position)"));
+    db.client()
+        .await?
+        .batch_execute(&format!("BEGIN; {printed}; COMMIT;"))
+        .await?;
+    let printed_store =
+        db.store_with(eventrail_store_postgres::PgStoreOptions::new().schema("printed_parts"));
+    let batch = printed_store
+        .append(AppendRequest::new(
+            "account-1".parse()?,
+            ExpectedVersion::NoStream,
+            (0..25)
+                .map(|_| NewEvent::json("Opened", serde_json::json!({})))
+                .collect(),
+        ))
+        .await?;
+    assert_eq!(batch.stream_version, 24);
     let err = eventrail(&args("0")).await.unwrap_err();
     assert!(
         err.to_string().contains("invalid partition size 0"),
