@@ -122,10 +122,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_refused bigint;
 BEGIN
-    INSERT INTO {schema}.event_ids (event_id, global_position)
-    SELECT n.event_id, n.global_position FROM new_events n;
-
-    WITH batch AS (
+    -- One statement (a second one costs about a third of the trigger's time).
+    WITH ids AS (
+        INSERT INTO {schema}.event_ids (event_id, global_position)
+        SELECT n.event_id, n.global_position FROM new_events n
+    ), batch AS (
         SELECT n.stream_name, min(n.stream_version) AS first_version,
                max(n.stream_version) AS last_version, count(*) AS events,
                min(n.global_position) AS first_position

@@ -404,17 +404,19 @@ impl PgEventStore {
         staged: Option<&P>,
     ) -> Result<AppendOutcome, StoreError> {
         // A partitioned log grew faster than its partitions were attached: nothing was written;
-        // attach room for twice the batch and try again (concurrent appends take positions too).
-        let room = 2 * request.events.len() as u64;
+        // attach room for twice the batch and try again, with four times more room each time
+        // (concurrent appends take positions too).
+        let mut room = 2 * request.events.len() as u64;
         let mut attempts = 1;
         loop {
             match self.append_once(&request, staged).await {
                 Err(e) if is_missing_partition(&e) && attempts < MISSING_PARTITION_ATTEMPTS => {
                     debug!(
                         attempts,
-                        "no partition for the append's positions yet: attaching"
+                        room, "no partition for the append's positions yet: attaching"
                     );
                     self.add_partitions(room).await?;
+                    room = room.saturating_mul(4);
                     attempts += 1;
                 }
                 other => return other,
