@@ -15,7 +15,7 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
-use super::partitions::{Layout, is_missing_partition};
+use super::partitions::is_missing_partition;
 use super::{PgEventStore, backend, read_committed};
 use crate::error::is_unique_violation;
 use crate::rows::{JsonParam, parse_xid, to_i64, to_u64};
@@ -326,14 +326,17 @@ impl PgEventStore {
         request: &AppendRequest,
         params: &AppendParams<'_>,
     ) -> Plain {
-        let sql = match self.layout(&***client).await {
-            Ok(Layout::Table) => &self.inner.sql.append_plain,
-            Ok(Layout::Partitioned) => &self.inner.sql.append_plain_partitioned,
+        let layout = match self.layout(client).await {
+            Ok(layout) => layout,
             Err(e) => return Plain::Failed(e),
         };
         let result = self
             .statements()
-            .query(&**client, sql, &params.plain())
+            .query(
+                &**client,
+                &self.inner.sql.of(layout).append_plain,
+                &params.plain(),
+            )
             .await;
         match result {
             Ok(rows) if rows.len() == request.events.len() => {
@@ -381,10 +384,7 @@ impl PgEventStore {
         client: &impl GenericClient,
         ids: &[Uuid],
     ) -> StoreError {
-        let sql = match self.known_layout() {
-            Layout::Table => &self.inner.sql.existing_ids,
-            Layout::Partitioned => &self.inner.sql.existing_ids_partitioned,
-        };
+        let sql = &self.inner.sql.of(self.known_layout()).existing_ids;
         let event_id = match client
             .query_typed_opt(sql, &[(&ids, Type::UUID_ARRAY)])
             .await

@@ -16,7 +16,6 @@ use tokio_postgres::error::SqlState;
 use tracing::debug;
 
 use super::append::Plain;
-use super::partitions::Layout;
 use super::{PgEventStore, backend, read_committed};
 use crate::rows::{JsonParam, to_u64};
 
@@ -74,10 +73,8 @@ impl PgEventStore {
         let stream = request.stream.as_str();
         let count = i32::try_from(request.events.len())
             .map_err(|_| Copied::Refused(StoreError::InvalidRequest("too many events".into())))?;
-        let stream_version = match self.layout(&***client).await.map_err(Copied::Refused)? {
-            Layout::Table => &sql.stream_version,
-            Layout::Partitioned => &sql.stream_version_partitioned,
-        };
+        let layout = self.layout(client).await.map_err(Copied::Refused)?;
+        let stream_version = &sql.of(layout).stream_version;
         let tx = read_committed(client).await.map_err(Copied::Refused)?;
         // Prepared first (when cached), so the three go out in this order in one round trip.
         for (text, types) in [

@@ -161,10 +161,11 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let sql = match self.layout(&**client).await? {
-            partitions::Layout::Table => &self.inner.sql.stream_version,
-            partitions::Layout::Partitioned => &self.inner.sql.stream_version_partitioned,
-        };
+        let sql = &self
+            .inner
+            .sql
+            .of(self.layout(&client).await?)
+            .stream_version;
         let row = self
             .statements()
             .query_one(&*client, sql, &[(&stream.as_str(), Type::TEXT)])

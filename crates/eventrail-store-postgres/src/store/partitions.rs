@@ -7,14 +7,13 @@
 //! store that has not learnt the layout yet (or a log converted under a running store) is only
 //! slower. After each append the store attaches the next partition once the sequence comes
 //! within half a partition of the newest one; an append that still finds no partition for its
-//! position (a burst faster than that) attaches it and is tried again. These statements are
-//! unnamed (one round trip each), so they work behind PgBouncer in transaction mode too.
+//! position (a burst faster than that) attaches it and is tried again. These statements go the
+//! store's way ([`Statements`](crate::Statements)), so they work behind PgBouncer too.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use eventrail_core::StoreError;
 use postgres_types::Type;
-use tokio_postgres::GenericClient;
 use tracing::{info, warn};
 
 use super::{PgEventStore, backend};
@@ -45,23 +44,32 @@ const TABLE: u8 = 1;
 const PARTITIONED: u8 = 2;
 
 impl PgEventStore {
-    /// The layout of the events table, asked once (not remembered while the table is missing).
-    pub(super) async fn layout(&self, client: &impl GenericClient) -> Result<Layout, StoreError> {
-        let known = &self.inner.partitions;
-        match known.layout.load(Ordering::Relaxed) {
-            TABLE => return Ok(Layout::Table),
-            PARTITIONED => return Ok(Layout::Partitioned),
-            _ => {}
+    /// The layout, if this store has learnt it.
+    fn cached_layout(&self) -> Option<Layout> {
+        match self.inner.partitions.layout.load(Ordering::Relaxed) {
+            TABLE => Some(Layout::Table),
+            PARTITIONED => Some(Layout::Partitioned),
+            _ => None,
         }
-        let sql = &self.inner.sql;
-        let partitioned: Option<bool> = client
-            .query_typed(&sql.layout, &[])
+    }
+
+    /// The layout of the events table, asked once on `client` (not remembered while the table
+    /// is missing).
+    pub(super) async fn layout(
+        &self,
+        client: &deadpool_postgres::Object,
+    ) -> Result<Layout, StoreError> {
+        if let Some(layout) = self.cached_layout() {
+            return Ok(layout);
+        }
+        let (sql, statements) = (&self.inner.sql, self.statements());
+        let partitioned: Option<bool> = statements
+            .query_one(&**client, &sql.layout, &[])
             .await
             .map_err(backend)?
-            .first()
-            .ok_or_else(|| backend("the layout query returned no row"))?
             .try_get(0)
             .map_err(backend)?;
+        let known = &self.inner.partitions;
         match partitioned {
             None => Ok(Layout::Table),
             Some(false) => {
@@ -69,13 +77,10 @@ impl PgEventStore {
                 Ok(Layout::Table)
             }
             Some(true) => {
-                let rows = client
-                    .query_typed(&sql.partitioning, &[])
+                let row = statements
+                    .query_one(&**client, &sql.partitioning, &[])
                     .await
                     .map_err(backend)?;
-                let row = rows
-                    .first()
-                    .ok_or_else(|| backend("event_partitioning has no row"))?;
                 let size: i64 = row.try_get(0).map_err(backend)?;
                 let bound: i64 = row.try_get(1).map_err(backend)?;
                 known.size.store(size.unsigned_abs(), Ordering::Relaxed);
@@ -90,20 +95,15 @@ impl PgEventStore {
 
     /// The layout, learnt on a connection of its own if not known yet.
     pub(super) async fn learned_layout(&self) -> Result<Layout, StoreError> {
-        match self.inner.partitions.layout.load(Ordering::Relaxed) {
-            TABLE => Ok(Layout::Table),
-            PARTITIONED => Ok(Layout::Partitioned),
-            _ => self.layout(&**self.client().await?).await,
+        match self.cached_layout() {
+            Some(layout) => Ok(layout),
+            None => self.layout(&self.client().await?).await,
         }
     }
 
     /// The layout if learnt, else the one table (for lookups on error paths).
     pub(super) fn known_layout(&self) -> Layout {
-        if self.inner.partitions.layout.load(Ordering::Relaxed) == PARTITIONED {
-            Layout::Partitioned
-        } else {
-            Layout::Table
-        }
+        self.cached_layout().unwrap_or(Layout::Table)
     }
 
     /// Attaches partitions until there is room past the sequence for one more partition's worth
@@ -116,15 +116,18 @@ impl PgEventStore {
     pub async fn add_partitions(&self, room: u64) -> Result<Option<u64>, StoreError> {
         let room = i64::try_from(room).unwrap_or(i64::MAX);
         let client = self.client().await?;
-        if self.layout(&**client).await? == Layout::Table {
+        if self.layout(&client).await? == Layout::Table {
             return Ok(None);
         }
-        let bound: i64 = client
-            .query_typed(&self.inner.sql.add_partitions, &[(&room, Type::INT8)])
+        let bound: i64 = self
+            .statements()
+            .query_one(
+                &*client,
+                &self.inner.sql.add_partitions,
+                &[(&room, Type::INT8)],
+            )
             .await
             .map_err(backend)?
-            .first()
-            .ok_or_else(|| backend("add_event_partitions returned no row"))?
             .try_get(0)
             .map_err(backend)?;
         let bound = bound.unsigned_abs();
@@ -164,9 +167,7 @@ impl PgEventStore {
                 .store(false, Ordering::Release);
         });
     }
-}
 
-impl PgEventStore {
     /// An append in a caller's transaction found no partition for its positions: that
     /// transaction is aborted, so attach the partitions now (on another connection: attaching
     /// does not wait for open appends) and report the error as retryable.

@@ -10,7 +10,6 @@ use eventrail_core::{
 use futures::{Stream, TryStreamExt};
 use postgres_types::{ToSql, Type};
 
-use super::partitions::Layout;
 use super::{PgEventStore, backend, limit};
 use crate::rows::{recorded_events, to_i64};
 
@@ -81,17 +80,12 @@ impl PgEventStore {
             page_size: options.page_size,
             what: "version",
         };
-        let partitioned = self.learned_layout().await? == Layout::Partitioned;
-        let sql = &self.inner.sql;
+        let sql = self.inner.sql.of(self.learned_layout().await?);
         match options.direction {
             Direction::Forward => {
                 read.run(
                     self,
-                    if partitioned {
-                        &sql.read_stream_forward_partitioned
-                    } else {
-                        &sql.read_stream_forward
-                    },
+                    &sql.read_stream_forward,
                     options.from_version.unwrap_or(0),
                     |e| e.stream_version.checked_add(1),
                 )
@@ -100,11 +94,7 @@ impl PgEventStore {
             Direction::Backward => {
                 read.run(
                     self,
-                    if partitioned {
-                        &sql.read_stream_backward_partitioned
-                    } else {
-                        &sql.read_stream_backward
-                    },
+                    &sql.read_stream_backward,
                     options.from_version.unwrap_or(i64::MAX as u64),
                     |e| e.stream_version.checked_sub(1),
                 )

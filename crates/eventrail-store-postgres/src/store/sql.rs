@@ -1,6 +1,7 @@
 //! The store's SQL text, formatted once per store with its schema (and lock namespace) filled
 //! in, so no statement is built on the hot path.
 
+use super::partitions::Layout;
 use crate::keys::{SCOPE_ALL_LOCK, SCOPE_CATEGORY_LOCK, STREAM_LOCK};
 use crate::rows::EVENT_COLUMNS;
 
@@ -8,30 +9,33 @@ use crate::rows::EVENT_COLUMNS;
 #[derive(Debug)]
 pub(super) struct Sql {
     pub(super) append: String,
-    pub(super) append_plain: String,
-    /// `append_plain` on a partitioned log: the version from `streams`.
-    pub(super) append_plain_partitioned: String,
     pub(super) append_locks: String,
     pub(super) reserve_positions: String,
     pub(super) copy_events: String,
-    pub(super) read_stream_forward: String,
-    pub(super) read_stream_backward: String,
-    pub(super) read_stream_forward_partitioned: String,
-    pub(super) read_stream_backward_partitioned: String,
     pub(super) read_category: String,
     pub(super) read_all: String,
     pub(super) read_range: String,
     pub(super) read_scope_all: String,
     pub(super) read_scope_category: String,
-    pub(super) stream_version: String,
-    pub(super) stream_version_partitioned: String,
     pub(super) layout: String,
     pub(super) partitioning: String,
     pub(super) add_partitions: String,
     pub(super) probe: String,
     pub(super) appenders: String,
+    /// The lookups by stream name and event id, on the one table.
+    table: LayoutSql,
+    /// The same on a partitioned log.
+    partitioned: LayoutSql,
+}
+
+/// The statements that differ with the events table's layout.
+#[derive(Debug)]
+pub(super) struct LayoutSql {
+    pub(super) append_plain: String,
+    pub(super) stream_version: String,
+    pub(super) read_stream_forward: String,
+    pub(super) read_stream_backward: String,
     pub(super) existing_ids: String,
-    pub(super) existing_ids_partitioned: String,
 }
 
 impl Sql {
@@ -39,7 +43,6 @@ impl Sql {
     pub(super) fn new(schema: &str, name: &str) -> Self {
         let namespace = crate::keys::lock_namespace(name);
         let events = format!("{schema}.events");
-        // The lookups by stream name and event id that differ on a partitioned log.
         let types = "($TYPES::text[] IS NULL OR event_type = ANY($TYPES))";
         Self {
             append_locks: format!("SELECT {}", appender_locks(&namespace)),
@@ -53,34 +56,6 @@ impl Sql {
             ),
             append: format!(
                 "SELECT * FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            append_plain: append_plain(schema, &namespace, &version_probe(schema)),
-            append_plain_partitioned: append_plain(
-                schema,
-                &namespace,
-                &version_from_streams(schema),
-            ),
-            read_stream_forward: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
-                 AND {} ORDER BY stream_version LIMIT $4",
-                types.replace("$TYPES", "$3")
-            ),
-            read_stream_backward: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version <= $2 \
-                 AND {} ORDER BY stream_version DESC LIMIT $4",
-                types.replace("$TYPES", "$3")
-            ),
-            read_stream_forward_partitioned: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version >= $2 \
-                 AND {} AND {} ORDER BY stream_version LIMIT $4",
-                types.replace("$TYPES", "$3"),
-                from_first_position(schema)
-            ),
-            read_stream_backward_partitioned: format!(
-                "SELECT {EVENT_COLUMNS} FROM {events} WHERE stream_name = $1 AND stream_version <= $2 \
-                 AND {} AND {} ORDER BY stream_version DESC LIMIT $4",
-                types.replace("$TYPES", "$3"),
-                from_first_position(schema)
             ),
             read_category: format!(
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $1 AND global_position >= $2 \
@@ -104,8 +79,6 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {events} WHERE category = $3 AND global_position > $1 \
                  ORDER BY global_position LIMIT $2"
             ),
-            stream_version: format!("SELECT {}", version_probe(schema)),
-            stream_version_partitioned: format!("SELECT {}", version_from_streams(schema)),
             layout: format!(
                 "SELECT (SELECT relkind = 'p' FROM pg_catalog.pg_class \
                  WHERE oid = to_regclass('{events}'))"
@@ -130,31 +103,66 @@ impl Sql {
                   AND a.classid = {SCOPE_ALL_LOCK}::oid AND a.objsubid = 2 \
                   AND a.objid IN (hashtext('{namespace}')::oid, 0::oid))"
             ),
-            existing_ids: format!("SELECT event_id FROM {events} WHERE event_id = ANY($1) LIMIT 1"),
-            existing_ids_partitioned: format!(
+            table: LayoutSql::table(schema, &namespace),
+            partitioned: LayoutSql::partitioned(schema, &namespace),
+        }
+    }
+}
+
+impl Sql {
+    /// The statements for `layout`.
+    pub(super) fn of(&self, layout: Layout) -> &LayoutSql {
+        match layout {
+            Layout::Table => &self.table,
+            Layout::Partitioned => &self.partitioned,
+        }
+    }
+}
+
+impl LayoutSql {
+    /// On the one table: a stream's version is the newest of its events.
+    fn table(schema: &str, namespace: &str) -> Self {
+        let version =
+            format!("(SELECT max(stream_version) FROM {schema}.events WHERE stream_name = $1)");
+        Self {
+            append_plain: append_plain(schema, namespace, &version),
+            stream_version: format!("SELECT {version}"),
+            read_stream_forward: read_stream(schema, ">=", "", ""),
+            read_stream_backward: read_stream(schema, "<=", "", " DESC"),
+            existing_ids: format!(
+                "SELECT event_id FROM {schema}.events WHERE event_id = ANY($1) LIMIT 1"
+            ),
+        }
+    }
+
+    /// On a partitioned log: a stream's version is its `streams` row, one index probe however
+    /// many partitions there are (a `max()` would descend one index per partition); a stream
+    /// read skips the partitions before the stream's first event (pruned at run time:
+    /// PostgreSQL never opens them); event ids are looked up in `event_ids`.
+    fn partitioned(schema: &str, namespace: &str) -> Self {
+        let version = format!("(SELECT version FROM {schema}.streams WHERE stream_name = $1)");
+        let pruned = format!(
+            " AND global_position >= coalesce((SELECT first_position FROM {schema}.streams \
+             WHERE stream_name = $1), 0)"
+        );
+        Self {
+            append_plain: append_plain(schema, namespace, &version),
+            stream_version: format!("SELECT {version}"),
+            read_stream_forward: read_stream(schema, ">=", &pruned, ""),
+            read_stream_backward: read_stream(schema, "<=", &pruned, " DESC"),
+            existing_ids: format!(
                 "SELECT event_id FROM {schema}.event_ids WHERE event_id = ANY($1) LIMIT 1"
             ),
         }
     }
 }
 
-/// A stream's version (`$1`) on the plain table: the newest of its events.
-fn version_probe(schema: &str) -> String {
-    format!("(SELECT max(stream_version) FROM {schema}.events WHERE stream_name = $1)")
-}
-
-/// A stream's version on a partitioned log: its `streams` row, one index probe however many
-/// partitions there are (a `max()` would descend one index per partition).
-fn version_from_streams(schema: &str) -> String {
-    format!("(SELECT version FROM {schema}.streams WHERE stream_name = $1)")
-}
-
-/// On a partitioned log, a stream read skips the partitions before the stream's first event
-/// (pruned at run time: PostgreSQL never opens them).
-fn from_first_position(schema: &str) -> String {
+/// A page of stream `$1` from version `$2` (`from` is `>=` forward, `<=` backward), of the
+/// event types `$3` (all when null), at most `$4` events, with `and` added to the filter.
+fn read_stream(schema: &str, from: &str, and: &str, order: &str) -> String {
     format!(
-        "global_position >= coalesce((SELECT first_position FROM {schema}.streams \
-         WHERE stream_name = $1), 0)"
+        "SELECT {EVENT_COLUMNS} FROM {schema}.events WHERE stream_name = $1 AND stream_version {from} $2 \
+         AND ($3::text[] IS NULL OR event_type = ANY($3)){and} ORDER BY stream_version{order} LIMIT $4"
     )
 }
 
