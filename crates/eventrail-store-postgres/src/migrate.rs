@@ -265,17 +265,22 @@ impl Migrator {
         let mut sql = self.create_schemas();
         sql.push_str(&self.bookkeeping_ddl());
         for m in &self.migrations {
-            sql.push_str(&format!("\n-- migration {}: {}\n", m.version, m.name));
-            sql.push_str(&self.render(m.template));
-            sql.push_str(&format!(
-                "\nINSERT INTO {} (version, name, checksum) VALUES ({}, '{}', '{}');\n",
-                self.bookkeeping_table(),
-                m.version,
-                m.name,
-                checksum(m)
-            ));
+            sql.push_str(&self.recorded(m, &self.render(m.template)));
         }
         sql
+    }
+
+    /// `body`, the SQL of migration `m`, headed by its name and followed by its record.
+    fn recorded(&self, m: &Migration, body: &str) -> String {
+        format!(
+            "\n-- migration {}: {}\n{body}\nINSERT INTO {} (version, name, checksum) VALUES ({}, '{}', '{}');\n",
+            m.version,
+            m.name,
+            self.bookkeeping_table(),
+            m.version,
+            m.name,
+            checksum(m)
+        )
     }
 
     /// Every migration this runner knows and every one the database recorded, by version: which
@@ -412,15 +417,24 @@ impl Migrator {
     pub async fn run(&self, client: &mut Client) -> Result<Vec<i32>, MigrationError> {
         self.lock(client).await?;
         let result = self.run_locked(client).await;
+        self.unlock(client, result).await
+    }
+
+    /// Releases the migration lock, then returns `result` (its error first, if both failed).
+    async fn unlock<T>(
+        &self,
+        client: &Client,
+        result: Result<T, MigrationError>,
+    ) -> Result<T, MigrationError> {
         let unlocked = client
             .execute(
                 "SELECT pg_advisory_unlock($1, hashtext($2))",
                 &[&MIGRATION_LOCK_CLASS, &self.schema],
             )
             .await;
-        let applied = result?;
+        let value = result?;
         unlocked.map_err(db)?;
-        Ok(applied)
+        Ok(value)
     }
 
     /// Takes the migration lock of this schema; while another migrator holds it, says who.
@@ -572,15 +586,7 @@ impl Migrator {
             self.partition_locked(client, size).await
         }
         .await;
-        let unlocked = client
-            .execute(
-                "SELECT pg_advisory_unlock($1, hashtext($2))",
-                &[&MIGRATION_LOCK_CLASS, &self.schema],
-            )
-            .await;
-        let converted = result?;
-        unlocked.map_err(db)?;
-        Ok(converted)
+        self.unlock(client, result).await
     }
 
     /// The SQL of [`partition_by_position`](Self::partition_by_position) for your own migration
@@ -595,19 +601,13 @@ impl Migrator {
 
     /// Migration 10, then `append_events` reading versions from `streams`, then its record.
     fn partition_script(&self, size: i64) -> String {
-        let m = &PARTITION_MIGRATION;
-        format!(
-            "-- migration {}: {}\n{}\n{}\nINSERT INTO {} (version, name, checksum) VALUES ({}, '{}', '{}');\n",
-            m.version,
-            m.name,
-            self.render(m.template)
+        let body = format!(
+            "{}\n{}",
+            self.render(PARTITION_MIGRATION.template)
                 .replace("{partition_size}", &size.to_string()),
-            self.render(&append_events_on_streams()),
-            self.bookkeeping_table(),
-            m.version,
-            m.name,
-            checksum(m)
-        )
+            self.render(&append_events_on_streams())
+        );
+        self.recorded(&PARTITION_MIGRATION, &body)
     }
 
     async fn partition_locked(
