@@ -18,17 +18,13 @@ use integration_tests::{HANDLED_DDL, Recorder};
 use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TestDb, connect, eventually};
+use crate::harness::{TestDb, connect, eventually, one_event};
+use crate::worker::append;
 
 fn events(n: usize) -> Vec<NewEvent> {
     (0..n)
         .map(|i| NewEvent::json("Happened", serde_json::json!({ "i": i })))
         .collect()
-}
-
-async fn append(store: &PgEventStore, stream: &str, n: usize) -> anyhow::Result<u64> {
-    let request = AppendRequest::new(stream.parse()?, ExpectedVersion::Any, events(n));
-    Ok(store.append(request).await?.last_position())
 }
 
 /// The partitions of the log and the bound the bookkeeping records.
@@ -242,7 +238,7 @@ async fn partitions_are_attached_ahead_of_appends_without_waiting_for_open_appen
     // An append and a reader keep their transactions open.
     let mut appender = db.client().await?;
     let open_append = appender.transaction().await?;
-    store.append_in(&open_append, one("open-1")?).await?;
+    store.append_in(&open_append, one_event("open-1")?).await?;
     let mut reader = db.client().await?;
     let open_read = reader
         .build_transaction()
@@ -309,14 +305,6 @@ async fn an_append_in_a_caller_transaction_past_the_last_partition_is_retryable_
     tx.commit().await?;
     assert_eq!(outcome.stream_version, n as u64 - 1);
     Ok(())
-}
-
-fn one(stream: &str) -> anyhow::Result<AppendRequest> {
-    Ok(AppendRequest::new(
-        stream.parse()?,
-        ExpectedVersion::Any,
-        events(1),
-    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
