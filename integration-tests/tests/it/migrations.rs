@@ -173,6 +173,14 @@ struct Roles {
 }
 
 impl Roles {
+    /// A prefix of its own, so that tests running at once never share roles.
+    async fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            prefix: format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+            admin_url: eventrail_devdb::database_url().await?,
+        })
+    }
+
     /// Login roles `<prefix>_<group>_login`, members of each group role.
     async fn logins(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
         for group in ["reader", "writer", "worker", "admin"] {
@@ -242,10 +250,7 @@ fn refused(result: Result<impl std::fmt::Debug, tokio_postgres::Error>, what: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn least_privilege_roles_allow_what_each_needs_and_refuse_the_rest() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    let roles = Roles {
-        prefix: format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
-        admin_url: eventrail_devdb::database_url().await?,
-    };
+    let roles = Roles::new().await?;
     let result = async {
         // Through the CLI, as a user would: every component's roles.
         crate::cli::eventrail(&["migrate", "--roles", &roles.prefix, "--database-url", &db.url])
@@ -618,10 +623,7 @@ async fn a_migrator_waiting_for_the_lock_names_its_holder() -> anyhow::Result<()
 #[tokio::test]
 async fn least_privilege_roles_work_on_a_partitioned_log() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    let roles = Roles {
-        prefix: format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
-        admin_url: eventrail_devdb::database_url().await?,
-    };
+    let roles = Roles::new().await?;
     let result = async {
         crate::cli::eventrail(&[
             "migrate", "--roles", &roles.prefix, "--partition-size", "20", "--database-url", &db.url,
