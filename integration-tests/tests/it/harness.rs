@@ -53,6 +53,10 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// The layouts of the log that the store must behave the same on: one table, and a log
+/// partitioned every ten positions (small, so that tests cross partitions).
+pub(crate) const LAYOUTS: [Option<u64>; 2] = [None, Some(10)];
+
 impl TestDb {
     /// A fresh database with the event store migrated into schema `eventrail`.
     pub(crate) async fn new() -> anyhow::Result<Self> {
@@ -95,6 +99,14 @@ impl TestDb {
         let db = Self::new().await?;
         db.partition(partition_size).await?;
         Ok(db)
+    }
+
+    /// [`TestDb::new`] with the log in one table (`None`), or [`TestDb::partitioned`].
+    pub(crate) async fn with_layout(partition_size: Option<u64>) -> anyhow::Result<Self> {
+        match partition_size {
+            None => Self::new().await,
+            Some(size) => Self::partitioned(size).await,
+        }
     }
 
     /// Partitions this database's log (see [`Migrator::partition_by_position`]).

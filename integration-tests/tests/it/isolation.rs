@@ -12,12 +12,19 @@ use eventrail_store_postgres::PgEventStore;
 use tokio::sync::Barrier;
 use tokio_postgres::IsolationLevel;
 
-use crate::harness::TestDb;
+use crate::harness::{LAYOUTS, TestDb};
 
 const LEVELS: [(IsolationLevel, &str); 2] = [
     (IsolationLevel::RepeatableRead, "repeatable read"),
     (IsolationLevel::Serializable, "serializable"),
 ];
+
+/// Every isolation level above READ COMMITTED on every layout of the log.
+fn cases() -> impl Iterator<Item = ((IsolationLevel, &'static str), Option<u64>)> {
+    LEVELS
+        .into_iter()
+        .flat_map(|level| LAYOUTS.map(|layout| (level, layout)))
+}
 
 fn tick() -> NewEvent {
     NewEvent::json("Tick", serde_json::json!({}))
@@ -30,10 +37,10 @@ fn append(stream: &StreamName, expected: ExpectedVersion) -> AppendRequest {
 #[tokio::test]
 async fn a_caller_transaction_above_read_committed_never_passes_a_stale_precondition()
 -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let store = db.store();
     let ledger: Category = "ledger".parse()?;
-    for (level, name) in LEVELS {
+    for ((level, name), layout) in cases() {
+        let db = TestDb::with_layout(layout).await?;
+        let store = db.store();
         let stream: StreamName = format!("ledger-{}", name.replace(' ', "_")).parse()?;
         let head = store.append(append(&stream, ExpectedVersion::Any)).await?;
         let mut client = db.client().await?;
@@ -57,7 +64,7 @@ async fn a_caller_transaction_above_read_committed_never_passes_a_stale_precondi
             .await;
         assert!(
             matches!(&by_position, Err(StoreError::IsolationNotSupported { level }) if level == name),
-            "{name}: {by_position:?}"
+            "{name}, partitions {layout:?}: {by_position:?}"
         );
         let by_version = store
             .append_in(
@@ -67,7 +74,7 @@ async fn a_caller_transaction_above_read_committed_never_passes_a_stale_precondi
             .await;
         assert!(
             matches!(by_version, Err(StoreError::IsolationNotSupported { .. })),
-            "{name}: {by_version:?}"
+            "{name}, partitions {layout:?}: {by_version:?}"
         );
         // Refused without aborting the caller's transaction.
         tx.query_one("SELECT 1", &[]).await?;
@@ -75,7 +82,7 @@ async fn a_caller_transaction_above_read_committed_never_passes_a_stale_precondi
         assert_eq!(
             store.stream_version(&stream).await?,
             Some(1),
-            "{name}: nothing written"
+            "{name}, partitions {layout:?}: nothing written"
         );
     }
     Ok(())
@@ -84,9 +91,9 @@ async fn a_caller_transaction_above_read_committed_never_passes_a_stale_precondi
 #[tokio::test]
 async fn an_unconditional_append_on_a_stale_snapshot_is_a_typed_serialization_conflict()
 -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
-    let store = db.store();
-    for (level, name) in LEVELS {
+    for ((level, name), layout) in cases() {
+        let db = TestDb::with_layout(layout).await?;
+        let store = db.store();
         let stream: StreamName = format!("stale-{}", name.replace(' ', "_")).parse()?;
         store.append(append(&stream, ExpectedVersion::Any)).await?;
         let mut client = db.client().await?;
@@ -103,7 +110,9 @@ async fn an_unconditional_append_on_a_stale_snapshot_is_a_typed_serialization_co
             .await;
         match stale {
             Err(e @ StoreError::SerializationConflict(_)) => assert!(e.is_retryable()),
-            other => panic!("{name}: expected a serialization conflict, got {other:?}"),
+            other => panic!(
+                "{name}, partitions {layout:?}: expected a serialization conflict, got {other:?}"
+            ),
         }
         tx.rollback().await?;
         // Retried in a new transaction, it goes through.
@@ -116,7 +125,11 @@ async fn an_unconditional_append_on_a_stale_snapshot_is_a_typed_serialization_co
             .append_in(&tx, append(&stream, ExpectedVersion::Any))
             .await?;
         tx.commit().await?;
-        assert_eq!(store.stream_version(&stream).await?, Some(2), "{name}");
+        assert_eq!(
+            store.stream_version(&stream).await?,
+            Some(2),
+            "{name}, partitions {layout:?}"
+        );
     }
     Ok(())
 }
@@ -144,8 +157,8 @@ async fn store_with_default(db: &TestDb, level: &str) -> anyhow::Result<PgEventS
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stores_own_appends_hold_their_preconditions_whatever_the_database_default()
 -> anyhow::Result<()> {
-    for (_, level) in LEVELS {
-        let db = TestDb::new().await?;
+    for ((_, level), layout) in cases() {
+        let db = TestDb::with_layout(layout).await?;
         let store = store_with_default(&db, level).await?;
         let category: Category = "ledger".parse()?;
         for round in 0..4 {
@@ -181,23 +194,23 @@ async fn the_stores_own_appends_hold_their_preconditions_whatever_the_database_d
                 match position {
                     Ok(_) => by_position += 1,
                     Err(StoreError::PositionConflict { head: h, .. }) => assert!(Some(h) > head),
-                    Err(other) => panic!("{level}: unexpected {other}"),
+                    Err(other) => panic!("{level}, partitions {layout:?}: unexpected {other}"),
                 }
                 match version {
                     Ok(_) => by_version += 1,
                     Err(StoreError::WrongExpectedVersion {
                         actual: Some(0), ..
                     }) => {}
-                    Err(other) => panic!("{level}: unexpected {other}"),
+                    Err(other) => panic!("{level}, partitions {layout:?}: unexpected {other}"),
                 }
             }
             assert_eq!(
                 by_position, 1,
-                "{level} round {round}: one writer moves the category"
+                "{level}, partitions {layout:?}, round {round}: one writer moves the category"
             );
             assert_eq!(
                 by_version, 1,
-                "{level} round {round}: one writer creates the stream"
+                "{level}, partitions {layout:?}, round {round}: one writer creates the stream"
             );
         }
     }
@@ -207,8 +220,8 @@ async fn the_stores_own_appends_hold_their_preconditions_whatever_the_database_d
 #[tokio::test]
 async fn a_complete_scope_read_includes_the_append_it_waited_for_whatever_the_default()
 -> anyhow::Result<()> {
-    for (_, level) in LEVELS {
-        let db = TestDb::new().await?;
+    for ((_, level), layout) in cases() {
+        let db = TestDb::with_layout(layout).await?;
         let store = store_with_default(&db, level).await?;
         let first = store
             .append(append(&"orders-1".parse()?, ExpectedVersion::Any))
@@ -258,7 +271,7 @@ async fn a_complete_scope_read_includes_the_append_it_waited_for_whatever_the_de
         assert_eq!(
             read.iter().map(|e| e.global_position).collect::<Vec<_>>(),
             [in_flight],
-            "{level}: the scope read misses the append it waited for"
+            "{level}, partitions {layout:?}: the scope read misses the append it waited for"
         );
     }
     Ok(())

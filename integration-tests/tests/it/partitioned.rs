@@ -455,3 +455,114 @@ async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> a
     assert_eq!(old_stream.last().map(|e| e.global_position), Some(old));
     Ok(())
 }
+
+/// Tables in the log's schema named like a partition that are not attached to the log.
+async fn detached_partitions(db: &TestDb) -> anyhow::Result<i64> {
+    Ok(db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM pg_class AS c
+             WHERE c.relnamespace = 'eventrail'::regnamespace AND c.relkind = 'r'
+               AND c.relname LIKE 'events\\_p%'
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhrelid = c.oid)",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Starts `add_event_partitions` on a session of its own and waits until it stops at the
+/// ATTACH (another session holds the log's SHARE UPDATE EXCLUSIVE lock); returns the session's
+/// process id and the call.
+async fn attach_held_at_the_lock(
+    db: &TestDb,
+) -> anyhow::Result<(
+    i32,
+    tokio::task::JoinHandle<Result<u64, tokio_postgres::Error>>,
+)> {
+    let attacher = db.client().await?;
+    let pid: i32 = attacher
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let call = tokio::spawn(async move {
+        attacher
+            .execute("SELECT eventrail.add_event_partitions(100)", &[])
+            .await
+    });
+    let watcher = db.client().await?;
+    eventually(20, "the attach to wait for the log's lock", || async {
+        let waiting: bool = watcher
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                &[&pid],
+            )
+            .await?
+            .get(0);
+        anyhow::Ok(waiting)
+    })
+    .await?;
+    Ok((pid, call))
+}
+
+/// An attach cut short, by its session being killed or by the server restarting under it,
+/// leaves the log as it was: the new partition's table is gone with the attach's transaction,
+/// the recorded bound did not move, and the store's next append past the last partition
+/// attaches what it needs and goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attach_cut_short_by_a_kill_or_a_restart_leaves_the_log_whole() -> anyhow::Result<()> {
+    let cluster = integration_tests::servers::Cluster::start(None).await?;
+    let db = TestDb::on(&cluster.admin_url).await?;
+    db.partition(10).await?;
+    let store = db.store();
+    let mut written = store
+        .append(AppendRequest::new(
+            "kept-1".parse()?,
+            ExpectedVersion::NoStream,
+            events(5),
+        ))
+        .await?
+        .positions;
+
+    for fault in ["session killed", "server restarted"] {
+        let before = partitions(&db).await?;
+        let mut holder = db.client().await?;
+        let lock = holder.transaction().await?;
+        lock.batch_execute("LOCK TABLE eventrail.events IN SHARE UPDATE EXCLUSIVE MODE")
+            .await?;
+        let (pid, call) = attach_held_at_the_lock(&db).await?;
+        if fault == "session killed" {
+            db.client()
+                .await?
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await?;
+            assert!(call.await?.is_err(), "{fault}: the attach was cut");
+            lock.rollback().await?;
+        } else {
+            cluster.restart().await?;
+            assert!(call.await?.is_err(), "{fault}: the attach was cut");
+            drop(lock);
+        }
+        assert_eq!(partitions(&db).await?, before, "{fault}: the log as it was");
+        assert_eq!(detached_partitions(&db).await?, 0, "{fault}: no table left");
+
+        // Past every attached partition: the store attaches room and the append goes through.
+        let n = usize::try_from(before.1)? + 5 - written.len();
+        let outcome = store
+            .append(AppendRequest::new(
+                "kept-1".parse()?,
+                ExpectedVersion::Exact(written.len() as u64 - 1),
+                events(n),
+            ))
+            .await?;
+        written.extend(outcome.positions);
+        let read: Vec<u64> = read_everything(&store)
+            .await?
+            .iter()
+            .map(|e| e.global_position)
+            .collect();
+        assert_eq!(read, written, "{fault}: every event once, in order");
+    }
+    Ok(())
+}

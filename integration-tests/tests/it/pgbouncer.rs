@@ -49,7 +49,17 @@ fn events(n: usize) -> Vec<NewEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_works_through_pgbouncer_in_transaction_mode() -> anyhow::Result<()> {
-    let db = TestDb::new().await?;
+    the_store_works_through_pgbouncer(TestDb::new().await?).await
+}
+
+/// On a log partitioned every 20 positions, the store learns the layout, attaches partitions
+/// and retries an append past the last one on connections PgBouncer hands out per transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_works_through_pgbouncer_on_a_partitioned_log() -> anyhow::Result<()> {
+    the_store_works_through_pgbouncer(TestDb::partitioned(20).await?).await
+}
+
+async fn the_store_works_through_pgbouncer(db: TestDb) -> anyhow::Result<()> {
     let (_bouncer, through) = bouncer(&db).await?;
     let store = store_through(&through)?;
 

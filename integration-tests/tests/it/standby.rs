@@ -24,16 +24,20 @@ fn request(stream: &str, n: usize) -> anyhow::Result<AppendRequest> {
     ))
 }
 
-/// A primary with the worker's tables in database `name`, and a standby of it.
+/// A primary with the worker's tables in database `name` (its log partitioned every
+/// `partition_size` positions, if given), and a standby of it.
 async fn primary_and_standby(
     name: &str,
+    partition_size: Option<u64>,
 ) -> anyhow::Result<(Cluster, integration_tests::servers::Standby, String)> {
     let cluster = Cluster::start(None).await?;
     let url = eventrail_devdb::recreate_database(&cluster.admin_url, name).await?;
     let mut client = connect(&url).await?;
-    eventrail_worker::worker_migrator("eventrail", &TableNames::default())?
-        .run(&mut client)
-        .await?;
+    let migrator = eventrail_worker::worker_migrator("eventrail", &TableNames::default())?;
+    migrator.run(&mut client).await?;
+    if let Some(size) = partition_size {
+        migrator.partition_by_position(&mut client, size).await?;
+    }
     create_handled(&client).await?;
     let standby = cluster.start_standby().await?;
     Ok((cluster, standby, url))
@@ -51,7 +55,7 @@ async fn set_replay(standby_url: &str, paused: bool) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_standby_read_waits_for_the_primarys_open_appends_and_for_replay() -> anyhow::Result<()> {
-    let (_cluster, standby, url) = primary_and_standby("eventrail_standby_reads").await?;
+    let (_cluster, standby, url) = primary_and_standby("eventrail_standby_reads", None).await?;
     let store = PgEventStore::new(eventrail_devdb::pool(&url, 4)?);
     let replica = Standby::new(eventrail_devdb::pool(
         &standby.url("eventrail_standby_reads"),
@@ -116,8 +120,19 @@ async fn a_standby_read_waits_for_the_primarys_open_appends_and_for_replay() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_reading_on_a_standby_handles_everything_once_in_order_across_replay_pauses()
 -> anyhow::Result<()> {
-    let name = "eventrail_standby_worker";
-    let (_cluster, standby, url) = primary_and_standby(name).await?;
+    worker_on_a_standby("eventrail_standby_worker", None).await
+}
+
+/// The same on a log partitioned every 50 positions: the primary attaches partitions while the
+/// standby replays them and the worker reads there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_reading_a_partitioned_log_on_a_standby_handles_everything_once_in_order()
+-> anyhow::Result<()> {
+    worker_on_a_standby("eventrail_standby_partitioned", Some(50)).await
+}
+
+async fn worker_on_a_standby(name: &str, partition_size: Option<u64>) -> anyhow::Result<()> {
+    let (_cluster, standby, url) = primary_and_standby(name, partition_size).await?;
     let store = PgEventStore::new(eventrail_devdb::pool(&url, 8)?);
     let standby_client = connect(&standby.url(name)).await?;
     let rows_read = || async {
