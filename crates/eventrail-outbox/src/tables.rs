@@ -16,6 +16,14 @@ pub const OUTBOX_DESTINATIONS_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0005_outbox_destinations.sql"),
 };
 
+/// The outbox's keys with unsent messages (number 11: the outbox's indexes no longer name what a
+/// relay writes).
+pub const OUTBOX_KEYS_MIGRATION: Migration = Migration {
+    version: 11,
+    name: "outbox_keys",
+    template: include_str!("../../../migrations/0011_outbox_keys.sql"),
+};
+
 /// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
 /// sequence order is its commit order (key: the hash of the qualified outbox table and the
 /// partition key, so outboxes of two schemas never wait for each other).
@@ -38,6 +46,7 @@ pub(crate) struct Tables {
     pub(crate) outbox_bare: String,
     pub(crate) inbox: String,
     pub(crate) destinations: String,
+    pub(crate) keys: String,
     pub(crate) channel: String,
     schemas: Vec<String>,
     pub(crate) lock_keys: String,
@@ -49,6 +58,7 @@ pub(crate) struct Tables {
     pub(crate) renew: String,
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
+    pub(crate) forget_keys: String,
     pub(crate) forget_destinations: String,
     pub(crate) stats: String,
 }
@@ -71,8 +81,9 @@ impl Tables {
         let (inbox, inbox_schema, _) = qualify("inbox table", &names.inbox, default_schema)?;
         let (destinations, destinations_schema, _) =
             qualify("destinations table", &names.destinations, default_schema)?;
+        let (keys, keys_schema, _) = qualify("keys table", &names.keys, default_schema)?;
         validate_identifier("notify channel", channel)?;
-        let mut schemas = vec![outbox_schema, inbox_schema, destinations_schema];
+        let mut schemas = vec![outbox_schema, inbox_schema, destinations_schema, keys_schema];
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
@@ -90,45 +101,64 @@ impl Tables {
                  FOR UPDATE OF o SKIP LOCKED"
             )
         };
+        // The head of the key row `k`: its oldest unsent message, looked up from `unsent_from` on
+        // by one descent of the (partition_key, sequence) index (sent messages kept for the
+        // retention sit below it).
+        let head_of = |k: &str| {
+            format!(
+                "SELECT sequence FROM {outbox}
+                 WHERE partition_key = {k}.partition_key AND sequence >= {k}.unsent_from AND state <> 'sent'
+                 ORDER BY sequence LIMIT 1"
+            )
+        };
+        // The unsent messages (pending and dead) of every key that has some.
+        let unsent = format!(
+            "{keys} AS k JOIN {outbox} AS o
+                 ON o.partition_key = k.partition_key AND o.sequence >= k.unsent_from AND o.state <> 'sent'"
+        );
         let eligible_c = "c.state = 'pending' AND (c.lease_owner IS NULL OR c.lease_expires_at < now()) AND c.next_attempt_at <= now()";
         Ok(Self {
             // Sorted, so that two producers locking several keys cannot deadlock each other.
             lock_keys: format!(
                 "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext('{outbox}/' || k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
             ),
+            // The messages, and for each of their keys the row that makes relays look at it:
+            // written while the key's lock is held, so a settle of the key cannot delete the row
+            // while this enqueue is in flight (it skips a locked row).
             insert: format!(
-                "INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
-                 SELECT id, k, d, h, p, c
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
-                      WITH ORDINALITY AS m(id, k, d, h, p, c, n)
-                 ORDER BY n
-                 RETURNING message_id"
+                "WITH m AS (
+                     INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
+                     SELECT id, k, d, h, p, c
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
+                          WITH ORDINALITY AS m(id, k, d, h, p, c, n)
+                     ORDER BY n
+                     RETURNING sequence, message_id, partition_key
+                 ), k AS (
+                     INSERT INTO {keys} AS k (partition_key, enqueued_through, unsent_from)
+                     SELECT partition_key, max(sequence), min(sequence) FROM m
+                     GROUP BY partition_key ORDER BY partition_key
+                     ON CONFLICT (partition_key) DO UPDATE
+                     SET enqueued_through = greatest(k.enqueued_through, excluded.enqueued_through)
+                 )
+                 SELECT message_id FROM m ORDER BY sequence"
             ),
             // The keys whose oldest unsent message (the head) is due and not leased, oldest
             // first. Locking the head row with SKIP LOCKED is the key's claim lock: a key another
             // relay is claiming right now is skipped. Dead rows are unsent: a dead head parks
             // its key. The lock's recheck of the head sees a claim committed meanwhile.
-            // The heads are found by a loose index scan: one descent of the
-            // (partition_key, sequence) index per key, instead of reading every unsent row.
+            // The heads are found from the keys table (the keys with unsent messages), one
+            // descent of the (partition_key, sequence) index per key.
             // Rows are looked up by `sequence = ANY (ARRAY(…))` here and below, never joined
             // with a CTE: with stale statistics (an outbox analyzed while it was empty), the
             // planner would scan the CTE once per pending row, quadratic in the backlog.
             // A key whose head goes to a backed-off destination is not claimed at all, so a
             // destination that is down costs no claim, lease or publish until its backoff ends.
-            claim_keys: format!(
-                "WITH RECURSIVE heads AS (
-                     (SELECT partition_key, sequence FROM {outbox}
-                      WHERE state <> 'sent' ORDER BY partition_key, sequence LIMIT 1)
-                     UNION ALL
-                     SELECT next.partition_key, next.sequence
-                     FROM heads CROSS JOIN LATERAL (
-                         SELECT partition_key, sequence FROM {outbox}
-                         WHERE state <> 'sent' AND partition_key > heads.partition_key
-                         ORDER BY partition_key, sequence LIMIT 1
-                     ) AS next
-                 )
-                 {}",
-                lock_heads("SELECT sequence FROM heads", "$1")
+            claim_keys: lock_heads(
+                &format!(
+                    "SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h",
+                    head_of("k")
+                ),
+                "$1",
             ),
             // `claim_keys` for the keys in $1 only: each key's head by one descent of the
             // (partition_key, sequence) index, then the same eligibility and the same claim
@@ -136,13 +166,9 @@ impl Tables {
             // are arbitrated by the head's row lock and lease as two walks are.
             claim_named_keys: lock_heads(
                 &format!(
-                    "SELECT h.sequence
-                     FROM unnest($1::text[]) AS k(key)
-                     CROSS JOIN LATERAL (
-                         SELECT sequence FROM {outbox}
-                         WHERE state <> 'sent' AND partition_key = k.key
-                         ORDER BY sequence LIMIT 1
-                     ) AS h"
+                    "SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h
+                     WHERE k.partition_key = ANY ($1::text[])",
+                    head_of("k")
                 ),
                 "$2",
             ),
@@ -178,6 +204,7 @@ impl Tables {
                          FROM (
                              SELECT * FROM {outbox}
                              WHERE state <> 'sent' AND partition_key = k.key
+                               AND sequence >= (SELECT unsent_from FROM {keys} WHERE partition_key = k.key)
                              ORDER BY sequence LIMIT $2
                          ) AS c
                          LEFT JOIN {destinations} AS d ON d.destination = c.destination
@@ -208,17 +235,37 @@ impl Tables {
             // backoff had ended (this was a probe), the next, doubled backoff; a failure
             // reported while the backoff still runs (a publish started before it) leaves it.
             // Any answer of a destination (sent, or a failure of the message) ends its backoff.
-            // Without retention ($12 false), a sent message is deleted instead of marked: a
-            // delete writes no index entry, where marking it sent writes three.
+            // Without retention ($12 false), a sent message is deleted instead of marked.
+            // A key's sent messages are a prefix of its run ($13 is each message's key): the key's
+            // row moves `unsent_from` past the last one, or goes when that was the key's last
+            // enqueued message. Both check `enqueued_through` on the row itself, so an enqueue that
+            // committed after this statement's snapshot keeps the row; a row an enqueue in flight
+            // holds is skipped (its `unsent_from` stays below the head, where a lookup starts).
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
                      WHERE sequence = ANY($8::bigint[]) AND lease_owner = $7
                      FOR UPDATE
                  ), f AS (
-                     SELECT seq, outcome, error, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[]) AS f(seq, outcome, error, head)
+                     SELECT seq, outcome, error, key, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[], $13::text[]) AS f(seq, outcome, error, head, key)
                      WHERE head IN (SELECT sequence FROM held)
+                 ), progressed AS (
+                     SELECT key, max(seq) AS sent_through FROM f WHERE outcome = 's' GROUP BY key
+                 ), lockable AS (
+                     SELECT partition_key FROM {keys}
+                     WHERE partition_key IN (SELECT key FROM progressed)
+                     ORDER BY partition_key
+                     FOR UPDATE SKIP LOCKED
+                 ), idle AS (
+                     DELETE FROM {keys} AS k USING progressed AS p
+                     WHERE k.partition_key = p.key AND k.partition_key IN (SELECT partition_key FROM lockable)
+                       AND k.enqueued_through <= p.sent_through
+                 ), advanced AS (
+                     UPDATE {keys} AS k SET unsent_from = greatest(k.unsent_from, p.sent_through + 1)
+                     FROM progressed AS p
+                     WHERE k.partition_key = p.key AND k.partition_key IN (SELECT partition_key FROM lockable)
+                       AND k.enqueued_through > p.sent_through
                  ), reported AS (
                      SELECT outcome, error, destination
                      FROM unnest($2::text[], $3::text[], $9::text[]) AS r(outcome, error, destination)
@@ -277,16 +324,40 @@ impl Tables {
                  WHERE sequence = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
                  RETURNING sequence"
             ),
+            // Only heads are leased.
             release_all: format!(
                 "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)
-                 WHERE lease_owner = $1 AND state = 'pending'"
+                 WHERE sequence = ANY (ARRAY(SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h))
+                   AND lease_owner = $1 AND state = 'pending'",
+                head_of("k")
             ),
+            // A message is sent after it was enqueued: the candidates are read by `created_at`.
             cleanup: format!(
                 "DELETE FROM {outbox} WHERE sequence IN (
                      SELECT sequence FROM {outbox}
-                     WHERE state = 'sent' AND sent_at < now() - $1::float8 * interval '1 millisecond'
-                     ORDER BY sent_at LIMIT $2
+                     WHERE created_at < now() - $1::float8 * interval '1 millisecond'
+                       AND state = 'sent' AND sent_at < now() - $1::float8 * interval '1 millisecond'
+                     ORDER BY created_at LIMIT $2
                  )"
+            ),
+            // Key rows left without unsent messages (their dead messages purged, or a settle
+            // that skipped the row while an enqueue held it). The row goes only if no enqueue
+            // wrote it since this statement's snapshot (`enqueued_through` unchanged), and a row
+            // an enqueue in flight holds is skipped.
+            forget_keys: format!(
+                "WITH idle AS (
+                     SELECT k.partition_key, k.enqueued_through FROM {keys} AS k
+                     WHERE NOT EXISTS ({})
+                 ), lockable AS (
+                     SELECT partition_key FROM {keys}
+                     WHERE partition_key IN (SELECT partition_key FROM idle)
+                     ORDER BY partition_key
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 DELETE FROM {keys} AS k USING idle
+                 WHERE k.partition_key = idle.partition_key AND k.enqueued_through = idle.enqueued_through
+                   AND k.partition_key IN (SELECT partition_key FROM lockable)",
+                head_of("k")
             ),
             // A backed-off destination with no pending message left (purged, or all sent by a
             // relay that missed the row) has nothing to probe it: forget it, so that status does
@@ -294,25 +365,25 @@ impl Tables {
             forget_destinations: format!(
                 "DELETE FROM {destinations} AS d
                  WHERE NOT EXISTS (
-                     SELECT 1 FROM {outbox} AS o
-                     WHERE o.state = 'pending' AND o.destination = d.destination
+                     SELECT 1 FROM {unsent} WHERE o.state = 'pending' AND o.destination = d.destination
                  )"
             ),
             stats: format!(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-                 FROM {outbox} WHERE state = 'pending'"
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
+                 FROM {unsent} WHERE o.state = 'pending'"
             ),
             channel: channel.to_owned(),
             outbox,
             outbox_bare,
             inbox,
             destinations,
+            keys,
             schemas,
         })
     }
 }
 
-/// Adds the outbox's migrations (3 and 5), with these table names, to `migrator` (for example one from
+/// Adds the outbox's migrations (3, 5 and 11), with these table names, to `migrator` (for example one from
 /// `eventrail_worker::worker_migrator`), so that one runner applies everything.
 ///
 /// The names are fixed by the first run on a schema, as for the worker tables.
@@ -330,11 +401,16 @@ pub fn with_outbox_migration(
         &eventrail_store_postgres::keys::default_channel(schema, "outbox"),
     )?;
     let mut migrator = migrator
-        .with_migrations(&[OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION])
+        .with_migrations(&[
+            OUTBOX_MIGRATION,
+            OUTBOX_DESTINATIONS_MIGRATION,
+            OUTBOX_KEYS_MIGRATION,
+        ])
         .with_roles(include_str!(
             "../../../migrations/optional/roles_outbox.sql"
         ))
         .with_replacement("{outbox_destinations}", &tables.destinations)
+        .with_replacement("{outbox_keys}", &tables.keys)
         .with_replacement("{outbox}", &tables.outbox)
         .with_replacement("{inbox}", &tables.inbox);
     for s in &tables.schemas {
@@ -343,8 +419,8 @@ pub fn with_outbox_migration(
     Ok(migrator)
 }
 
-/// A migrator for the event store (migration 1) and the outbox with these names (migrations 3
-/// and 5).
+/// A migrator for the event store (migration 1) and the outbox with these names (migrations 3,
+/// 5 and 11).
 /// To apply the worker tables with the same runner, pass
 /// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
 ///
@@ -361,8 +437,12 @@ mod tests {
     #[test]
     fn its_migrations_are_in_the_catalogue() {
         assert!(
-            [OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION]
-                .iter()
+            [
+                OUTBOX_MIGRATION,
+                OUTBOX_DESTINATIONS_MIGRATION,
+                OUTBOX_KEYS_MIGRATION
+            ]
+            .iter()
                 .all(eventrail_store_postgres::is_known_migration)
         );
     }
@@ -391,7 +471,7 @@ mod tests {
             .collect();
         assert_eq!(
             versions,
-            [1, 3, 5, 6, 7],
+            [1, 3, 5, 6, 7, 11],
             "the event store and the outbox, no worker tables"
         );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {

@@ -69,6 +69,8 @@ pub struct OutboxTables {
     pub inbox: String,
     /// The destinations backed off after an outage (default `outbox_destinations`).
     pub destinations: String,
+    /// The partition keys that have unsent messages (default `outbox_keys`).
+    pub keys: String,
 }
 
 impl Default for OutboxTables {
@@ -77,6 +79,7 @@ impl Default for OutboxTables {
             outbox: "outbox".into(),
             inbox: "inbox".into(),
             destinations: "outbox_destinations".into(),
+            keys: "outbox_keys".into(),
         }
     }
 }
@@ -405,6 +408,7 @@ impl EventrailConfigBuilder {
             ("outbox table", &o.outbox),
             ("inbox table", &o.inbox),
             ("destinations table", &o.destinations),
+            ("keys table", &o.keys),
         ] {
             qualify_table(what, name, &f.schema)?;
         }

@@ -51,6 +51,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (8, "worker_fencing"),
     (9, "saga"),
     (PARTITION_MIGRATION.version, PARTITION_MIGRATION.name),
+    (11, "outbox_keys"),
 ];
 
 /// The optional conversion of the log to a table partitioned by position range

@@ -159,7 +159,9 @@ impl Backend for Pg {
         let client = self.0.pool.get().await?;
         client
             .batch_execute(&format!(
-                "UPDATE eventrail.outbox SET sent_at = now() - {seconds} * interval '1 second' WHERE state = 'sent' AND {condition}"
+                "UPDATE eventrail.outbox SET sent_at = now() - {seconds} * interval '1 second',
+                        created_at = least(created_at, now() - {seconds} * interval '1 second')
+                 WHERE state = 'sent' AND {condition}"
             ))
             .await?;
         Ok(())
@@ -169,7 +171,9 @@ impl Backend for Pg {
         let client = self.0.pool.get().await?;
         client
             .batch_execute(&format!(
-                "UPDATE eventrail.outbox SET sent_at = sent_at - {seconds} * interval '1 second' WHERE state = 'sent'"
+                "UPDATE eventrail.outbox SET sent_at = sent_at - {seconds} * interval '1 second',
+                        created_at = created_at - {seconds} * interval '1 second'
+                 WHERE state = 'sent'"
             ))
             .await?;
         Ok(())
@@ -1538,6 +1542,7 @@ async fn mysql_migrate_is_idempotent_and_names_are_validated() -> anyhow::Result
         outbox: "other_outbox".into(),
         inbox: "other_inbox".into(),
         destinations: "other_destinations".into(),
+        keys: "other_keys".into(),
     });
     MySqlOutbox::new(&other)?.migrate(&db.pool).await?;
     let tables: Vec<String> = conn

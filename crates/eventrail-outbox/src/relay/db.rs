@@ -56,7 +56,7 @@ pub(crate) struct Claimed {
 
 /// The rows of one settle: each message, its key's head, its outcome code (`s` sent, `f`
 /// failed, `p` permanently failed, `r` handed back untried, `u`/`m` handed back because the
-/// destination is unavailable/missing), its error, its destination, and its attempt number as
+/// destination is unavailable/missing), its error, its destination, its key, and its attempt number as
 /// claimed (the attempts counted once this settle is done, for `s`, `f` and `p`).
 #[derive(Debug, Default)]
 pub(crate) struct Settlement<'m> {
@@ -65,6 +65,7 @@ pub(crate) struct Settlement<'m> {
     pub(crate) codes: Vec<&'static str>,
     pub(crate) errors: Vec<Option<String>>,
     pub(crate) destinations: Vec<&'m str>,
+    pub(crate) keys: Vec<&'m str>,
     pub(crate) attempts: Vec<u32>,
 }
 
@@ -132,6 +133,12 @@ pub(crate) trait RelayDb: Send + Sync + 'static {
 
     /// Forgets backed-off destinations without pending messages.
     fn forget_destinations(&self) -> impl Future<Output = Result<u64, OutboxError>> + Send;
+
+    /// Forgets the bookkeeping of keys left without unsent messages, on databases that keep a
+    /// row per key (PostgreSQL); returns how many.
+    fn forget_keys(&self) -> impl Future<Output = Result<u64, OutboxError>> + Send {
+        async { Ok(0) }
+    }
 
     /// The pending count and the oldest pending message's age in seconds.
     fn stats(&self) -> impl Future<Output = Result<(u64, f64), OutboxError>> + Send;

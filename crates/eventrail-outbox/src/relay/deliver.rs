@@ -61,6 +61,7 @@ fn settlement<'a, 'm: 'a>(
             rows.codes.push(outcome.code());
             rows.errors.push(error);
             rows.destinations.push(m.destination.as_str());
+            rows.keys.push(m.partition_key.as_str());
             rows.attempts.push(m.attempts);
         }
     }

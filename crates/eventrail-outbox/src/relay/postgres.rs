@@ -139,6 +139,7 @@ impl RelayDb for PgRelayDb {
             codes,
             errors,
             destinations,
+            keys,
             attempts: _,
         } = rows;
         let max_attempts = i32::try_from(params.max_attempts).unwrap_or(i32::MAX);
@@ -161,6 +162,7 @@ impl RelayDb for PgRelayDb {
                     (&ms(params.destination_initial), Type::FLOAT8),
                     (&ms(params.destination_max), Type::FLOAT8),
                     (&params.keep_sent, Type::BOOL),
+                    (&keys, Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -191,6 +193,14 @@ impl RelayDb for PgRelayDb {
         let client = self.client().await?;
         client
             .execute_typed(&self.tables.forget_destinations, &[])
+            .await
+            .map_err(db)
+    }
+
+    async fn forget_keys(&self) -> Result<u64, OutboxError> {
+        let client = self.client().await?;
+        client
+            .execute_typed(&self.tables.forget_keys, &[])
             .await
             .map_err(db)
     }

@@ -24,6 +24,10 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
         if total > 0 {
             debug!(deleted = total, "cleaned up sent messages");
         }
+        let keys = self.db.forget_keys().await?;
+        if keys > 0 {
+            debug!(keys, "forgot keys without unsent messages");
+        }
         let forgotten = self.db.forget_destinations().await?;
         if forgotten > 0 {
             debug!(
