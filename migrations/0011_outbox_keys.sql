@@ -1,33 +1,28 @@
--- eventrail outbox: the partition keys that have unsent messages, so that no index of the outbox
--- names a column a relay writes, and claiming, failing or sending a message updates its row in
--- place (a HOT update: no index entry written).
+-- eventrail outbox: a message is sent when its key's progress passes it, so that sending a run of
+-- messages writes one row (the key's), not one row and its index entries per message.
 -- `{schema}`, `{outbox}` and `{outbox_keys}` are replaced by validated, quoted names.
 
--- One row per partition key that may have unsent messages (pending or dead): a relay's walk of
--- due keys reads this table instead of an index of every unsent message. Enqueue inserts or
--- updates the row (under the key's lock, until its commit); the settle that sends a key's last
--- enqueued message deletes it, and otherwise moves `unsent_from` past what it sent.
+-- One row per partition key that may have unsent messages (pending or dead). A message is sent
+-- when its sequence is at or below its key's `sent_through`, when its key has no row here, or
+-- when its `state` says so (rows marked before this migration). Enqueue inserts a missing row
+-- (with `sent_through` just below its first message: a key without a row had everything sent);
+-- a settle moves `sent_through` past the run it sent; a relay's upkeep deletes the rows of keys
+-- left with nothing unsent, holding the keys' enqueue locks so that no enqueue is in flight.
 CREATE TABLE {outbox_keys} (
-    partition_key    text   PRIMARY KEY,
-    -- The key's last enqueued sequence, written by every enqueue of the key: a settle deletes
-    -- the row only when it sent through it, checked on the row it locked, so an enqueue that
-    -- committed meanwhile keeps the row.
-    enqueued_through bigint NOT NULL,
-    -- At or below the sequence of the key's oldest unsent message (its head): where the head's
-    -- lookup starts. Not indexed, so that moving it is an update in place.
-    unsent_from      bigint NOT NULL
-) WITH (fillfactor = 70);
+    partition_key text        PRIMARY KEY,
+    sent_through  bigint      NOT NULL,
+    -- When `sent_through` last moved.
+    sent_at       timestamptz
+);
 
-INSERT INTO {outbox_keys} (partition_key, enqueued_through, unsent_from)
-SELECT partition_key, max(sequence), min(sequence) FILTER (WHERE state <> 'sent')
+INSERT INTO {outbox_keys} (partition_key, sent_through)
+SELECT partition_key, min(sequence) - 1
 FROM {outbox}
-GROUP BY partition_key
-HAVING bool_or(state <> 'sent');
+WHERE state <> 'sent'
+GROUP BY partition_key;
 
--- The outbox's indexes no longer name `state`, `sent_at`, the lease or the attempts: a key's
--- messages are found by (partition_key, sequence) from its `unsent_from` on, the cleanup's
--- candidates by `created_at` (a message is sent after it was enqueued). Each page keeps room
--- for the new versions of its rows.
+-- The outbox's indexes no longer depend on a message's state: a key's messages are found by
+-- (partition_key, sequence) from its `sent_through` on, the cleanup's candidates by `created_at`.
 DO $$
 DECLARE
     partial regclass;
@@ -41,4 +36,3 @@ BEGIN
 END $$;
 CREATE INDEX ON {outbox} (partition_key, sequence);
 CREATE INDEX ON {outbox} (created_at);
-ALTER TABLE {outbox} SET (fillfactor = 70);

@@ -12,6 +12,25 @@ pub mod servers;
 pub mod torture;
 pub mod worker_process;
 
+/// The outbox of schema `eventrail` as its messages stand, for conditions on `state`, `attempts`,
+/// `lease_owner` and `sent_at`: a relay does not write a message's row when it sends it, its
+/// key's progress passes it (see the outbox's migration 11). A sent message's attempts are at
+/// least the one that sent it (only a key's head counts its attempts before the publish).
+pub const OUTBOX_MESSAGES: &str = "(
+    SELECT o.sequence, o.message_id, o.partition_key, o.destination, o.headers, o.payload,
+           o.content_type, o.created_at, o.next_attempt_at, o.last_error,
+           CASE WHEN s.sent THEN 'sent' ELSE o.state END AS state,
+           CASE WHEN s.sent THEN greatest(o.attempts, 1) ELSE o.attempts END AS attempts,
+           CASE WHEN s.sent THEN NULL ELSE o.lease_owner END AS lease_owner,
+           CASE WHEN s.sent THEN NULL ELSE o.lease_expires_at END AS lease_expires_at,
+           CASE WHEN s.sent THEN coalesce(o.sent_at, k.sent_at) END AS sent_at
+    FROM eventrail.outbox AS o
+    LEFT JOIN eventrail.outbox_keys AS k ON k.partition_key = o.partition_key
+    CROSS JOIN LATERAL (
+        SELECT o.state = 'sent' OR k.partition_key IS NULL OR o.sequence <= k.sent_through AS sent
+    ) AS s
+) AS outbox";
+
 /// The table a [`Recorder`] writes to: one row per consumer and event, so a duplicate effect
 /// fails the batch.
 pub const HANDLED_DDL: &str = "CREATE TABLE IF NOT EXISTS handled (

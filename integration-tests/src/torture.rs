@@ -603,7 +603,10 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 async fn unsent(client: &Client) -> anyhow::Result<Vec<Uuid>> {
     Ok(client
         .query(
-            "SELECT message_id FROM eventrail.outbox WHERE state <> 'sent'",
+            &format!(
+                "SELECT message_id FROM {} WHERE state <> 'sent'",
+                crate::OUTBOX_MESSAGES
+            ),
             &[],
         )
         .await?
@@ -643,7 +646,10 @@ impl Rig {
         eventually(limit, "the outbox to publish what was pending", || async {
             let left: i64 = client
                 .query_one(
-                    "SELECT count(*) FROM eventrail.outbox WHERE message_id = ANY($1) AND state <> 'sent'",
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE message_id = ANY($1) AND state <> 'sent'",
+                        crate::OUTBOX_MESSAGES
+                    ),
                     &[&ids],
                 )
                 .await?
@@ -708,7 +714,7 @@ impl Rig {
                 let _ = eventually(10, "the relay to hold a claim", || async {
                     let leased: i64 = client
                         .query_one(
-                            "SELECT count(*) FROM eventrail.outbox WHERE state = 'pending' AND lease_owner IS NOT NULL",
+                            &format!("SELECT count(*) FROM {} WHERE state = 'pending' AND lease_owner IS NOT NULL", crate::OUTBOX_MESSAGES),
                             &[],
                         )
                         .await?

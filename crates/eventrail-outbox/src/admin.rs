@@ -114,16 +114,17 @@ impl OutboxAdmin {
     /// # Errors
     /// [`OutboxError::Database`].
     pub async fn status(&self) -> Result<OutboxStatus, OutboxError> {
-        let t = &self.tables.outbox;
+        let (t, unsent) = (&self.tables.outbox, &self.tables.unsent);
         let client = self.pool.get().await.map_err(db)?;
         let row = client
             .query_typed_one(
                 &format!(
-                    "SELECT count(*) FILTER (WHERE state = 'pending'),
-                            count(*) FILTER (WHERE state = 'pending' AND lease_expires_at > now()),
-                            coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8, 0),
-                            count(*) FILTER (WHERE state = 'sent')
-                     FROM {t}"
+                    "SELECT count(*) FILTER (WHERE o.state = 'pending'),
+                            count(*) FILTER (WHERE o.state = 'pending' AND o.lease_expires_at > now()),
+                            coalesce(extract(epoch FROM now() - min(o.created_at) FILTER (WHERE o.state = 'pending'))::float8, 0),
+                            (SELECT count(*) FROM {} WHERE {})
+                     FROM {unsent}",
+                    self.tables.all_messages, self.tables.sent
                 ),
                 &[],
             )
@@ -134,12 +135,12 @@ impl OutboxAdmin {
         let blocked = client
             .query_typed_one(
                 &format!(
-                    "SELECT count(*), count(DISTINCT p.partition_key)
-                     FROM {t} AS p
-                     WHERE p.state = 'pending' AND EXISTS (
+                    "SELECT count(*), count(DISTINCT o.partition_key)
+                     FROM {unsent}
+                     WHERE o.state = 'pending' AND EXISTS (
                          SELECT 1 FROM {t} AS d
-                         WHERE d.state = 'dead' AND d.partition_key = p.partition_key
-                           AND d.sequence < p.sequence
+                         WHERE d.state = 'dead' AND d.partition_key = o.partition_key
+                           AND d.sequence < o.sequence
                      )"
                 ),
                 &[],
@@ -150,7 +151,7 @@ impl OutboxAdmin {
             .query_typed(
                 &format!(
                     "SELECT d.destination, d.reason, d.since, d.failures, d.next_attempt_at, d.last_error,
-                            (SELECT count(*) FROM {t} AS o WHERE o.state = 'pending' AND o.destination = d.destination)
+                            (SELECT count(*) FROM {unsent} WHERE o.state = 'pending' AND o.destination = d.destination)
                      FROM {} AS d ORDER BY d.destination",
                     self.tables.destinations
                 ),

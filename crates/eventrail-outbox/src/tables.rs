@@ -16,13 +16,18 @@ pub const OUTBOX_DESTINATIONS_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0005_outbox_destinations.sql"),
 };
 
-/// The outbox's keys with unsent messages (number 11: the outbox's indexes no longer name what a
-/// relay writes).
+/// The outbox's keys with unsent messages and how far each was sent (number 11: sending a run
+/// writes the key's row instead of each message's).
 pub const OUTBOX_KEYS_MIGRATION: Migration = Migration {
     version: 11,
     name: "outbox_keys",
     template: include_str!("../../../migrations/0011_outbox_keys.sql"),
 };
+
+/// Whether the message `o`, with its key's row `k` left-joined, was sent: marked sent (before
+/// migration 11), or at or below its key's progress, or of a key without a row (a key keeps its
+/// row while it has unsent messages).
+const SENT: &str = "(o.state = 'sent' OR k.partition_key IS NULL OR o.sequence <= k.sent_through)";
 
 /// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
 /// sequence order is its commit order (key: the hash of the qualified outbox table and the
@@ -58,6 +63,13 @@ pub(crate) struct Tables {
     pub(crate) renew: String,
     pub(crate) release_all: String,
     pub(crate) cleanup: String,
+    pub(crate) idle_keys: String,
+    /// `FROM` items naming every unsent message `o` (and its key's row `k`).
+    pub(crate) unsent: String,
+    /// `FROM` items naming every message `o` (and its key's row `k`, if any), and the condition
+    /// that it was sent.
+    pub(crate) all_messages: String,
+    pub(crate) sent: &'static str,
     pub(crate) forget_keys: String,
     pub(crate) forget_destinations: String,
     pub(crate) stats: String,
@@ -83,7 +95,12 @@ impl Tables {
             qualify("destinations table", &names.destinations, default_schema)?;
         let (keys, keys_schema, _) = qualify("keys table", &names.keys, default_schema)?;
         validate_identifier("notify channel", channel)?;
-        let mut schemas = vec![outbox_schema, inbox_schema, destinations_schema, keys_schema];
+        let mut schemas = vec![
+            outbox_schema,
+            inbox_schema,
+            destinations_schema,
+            keys_schema,
+        ];
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
@@ -101,20 +118,19 @@ impl Tables {
                  FOR UPDATE OF o SKIP LOCKED"
             )
         };
-        // The head of the key row `k`: its oldest unsent message, looked up from `unsent_from` on
-        // by one descent of the (partition_key, sequence) index (sent messages kept for the
-        // retention sit below it).
+        // The head of the key row `k`: its oldest unsent message, by one descent of the
+        // (partition_key, sequence) index from the key's `sent_through` on.
         let head_of = |k: &str| {
             format!(
                 "SELECT sequence FROM {outbox}
-                 WHERE partition_key = {k}.partition_key AND sequence >= {k}.unsent_from AND state <> 'sent'
+                 WHERE partition_key = {k}.partition_key AND sequence > {k}.sent_through AND state <> 'sent'
                  ORDER BY sequence LIMIT 1"
             )
         };
         // The unsent messages (pending and dead) of every key that has some.
         let unsent = format!(
             "{keys} AS k JOIN {outbox} AS o
-                 ON o.partition_key = k.partition_key AND o.sequence >= k.unsent_from AND o.state <> 'sent'"
+                 ON o.partition_key = k.partition_key AND o.sequence > k.sent_through AND o.state <> 'sent'"
         );
         let eligible_c = "c.state = 'pending' AND (c.lease_owner IS NULL OR c.lease_expires_at < now()) AND c.next_attempt_at <= now()";
         Ok(Self {
@@ -122,9 +138,10 @@ impl Tables {
             lock_keys: format!(
                 "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext('{outbox}/' || k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
             ),
-            // The messages, and for each of their keys the row that makes relays look at it:
-            // written while the key's lock is held, so a settle of the key cannot delete the row
-            // while this enqueue is in flight (it skips a locked row).
+            // The messages, and a row for each of their keys that has none (a key without a row
+            // had every message sent, so its progress starts just below the first new one).
+            // The key's lock, taken first, keeps a relay's upkeep from deleting the row of a key
+            // whose enqueue is in flight.
             insert: format!(
                 "WITH m AS (
                      INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
@@ -134,11 +151,10 @@ impl Tables {
                      ORDER BY n
                      RETURNING sequence, message_id, partition_key
                  ), k AS (
-                     INSERT INTO {keys} AS k (partition_key, enqueued_through, unsent_from)
-                     SELECT partition_key, max(sequence), min(sequence) FROM m
+                     INSERT INTO {keys} (partition_key, sent_through)
+                     SELECT partition_key, min(sequence) - 1 FROM m
                      GROUP BY partition_key ORDER BY partition_key
-                     ON CONFLICT (partition_key) DO UPDATE
-                     SET enqueued_through = greatest(k.enqueued_through, excluded.enqueued_through)
+                     ON CONFLICT (partition_key) DO NOTHING
                  )
                  SELECT message_id FROM m ORDER BY sequence"
             ),
@@ -204,7 +220,7 @@ impl Tables {
                          FROM (
                              SELECT * FROM {outbox}
                              WHERE state <> 'sent' AND partition_key = k.key
-                               AND sequence >= (SELECT unsent_from FROM {keys} WHERE partition_key = k.key)
+                               AND sequence > (SELECT sent_through FROM {keys} WHERE partition_key = k.key)
                              ORDER BY sequence LIMIT $2
                          ) AS c
                          LEFT JOIN {destinations} AS d ON d.destination = c.destination
@@ -235,37 +251,24 @@ impl Tables {
             // backoff had ended (this was a probe), the next, doubled backoff; a failure
             // reported while the backoff still runs (a publish started before it) leaves it.
             // Any answer of a destination (sent, or a failure of the message) ends its backoff.
-            // Without retention ($12 false), a sent message is deleted instead of marked.
-            // A key's sent messages are a prefix of its run ($13 is each message's key): the key's
-            // row moves `unsent_from` past the last one, or goes when that was the key's last
-            // enqueued message. Both check `enqueued_through` on the row itself, so an enqueue that
-            // committed after this statement's snapshot keeps the row; a row an enqueue in flight
-            // holds is skipped (its `unsent_from` stays below the head, where a lookup starts).
+            // A key's sent messages are a prefix of its run ($13 is each message's key): the
+            // key's `sent_through` moves to the last one, and the messages themselves are not
+            // written (without retention, $12 false, they are deleted). The other outcomes
+            // update their messages.
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
                      WHERE sequence = ANY($8::bigint[]) AND lease_owner = $7
                      FOR UPDATE
                  ), f AS (
-                     SELECT seq, outcome, error, key, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[], $13::text[]) AS f(seq, outcome, error, head, key)
+                     SELECT seq, outcome, error, destination, key, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[], $9::text[], $13::text[])
+                          AS f(seq, outcome, error, head, destination, key)
                      WHERE head IN (SELECT sequence FROM held)
                  ), progressed AS (
-                     SELECT key, max(seq) AS sent_through FROM f WHERE outcome = 's' GROUP BY key
-                 ), lockable AS (
-                     SELECT partition_key FROM {keys}
-                     WHERE partition_key IN (SELECT key FROM progressed)
-                     ORDER BY partition_key
-                     FOR UPDATE SKIP LOCKED
-                 ), idle AS (
-                     DELETE FROM {keys} AS k USING progressed AS p
-                     WHERE k.partition_key = p.key AND k.partition_key IN (SELECT partition_key FROM lockable)
-                       AND k.enqueued_through <= p.sent_through
-                 ), advanced AS (
-                     UPDATE {keys} AS k SET unsent_from = greatest(k.unsent_from, p.sent_through + 1)
-                     FROM progressed AS p
-                     WHERE k.partition_key = p.key AND k.partition_key IN (SELECT partition_key FROM lockable)
-                       AND k.enqueued_through > p.sent_through
+                     UPDATE {keys} AS k SET sent_through = greatest(k.sent_through, p.sent_through), sent_at = now()
+                     FROM (SELECT key, max(seq) AS sent_through FROM f WHERE outcome = 's' GROUP BY key) AS p
+                     WHERE k.partition_key = p.key
                  ), reported AS (
                      SELECT outcome, error, destination
                      FROM unnest($2::text[], $3::text[], $9::text[]) AS r(outcome, error, destination)
@@ -293,13 +296,10 @@ impl Tables {
                      DELETE FROM {outbox} AS o
                      USING f
                      WHERE NOT $12::bool AND o.sequence = f.seq AND f.outcome = 's'
-                     RETURNING o.destination
                  ), marked AS (
                      UPDATE {outbox} AS o SET
-                         state = CASE WHEN f.outcome = 's' THEN 'sent'
-                                      WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
+                         state = CASE WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
                                       ELSE 'pending' END,
-                         sent_at = CASE WHEN f.outcome = 's' THEN now() END,
                          last_error = CASE WHEN f.outcome IN ('f', 'p', 'u', 'm') THEN f.error ELSE o.last_error END,
                          next_attempt_at = CASE WHEN f.outcome = 'f' THEN
                              now() + least($6::float8, $5::float8 * power(2::float8, least(greatest(o.attempts + f.uncounted - 1, 0), 40)))
@@ -310,12 +310,12 @@ impl Tables {
                          lease_owner = NULL,
                          lease_expires_at = NULL
                      FROM f
-                     WHERE o.sequence = f.seq AND ($12::bool OR f.outcome <> 's')
+                     WHERE o.sequence = f.seq AND f.outcome <> 's'
                      RETURNING o.state, o.destination, f.outcome
                  )
                  SELECT state, destination, outcome FROM marked
                  UNION ALL
-                 SELECT 'sent', destination, 's' FROM gone"
+                 SELECT 'sent', destination, 's' FROM f WHERE outcome = 's'"
             ),
             // Extends the leases of the heads this relay still holds; a head missing from the
             // result was taken over (or settled) and its key must stop publishing.
@@ -331,32 +331,32 @@ impl Tables {
                    AND lease_owner = $1 AND state = 'pending'",
                 head_of("k")
             ),
-            // A message is sent after it was enqueued: the candidates are read by `created_at`.
+            // Sent messages enqueued before the retention (a message is sent after it was
+            // enqueued, so none sent within it goes), oldest first.
             cleanup: format!(
                 "DELETE FROM {outbox} WHERE sequence IN (
-                     SELECT sequence FROM {outbox}
-                     WHERE created_at < now() - $1::float8 * interval '1 millisecond'
-                       AND state = 'sent' AND sent_at < now() - $1::float8 * interval '1 millisecond'
-                     ORDER BY created_at LIMIT $2
+                     SELECT o.sequence FROM {outbox} AS o
+                     LEFT JOIN {keys} AS k ON k.partition_key = o.partition_key
+                     WHERE o.created_at < now() - $1::float8 * interval '1 millisecond'
+                       AND {SENT}
+                     ORDER BY o.created_at LIMIT $2
                  )"
             ),
-            // Key rows left without unsent messages (their dead messages purged, or a settle
-            // that skipped the row while an enqueue held it). The row goes only if no enqueue
-            // wrote it since this statement's snapshot (`enqueued_through` unchanged), and a row
-            // an enqueue in flight holds is skipped.
+            // Keys whose messages are all sent in this snapshot, each locked with its enqueue
+            // lock if no enqueue holds it (the keys' rows are deleted by `forget_keys` in the
+            // same transaction, under these locks).
+            idle_keys: format!(
+                "SELECT partition_key FROM (
+                     SELECT k.partition_key FROM {keys} AS k
+                     WHERE NOT EXISTS ({}) LIMIT $1 OFFSET 0
+                 ) AS idle
+                 WHERE pg_try_advisory_xact_lock({KEY_LOCK}, hashtext('{outbox}/' || partition_key))",
+                head_of("k")
+            ),
+            // Of the keys in $1, locked by `idle_keys`, those still without unsent messages in
+            // this later snapshot (no enqueue of them is in flight: each holds its key's lock).
             forget_keys: format!(
-                "WITH idle AS (
-                     SELECT k.partition_key, k.enqueued_through FROM {keys} AS k
-                     WHERE NOT EXISTS ({})
-                 ), lockable AS (
-                     SELECT partition_key FROM {keys}
-                     WHERE partition_key IN (SELECT partition_key FROM idle)
-                     ORDER BY partition_key
-                     FOR UPDATE SKIP LOCKED
-                 )
-                 DELETE FROM {keys} AS k USING idle
-                 WHERE k.partition_key = idle.partition_key AND k.enqueued_through = idle.enqueued_through
-                   AND k.partition_key IN (SELECT partition_key FROM lockable)",
+                "DELETE FROM {keys} AS k WHERE k.partition_key = ANY ($1::text[]) AND NOT EXISTS ({})",
                 head_of("k")
             ),
             // A backed-off destination with no pending message left (purged, or all sent by a
@@ -372,6 +372,11 @@ impl Tables {
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
                  FROM {unsent} WHERE o.state = 'pending'"
             ),
+            all_messages: format!(
+                "{outbox} AS o LEFT JOIN {keys} AS k ON k.partition_key = o.partition_key"
+            ),
+            sent: SENT,
+            unsent,
             channel: channel.to_owned(),
             outbox,
             outbox_bare,
@@ -443,7 +448,7 @@ mod tests {
                 OUTBOX_KEYS_MIGRATION
             ]
             .iter()
-                .all(eventrail_store_postgres::is_known_migration)
+            .all(eventrail_store_postgres::is_known_migration)
         );
     }
 

@@ -468,7 +468,13 @@ async fn outbox_status_and_dead_letters() -> anyhow::Result<()> {
     let out = eventrail(&["outbox", "dead", "purge", "--all", "--database-url", url]).await?;
     assert!(out.contains("purged 1 dead messages"), "{out}");
     let states: Vec<String> = client
-        .query("SELECT state FROM eventrail.outbox ORDER BY sequence", &[])
+        .query(
+            &format!(
+                "SELECT state FROM {} ORDER BY sequence",
+                integration_tests::OUTBOX_MESSAGES
+            ),
+            &[],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))

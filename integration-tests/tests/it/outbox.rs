@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use integration_tests::OUTBOX_MESSAGES;
+
 use crate::harness::{TestDb, eventually};
 
 /// Fast settings for tests: short polls and backoffs, many attempts.
@@ -46,7 +48,7 @@ pub(crate) async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
     let client = db.pool.get().await?;
     Ok(client
         .query_one(
-            &format!("SELECT count(*) FROM eventrail.outbox WHERE {condition}"),
+            &format!("SELECT count(*) FROM {OUTBOX_MESSAGES} WHERE {condition}"),
             &[],
         )
         .await?
@@ -268,7 +270,7 @@ async fn poison_message_goes_dead_while_other_keys_flow_and_its_key_waits() -> a
     assert!(row.get::<_, String>(1).contains("broker refused it"));
     let row = client
         .query_one(
-            "SELECT attempts, state FROM eventrail.outbox WHERE message_id = $1",
+            &format!("SELECT attempts, state FROM {OUTBOX_MESSAGES} WHERE message_id = $1"),
             &[&fatal],
         )
         .await?;
@@ -282,7 +284,7 @@ async fn poison_message_goes_dead_while_other_keys_flow_and_its_key_waits() -> a
     assert_eq!(relay.relay_once().await?.claimed, 0);
     let row = client
         .query_one(
-            "SELECT attempts, state FROM eventrail.outbox WHERE message_id = $1",
+            &format!("SELECT attempts, state FROM {OUTBOX_MESSAGES} WHERE message_id = $1"),
             &[&waiting],
         )
         .await?;

@@ -18,6 +18,7 @@ use eventrail_outbox::{
     MySqlRelay, NewMessage, Outbox, OutboxAdmin, OutboxError, OutboxMessage, OutboxOptions,
     OutboxStatus, Relay, RetryPolicy, Sink, SinkError, Wakeup,
 };
+use integration_tests::OUTBOX_MESSAGES;
 use mysql_async::prelude::Queryable;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +162,7 @@ impl Backend for Pg {
             .batch_execute(&format!(
                 "UPDATE eventrail.outbox SET sent_at = now() - {seconds} * interval '1 second',
                         created_at = least(created_at, now() - {seconds} * interval '1 second')
-                 WHERE state = 'sent' AND {condition}"
+                 WHERE sequence IN (SELECT sequence FROM {OUTBOX_MESSAGES} WHERE state = 'sent' AND {condition})"
             ))
             .await?;
         Ok(())
@@ -173,7 +174,7 @@ impl Backend for Pg {
             .batch_execute(&format!(
                 "UPDATE eventrail.outbox SET sent_at = sent_at - {seconds} * interval '1 second',
                         created_at = created_at - {seconds} * interval '1 second'
-                 WHERE state = 'sent'"
+                 WHERE sequence IN (SELECT sequence FROM {OUTBOX_MESSAGES} WHERE state = 'sent')"
             ))
             .await?;
         Ok(())

@@ -293,7 +293,10 @@ async fn the_relay_works_through_pgbouncer_with_its_listener_direct() -> anyhow:
         let client = pool.get().await?;
         let unsent: i64 = client
             .query_typed_one(
-                "SELECT count(*) FROM eventrail.outbox WHERE state <> 'sent'",
+                &format!(
+                    "SELECT count(*) FROM {} WHERE state <> 'sent'",
+                    integration_tests::OUTBOX_MESSAGES
+                ),
                 &[],
             )
             .await?

@@ -134,9 +134,10 @@ pub(crate) trait RelayDb: Send + Sync + 'static {
     /// Forgets backed-off destinations without pending messages.
     fn forget_destinations(&self) -> impl Future<Output = Result<u64, OutboxError>> + Send;
 
-    /// Forgets the bookkeeping of keys left without unsent messages, on databases that keep a
-    /// row per key (PostgreSQL); returns how many.
-    fn forget_keys(&self) -> impl Future<Output = Result<u64, OutboxError>> + Send {
+    /// Forgets the rows of keys left without unsent messages, at most `batch` per statement, on
+    /// databases that keep a row per key (PostgreSQL); returns how many.
+    fn forget_keys(&self, batch: usize) -> impl Future<Output = Result<u64, OutboxError>> + Send {
+        let _ = batch;
         async { Ok(0) }
     }
 

@@ -197,12 +197,37 @@ impl RelayDb for PgRelayDb {
             .map_err(db)
     }
 
-    async fn forget_keys(&self) -> Result<u64, OutboxError> {
-        let client = self.client().await?;
-        client
-            .execute_typed(&self.tables.forget_keys, &[])
-            .await
-            .map_err(db)
+    async fn forget_keys(&self, batch: usize) -> Result<u64, OutboxError> {
+        let mut client = self.client().await?;
+        let limit = to_i64(batch);
+        let mut total = 0;
+        // Bounded: a key that got a message between the two statements stays, and the next
+        // round's first statement no longer finds it idle.
+        for _ in 0..100 {
+            // Two statements: the second's snapshot is taken once the first holds the keys'
+            // enqueue locks, so it sees every enqueue of them that committed.
+            let tx = client.transaction().await.map_err(db)?;
+            let keys: Vec<String> = tx
+                .query_typed(&self.tables.idle_keys, &[(&limit, Type::INT8)])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if keys.is_empty() {
+                tx.commit().await.map_err(db)?;
+                break;
+            }
+            total += tx
+                .execute_typed(&self.tables.forget_keys, &[(&keys, Type::TEXT_ARRAY)])
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            if keys.len() < batch {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     async fn stats(&self) -> Result<(u64, f64), OutboxError> {

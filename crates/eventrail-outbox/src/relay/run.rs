@@ -55,6 +55,9 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
                     if let Err(e) = drive(self.record_stats(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox stats failed");
                     }
+                    if let Err(e) = drive(self.forget_idle_keys(), &mut batches).await {
+                        warn!(error = %chain(&e), "forgetting idle outbox keys failed");
+                    }
                 }
                 if now >= next_cleanup {
                     next_cleanup = now + self.options.cleanup_interval;

@@ -24,10 +24,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
         if total > 0 {
             debug!(deleted = total, "cleaned up sent messages");
         }
-        let keys = self.db.forget_keys().await?;
-        if keys > 0 {
-            debug!(keys, "forgot keys without unsent messages");
-        }
+        self.forget_idle_keys().await?;
         let forgotten = self.db.forget_destinations().await?;
         if forgotten > 0 {
             debug!(
@@ -36,6 +33,16 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             );
         }
         Ok(total)
+    }
+
+    /// Forgets the keys left without unsent messages (a walk of due keys visits every key
+    /// that has a row).
+    pub(crate) async fn forget_idle_keys(&self) -> Result<u64, OutboxError> {
+        let keys = self.db.forget_keys(self.options.cleanup_batch).await?;
+        if keys > 0 {
+            debug!(keys, "forgot keys without unsent messages");
+        }
+        Ok(keys)
     }
 
     pub(super) async fn record_stats(&self) -> Result<(), OutboxError> {
