@@ -118,9 +118,14 @@ async fn relay<S: Sink + Clone>(
         pool.get()
             .await?
             .execute(
-            "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
-             SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
-             FROM generate_series(1, $1::int8) AS i",
+            "WITH parked AS (
+                 INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
+                 SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
+                 FROM generate_series(1, $1::int8) AS i
+                 RETURNING partition_key, sequence
+             )
+             INSERT INTO eventrail.outbox_keys (partition_key, sent_through)
+             SELECT partition_key, sequence - 1 FROM parked",
             &[&i64::try_from(parked_keys)?],
         )
         .await?;
@@ -138,7 +143,13 @@ async fn relay<S: Sink + Clone>(
         .max_in_flight(keys);
     let client = pool.get().await?;
     let pending = client
-        .prepare("SELECT EXISTS (SELECT FROM eventrail.outbox WHERE state = 'pending')")
+        .prepare(
+            "SELECT EXISTS (
+                 SELECT FROM eventrail.outbox_keys AS k JOIN eventrail.outbox AS o
+                     ON o.partition_key = k.partition_key AND o.sequence > k.sent_through
+                 WHERE o.state = 'pending'
+             )",
+        )
         .await?;
     let acked = Arc::new(AtomicUsize::new(0));
     let sink = Counted {
@@ -167,7 +178,9 @@ async fn relay<S: Sink + Clone>(
     for t in tasks {
         t.await??;
     }
-    client.batch_execute("TRUNCATE eventrail.outbox").await?;
+    client
+        .batch_execute("TRUNCATE eventrail.outbox, eventrail.outbox_keys")
+        .await?;
     Ok((rate, cpu))
 }
 
@@ -339,7 +352,7 @@ pub(crate) async fn measure(load: Load, with_kafka: bool) -> anyhow::Result<Rela
     let enqueue_rate = enqueue(&pool, n, keys).await?;
     pool.get()
         .await?
-        .batch_execute("TRUNCATE eventrail.outbox")
+        .batch_execute("TRUNCATE eventrail.outbox, eventrail.outbox_keys")
         .await?;
     let mut cpu = Vec::new();
     let mut phase = |label: &'static str, (rate, use_): (f64, CpuUse)| {
