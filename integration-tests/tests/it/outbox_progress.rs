@@ -1,0 +1,247 @@
+//! A message is sent when its key's progress passes it (migration 11): a settle writes one row
+//! per key instead of each message's row, a key keeps its row only while it has unsent
+//! messages, and an outbox filled before the migration keeps what it had sent, pending and dead.
+
+use std::time::Duration;
+
+use eventrail_outbox::{
+    InMemorySink, NewMessage, OUTBOX_DESTINATIONS_MIGRATION, OUTBOX_MIGRATION, Outbox, OutboxAdmin,
+    OutboxOptions, OutboxTables, Relay, outbox_migrator,
+};
+use eventrail_store_postgres::Migrator;
+
+use crate::harness::{TestDb, connect};
+use crate::outbox::{count, enqueue, fast};
+
+fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| {
+            NewMessage::new(
+                "orders",
+                format!("key-{}", i % keys),
+                i.to_be_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// Relays until a cycle claims nothing.
+async fn relay_all(relay: &Relay<InMemorySink>) -> anyhow::Result<()> {
+    while relay.relay_once().await?.claimed > 0 {}
+    Ok(())
+}
+
+/// Each key's payloads in the order the sink received them.
+fn per_key(sink: &InMemorySink) -> std::collections::BTreeMap<String, Vec<Vec<u8>>> {
+    let mut keys = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
+    for m in sink.messages() {
+        keys.entry(m.partition_key).or_default().push(m.payload);
+    }
+    keys
+}
+
+async fn key_rows(db: &TestDb) -> anyhow::Result<i64> {
+    Ok(db
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM eventrail.outbox_keys", &[])
+        .await?
+        .get(0))
+}
+
+/// Sending a run writes its key's row: the messages' rows keep the version their enqueue wrote,
+/// but for each key's head, which its claim leased (read from `xmin`, the transaction that wrote
+/// a row's current version).
+#[tokio::test]
+async fn sending_a_run_rewrites_no_message_but_its_head() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let outbox = Outbox::new(&OutboxOptions::new())?;
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let enqueued_by: String = tx
+        .query_one("SELECT txid_current()::text", &[])
+        .await?
+        .get(0);
+    outbox.enqueue_batch(&tx, messages(200, 4)).await?;
+    tx.commit().await?;
+
+    let sink = InMemorySink::new();
+    let relay = Relay::new(db.pool.clone(), sink.clone(), fast().max_per_key(50))?;
+    relay_all(&relay).await?;
+    assert_eq!(sink.messages().len(), 200);
+    for (key, payloads) in per_key(&sink) {
+        let mut sorted = payloads.clone();
+        sorted.sort();
+        assert_eq!(payloads, sorted, "{key} in order");
+    }
+    assert_eq!(count(&db, "state = 'sent'").await?, 200);
+    let rewritten: i64 = client
+        .query_one(
+            "SELECT count(*) FROM eventrail.outbox WHERE xmin::text <> $1",
+            &[&enqueued_by],
+        )
+        .await?
+        .get(0);
+    assert!(
+        rewritten <= 4,
+        "{rewritten} of 200 rows rewritten: only the 4 heads are leased"
+    );
+    Ok(())
+}
+
+/// A key whose messages are all sent loses its row at the upkeep; a message enqueued later for
+/// it starts the key's progress again just below itself, so the key's older messages stay sent
+/// and only the new one is published.
+#[tokio::test]
+async fn a_key_without_unsent_messages_is_forgotten_and_starts_again_when_it_gets_one()
+-> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    enqueue(&db, messages(30, 3)).await?;
+    let sink = InMemorySink::new();
+    let relay = Relay::new(
+        db.pool.clone(),
+        sink.clone(),
+        fast().retention(Duration::from_secs(3600)),
+    )?;
+    relay_all(&relay).await?;
+    assert_eq!(key_rows(&db).await?, 3, "kept until the upkeep");
+    relay.cleanup().await?;
+    assert_eq!(key_rows(&db).await?, 0, "forgotten");
+    assert_eq!(count(&db, "state = 'sent'").await?, 30, "still sent");
+
+    enqueue(
+        &db,
+        vec![NewMessage::new("orders", "key-1", b"late".to_vec())],
+    )
+    .await?;
+    assert_eq!(count(&db, "state = 'pending'").await?, 1);
+    assert_eq!(count(&db, "state = 'sent'").await?, 30);
+    relay_all(&relay).await?;
+    let delivered = sink.messages();
+    assert_eq!(delivered.len(), 31, "the late one once, nothing again");
+    assert_eq!(
+        delivered.last().map(|m| m.payload.clone()),
+        Some(b"late".to_vec())
+    );
+    let status = OutboxAdmin::new(db.pool.clone(), &OutboxOptions::new())?
+        .status()
+        .await?;
+    assert_eq!((status.pending, status.sent), (0, 31), "{status:?}");
+    Ok(())
+}
+
+/// The upkeep never forgets a key whose enqueue is in flight: it takes the keys' enqueue locks
+/// without waiting and skips a key whose lock a producer holds.
+#[tokio::test]
+async fn a_key_enqueued_while_the_upkeep_runs_keeps_its_row_and_is_relayed() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    enqueue(&db, messages(4, 1)).await?;
+    let sink = InMemorySink::new();
+    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
+    relay_all(&relay).await?;
+
+    // A producer's transaction enqueues for the key and stays open through the upkeep.
+    let outbox = Outbox::new(&OutboxOptions::new())?;
+    let mut producer = db.client().await?;
+    let tx = producer.transaction().await?;
+    outbox
+        .enqueue(
+            &tx,
+            NewMessage::new("orders", "key-0", b"in flight".to_vec()),
+        )
+        .await?;
+    relay.cleanup().await?;
+    assert_eq!(key_rows(&db).await?, 1, "the key in flight kept its row");
+    tx.commit().await?;
+    relay_all(&relay).await?;
+    assert_eq!(sink.messages().len(), 5);
+    assert_eq!(
+        sink.messages().last().map(|m| m.payload.clone()),
+        Some(b"in flight".to_vec())
+    );
+    relay.cleanup().await?;
+    assert_eq!(key_rows(&db).await?, 0);
+    Ok(())
+}
+
+/// An outbox filled before migration 11 (sent, pending and dead messages, marked in their rows)
+/// keeps them: the sent ones are not published again, the pending ones are, in order, and a
+/// dead one still parks its key.
+#[tokio::test]
+async fn an_outbox_filled_before_the_migration_keeps_what_it_sent_and_what_it_parked()
+-> anyhow::Result<()> {
+    let admin_url = eventrail_devdb::database_url().await?;
+    let url =
+        eventrail_devdb::recreate_database(&admin_url, "eventrail_outbox_before_keys").await?;
+    let mut client = connect(&url).await?;
+    let tables = OutboxTables::default();
+    Migrator::new("eventrail")?
+        .with_migrations(&[OUTBOX_MIGRATION, OUTBOX_DESTINATIONS_MIGRATION])
+        .with_replacement(
+            "{outbox_destinations}",
+            "\"eventrail\".\"outbox_destinations\"",
+        )
+        .with_replacement("{outbox}", "\"eventrail\".\"outbox\"")
+        .with_replacement("{inbox}", "\"eventrail\".\"inbox\"")
+        .run(&mut client)
+        .await?;
+    // Key a: two sent, two pending. Key b: one sent, one dead, one pending behind it. Key c:
+    // everything sent.
+    client
+        .batch_execute(
+            "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state, sent_at, attempts)
+             SELECT gen_random_uuid(), k, 'orders', convert_to(p, 'UTF8'), 'text/plain', s,
+                    CASE WHEN s = 'sent' THEN now() END, CASE WHEN s = 'pending' THEN 0 ELSE 1 END
+             FROM (VALUES (1, 'a', 'a1', 'sent'), (2, 'b', 'b1', 'sent'), (3, 'a', 'a2', 'sent'),
+                          (4, 'c', 'c1', 'sent'), (5, 'b', 'b2', 'dead'), (6, 'a', 'a3', 'pending'),
+                          (7, 'b', 'b3', 'pending'), (8, 'a', 'a4', 'pending')) AS m(n, k, p, s)
+             ORDER BY n",
+        )
+        .await?;
+    outbox_migrator("eventrail", &tables)?
+        .run(&mut client)
+        .await?;
+
+    let pool = eventrail_devdb::pool(&url, 4)?;
+    let status = OutboxAdmin::new(pool.clone(), &OutboxOptions::new())?
+        .status()
+        .await?;
+    assert_eq!(
+        (status.sent, status.pending, status.blocked),
+        (4, 3, 1),
+        "{status:?}"
+    );
+    let sink = InMemorySink::new();
+    let relay = Relay::new(pool.clone(), sink.clone(), fast())?;
+    relay_all(&relay).await?;
+    let published: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(
+        published,
+        ["a3", "a4"],
+        "only what was pending and not parked"
+    );
+    let admin = OutboxAdmin::new(pool, &OutboxOptions::new())?;
+    assert_eq!(admin.requeue(None).await?, 1);
+    relay_all(&relay).await?;
+    let published: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(published, ["a3", "a4", "b2", "b3"]);
+    let status = admin.status().await?;
+    assert_eq!((status.sent, status.pending), (8, 0), "{status:?}");
+    relay.cleanup().await?;
+    assert_eq!(
+        client
+            .query_one("SELECT count(*) FROM eventrail.outbox_keys", &[])
+            .await?
+            .get::<_, i64>(0),
+        0
+    );
+    Ok(())
+}
