@@ -245,3 +245,89 @@ async fn an_outbox_filled_before_the_migration_keeps_what_it_sent_and_what_it_pa
     );
     Ok(())
 }
+
+/// Producers enqueue one message per transaction on three keys, some rolled back, while two
+/// relays send and forget idle keys every few milliseconds: every committed message is
+/// published, each key in order, and no key keeps a row once everything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_forgotten_while_producers_enqueue_lose_nothing() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let sink = InMemorySink::new();
+    let options = fast()
+        .stats_interval(Duration::from_millis(5))
+        .max_per_key(4);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let relay = Relay::new(db.pool.clone(), sink.clone(), options.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move { anyhow::Ok(relay?.run(stop).await?) })
+        })
+        .collect();
+    let producers: Vec<_> = (0..4u32)
+        .map(|p| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                let outbox = Outbox::new(&OutboxOptions::new())?;
+                let mut committed = Vec::new();
+                for i in 0..150u32 {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    let key = format!("key-{}", i % 3);
+                    let payload = format!("{p}/{i}").into_bytes();
+                    outbox
+                        .enqueue(&tx, NewMessage::new("orders", &key, payload.clone()))
+                        .await?;
+                    if i % 7 == 3 {
+                        tx.rollback().await?;
+                    } else {
+                        tx.commit().await?;
+                        committed.push((key, payload));
+                    }
+                }
+                anyhow::Ok(committed)
+            })
+        })
+        .collect();
+    let mut committed = Vec::new();
+    for p in producers {
+        committed.extend(p.await??);
+    }
+    crate::harness::eventually(30, "every committed message to be published", || async {
+        Ok(sink.messages().len() >= committed.len())
+    })
+    .await?;
+    crate::harness::eventually(10, "every key's row to be forgotten", || async {
+        Ok(key_rows(&db).await? == 0)
+    })
+    .await?;
+    stop.cancel();
+    for r in relays {
+        r.await??;
+    }
+    let delivered = sink.messages();
+    assert_eq!(delivered.len(), committed.len(), "each once");
+    let mut wanted: Vec<_> = committed.clone();
+    wanted.sort();
+    let mut got: Vec<_> = delivered
+        .iter()
+        .map(|m| (m.partition_key.clone(), m.payload.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(got, wanted, "exactly the committed messages");
+    // Each producer's messages of a key in the order it committed them.
+    for (key, payloads) in per_key(&sink) {
+        for p in 0..4 {
+            let prefix = format!("{p}/");
+            let seen: Vec<u32> = payloads
+                .iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .filter_map(|x| x.strip_prefix(&prefix).and_then(|n| n.parse().ok()))
+                .collect();
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            assert_eq!(seen, sorted, "{key}, producer {p}: in order");
+        }
+    }
+    Ok(())
+}
