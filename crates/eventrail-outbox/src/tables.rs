@@ -251,24 +251,31 @@ impl Tables {
             // backoff had ended (this was a probe), the next, doubled backoff; a failure
             // reported while the backoff still runs (a publish started before it) leaves it.
             // Any answer of a destination (sent, or a failure of the message) ends its backoff.
-            // A key's sent messages are a prefix of its run ($13 is each message's key): the
-            // key's `sent_through` moves to the last one, and the messages themselves are not
-            // written (without retention, $12 false, they are deleted). The other outcomes
-            // update their messages.
+            // A key's sent messages are a prefix of its run, and come as one row per key ($13
+            // key, $14 head, $15 last sent, $16 how many): the key's `sent_through` moves to the
+            // last one, and the messages themselves are not written (without retention, $12
+            // false, the key's range from its head to the last one is deleted: a key's sequences
+            // follow its enqueues' commit order, so no other message of it lies in between).
+            // $1 to $3, $8 and $9 are the other outcomes, which update their messages; $17 the
+            // destinations that answered.
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
-                     WHERE sequence = ANY($8::bigint[]) AND lease_owner = $7
+                     WHERE sequence = ANY($8::bigint[] || $14::bigint[]) AND lease_owner = $7
                      FOR UPDATE
                  ), f AS (
-                     SELECT seq, outcome, error, destination, key, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[], $9::text[], $13::text[])
-                          AS f(seq, outcome, error, head, destination, key)
+                     SELECT seq, outcome, error, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[])
+                          AS f(seq, outcome, error, head)
+                     WHERE head IN (SELECT sequence FROM held)
+                 ), runs AS (
+                     SELECT key, head, last, n
+                     FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::bigint[]) AS r(key, head, last, n)
                      WHERE head IN (SELECT sequence FROM held)
                  ), progressed AS (
-                     UPDATE {keys} AS k SET sent_through = greatest(k.sent_through, p.sent_through), sent_at = now()
-                     FROM (SELECT key, max(seq) AS sent_through FROM f WHERE outcome = 's' GROUP BY key) AS p
-                     WHERE k.partition_key = p.key
+                     UPDATE {keys} AS k SET sent_through = greatest(k.sent_through, r.last), sent_at = now()
+                     FROM runs AS r
+                     WHERE k.partition_key = r.key
                  ), reported AS (
                      SELECT outcome, error, destination
                      FROM unnest($2::text[], $3::text[], $9::text[]) AS r(outcome, error, destination)
@@ -290,12 +297,12 @@ impl Tables {
                              ELSE d.next_attempt_at END
                  ), up AS (
                      DELETE FROM {destinations}
-                     WHERE destination IN (SELECT destination FROM reported WHERE outcome IN ('s', 'f', 'p'))
+                     WHERE destination = ANY ($17::text[])
                        AND destination NOT IN (SELECT destination FROM reported WHERE outcome IN ('u', 'm'))
                  ), gone AS (
                      DELETE FROM {outbox} AS o
-                     USING f
-                     WHERE NOT $12::bool AND o.sequence = f.seq AND f.outcome = 's'
+                     USING runs AS r
+                     WHERE NOT $12::bool AND o.partition_key = r.key AND o.sequence BETWEEN r.head AND r.last
                  ), marked AS (
                      UPDATE {outbox} AS o SET
                          state = CASE WHEN f.outcome = 'p' OR (f.outcome = 'f' AND o.attempts + f.uncounted >= $4) THEN 'dead'
@@ -310,12 +317,12 @@ impl Tables {
                          lease_owner = NULL,
                          lease_expires_at = NULL
                      FROM f
-                     WHERE o.sequence = f.seq AND f.outcome <> 's'
+                     WHERE o.sequence = f.seq
                      RETURNING o.state, o.destination, f.outcome
                  )
                  SELECT state, destination, outcome FROM marked
                  UNION ALL
-                 SELECT 'sent', destination, 's' FROM f WHERE outcome = 's'"
+                 SELECT 'sent', '', 's' FROM runs CROSS JOIN LATERAL generate_series(1, runs.n)"
             ),
             // Extends the leases of the heads this relay still holds; a head missing from the
             // result was taken over (or settled) and its key must stop publishing.

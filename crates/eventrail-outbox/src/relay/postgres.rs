@@ -133,15 +133,7 @@ impl RelayDb for PgRelayDb {
         rows: Settlement<'_>,
         params: SettleParams,
     ) -> Result<Vec<Settled>, OutboxError> {
-        let Settlement {
-            sequences,
-            heads,
-            codes,
-            errors,
-            destinations,
-            keys,
-            attempts: _,
-        } = rows;
+        let split = SentRuns::split(&rows);
         let max_attempts = i32::try_from(params.max_attempts).unwrap_or(i32::MAX);
         let client = self.client().await?;
         let rows = self
@@ -150,19 +142,23 @@ impl RelayDb for PgRelayDb {
                 &*client,
                 &self.tables.settle,
                 &[
-                    (&sequences, Type::INT8_ARRAY),
-                    (&codes, Type::TEXT_ARRAY),
-                    (&errors, Type::TEXT_ARRAY),
+                    (&split.others.sequences, Type::INT8_ARRAY),
+                    (&split.others.codes, Type::TEXT_ARRAY),
+                    (&split.others.errors, Type::TEXT_ARRAY),
                     (&max_attempts, Type::INT4),
                     (&ms(params.initial_backoff), Type::FLOAT8),
                     (&ms(params.max_backoff), Type::FLOAT8),
                     (&params.owner, Type::UUID),
-                    (&heads, Type::INT8_ARRAY),
-                    (&destinations, Type::TEXT_ARRAY),
+                    (&split.others.heads, Type::INT8_ARRAY),
+                    (&split.others.destinations, Type::TEXT_ARRAY),
                     (&ms(params.destination_initial), Type::FLOAT8),
                     (&ms(params.destination_max), Type::FLOAT8),
                     (&params.keep_sent, Type::BOOL),
-                    (&keys, Type::TEXT_ARRAY),
+                    (&split.runs.keys, Type::TEXT_ARRAY),
+                    (&split.runs.heads, Type::INT8_ARRAY),
+                    (&split.runs.lasts, Type::INT8_ARRAY),
+                    (&split.runs.counts, Type::INT8_ARRAY),
+                    (&split.answered, Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -240,6 +236,74 @@ impl RelayDb for PgRelayDb {
             eventrail_store_postgres::from_sql_int(row.get(0)),
             row.get(1),
         ))
+    }
+}
+
+/// The messages settled other than sent, one row each.
+#[derive(Default)]
+struct Others<'m> {
+    sequences: Vec<i64>,
+    codes: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+    heads: Vec<i64>,
+    destinations: Vec<&'m str>,
+}
+
+/// Per key, the run of messages sent from its head on: the head, the last one sent, how many.
+#[derive(Default)]
+struct Runs<'m> {
+    keys: Vec<&'m str>,
+    heads: Vec<i64>,
+    lasts: Vec<i64>,
+    counts: Vec<i64>,
+}
+
+/// A settlement as the PostgreSQL settle takes it: a key's sent messages are a prefix of its
+/// run, so they go as one row per key (the statement moves the key's progress, it writes no
+/// message), the others one row each; plus the destinations that answered (sent, or failed a
+/// message), whose backoff ends.
+struct SentRuns<'m> {
+    others: Others<'m>,
+    runs: Runs<'m>,
+    answered: Vec<&'m str>,
+}
+
+impl<'m> SentRuns<'m> {
+    fn split(rows: &Settlement<'m>) -> Self {
+        let mut others = Others::default();
+        let mut runs = Runs::default();
+        let mut answered: Vec<&'m str> = Vec::new();
+        let mut run_of: std::collections::HashMap<&'m str, usize> =
+            std::collections::HashMap::new();
+        for i in 0..rows.sequences.len() {
+            let (code, destination) = (rows.codes[i], rows.destinations[i]);
+            if matches!(code, "s" | "f" | "p") && !answered.contains(&destination) {
+                answered.push(destination);
+            }
+            if code == "s" {
+                let key = rows.keys[i];
+                let r = *run_of.entry(key).or_insert_with(|| {
+                    runs.keys.push(key);
+                    runs.heads.push(rows.heads[i]);
+                    runs.lasts.push(rows.sequences[i]);
+                    runs.counts.push(0);
+                    runs.keys.len() - 1
+                });
+                runs.lasts[r] = runs.lasts[r].max(rows.sequences[i]);
+                runs.counts[r] += 1;
+            } else {
+                others.sequences.push(rows.sequences[i]);
+                others.codes.push(code);
+                others.errors.push(rows.errors[i].clone());
+                others.heads.push(rows.heads[i]);
+                others.destinations.push(destination);
+            }
+        }
+        Self {
+            others,
+            runs,
+            answered,
+        }
     }
 }
 
