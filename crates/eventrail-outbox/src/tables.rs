@@ -119,18 +119,20 @@ impl Tables {
             )
         };
         // The head of the key row `k`: its oldest unsent message, by one descent of the
-        // (partition_key, sequence) index from the key's `sent_through` on.
+        // (partition_key, sequence) index from the key's `sent_through` on. No message above a
+        // key's `sent_through` is marked sent in its row (migration 11 started each key's
+        // progress just below its oldest unsent message), so the index answers alone.
         let head_of = |k: &str| {
             format!(
                 "SELECT sequence FROM {outbox}
-                 WHERE partition_key = {k}.partition_key AND sequence > {k}.sent_through AND state <> 'sent'
+                 WHERE partition_key = {k}.partition_key AND sequence > {k}.sent_through
                  ORDER BY sequence LIMIT 1"
             )
         };
         // The unsent messages (pending and dead) of every key that has some.
         let unsent = format!(
             "{keys} AS k JOIN {outbox} AS o
-                 ON o.partition_key = k.partition_key AND o.sequence > k.sent_through AND o.state <> 'sent'"
+                 ON o.partition_key = k.partition_key AND o.sequence > k.sent_through"
         );
         let eligible_c = "c.state = 'pending' AND (c.lease_owner IS NULL OR c.lease_expires_at < now()) AND c.next_attempt_at <= now()";
         Ok(Self {
@@ -219,7 +221,7 @@ impl Tables {
                                 d.destination IS NOT NULL AS probe
                          FROM (
                              SELECT * FROM {outbox}
-                             WHERE state <> 'sent' AND partition_key = k.key
+                             WHERE partition_key = k.key
                                AND sequence > (SELECT sent_through FROM {keys} WHERE partition_key = k.key)
                              ORDER BY sequence LIMIT $2
                          ) AS c
