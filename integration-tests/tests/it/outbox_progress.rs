@@ -31,6 +31,14 @@ async fn relay_all(relay: &Relay<InMemorySink>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The payloads the sink received, as text, in order.
+fn texts(sink: &InMemorySink) -> Vec<String> {
+    sink.messages()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
 /// Each key's payloads in the order the sink received them.
 fn per_key(sink: &InMemorySink) -> std::collections::BTreeMap<String, Vec<Vec<u8>>> {
     let mut keys = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
@@ -214,11 +222,7 @@ async fn an_outbox_filled_before_the_migration_keeps_what_it_sent_and_what_it_pa
     let sink = InMemorySink::new();
     let relay = Relay::new(pool.clone(), sink.clone(), fast())?;
     relay_all(&relay).await?;
-    let published: Vec<String> = sink
-        .messages()
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
+    let published = texts(&sink);
     assert_eq!(
         published,
         ["a3", "a4"],
@@ -227,11 +231,7 @@ async fn an_outbox_filled_before_the_migration_keeps_what_it_sent_and_what_it_pa
     let admin = OutboxAdmin::new(pool, &OutboxOptions::new())?;
     assert_eq!(admin.requeue(None).await?, 1);
     relay_all(&relay).await?;
-    let published: Vec<String> = sink
-        .messages()
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
+    let published = texts(&sink);
     assert_eq!(published, ["a3", "a4", "b2", "b3"]);
     let status = admin.status().await?;
     assert_eq!((status.sent, status.pending), (8, 0), "{status:?}");
