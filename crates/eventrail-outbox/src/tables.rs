@@ -52,6 +52,8 @@ pub(crate) struct Tables {
     pub(crate) inbox: String,
     pub(crate) destinations: String,
     pub(crate) keys: String,
+    /// The function of the outbox's trigger that inserts missing key rows.
+    pub(crate) keys_row: String,
     pub(crate) channel: String,
     schemas: Vec<String>,
     pub(crate) lock_keys: String,
@@ -93,7 +95,11 @@ impl Tables {
         let (inbox, inbox_schema, _) = qualify("inbox table", &names.inbox, default_schema)?;
         let (destinations, destinations_schema, _) =
             qualify("destinations table", &names.destinations, default_schema)?;
-        let (keys, keys_schema, _) = qualify("keys table", &names.keys, default_schema)?;
+        let (keys, keys_schema, keys_bare) = qualify("keys table", &names.keys, default_schema)?;
+        let keys_row = format!(
+            "{keys_schema}.{}",
+            validate_identifier("keys trigger function", &format!("{keys_bare}_row"))?
+        );
         validate_identifier("notify channel", channel)?;
         let mut schemas = vec![
             outbox_schema,
@@ -140,25 +146,14 @@ impl Tables {
             lock_keys: format!(
                 "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext('{outbox}/' || k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
             ),
-            // The messages, and a row for each of their keys that has none (a key without a row
-            // had every message sent, so its progress starts just below the first new one).
-            // The key's lock, taken first, keeps a relay's upkeep from deleting the row of a key
-            // whose enqueue is in flight.
+            // The outbox's trigger inserts the row of a key that has none (migration 11).
             insert: format!(
-                "WITH m AS (
-                     INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
-                     SELECT id, k, d, h, p, c
-                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
-                          WITH ORDINALITY AS m(id, k, d, h, p, c, n)
-                     ORDER BY n
-                     RETURNING sequence, message_id, partition_key
-                 ), k AS (
-                     INSERT INTO {keys} (partition_key, sent_through)
-                     SELECT partition_key, min(sequence) - 1 FROM m
-                     GROUP BY partition_key ORDER BY partition_key
-                     ON CONFLICT (partition_key) DO NOTHING
-                 )
-                 SELECT message_id FROM m ORDER BY sequence"
+                "INSERT INTO {outbox} (message_id, partition_key, destination, headers, payload, content_type)
+                 SELECT id, k, d, h, p, c
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
+                      WITH ORDINALITY AS m(id, k, d, h, p, c, n)
+                 ORDER BY n
+                 RETURNING message_id"
             ),
             // The keys whose oldest unsent message (the head) is due and not leased, oldest
             // first. Locking the head row with SKIP LOCKED is the key's claim lock: a key another
@@ -392,6 +387,7 @@ impl Tables {
             inbox,
             destinations,
             keys,
+            keys_row,
             schemas,
         })
     }
@@ -424,6 +420,7 @@ pub fn with_outbox_migration(
             "../../../migrations/optional/roles_outbox.sql"
         ))
         .with_replacement("{outbox_destinations}", &tables.destinations)
+        .with_replacement("{outbox_keys_row}", &tables.keys_row)
         .with_replacement("{outbox_keys}", &tables.keys)
         .with_replacement("{outbox}", &tables.outbox)
         .with_replacement("{inbox}", &tables.inbox);
@@ -459,6 +456,17 @@ mod tests {
             .iter()
             .all(eventrail_store_postgres::is_known_migration)
         );
+    }
+
+    #[test]
+    fn the_keys_trigger_takes_the_enqueue_lock() {
+        let sql = outbox_migrator("eventrail", &OutboxTables::default())
+            .unwrap()
+            .print_sql();
+        assert!(sql.contains(&format!(
+            "pg_advisory_xact_lock({KEY_LOCK}, hashtext('\"eventrail\".\"outbox\"/' || NEW.partition_key))"
+        )));
+        assert!(sql.contains("CREATE FUNCTION \"eventrail\".\"outbox_keys_row\"()"));
     }
 
     #[test]

@@ -138,6 +138,34 @@ async fn a_key_without_unsent_messages_is_forgotten_and_starts_again_when_it_get
     Ok(())
 }
 
+/// A producer that inserts into the outbox with plain SQL (a service in another language, or an
+/// older eventrail) gets its key's row from the outbox's trigger: its messages are relayed, for
+/// a key whose row the upkeep forgot and for a new key.
+#[tokio::test]
+async fn messages_inserted_with_plain_sql_are_relayed() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    enqueue(&db, messages(3, 1)).await?;
+    let sink = InMemorySink::new();
+    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
+    relay_all(&relay).await?;
+    relay.cleanup().await?;
+    assert_eq!(key_rows(&db).await?, 0);
+    db.client()
+        .await?
+        .batch_execute(
+            "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type)
+             VALUES (gen_random_uuid(), 'key-0', 'orders', 'plain', 'text/plain'),
+                    (gen_random_uuid(), 'key-9', 'orders', 'new', 'text/plain')",
+        )
+        .await?;
+    assert_eq!(count(&db, "state = 'pending'").await?, 2);
+    relay_all(&relay).await?;
+    let mut late = texts(&sink).split_off(3);
+    late.sort();
+    assert_eq!(late, ["new", "plain"]);
+    Ok(())
+}
+
 /// The upkeep never forgets a key whose enqueue is in flight: it takes the keys' enqueue locks
 /// without waiting and skips a key whose lock a producer holds.
 #[tokio::test]
