@@ -209,10 +209,11 @@ impl OutboxOptions {
         self
     }
 
-    /// Sent messages older than this are deleted (default 7 days); the cut-off slides with the
-    /// database clock. With [`Duration::ZERO`] a sent message is deleted as soon as its
-    /// broker acknowledged it, in the settle that would have marked it sent: the cheapest
-    /// settle (a delete writes no index entry), at the price of the sent history, and of
+    /// Sent messages older than this are deleted (default 7 days): on PostgreSQL those enqueued
+    /// longer ago (a settle writes no time per message), on MySQL those sent longer ago. The
+    /// cut-off slides with the database clock. With [`Duration::ZERO`] a sent message is
+    /// deleted as soon as its broker acknowledged it, in the settle, at the price of the sent
+    /// history, and of
     /// [`OutboxError::DuplicateMessageId`](crate::OutboxError::DuplicateMessageId) for an id
     /// enqueued again after it was sent.
     pub fn retention(mut self, d: Duration) -> Self {

@@ -230,8 +230,9 @@ impl<S: Sink> Relay<S> {
 
     /// Deletes sent messages older than the retention (measured on the database clock at each
     /// statement, so the cut-off slides), in statements of at most the cleanup batch size,
-    /// until none is left, and forgets backed-off destinations that have no pending message
-    /// left. Returns how many messages were deleted.
+    /// until none is left, forgets the keys left without unsent messages, and forgets
+    /// backed-off destinations that have no pending message left. Returns how many messages
+    /// were deleted.
     ///
     /// # Errors
     /// [`OutboxError::Database`].
