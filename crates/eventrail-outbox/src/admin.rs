@@ -124,7 +124,8 @@ impl OutboxAdmin {
                             coalesce(extract(epoch FROM now() - min(o.created_at) FILTER (WHERE o.state = 'pending'))::float8, 0),
                             (SELECT count(*) FROM {} WHERE {})
                      FROM {unsent}",
-                    self.tables.all_messages, self.tables.sent
+                    self.tables.all_messages,
+                    crate::tables::SENT
                 ),
                 &[],
             )

@@ -27,7 +27,8 @@ pub const OUTBOX_KEYS_MIGRATION: Migration = Migration {
 /// Whether the message `o`, with its key's row `k` left-joined, was sent: marked sent (before
 /// migration 11), or at or below its key's progress, or of a key without a row (a key keeps its
 /// row while it has unsent messages).
-const SENT: &str = "(o.state = 'sent' OR k.partition_key IS NULL OR o.sequence <= k.sent_through)";
+pub(crate) const SENT: &str =
+    "(o.state = 'sent' OR k.partition_key IS NULL OR o.sequence <= k.sent_through)";
 
 /// Advisory lock class of a partition key, taken by enqueue until commit, so that a key's
 /// sequence order is its commit order (key: the hash of the qualified outbox table and the
@@ -68,10 +69,8 @@ pub(crate) struct Tables {
     pub(crate) idle_keys: String,
     /// `FROM` items naming every unsent message `o` (and its key's row `k`).
     pub(crate) unsent: String,
-    /// `FROM` items naming every message `o` (and its key's row `k`, if any), and the condition
-    /// that it was sent.
+    /// `FROM` items naming every message `o` (and its key's row `k`, if any), for [`SENT`].
     pub(crate) all_messages: String,
-    pub(crate) sent: &'static str,
     pub(crate) forget_keys: String,
     pub(crate) forget_destinations: String,
     pub(crate) stats: String,
@@ -135,6 +134,14 @@ impl Tables {
                  ORDER BY sequence LIMIT 1"
             )
         };
+        // The heads of every key that has a row.
+        let key_heads = format!(
+            "SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h",
+            head_of("k")
+        );
+        // The key of the enqueue lock (class `KEY_LOCK`) of the partition key `key` (an SQL
+        // expression); the outbox's trigger (migration 11) takes the same.
+        let key_hash = |key: &str| format!("hashtext('{outbox}/' || {key})");
         // The unsent messages (pending and dead) of every key that has some.
         let unsent = format!(
             "{keys} AS k JOIN {outbox} AS o
@@ -144,7 +151,8 @@ impl Tables {
         Ok(Self {
             // Sorted, so that two producers locking several keys cannot deadlock each other.
             lock_keys: format!(
-                "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT hashtext('{outbox}/' || k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s"
+                "SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT {} AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s",
+                key_hash("k")
             ),
             // The outbox's trigger inserts the row of a key that has none (migration 11).
             insert: format!(
@@ -166,13 +174,7 @@ impl Tables {
             // planner would scan the CTE once per pending row, quadratic in the backlog.
             // A key whose head goes to a backed-off destination is not claimed at all, so a
             // destination that is down costs no claim, lease or publish until its backoff ends.
-            claim_keys: lock_heads(
-                &format!(
-                    "SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h",
-                    head_of("k")
-                ),
-                "$1",
-            ),
+            claim_keys: lock_heads(&key_heads, "$1"),
             // `claim_keys` for the keys in $1 only: each key's head by one descent of the
             // (partition_key, sequence) index, then the same eligibility and the same claim
             // lock, so that a relay following up its keys and another relay walking every head
@@ -331,9 +333,8 @@ impl Tables {
             // Only heads are leased.
             release_all: format!(
                 "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)
-                 WHERE sequence = ANY (ARRAY(SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h))
-                   AND lease_owner = $1 AND state = 'pending'",
-                head_of("k")
+                 WHERE sequence = ANY (ARRAY({key_heads}))
+                   AND lease_owner = $1 AND state = 'pending'"
             ),
             // Sent messages enqueued before the retention (a message is sent after it was
             // enqueued, so none sent within it goes), oldest first.
@@ -354,8 +355,9 @@ impl Tables {
                      SELECT k.partition_key FROM {keys} AS k
                      WHERE NOT EXISTS ({}) LIMIT $1 OFFSET 0
                  ) AS idle
-                 WHERE pg_try_advisory_xact_lock({KEY_LOCK}, hashtext('{outbox}/' || partition_key))",
-                head_of("k")
+                 WHERE pg_try_advisory_xact_lock({KEY_LOCK}, {})",
+                head_of("k"),
+                key_hash("partition_key")
             ),
             // Of the keys in $1, locked by `idle_keys`, those still without unsent messages in
             // this later snapshot (no enqueue of them is in flight: each holds its key's lock).
@@ -379,7 +381,6 @@ impl Tables {
             all_messages: format!(
                 "{outbox} AS o LEFT JOIN {keys} AS k ON k.partition_key = o.partition_key"
             ),
-            sent: SENT,
             unsent,
             channel: channel.to_owned(),
             outbox,

@@ -237,7 +237,10 @@ impl<S: Sink> Relay<S> {
     /// # Errors
     /// [`OutboxError::Database`].
     pub async fn cleanup(&self) -> Result<u64, OutboxError> {
-        self.core.cleanup().await
+        let deleted = self.core.cleanup().await?;
+        // `run` does this on the stats interval instead.
+        self.core.forget_idle_keys().await?;
+        Ok(deleted)
     }
 }
 

@@ -24,7 +24,6 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
         if total > 0 {
             debug!(deleted = total, "cleaned up sent messages");
         }
-        self.forget_idle_keys().await?;
         let forgotten = self.db.forget_destinations().await?;
         if forgotten > 0 {
             debug!(
