@@ -25,6 +25,17 @@ fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
         .collect()
 }
 
+/// A relay with `options` and an in-memory sink, having relayed until a cycle claimed nothing.
+async fn relayed(
+    pool: &deadpool_postgres::Pool,
+    options: OutboxOptions,
+) -> anyhow::Result<(InMemorySink, Relay<InMemorySink>)> {
+    let sink = InMemorySink::new();
+    let relay = Relay::new(pool.clone(), sink.clone(), options)?;
+    relay_all(&relay).await?;
+    Ok((sink, relay))
+}
+
 /// Relays until a cycle claims nothing.
 async fn relay_all(relay: &Relay<InMemorySink>) -> anyhow::Result<()> {
     while relay.relay_once().await?.claimed > 0 {}
@@ -73,9 +84,7 @@ async fn sending_a_run_rewrites_no_message_but_its_head() -> anyhow::Result<()> 
     outbox.enqueue_batch(&tx, messages(200, 4)).await?;
     tx.commit().await?;
 
-    let sink = InMemorySink::new();
-    let relay = Relay::new(db.pool.clone(), sink.clone(), fast().max_per_key(50))?;
-    relay_all(&relay).await?;
+    let (sink, _) = relayed(&db.pool, fast().max_per_key(50)).await?;
     assert_eq!(sink.messages().len(), 200);
     for (key, payloads) in per_key(&sink) {
         let mut sorted = payloads.clone();
@@ -105,13 +114,7 @@ async fn a_key_without_unsent_messages_is_forgotten_and_starts_again_when_it_get
 -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     enqueue(&db, messages(30, 3)).await?;
-    let sink = InMemorySink::new();
-    let relay = Relay::new(
-        db.pool.clone(),
-        sink.clone(),
-        fast().retention(Duration::from_secs(3600)),
-    )?;
-    relay_all(&relay).await?;
+    let (sink, relay) = relayed(&db.pool, fast().retention(Duration::from_secs(3600))).await?;
     assert_eq!(key_rows(&db).await?, 3, "kept until the upkeep");
     relay.cleanup().await?;
     assert_eq!(key_rows(&db).await?, 0, "forgotten");
@@ -145,9 +148,7 @@ async fn a_key_without_unsent_messages_is_forgotten_and_starts_again_when_it_get
 async fn messages_inserted_with_plain_sql_are_relayed() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     enqueue(&db, messages(3, 1)).await?;
-    let sink = InMemorySink::new();
-    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
-    relay_all(&relay).await?;
+    let (sink, relay) = relayed(&db.pool, fast()).await?;
     relay.cleanup().await?;
     assert_eq!(key_rows(&db).await?, 0);
     db.client()
@@ -172,9 +173,7 @@ async fn messages_inserted_with_plain_sql_are_relayed() -> anyhow::Result<()> {
 async fn a_key_enqueued_while_the_upkeep_runs_keeps_its_row_and_is_relayed() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     enqueue(&db, messages(4, 1)).await?;
-    let sink = InMemorySink::new();
-    let relay = Relay::new(db.pool.clone(), sink.clone(), fast())?;
-    relay_all(&relay).await?;
+    let (sink, relay) = relayed(&db.pool, fast()).await?;
 
     // A producer's transaction enqueues for the key and stays open through the upkeep.
     let outbox = Outbox::new(&OutboxOptions::new())?;
@@ -247,9 +246,7 @@ async fn an_outbox_filled_before_the_migration_keeps_what_it_sent_and_what_it_pa
         (4, 3, 1),
         "{status:?}"
     );
-    let sink = InMemorySink::new();
-    let relay = Relay::new(pool.clone(), sink.clone(), fast())?;
-    relay_all(&relay).await?;
+    let (sink, relay) = relayed(&pool, fast()).await?;
     let published = texts(&sink);
     assert_eq!(
         published,
