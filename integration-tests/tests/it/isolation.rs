@@ -194,14 +194,20 @@ async fn the_stores_own_appends_hold_their_preconditions_whatever_the_database_d
                 match position {
                     Ok(_) => by_position += 1,
                     Err(StoreError::PositionConflict { head: h, .. }) => assert!(Some(h) > head),
-                    Err(other) => panic!("{level}, partitions {layout:?}: unexpected {other}"),
+                    Err(other) => panic!(
+                        "{level}, partitions {layout:?}: unexpected {}",
+                        eventrail_core::error_chain(&other)
+                    ),
                 }
                 match version {
                     Ok(_) => by_version += 1,
                     Err(StoreError::WrongExpectedVersion {
                         actual: Some(0), ..
                     }) => {}
-                    Err(other) => panic!("{level}, partitions {layout:?}: unexpected {other}"),
+                    Err(other) => panic!(
+                        "{level}, partitions {layout:?}: unexpected {}",
+                        eventrail_core::error_chain(&other)
+                    ),
                 }
             }
             assert_eq!(

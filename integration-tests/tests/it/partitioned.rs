@@ -566,3 +566,51 @@ async fn an_attach_cut_short_by_a_kill_or_a_restart_leaves_the_log_whole() -> an
     }
     Ok(())
 }
+
+/// With the database's default isolation at SERIALIZABLE, the store's attach that waited for
+/// another attach's lock on the bookkeeping row goes on from the bound that one committed,
+/// instead of failing with a serialization error (found by the isolation tests on this layout
+/// under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attach_that_waited_for_another_goes_on_at_any_default_isolation() -> anyhow::Result<()>
+{
+    let db = TestDb::partitioned(10).await?;
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'",
+            db.name
+        ))
+        .await?;
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 4)?);
+    let (_, before) = partitions(&db).await?;
+    // Another attach holds the bookkeeping row.
+    let mut other = db.client().await?;
+    let held = other.transaction().await?;
+    held.execute("SELECT eventrail.add_event_partitions(30)", &[])
+        .await?;
+    let attach = {
+        let store = store.clone();
+        tokio::spawn(async move { store.add_partitions(50).await })
+    };
+    let watcher = db.client().await?;
+    eventually(20, "the store's attach to wait for the other", || async {
+        anyhow::ensure!(!attach.is_finished(), "the attach did not wait");
+        let waiting: bool = watcher
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid)
+                 WHERE NOT l.granted AND a.datname = current_database())",
+                &[],
+            )
+            .await?
+            .get(0);
+        anyhow::Ok(waiting)
+    })
+    .await?;
+    held.commit().await?;
+    let bound = attach.await??.map(|b| b as i64);
+    let (_, after) = partitions(&db).await?;
+    assert_eq!(bound, Some(after));
+    assert!(after > before, "{before} → {after}");
+    Ok(())
+}

@@ -115,21 +115,27 @@ impl PgEventStore {
     /// [`StoreError::Backend`] when the database fails.
     pub async fn add_partitions(&self, room: u64) -> Result<Option<u64>, StoreError> {
         let room = i64::try_from(room).unwrap_or(i64::MAX);
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         if self.layout(&client).await? == Layout::Table {
             return Ok(None);
         }
+        // READ COMMITTED whatever the database default: the function locks the bookkeeping row,
+        // and above READ COMMITTED a concurrent attach that committed while it waited is a
+        // serialization failure instead of the bound to start from.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(backend)?;
         let bound: i64 = self
             .statements()
-            .query_one(
-                &*client,
-                &self.inner.sql.add_partitions,
-                &[(&room, Type::INT8)],
-            )
+            .query_one(&tx, &self.inner.sql.add_partitions, &[(&room, Type::INT8)])
             .await
             .map_err(backend)?
             .try_get(0)
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         let bound = bound.unsigned_abs();
         let before = self
             .inner
