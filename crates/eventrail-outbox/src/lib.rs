@@ -105,6 +105,6 @@ pub use sqs::{
     SQS_PARTITION_KEY_ATTRIBUTE, SqsSink,
 };
 pub use tables::{
-    OUTBOX_DESTINATIONS_MIGRATION, OUTBOX_KEYS_MIGRATION, OUTBOX_MIGRATION, outbox_migrator,
-    with_outbox_migration,
+    OUTBOX_DESTINATIONS_MIGRATION, OUTBOX_KEYS_MIGRATION, OUTBOX_KEYS_PROGRESS_MIGRATION,
+    OUTBOX_MIGRATION, outbox_migrator, with_outbox_migration,
 };

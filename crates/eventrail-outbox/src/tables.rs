@@ -24,6 +24,13 @@ pub const OUTBOX_KEYS_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/0011_outbox_keys.sql"),
 };
 
+/// The index a claim walks the keys by, least sent first (number 12).
+pub const OUTBOX_KEYS_PROGRESS_MIGRATION: Migration = Migration {
+    version: 12,
+    name: "outbox_keys_progress",
+    template: include_str!("../../../migrations/0012_outbox_keys_progress.sql"),
+};
+
 /// Whether the message `o`, with its key's row `k` left-joined, was sent: marked sent (before
 /// migration 11), or at or below its key's progress, or of a key without a row (a key keeps its
 /// row while it has unsent messages).
@@ -109,20 +116,13 @@ impl Tables {
         schemas.sort();
         schemas.dedup();
         let eligible_o = "o.state = 'pending' AND (o.lease_owner IS NULL OR o.lease_expires_at < now()) AND o.next_attempt_at <= now()";
-        // Of the heads `heads` selects (sequences), the due ones, oldest first, locked without
-        // waiting (the key's claim lock), at most `limit`: what both claims of keys end with.
-        let lock_heads = |heads: &str, limit: &str| {
-            format!(
-                "SELECT o.partition_key FROM {outbox} AS o
-                 WHERE o.sequence = ANY (ARRAY({heads})) AND {eligible_o}
-                   AND NOT EXISTS (
-                       SELECT 1 FROM {destinations} AS d
-                       WHERE d.destination = o.destination AND d.next_attempt_at > now()
-                   )
-                 ORDER BY o.sequence LIMIT {limit}
-                 FOR UPDATE OF o SKIP LOCKED"
-            )
-        };
+        // A head `o` that may be claimed: eligible, and not to a backed-off destination.
+        let due_head = format!(
+            "{eligible_o} AND NOT EXISTS (
+                 SELECT 1 FROM {destinations} AS d
+                 WHERE d.destination = o.destination AND d.next_attempt_at > now()
+             )"
+        );
         // The head of the key row `k`: its oldest unsent message, by one descent of the
         // (partition_key, sequence) index from the key's `sent_through` on. No message above a
         // key's `sent_through` is marked sent in its row (migration 11 started each key's
@@ -163,29 +163,51 @@ impl Tables {
                  ORDER BY n
                  RETURNING message_id"
             ),
-            // The keys whose oldest unsent message (the head) is due and not leased, oldest
-            // first. Locking the head row with SKIP LOCKED is the key's claim lock: a key another
-            // relay is claiming right now is skipped. Dead rows are unsent: a dead head parks
-            // its key. The lock's recheck of the head sees a claim committed meanwhile.
-            // The heads are found from the keys table (the keys with unsent messages), one
-            // descent of the (partition_key, sequence) index per key.
-            // Rows are looked up by `sequence = ANY (ARRAY(…))` here and below, never joined
-            // with a CTE: with stale statistics (an outbox analyzed while it was empty), the
-            // planner would scan the CTE once per pending row, quadratic in the backlog.
+            // Due keys: the keys whose oldest unsent message (the head) is due and not leased,
+            // least sent first, until $1 are locked. Locking the head row with SKIP LOCKED is
+            // the key's claim lock: a key another relay is claiming right now is skipped. Dead
+            // rows are unsent: a dead head parks its key. The lock's recheck of the head sees a
+            // claim committed meanwhile.
+            // The walk goes through the keys table (the keys with unsent messages, and idle ones
+            // until the upkeep forgets them) in the order of its (sent_through) index, finds each
+            // head by one descent of the (partition_key, sequence) index, and stops at the $1th
+            // head it locks: it visits the keys before those (in flight, parked, backed off or
+            // idle), not every key. A key's progress stands for the age of its head (the next
+            // message after it): least sent first is about oldest head first, and no key starves,
+            // as each claim moves its keys' progress forward and a new key starts past the
+            // messages already enqueued.
+            // Each head is looked up and locked in a subquery of its own, by its sequence: as a
+            // join, with stale statistics (an outbox analyzed while it was empty) the planner
+            // would compare every key's head with every eligible row of the outbox. Each head is
+            // locked as the walk reaches it, so the walk locks only the heads it returns.
             // A key whose head goes to a backed-off destination is not claimed at all, so a
             // destination that is down costs no claim, lease or publish until its backoff ends.
-            claim_keys: lock_heads(&key_heads, "$1"),
-            // `claim_keys` for the keys in $1 only: each key's head by one descent of the
-            // (partition_key, sequence) index, then the same eligibility and the same claim
-            // lock, so that a relay following up its keys and another relay walking every head
-            // are arbitrated by the head's row lock and lease as two walks are.
-            claim_named_keys: lock_heads(
-                &format!(
-                    "SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h
-                     WHERE k.partition_key = ANY ($1::text[])",
-                    head_of("k")
-                ),
-                "$2",
+            claim_keys: format!(
+                "SELECT o.partition_key
+                 FROM {keys} AS k
+                 CROSS JOIN LATERAL ({}) AS h
+                 CROSS JOIN LATERAL (
+                     SELECT o.partition_key FROM {outbox} AS o
+                     WHERE o.sequence = h.sequence AND {due_head}
+                     FOR UPDATE OF o SKIP LOCKED
+                 ) AS o
+                 ORDER BY k.sent_through LIMIT $1",
+                head_of("k")
+            ),
+            // `claim_keys` for the keys in $1 only (oldest head first, at most $2): each key's
+            // head by one descent of the (partition_key, sequence) index, then the same
+            // eligibility and the same claim lock, so that a relay following up its keys and
+            // another relay walking the keys are arbitrated by the head's row lock and lease as
+            // two walks are.
+            claim_named_keys: format!(
+                "SELECT o.partition_key FROM {outbox} AS o
+                 WHERE o.sequence = ANY (ARRAY(
+                     SELECT h.sequence FROM {keys} AS k CROSS JOIN LATERAL ({}) AS h
+                     WHERE k.partition_key = ANY ($1::text[])
+                 )) AND {due_head}
+                 ORDER BY o.sequence LIMIT $2
+                 FOR UPDATE OF o SKIP LOCKED",
+                head_of("k")
             ),
             // Runs in a later statement than `claim_keys`, so its snapshot sees every claim
             // committed before the head locks were granted. Per key (in the order of $1), it
@@ -394,7 +416,7 @@ impl Tables {
     }
 }
 
-/// Adds the outbox's migrations (3, 5 and 11), with these table names, to `migrator` (for example one from
+/// Adds the outbox's migrations (3, 5, 11 and 12), with these table names, to `migrator` (for example one from
 /// `eventrail_worker::worker_migrator`), so that one runner applies everything.
 ///
 /// The names are fixed by the first run on a schema, as for the worker tables.
@@ -416,6 +438,7 @@ pub fn with_outbox_migration(
             OUTBOX_MIGRATION,
             OUTBOX_DESTINATIONS_MIGRATION,
             OUTBOX_KEYS_MIGRATION,
+            OUTBOX_KEYS_PROGRESS_MIGRATION,
         ])
         .with_roles(include_str!(
             "../../../migrations/optional/roles_outbox.sql"
@@ -432,7 +455,7 @@ pub fn with_outbox_migration(
 }
 
 /// A migrator for the event store (migration 1) and the outbox with these names (migrations 3,
-/// 5 and 11).
+/// 5, 11 and 12).
 /// To apply the worker tables with the same runner, pass
 /// `eventrail_worker::worker_migrator(schema, &names)` to [`with_outbox_migration`] instead.
 ///
@@ -452,7 +475,8 @@ mod tests {
             [
                 OUTBOX_MIGRATION,
                 OUTBOX_DESTINATIONS_MIGRATION,
-                OUTBOX_KEYS_MIGRATION
+                OUTBOX_KEYS_MIGRATION,
+                OUTBOX_KEYS_PROGRESS_MIGRATION
             ]
             .iter()
             .all(eventrail_store_postgres::is_known_migration)
@@ -494,7 +518,7 @@ mod tests {
             .collect();
         assert_eq!(
             versions,
-            [1, 3, 5, 6, 7, 11],
+            [1, 3, 5, 6, 7, 11, 12],
             "the event store and the outbox, no worker tables"
         );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {

@@ -52,6 +52,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (9, "saga"),
     (PARTITION_MIGRATION.version, PARTITION_MIGRATION.name),
     (11, "outbox_keys"),
+    (12, "outbox_keys_progress"),
 ];
 
 /// The optional conversion of the log to a table partitioned by position range

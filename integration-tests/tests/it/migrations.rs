@@ -516,6 +516,7 @@ async fn print_sql_applied_with_psql_is_accepted_by_migrate_and_listed_by_info()
             (8, MigrationState::OtherComponent),
             (9, MigrationState::OtherComponent),
             (11, MigrationState::OtherComponent),
+            (12, MigrationState::OtherComponent),
         ],
         "the CLI printed every component's migrations: {info:?}"
     );
@@ -574,6 +575,7 @@ async fn a_database_holding_an_unknown_migration_is_refused_and_info_names_it() 
             (8, MigrationState::OtherComponent),
             (9, MigrationState::OtherComponent),
             (11, MigrationState::OtherComponent),
+            (12, MigrationState::OtherComponent),
             (99, MigrationState::Unknown),
         ]
     );

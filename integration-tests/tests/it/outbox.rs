@@ -351,6 +351,47 @@ async fn hints_do_not_make_a_following_relay_walk_every_head() -> anyhow::Result
     Ok(())
 }
 
+/// A claim of due keys walks the keys least sent first and stops once it has the heads it
+/// wants: it does not look up every key's head to pick the oldest. 500 keys of 2 messages,
+/// claimed 10 heads at a time by single cycles (each a walk of due keys): a walk of every head
+/// would descend the (partition_key, sequence) index 500 times per claim.
+#[tokio::test]
+async fn a_walk_of_due_keys_stops_at_the_heads_it_claims() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let mut messages = Vec::new();
+    for round in 0..2u8 {
+        for key in 0..500 {
+            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
+        }
+    }
+    enqueue(&db, messages).await?;
+    let mut config = db.config();
+    config.application_name("walking-relay");
+    let sink = InMemorySink::new();
+    let options = fast().batch_size(10).max_per_key(1);
+    let relay = Relay::connect(&config.into(), sink.clone(), options)?;
+    let mut claims = 0;
+    while relay.relay_once().await?.claimed > 0 {
+        claims += 1;
+        anyhow::ensure!(claims <= 200, "{claims} claims for 1000 messages");
+    }
+    drop(relay);
+    let times = check_order(&sink.messages());
+    assert!(times.len() == 1000 && times.values().all(|&n| n == 1));
+    let stats = outbox_index_stats(&db, "walking-relay").await?;
+    let descents: i64 = stats
+        .iter()
+        .filter(|(name, _)| name.contains("partition_key"))
+        .map(|(_, (scans, _))| scans)
+        .sum();
+    eprintln!("{descents} descents of the key index in {claims} claims ({stats:?})");
+    assert!(
+        descents > 0 && descents < 50 * claims,
+        "{descents} descents of the key index in {claims} claims: the walks looked up every key's head"
+    );
+    Ok(())
+}
+
 /// A few walks (the first claim, and once the busy key is drained), not one per run.
 fn assert_few_walks(descents: i64, walk: i64) {
     eprintln!("{descents} descents of the key index (a walk costs {walk})");
@@ -460,7 +501,8 @@ async fn outbox_index_stats(
         .collect())
 }
 
-/// On an outbox never analyzed (autovacuum off: its statistics stay those of an empty table),
+/// On an outbox never analyzed (autovacuum off on it and its keys table: their statistics stay
+/// those of empty tables),
 /// claims still look each key's head up by its sequence: they do not read every pending row
 /// for each claim. 50 keys of 40 messages, claimed 4 per key and 40 at a time, walking every
 /// head at each claim (the 20 ms poll).
@@ -470,7 +512,10 @@ async fn claims_on_an_outbox_never_analyzed_read_heads_not_the_backlog() -> anyh
     db.pool
         .get()
         .await?
-        .batch_execute("ALTER TABLE eventrail.outbox SET (autovacuum_enabled = false)")
+        .batch_execute(
+            "ALTER TABLE eventrail.outbox SET (autovacuum_enabled = false);
+             ALTER TABLE eventrail.outbox_keys SET (autovacuum_enabled = false)",
+        )
         .await?;
     let mut messages = Vec::new();
     for round in 0..40u8 {

@@ -2,8 +2,9 @@
 //! destinations) and leases up to `max_per_key` messages of each; this turns them into a
 //! [`Batch`].
 //!
-//! A claim of due keys walks every key's head (one index descent per key, about 14 µs each
-//! on a 2-core machine: 30 ms at 2000 keys, whatever it finds). A relay that just sent a
+//! A claim of due keys walks the keys least sent first and stops at the heads it wants, but it
+//! passes every key before them whose head it cannot take (in flight, parked, backed off, or
+//! idle until the upkeep forgets it), a few index descents each. A relay that just sent a
 //! key's full run (`max_per_key` messages) follows that key up instead: it claims it by name,
 //! one descent, while due-key claims keep running on the poll interval, when settles free
 //! keys that are not followed, and on hints (rate-limited while following: see `run`), so
@@ -33,7 +34,7 @@ pub(super) struct Batch {
 }
 
 impl<S: Sink, D: RelayDb> Core<S, D> {
-    /// Claims due keys: every key's head is looked at, oldest first.
+    /// Claims due keys: the keys are walked least sent first.
     pub(super) async fn claim_due(&self) -> Result<Batch, OutboxError> {
         metrics::counter!("eventrail_outbox_claims_total", "scope" => "due").increment(1);
         // The walk looks at every key, the followed ones too.

@@ -13,7 +13,8 @@ use crate::{OutboxError, OutboxMessage};
 /// Which keys a claim looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ClaimScope {
-    /// Every key with an unsent message: a walk of every key's head, oldest head first.
+    /// Every key with an unsent message: a walk of the keys, least sent (about oldest head)
+    /// first, that stops once it has locked `key_limit` heads.
     Due,
     /// Only these keys (a relay following up the keys whose full runs it just sent): one head
     /// lookup per key instead of a walk of all of them. Locking and eligibility are as for
@@ -96,7 +97,7 @@ pub(crate) struct Settled {
 /// The relay's database. Async methods in the crate's idiom; one implementation per database.
 pub(crate) trait RelayDb: Send + Sync + 'static {
     /// In one transaction: locks up to `key_limit` due keys' heads of the request's scope,
-    /// oldest head first (skipping heads locked by
+    /// oldest head (or least sent key) first (skipping heads locked by
     /// another claim, leased or delayed heads, dead heads and keys whose head goes to a
     /// backed-off destination), then per key the run of eligible messages from the head on,
     /// leasing the heads and counting their attempts.
