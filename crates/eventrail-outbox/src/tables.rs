@@ -172,7 +172,8 @@ impl Tables {
             // until the upkeep forgets them) in the order of its (sent_through) index, finds each
             // head by one descent of the (partition_key, sequence) index, and stops at the $1th
             // head it locks: it visits the keys before those (in flight, parked, backed off or
-            // idle), not every key. A key's progress stands for the age of its head (the next
+            // idle), not every key; a key in flight it passes by its row alone, while the hint
+            // its claim left there (`claimed_until`) runs. A key's progress stands for the age of its head (the next
             // message after it): least sent first is about oldest head first, and no key starves,
             // as each claim moves its keys' progress forward and a new key starts past the
             // messages already enqueued.
@@ -191,6 +192,7 @@ impl Tables {
                      WHERE o.sequence = h.sequence AND {due_head}
                      FOR UPDATE OF o SKIP LOCKED
                  ) AS o
+                 WHERE k.claimed_until IS NULL OR k.claimed_until < now()
                  ORDER BY k.sent_through LIMIT $1",
                 head_of("k")
             ),
@@ -215,7 +217,8 @@ impl Tables {
             // $2 (a leased, delayed or dead message ends the run), then whole runs until $3
             // messages. Only the head is leased (and its attempt counted): no other relay can
             // claim a key whose head is leased, so the head's lease holds the whole run, and a
-            // claim writes one row per key instead of one per message. The others' attempts
+            // claim writes one row per key instead of one per message (and the key's row, whose
+            // `claimed_until` lets walks pass the key while it is in flight). The others' attempts
             // are counted when they settle; `attempts` is returned as this attempt's number.
             // The run is read with its payloads, so that no row is looked up twice. The last
             // filter is written `(… IN …) IS TRUE` so that it stays a hashed subplan: as a plain
@@ -253,7 +256,10 @@ impl Tables {
                      UPDATE {outbox} AS o
                      SET lease_owner = $4, lease_expires_at = now() + $5::float8 * interval '1 millisecond', attempts = o.attempts + 1
                      WHERE o.sequence = ANY (ARRAY(SELECT sequence FROM runs WHERE n = 1)) AND {eligible_o}
-                     RETURNING o.sequence
+                     RETURNING o.sequence, o.partition_key
+                 ), claimed AS (
+                     UPDATE {keys} SET claimed_until = now() + $5::float8 * interval '1 millisecond'
+                     WHERE partition_key IN (SELECT partition_key FROM leased)
                  )
                  SELECT sequence, message_id, partition_key, destination, headers, payload, content_type, created_at, attempts + 1, head, probe
                  FROM runs
@@ -274,11 +280,12 @@ impl Tables {
             // Any answer of a destination (sent, or a failure of the message) ends its backoff.
             // A key's sent messages are a prefix of its run, and come as one row per key ($13
             // key, $14 head, $15 last sent, $16 how many): the key's `sent_through` moves to the
-            // last one, and the messages themselves are not written (without retention, $12
+            // last one (and its claim hint is cleared, as for the keys $18 of the other outcomes),
+            // and the messages themselves are not written (without retention, $12
             // false, the key's range from its head to the last one is deleted: a key's sequences
             // follow its enqueues' commit order, so no other message of it lies in between).
-            // $1 to $3, $8 and $9 are the other outcomes, which update their messages; $17 the
-            // destinations that answered.
+            // $1 to $3, $8, $9 and $18 are the other outcomes, which update their messages; $17
+            // the destinations that answered.
             settle: format!(
                 "WITH held AS (
                      SELECT sequence FROM {outbox}
@@ -294,9 +301,19 @@ impl Tables {
                      FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::bigint[]) AS r(key, head, last, n)
                      WHERE head IN (SELECT sequence FROM held)
                  ), progressed AS (
-                     UPDATE {keys} AS k SET sent_through = greatest(k.sent_through, r.last), sent_at = now()
-                     FROM runs AS r
-                     WHERE k.partition_key = r.key
+                     UPDATE {keys} AS k SET
+                         sent_through = greatest(k.sent_through, coalesce(p.last, k.sent_through)),
+                         sent_at = CASE WHEN p.last IS NULL THEN k.sent_at ELSE now() END,
+                         claimed_until = NULL
+                     FROM (
+                         SELECT key, max(last) AS last FROM (
+                             SELECT key, last FROM runs
+                             UNION ALL
+                             SELECT key, NULL FROM unnest($18::text[], $8::bigint[]) AS f(key, head)
+                             WHERE head IN (SELECT sequence FROM held)
+                         ) AS s GROUP BY key
+                     ) AS p
+                     WHERE k.partition_key = p.key
                  ), reported AS (
                      SELECT outcome, error, destination
                      FROM unnest($2::text[], $3::text[], $9::text[]) AS r(outcome, error, destination)
@@ -346,17 +363,24 @@ impl Tables {
                  SELECT 'sent', '', 's' FROM runs CROSS JOIN LATERAL generate_series(1, runs.n)"
             ),
             // Extends the leases of the heads this relay still holds; a head missing from the
-            // result was taken over (or settled) and its key must stop publishing.
+            // result was taken over (or settled) and its key must stop publishing. The keys'
+            // claim hints are left to run out: extended here, a hint could outlive the settle
+            // that cleared it, and hide a free key from the walks until it ran out.
             renew: format!(
                 "UPDATE {outbox} SET lease_expires_at = now() + $3::float8 * interval '1 millisecond'
                  WHERE sequence = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
                  RETURNING sequence"
             ),
-            // Only heads are leased.
+            // Only heads are leased; their keys' claim hints go with their leases.
             release_all: format!(
-                "UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)
-                 WHERE sequence = ANY (ARRAY({key_heads}))
-                   AND lease_owner = $1 AND state = 'pending'"
+                "WITH released AS (
+                     UPDATE {outbox} SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)
+                     WHERE sequence = ANY (ARRAY({key_heads}))
+                       AND lease_owner = $1 AND state = 'pending'
+                     RETURNING partition_key
+                 )
+                 UPDATE {keys} SET claimed_until = NULL
+                 WHERE partition_key IN (SELECT partition_key FROM released)"
             ),
             // Sent messages enqueued before the retention (a message is sent after it was
             // enqueued, so none sent within it goes), oldest first.

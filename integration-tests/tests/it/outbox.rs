@@ -378,18 +378,89 @@ async fn a_walk_of_due_keys_stops_at_the_heads_it_claims() -> anyhow::Result<()>
     drop(relay);
     let times = check_order(&sink.messages());
     assert!(times.len() == 1000 && times.values().all(|&n| n == 1));
-    let stats = outbox_index_stats(&db, "walking-relay").await?;
-    let descents: i64 = stats
-        .iter()
-        .filter(|(name, _)| name.contains("partition_key"))
-        .map(|(_, (scans, _))| scans)
-        .sum();
-    eprintln!("{descents} descents of the key index in {claims} claims ({stats:?})");
+    let descents = key_index_descents(&db, "walking-relay").await?;
+    eprintln!("{descents} descents of the key index in {claims} claims");
     assert!(
         descents > 0 && descents < 50 * claims,
         "{descents} descents of the key index in {claims} claims: the walks looked up every key's head"
     );
     Ok(())
+}
+
+/// A sink whose publishes never return: the claims of its relay stay in flight.
+struct Stuck;
+
+impl Sink for Stuck {
+    async fn publish(&self, _: &OutboxMessage) -> Result<(), SinkError> {
+        std::future::pending().await
+    }
+}
+
+/// A walk of due keys passes the keys another relay holds by their rows alone (the hint its
+/// claim left there), without looking up their heads. A relay stuck publishing holds 200 keys
+/// (leased for an hour, the least sent ones); another claims the 100 others' 2 messages each,
+/// 10 at a time, each claim a walk that meets the 200 held keys first.
+#[tokio::test]
+async fn a_walk_passes_the_keys_in_flight_without_looking_up_their_heads() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let messages = (0..300)
+        .chain(200..300)
+        .map(|key| NewMessage::new("orders", format!("key-{key}"), vec![1]))
+        .collect();
+    enqueue(&db, messages).await?;
+    let mut config = db.config();
+    config.application_name("stuck-relay");
+    let options = fast()
+        .batch_size(200)
+        .max_per_key(1)
+        .lease(Duration::from_secs(3600));
+    let stuck = Relay::connect(&config.into(), Stuck, options)?;
+    let holding = tokio::spawn(async move { stuck.relay_once().await });
+    eventually(20, "the stuck relay holds 200 keys", || async {
+        Ok(count(&db, "lease_owner IS NOT NULL").await? == 200)
+    })
+    .await?;
+    holding.abort();
+    let _ = holding.await;
+    let before = key_index_descents(&db, "stuck-relay").await?;
+
+    let mut config = db.config();
+    config.application_name("passing-relay");
+    let sink = InMemorySink::new();
+    let relay = Relay::connect(
+        &config.into(),
+        sink.clone(),
+        fast().batch_size(10).max_per_key(1),
+    )?;
+    let mut claims = 0;
+    while relay.relay_once().await?.claimed > 0 {
+        claims += 1;
+        anyhow::ensure!(claims <= 40, "{claims} claims for 200 messages");
+    }
+    drop(relay);
+    let times = check_order(&sink.messages());
+    assert!(
+        times.len() == 200 && times.values().all(|&n| n == 1),
+        "the keys not held were each sent once, the held ones not at all"
+    );
+    let descents = key_index_descents(&db, "passing-relay").await? - before;
+    eprintln!("{descents} descents of the key index in {claims} claims");
+    assert!(
+        descents > 0 && descents < 50 * claims,
+        "{descents} descents of the key index in {claims} claims: the walks looked up the heads of the 200 keys in flight"
+    );
+    Ok(())
+}
+
+/// How often the outbox's (partition_key, sequence) index was descended, once the sessions named
+/// `application` are gone.
+async fn key_index_descents(db: &TestDb, application: &str) -> anyhow::Result<i64> {
+    Ok(outbox_index_stats(db, application)
+        .await?
+        .iter()
+        .filter(|(name, _)| name.contains("partition_key"))
+        .map(|(_, (scans, _))| scans)
+        .sum())
 }
 
 /// A few walks (the first claim, and once the busy key is drained), not one per run.

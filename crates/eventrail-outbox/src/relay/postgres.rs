@@ -159,6 +159,7 @@ impl RelayDb for PgRelayDb {
                     (&split.runs.lasts, Type::INT8_ARRAY),
                     (&split.runs.counts, Type::INT8_ARRAY),
                     (&split.answered, Type::TEXT_ARRAY),
+                    (&split.others.keys, Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -247,6 +248,7 @@ struct Others<'m> {
     errors: Vec<Option<String>>,
     heads: Vec<i64>,
     destinations: Vec<&'m str>,
+    keys: Vec<&'m str>,
 }
 
 /// Per key, the run of messages sent from its head on: the head, the last one sent, how many.
@@ -297,6 +299,7 @@ impl<'m> SentRuns<'m> {
                 others.errors.push(rows.errors[i].clone());
                 others.heads.push(rows.heads[i]);
                 others.destinations.push(destination);
+                others.keys.push(rows.keys[i]);
             }
         }
         Self {
