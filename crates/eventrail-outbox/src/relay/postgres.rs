@@ -83,16 +83,18 @@ impl RelayDb for PgRelayDb {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        // In outbox order (the statement sorts), so each key's messages are in order.
+        let mut rows: Vec<ClaimedRow> = rows
+            .iter()
+            .map(|r| ClaimedRow {
+                message: message(r),
+                head: r.get(9),
+                probe: r.get(10),
+            })
+            .collect();
+        // In outbox order, so that each key's messages are in order.
+        rows.sort_unstable_by_key(|r| r.message.sequence);
         Ok(Claimed {
-            rows: rows
-                .iter()
-                .map(|r| ClaimedRow {
-                    message: message(r),
-                    head: r.get(9),
-                    probe: r.get(10),
-                })
-                .collect(),
+            rows,
             keys_locked: keys.len(),
         })
     }
