@@ -173,10 +173,10 @@ impl Tables {
             // head by one descent of the (partition_key, sequence) index, and stops at the $1th
             // head it locks: it visits the keys before those (in flight, parked, backed off or
             // idle), not every key; a key in flight it passes by its row alone, while the hint
-            // its claim left there (`claimed_until`) runs. A key's progress stands for the age of its head (the next
-            // message after it): least sent first is about oldest head first, and no key starves,
-            // as each claim moves its keys' progress forward and a new key starts past the
-            // messages already enqueued.
+            // its claim left there (`claimed_until`) runs. A key's progress stands for the age
+            // of its head (the next message after it): least sent first is about oldest head
+            // first, and no key starves, as each claim moves its keys' progress forward and a
+            // new key starts past the messages already enqueued.
             // Each head is looked up and locked in a subquery of its own, by its sequence: as a
             // join, with stale statistics (an outbox analyzed while it was empty) the planner
             // would compare every key's head with every eligible row of the outbox. Each head is
@@ -440,8 +440,8 @@ impl Tables {
     }
 }
 
-/// Adds the outbox's migrations (3, 5, 11 and 12), with these table names, to `migrator` (for example one from
-/// `eventrail_worker::worker_migrator`), so that one runner applies everything.
+/// Adds the outbox's migrations (3, 5, 11 and 12), with these table names, to `migrator` (for
+/// example one from `eventrail_worker::worker_migrator`), so that one runner applies everything.
 ///
 /// The names are fixed by the first run on a schema, as for the worker tables.
 ///
