@@ -114,17 +114,21 @@ async fn relay<S: Sink + Clone>(
         parked_keys,
     } = load;
     enqueue(pool, n, keys).await?;
-    if parked_keys > 0 {
-        pool.get()
-            .await?
+    // A thousand keys per transaction: each inserted key takes its enqueue lock until commit, and
+    // the server's lock table holds a few thousand.
+    let client = pool.get().await?;
+    for first in (0..parked_keys).step_by(1000) {
+        let last = (first + 1000).min(parked_keys);
+        client
             .execute(
-            "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
-             SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
-             FROM generate_series(1, $1::int8) AS i",
-            &[&i64::try_from(parked_keys)?],
-        )
-        .await?;
+                "INSERT INTO eventrail.outbox (message_id, partition_key, destination, payload, content_type, state)
+                 SELECT gen_random_uuid(), 'parked-' || i, 'parked', '\\x00', 'application/octet-stream', 'dead'
+                 FROM generate_series($1::int8, $2::int8 - 1) AS i",
+                &[&i64::try_from(first)?, &i64::try_from(last)?],
+            )
+            .await?;
     }
+    drop(client);
     let options = match history {
         History::Kept => OutboxOptions::new(),
         History::None => OutboxOptions::new().retention(Duration::ZERO),
