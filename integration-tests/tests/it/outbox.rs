@@ -55,6 +55,16 @@ pub(crate) async fn count(db: &TestDb, condition: &str) -> anyhow::Result<i64> {
         .get(0))
 }
 
+/// `rounds` messages to "orders" for each of `keys` keys (`key-0`, …), one round after the other:
+/// round `r`'s payload is `[r]`.
+fn rounds(rounds: u8, keys: usize) -> Vec<NewMessage> {
+    (0..rounds)
+        .flat_map(|round| {
+            (0..keys).map(move |key| NewMessage::new("orders", format!("key-{key}"), vec![round]))
+        })
+        .collect()
+}
+
 pub(crate) struct Running {
     stop: CancellationToken,
     task: JoinHandle<Result<(), OutboxError>>,
@@ -358,13 +368,7 @@ async fn hints_do_not_make_a_following_relay_walk_every_head() -> anyhow::Result
 #[tokio::test]
 async fn a_walk_of_due_keys_stops_at_the_heads_it_claims() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
-    let mut messages = Vec::new();
-    for round in 0..2u8 {
-        for key in 0..500 {
-            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
-        }
-    }
-    enqueue(&db, messages).await?;
+    enqueue(&db, rounds(2, 500)).await?;
     let mut config = db.config();
     config.application_name("walking-relay");
     let sink = InMemorySink::new();
@@ -588,13 +592,7 @@ async fn claims_on_an_outbox_never_analyzed_read_heads_not_the_backlog() -> anyh
              ALTER TABLE eventrail.outbox_keys SET (autovacuum_enabled = false)",
         )
         .await?;
-    let mut messages = Vec::new();
-    for round in 0..40u8 {
-        for key in 0..50 {
-            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
-        }
-    }
-    enqueue(&db, messages).await?;
+    enqueue(&db, rounds(40, 50)).await?;
     let mut config = db.config();
     config.application_name("unanalyzed-relay");
     let sink = InMemorySink::new();
@@ -1038,13 +1036,7 @@ async fn relay_statements_planned_generically_never_compare_every_row_with_every
 -> anyhow::Result<()> {
     let cluster = integration_tests::servers::Cluster::start(None).await?;
     let db = TestDb::on(&cluster.admin_url).await?;
-    let mut messages = Vec::new();
-    for round in 0..20u8 {
-        for key in 0..100 {
-            messages.push(NewMessage::new("orders", format!("key-{key}"), vec![round]));
-        }
-    }
-    enqueue(&db, messages).await?;
+    enqueue(&db, rounds(20, 100)).await?;
     db.log_generic_plans().await?;
     let sink = InMemorySink::new();
     // Claims of 500 messages: whole runs of 25 keys, their heads leased in the same statement.
