@@ -97,7 +97,7 @@ enum Bench {
         /// Most messages one claim takes.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
-        /// Keys parked by a dead message beside them (a walk of every key's head visits them).
+        /// Keys parked by a dead message beside them (a walk that meets them looks up their heads).
         #[arg(long, default_value_t = 0)]
         parked_keys: usize,
     },

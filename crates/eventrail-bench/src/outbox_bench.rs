@@ -93,8 +93,8 @@ pub(crate) struct Load {
     pub(crate) relays: usize,
     /// Most messages one claim takes.
     pub(crate) batch: usize,
-    /// Keys parked by a dead message beside the load: no relay publishes them, but a walk of
-    /// every key's head visits them.
+    /// Keys parked by a dead message beside the load: no relay publishes them, but a walk that
+    /// meets them before the keys it takes looks up their heads.
     pub(crate) parked_keys: usize,
 }
 
@@ -134,8 +134,8 @@ async fn relay<S: Sink + Clone>(
         History::None => OutboxOptions::new().retention(Duration::ZERO),
     };
     // The default poll interval (500 ms): a relay that found every key held claims again when
-    // its own settles free keys. A short poll makes every relay walk every key's head many
-    // times a second for nothing (a poll of 10 ms made five times the claims).
+    // its own settles free keys. A short poll makes every relay walk the keys many times a
+    // second for nothing (a poll of 10 ms made five times the claims).
     let options = options
         .batch_size(batch)
         .max_per_key(16)

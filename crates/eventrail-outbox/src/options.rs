@@ -170,8 +170,8 @@ impl OutboxOptions {
     }
 
     /// How often an idle relay looks for due messages (default 500 ms). A busy relay that
-    /// follows up the keys whose full runs it just sent still walks every key's head at least
-    /// this often, and on enqueue hints at most every quarter of it.
+    /// follows up the keys whose full runs it just sent still walks the due keys at least this
+    /// often, and on enqueue hints at most every quarter of it.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self

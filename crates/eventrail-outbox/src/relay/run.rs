@@ -44,7 +44,7 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             // poll interval, so that keys nobody follows are not starved. A hint (a commit of
             // an enqueue) makes the next claim look at every key too, but at most every
             // quarter of the poll interval: under a steady stream of enqueues, a relay busy
-            // with its followed keys would otherwise walk every key's head at every claim.
+            // with its followed keys would otherwise walk the keys at every claim.
             let mut due = true;
             let mut hinted = false;
             let mut last_due = Instant::now();
