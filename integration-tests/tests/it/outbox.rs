@@ -456,6 +456,45 @@ async fn a_walk_passes_the_keys_in_flight_without_looking_up_their_heads() -> an
     Ok(())
 }
 
+/// A relay whose settles failed releases its leases when it stops, and the claim hints on its
+/// keys' rows with them: another relay's walk claims those keys at once, not after the lease.
+/// The settles fail on a trigger that refuses any move of a key's progress.
+#[tokio::test]
+async fn a_relay_that_could_not_settle_releases_its_keys_when_it_stops() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    enqueue(&db, rounds(1, 5)).await?;
+    let client = db.pool.get().await?;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_progress() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'progress refused'; END $$;
+             CREATE TRIGGER refuse_progress BEFORE UPDATE OF sent_through ON eventrail.outbox_keys
+                 FOR EACH ROW EXECUTE FUNCTION refuse_progress();",
+        )
+        .await?;
+    let sink = InMemorySink::new();
+    let relay = start(Relay::new(db.pool.clone(), sink.clone(), fast())?);
+    let seen = sink.clone();
+    eventually(20, "the relay published the 5 messages", || async {
+        Ok(seen.len() == 5)
+    })
+    .await?;
+    relay.stop().await?;
+    assert_eq!(
+        count(&db, "state = 'pending' AND lease_owner IS NULL").await?,
+        5,
+        "not settled, released at the stop"
+    );
+    client
+        .batch_execute("DROP TRIGGER refuse_progress ON eventrail.outbox_keys")
+        .await?;
+    let report = Relay::new(db.pool.clone(), InMemorySink::new(), fast())?
+        .relay_once()
+        .await?;
+    assert_eq!(report.sent, 5, "the released keys are claimed at once");
+    Ok(())
+}
+
 /// How often the outbox's (partition_key, sequence) index was descended, once the sessions named
 /// `application` are gone.
 async fn key_index_descents(db: &TestDb, application: &str) -> anyhow::Result<i64> {
