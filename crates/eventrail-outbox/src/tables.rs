@@ -292,9 +292,9 @@ impl Tables {
                      WHERE sequence = ANY($8::bigint[] || $14::bigint[]) AND lease_owner = $7
                      FOR UPDATE
                  ), f AS (
-                     SELECT seq, outcome, error, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[])
-                          AS f(seq, outcome, error, head)
+                     SELECT seq, outcome, error, key, CASE WHEN seq = head THEN 0 ELSE 1 END AS uncounted
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $8::bigint[], $18::text[])
+                          AS f(seq, outcome, error, head, key)
                      WHERE head IN (SELECT sequence FROM held)
                  ), runs AS (
                      SELECT key, head, last, n
@@ -309,8 +309,7 @@ impl Tables {
                          SELECT key, max(last) AS last FROM (
                              SELECT key, last FROM runs
                              UNION ALL
-                             SELECT key, NULL FROM unnest($18::text[], $8::bigint[]) AS f(key, head)
-                             WHERE head IN (SELECT sequence FROM held)
+                             SELECT key, NULL FROM f
                          ) AS s GROUP BY key
                      ) AS p
                      WHERE k.partition_key = p.key
