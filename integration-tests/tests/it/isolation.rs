@@ -136,7 +136,7 @@ async fn an_unconditional_append_on_a_stale_snapshot_is_a_typed_serialization_co
 
 /// The database's default isolation set to `level`, and a store on a new pool (new sessions
 /// take the default).
-async fn store_with_default(db: &TestDb, level: &str) -> anyhow::Result<PgEventStore> {
+pub(crate) async fn store_with_default(db: &TestDb, level: &str) -> anyhow::Result<PgEventStore> {
     db.client()
         .await?
         .batch_execute(&format!(

@@ -369,17 +369,8 @@ async fn hints_do_not_make_a_following_relay_walk_every_head() -> anyhow::Result
 async fn a_walk_of_due_keys_stops_at_the_heads_it_claims() -> anyhow::Result<()> {
     let db = TestDb::new().await?;
     enqueue(&db, rounds(2, 500)).await?;
-    let mut config = db.config();
-    config.application_name("walking-relay");
     let sink = InMemorySink::new();
-    let options = fast().batch_size(10).max_per_key(1);
-    let relay = Relay::connect(&config.into(), sink.clone(), options)?;
-    let mut claims = 0;
-    while relay.relay_once().await?.claimed > 0 {
-        claims += 1;
-        anyhow::ensure!(claims <= 200, "{claims} claims for 1000 messages");
-    }
-    drop(relay);
+    let claims = i64::try_from(cycles_until_empty(&db, "walking-relay", sink.clone(), 200).await?)?;
     let times = check_order(&sink.messages());
     assert!(times.len() == 1000 && times.values().all(|&n| n == 1));
     let descents = key_index_descents(&db, "walking-relay").await?;
@@ -389,6 +380,26 @@ async fn a_walk_of_due_keys_stops_at_the_heads_it_claims() -> anyhow::Result<()>
         "{descents} descents of the key index in {claims} claims: the walks looked up every key's head"
     );
     Ok(())
+}
+
+/// Single cycles of a relay on sessions named `application`, claiming 10 heads of one message
+/// each, until a cycle claims nothing; returns how many claimed (at most `max_claims`). The
+/// relay's sessions are closed when it returns.
+async fn cycles_until_empty(
+    db: &TestDb,
+    application: &str,
+    sink: InMemorySink,
+    max_claims: usize,
+) -> anyhow::Result<usize> {
+    let mut config = db.config();
+    config.application_name(application);
+    let relay = Relay::connect(&config.into(), sink, fast().batch_size(10).max_per_key(1))?;
+    let mut claims = 0;
+    while relay.relay_once().await?.claimed > 0 {
+        claims += 1;
+        anyhow::ensure!(claims <= max_claims, "more than {max_claims} claims");
+    }
+    Ok(claims)
 }
 
 /// A sink whose publishes never return: the claims of its relay stay in flight.
@@ -428,20 +439,8 @@ async fn a_walk_passes_the_keys_in_flight_without_looking_up_their_heads() -> an
     let _ = holding.await;
     let before = key_index_descents(&db, "stuck-relay").await?;
 
-    let mut config = db.config();
-    config.application_name("passing-relay");
     let sink = InMemorySink::new();
-    let relay = Relay::connect(
-        &config.into(),
-        sink.clone(),
-        fast().batch_size(10).max_per_key(1),
-    )?;
-    let mut claims = 0;
-    while relay.relay_once().await?.claimed > 0 {
-        claims += 1;
-        anyhow::ensure!(claims <= 40, "{claims} claims for 200 messages");
-    }
-    drop(relay);
+    let claims = i64::try_from(cycles_until_empty(&db, "passing-relay", sink.clone(), 40).await?)?;
     let times = check_order(&sink.messages());
     assert!(
         times.len() == 200 && times.values().all(|&n| n == 1),

@@ -575,14 +575,7 @@ async fn an_attach_cut_short_by_a_kill_or_a_restart_leaves_the_log_whole() -> an
 async fn an_attach_that_waited_for_another_goes_on_at_any_default_isolation() -> anyhow::Result<()>
 {
     let db = TestDb::partitioned(10).await?;
-    db.client()
-        .await?
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'",
-            db.name
-        ))
-        .await?;
-    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 4)?);
+    let store = crate::isolation::store_with_default(&db, "serializable").await?;
     let (_, before) = partitions(&db).await?;
     // Another attach holds the bookkeeping row.
     let mut other = db.client().await?;
