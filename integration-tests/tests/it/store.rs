@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
 
 use crate::harness::TestDb;
+use eventrail_store_postgres::PgEventStore;
 
 fn event(n: usize) -> NewEvent {
     NewEvent::json("Happened", serde_json::json!({ "n": n }))
@@ -477,6 +478,174 @@ async fn own_appends_hint_after_commit_coalesced() -> anyhow::Result<()> {
     .unwrap_or(false);
     assert!(heard, "the newest position {last} was hinted");
     assert!(hints < 200, "{hints} hints for 200 appends: not coalesced");
+    Ok(())
+}
+
+/// A COPY append whose future is dropped while it waits in its transaction (here for the lock
+/// of a stream another transaction appends to) neither writes anything nor hands its connection
+/// back to the pool mid-transaction: the next append on a pool of one connection commits at
+/// once, while the other transaction still holds its stream.
+#[tokio::test]
+async fn a_copy_append_dropped_in_its_transaction_leaves_its_connection_to_nobody()
+-> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 1)?);
+    let batch = |base: usize| -> Vec<NewEvent> { (0..40).map(|i| event(base + i)).collect() };
+    // Statements prepared, layout known: the next COPY append goes straight to its transaction.
+    store
+        .append(AppendRequest::new(
+            "bulk-1".parse()?,
+            ExpectedVersion::Any,
+            batch(0),
+        ))
+        .await?;
+
+    let other = db.store();
+    let mut holder = db.client().await?;
+    let holding = holder.transaction().await?;
+    let held = batch(100);
+    let held_ids: Vec<uuid::Uuid> = held.iter().map(|e| e.id).collect();
+    other
+        .append_in(
+            &holding,
+            AppendRequest::new("bulk-2".parse()?, ExpectedVersion::Any, held),
+        )
+        .await?;
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .append(AppendRequest::new(
+                    "bulk-2".parse()?,
+                    ExpectedVersion::Any,
+                    batch(200),
+                ))
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    let watcher = db.client().await?;
+    integration_tests::servers::eventually(10, "the COPY append waits for the stream lock", || {
+        let watcher = &watcher;
+        async move {
+            Ok(watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.datname = current_database() AND l.locktype = 'advisory' \
+                       AND NOT l.granted",
+                    &[],
+                )
+                .await?
+                .get::<_, i64>(0)
+                == 1)
+        }
+    })
+    .await?;
+    waiting.abort();
+    assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
+
+    // The other transaction still holds bulk-2: an append to another stream on the only
+    // connection of the pool commits at once.
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.append(AppendRequest::new(
+            "bulk-3".parse()?,
+            ExpectedVersion::NoStream,
+            batch(300),
+        )),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the next append waited behind the dropped one"))??;
+    assert_eq!(next.stream_version, 39);
+    assert_eq!(other.stream_version(&"bulk-3".parse()?).await?, Some(39));
+
+    holding.commit().await?;
+    let bulk_2 = other
+        .read_stream(
+            &"bulk-2".parse()?,
+            ReadStreamOptions::default().max_count(1000),
+        )
+        .await?;
+    let ids: Vec<uuid::Uuid> = bulk_2.iter().map(|e| e.id).collect();
+    assert_eq!(ids, held_ids, "only the other transaction's events");
+    store
+        .append(AppendRequest::new(
+            "bulk-2".parse()?,
+            ExpectedVersion::Exact(39),
+            batch(400),
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The same for a one-statement append (autocommit) and one through `append_events` (in the
+/// store's own transaction, here for a position precondition): dropped while its statement
+/// waits for a stream lock, its connection is not handed to the next append, which would wait
+/// behind it.
+#[tokio::test]
+async fn an_append_dropped_mid_statement_leaves_its_connection_to_nobody() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 1)?);
+    let other = db.store();
+    let watcher = db.client().await?;
+    for (round, precondition) in [(0, false), (1, true)] {
+        let held: StreamName = format!("held-{round}").parse()?;
+        let mut holder = db.client().await?;
+        let holding = holder.transaction().await?;
+        other
+            .append_in(
+                &holding,
+                AppendRequest::new(held.clone(), ExpectedVersion::Any, vec![event(0)]),
+            )
+            .await?;
+        let waiting = tokio::spawn({
+            let (store, held) = (store.clone(), held.clone());
+            async move {
+                let mut request = AppendRequest::new(held, ExpectedVersion::Any, vec![event(1)]);
+                if precondition {
+                    request = request.with_expected_position(ExpectedPosition::category(
+                        "elsewhere".parse()?,
+                        None,
+                    ));
+                }
+                store.append(request).await.map_err(anyhow::Error::from)
+            }
+        });
+        integration_tests::servers::eventually(10, "the append waits for the stream lock", || {
+            let watcher = &watcher;
+            async move {
+                Ok(watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                         WHERE a.datname = current_database() AND l.locktype = 'advisory' \
+                           AND NOT l.granted",
+                        &[],
+                    )
+                    .await?
+                    .get::<_, i64>(0)
+                    == 1)
+            }
+        })
+        .await?;
+        waiting.abort();
+        assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
+
+        let free: StreamName = format!("free-{round}").parse()?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.append(AppendRequest::new(
+                free.clone(),
+                ExpectedVersion::NoStream,
+                vec![event(2)],
+            )),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("round {round}: the next append waited behind the dropped one")
+        })??;
+        assert_eq!(other.stream_version(&free).await?, Some(0));
+        holding.commit().await?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use tracing::{debug, instrument, warn};
 use uuid::Uuid;
 
+use super::checkout::Checkout;
 use super::partitions::is_missing_partition;
 use super::{PgEventStore, backend, read_committed};
 use crate::error::is_unique_violation;
@@ -432,7 +433,21 @@ impl PgEventStore {
         request.validate()?;
         // No hint inside the transaction (it would serialise commits): sent after the commit.
         let params = AppendParams::new(request, None)?;
-        let mut client = self.client().await?;
+        let mut conn = Checkout::new(self.client().await?);
+        let result = self.append_on(&mut conn, request, staged, &params).await;
+        conn.release();
+        result
+    }
+
+    /// The append on `conn`: every path returns with its statements answered and its
+    /// transaction ended (or `conn` discarded).
+    async fn append_on<P: StatefulProcessor + ?Sized>(
+        &self,
+        conn: &mut Checkout,
+        request: &AppendRequest,
+        staged: Option<&P>,
+        params: &AppendParams<'_>,
+    ) -> Result<AppendOutcome, StoreError> {
         let plain = self.inner.processors.is_empty() && staged.is_none();
         if plain
             && request.expected_position.is_none()
@@ -445,9 +460,9 @@ impl PgEventStore {
             let attempt = if request.events.len() >= super::copy::COPY_FROM
                 && self.statements() == crate::Statements::Cached
             {
-                self.append_copy(&mut client, request).await
+                self.append_copy(conn, request).await
             } else {
-                self.append_plain(&client, request, &params).await
+                self.append_plain(conn.client(), request, params).await
             };
             match attempt {
                 Plain::Appended(outcome) => {
@@ -455,6 +470,10 @@ impl PgEventStore {
                     return Ok(outcome);
                 }
                 Plain::Failed(e) => return Err(e),
+                // The function decides, on a connection that can still serve.
+                Plain::Undecided if conn.is_discarded() => {
+                    *conn = Checkout::new(self.client().await?);
+                }
                 Plain::Undecided => {}
             }
         }
@@ -464,7 +483,7 @@ impl PgEventStore {
             // stale version: run it again below, explicitly at READ COMMITTED.
             match self
                 .statements()
-                .query(&*client, &self.inner.sql.append, &params.typed())
+                .query(&**conn.client(), &self.inner.sql.append, &params.typed())
                 .await
             {
                 Ok(rows) => match interpret_positions(request, &rows) {
@@ -477,7 +496,7 @@ impl PgEventStore {
                 },
                 Err(e) => match classify(e) {
                     AppendFailure::DuplicateId => {
-                        return Err(self.duplicate_id(&**client, &params.ids).await);
+                        return Err(self.duplicate_id(&***conn.client(), &params.ids).await);
                     }
                     AppendFailure::Other(StoreError::SerializationConflict(_)) => {}
                     AppendFailure::Other(e) => return Err(e),
@@ -486,7 +505,7 @@ impl PgEventStore {
         }
         // The store's own transaction is READ COMMITTED whatever the database default: the checks
         // in `append_events` rely on it.
-        let tx = read_committed(&mut client).await?;
+        let tx = read_committed(conn.client_mut()).await?;
         let rows = match self
             .statements()
             .query(&tx, &self.inner.sql.append, &params.typed())
@@ -496,7 +515,7 @@ impl PgEventStore {
             Err(e) => match classify(e) {
                 AppendFailure::DuplicateId => {
                     drop(tx);
-                    return Err(self.duplicate_id(&**client, &params.ids).await);
+                    return Err(self.duplicate_id(&***conn.client(), &params.ids).await);
                 }
                 AppendFailure::Other(e) => return Err(e),
             },

@@ -1,12 +1,20 @@
 //! Large plain appends by binary `COPY`, the cheapest way PostgreSQL takes many rows (its
 //! multi-row inserts write far less than one `INSERT … SELECT unnest(…)`).
 //!
-//! The transaction keeps every rule of the one-statement append, in separate statements sent
-//! together (one round trip): its transaction id and the appender, category and stream locks
-//! first; then the stream's version, read after the locks (READ COMMITTED: a new statement sees
-//! every append that held the stream lock before), so the version check is authoritative; then
-//! the batch's positions from the sequence, after the id and the locks (the gap proof). `COPY`
-//! writes the rows with those positions and versions, and the transaction commits.
+//! The transaction keeps every rule of the one-statement append, in separate statements: its
+//! transaction id and the appender, category and stream locks first; then the stream's version,
+//! read after the locks (READ COMMITTED: a new statement sees every append that held the stream
+//! lock before), so the version check is authoritative; then the batch's positions from the
+//! sequence, after the id and the locks (the gap proof). `COPY` writes the rows with those
+//! positions and versions, and the transaction commits.
+//!
+//! Two round trips, as many as a bare `COPY` in autocommit: the transaction's start, the three
+//! statements and the start of the `COPY` go out together, the server running them in that
+//! order; the rows, the end of the `COPY` and the commit go out together (a `COMMIT` after a
+//! failed `COPY` rolls back). The version is checked between the two: when it does not hold,
+//! the `COPY` is abandoned (nothing written) and the transaction rolled back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use eventrail_core::{AppendOutcome, AppendRequest, EventData, StoreError};
 use futures::pin_mut;
@@ -16,11 +24,12 @@ use tokio_postgres::error::SqlState;
 use tracing::debug;
 
 use super::append::Plain;
-use super::{PgEventStore, backend, read_committed};
+use super::checkout::Checkout;
+use super::{PgEventStore, backend};
 use crate::rows::{JsonParam, to_u64};
 
 /// Plain appends of at least this many events go by `COPY` (below it, the one-statement append's
-/// single round trip costs less than `COPY`'s extra ones).
+/// single round trip costs less than `COPY`'s extra one).
 pub(super) const COPY_FROM: usize = 32;
 
 const COPY_TYPES: [Type; 9] = [
@@ -36,19 +45,23 @@ const COPY_TYPES: [Type; 9] = [
 ];
 
 impl PgEventStore {
-    /// The store's own plain append of `request` (no position precondition) by `COPY`.
-    pub(super) async fn append_copy(
-        &self,
-        client: &mut deadpool_postgres::Object,
-        request: &AppendRequest,
-    ) -> Plain {
-        match self.copy_in_transaction(client, request).await {
+    /// The store's own plain append of `request` (no position precondition) by `COPY`, on
+    /// `conn`; a transaction it could not end discards the connection.
+    pub(super) async fn append_copy(&self, conn: &Checkout, request: &AppendRequest) -> Plain {
+        let open = OpenTransaction {
+            conn,
+            in_transaction: AtomicBool::new(false),
+        };
+        let result = self.copy_in_transaction(&open, request).await;
+        if open.in_transaction.load(Ordering::Relaxed) {
+            conn.discard();
+        }
+        let client = conn.client();
+        match result {
             Ok(outcome) => Plain::Appended(outcome),
             Err(Copied::Refused(e)) => Plain::Failed(e),
             Err(Copied::Database(e)) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                self.inner
-                    .plain_appends
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.inner.plain_appends.store(false, Ordering::Relaxed);
                 debug!("no INSERT privilege on events: appends go through append_events");
                 Plain::Undecided
             }
@@ -63,11 +76,14 @@ impl PgEventStore {
         }
     }
 
+    /// Runs the append in a transaction on `open`'s connection; when it returns, the
+    /// transaction has ended (committed or rolled back) and the connection is usable.
     async fn copy_in_transaction(
         &self,
-        client: &mut deadpool_postgres::Object,
+        open: &OpenTransaction<'_>,
         request: &AppendRequest,
     ) -> Result<AppendOutcome, Copied> {
+        let client = open.client();
         let sql = &self.inner.sql;
         let statements = self.statements();
         let stream = request.stream.as_str();
@@ -75,74 +91,125 @@ impl PgEventStore {
             .map_err(|_| Copied::Refused(StoreError::InvalidRequest("too many events".into())))?;
         let layout = self.layout(client).await.map_err(Copied::Refused)?;
         let stream_version = &sql.of(layout).stream_version;
-        let tx = read_committed(client).await.map_err(Copied::Refused)?;
-        // Prepared first (when cached), so the three go out in this order in one round trip.
+        // Prepared first (cached), so that each goes out at once, in this order.
         for (text, types) in [
             (&sql.append_locks, &[Type::TEXT][..]),
             (stream_version, &[Type::TEXT][..]),
             (&sql.reserve_positions, &[Type::INT4][..]),
         ] {
-            statements.warm(&tx, text, types).await?;
+            statements.warm(&**client, text, types).await?;
         }
+        let copy_statement = client.prepare_cached(&sql.copy_events).await?;
         let stream_param: [(&(dyn ToSql + Sync), Type); 1] = [(&stream, Type::TEXT)];
         let count_param: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT4)];
-        let (locked, version, reserved) = futures::join!(
-            statements.query_one(&tx, &sql.append_locks, &stream_param),
-            statements.query_one(&tx, stream_version, &stream_param),
-            statements.query_one(&tx, &sql.reserve_positions, &count_param),
+        // From here on the connection is in a transaction until it ends below; an interruption
+        // closes the connection (`OpenTransaction`).
+        open.begin();
+        let (begun, locked, version, reserved, copy) = futures::join!(
+            client.batch_execute("START TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+            statements.query_one(&**client, &sql.append_locks, &stream_param),
+            statements.query_one(&**client, stream_version, &stream_param),
+            statements.query_one(&**client, &sql.reserve_positions, &count_param),
+            client.copy_in(&copy_statement),
         );
-        locked?;
-        let current: Option<i64> = version?.try_get(0)?;
-        let positions: Vec<i64> = reserved?.try_get(0)?;
+        // The first failure is the cause; the later statements failed in its aborted transaction.
+        let started = begun.and(locked).and_then(|_| {
+            let current: Option<i64> = version?.try_get(0)?;
+            let positions: Vec<i64> = reserved?.try_get(0)?;
+            Ok((current, positions, copy?))
+        });
+        let (current, positions, copy) = match started {
+            Ok(started) => started,
+            // The COPY did not start (it failed, or ran in the transaction an earlier failure
+            // aborted). tokio-postgres then counts one answer fewer than the server sends (the
+            // abandoned COPY's own end): the connection cannot serve anyone again. It is closed
+            // with its transaction still open (`append_copy`), which rolls it back.
+            Err(e) => return Err(e.into()),
+        };
         if !request
             .expected_version
             .is_satisfied_by(current.map(to_u64))
         {
-            // Read after the stream lock: authoritative. Nothing was written.
-            return Err(Copied::Refused(StoreError::WrongExpectedVersion {
-                stream: request.stream.to_string(),
-                expected: request.expected_version,
-                actual: current.map(to_u64),
-            }));
+            // Read after the stream lock: authoritative. The COPY, dropped, is abandoned.
+            drop(copy);
+            return Err(open
+                .roll_back(Copied::Refused(StoreError::WrongExpectedVersion {
+                    stream: request.stream.to_string(),
+                    expected: request.expected_version,
+                    actual: current.map(to_u64),
+                }))
+                .await);
         }
         let first = current.map_or(0, |v| v + 1);
-        let copy_statement = tx.prepare_cached(&sql.copy_events).await?;
-        let copy = tx.copy_in(&copy_statement).await?;
         let writer = BinaryCopyInWriter::new(copy, &COPY_TYPES);
         pin_mut!(writer);
         let numbered = request.events.iter().zip(&positions).zip(first..);
         for ((event, position), version) in numbered {
-            let schema_version = i32::try_from(event.schema_version).map_err(|_| {
-                Copied::Refused(StoreError::InvalidRequest(
-                    "schema version out of range".into(),
-                ))
-            })?;
+            let Ok(schema_version) = i32::try_from(event.schema_version) else {
+                let refused = StoreError::InvalidRequest("schema version out of range".into());
+                return Err(open.roll_back(Copied::Refused(refused)).await);
+            };
             let (data, binary) = match &event.data {
                 EventData::Json(v) => (Some(JsonParam(v)), None),
                 EventData::Binary(b) => (None, Some(b.as_slice())),
             };
-            writer
-                .as_mut()
-                .write(&[
-                    position,
-                    &stream,
-                    &version,
-                    &event.id,
-                    &event.event_type.as_str(),
-                    &schema_version,
-                    &data,
-                    &binary,
-                    &Json(&event.metadata),
-                ])
-                .await?;
+            let row: [&(dyn ToSql + Sync); 9] = [
+                position,
+                &stream,
+                &version,
+                &event.id,
+                &event.event_type.as_str(),
+                &schema_version,
+                &data,
+                &binary,
+                &Json(&event.metadata),
+            ];
+            if let Err(e) = writer.as_mut().write(&row).await {
+                return Err(open.roll_back(e.into()).await);
+            }
         }
-        writer.finish().await?;
-        tx.commit().await?;
+        // The end of the COPY and the commit in one round trip: the commit of a transaction
+        // whose COPY failed is a rollback.
+        let (copied, committed) =
+            futures::join!(writer.as_mut().finish(), client.batch_execute("COMMIT"));
+        open.ended();
+        copied?;
+        committed?;
         let last = to_u64(first + i64::from(count) - 1);
         Ok(AppendOutcome::new(
             last,
             positions.into_iter().map(to_u64).collect(),
         ))
+    }
+}
+
+/// The append's connection, and whether the transaction the append opened on it is still open.
+struct OpenTransaction<'c> {
+    conn: &'c Checkout,
+    in_transaction: AtomicBool,
+}
+
+impl OpenTransaction<'_> {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.conn.client()
+    }
+
+    /// The transaction's start is about to go out.
+    fn begin(&self) {
+        self.in_transaction.store(true, Ordering::Relaxed);
+    }
+
+    /// The transaction has ended (committed or rolled back).
+    fn ended(&self) {
+        self.in_transaction.store(false, Ordering::Relaxed);
+    }
+
+    /// Rolls the transaction back and gives `failure` back to return.
+    async fn roll_back(&self, failure: Copied) -> Copied {
+        if self.client().batch_execute("ROLLBACK").await.is_ok() {
+            self.ended();
+        }
+        failure
     }
 }
 

@@ -28,6 +28,7 @@ use crate::rows::to_u64;
 
 mod append;
 mod builder;
+mod checkout;
 mod copy;
 mod hint;
 mod partitions;

@@ -1,0 +1,73 @@
+//! A pooled connection that goes back to the pool only when its work ended.
+//!
+//! A future dropped mid-statement (a caller's timeout, an aborted task) would otherwise hand the
+//! pool a connection whose statement still runs, or whose transaction is still open: the next
+//! user's statements would queue behind it, waiting for whatever it waits for (a lock held by
+//! someone else), or run inside it. Such a connection is closed instead; the server then rolls
+//! back an open transaction. (A statement already sent in autocommit may still commit: the
+//! server finishes it before it notices the client is gone.)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::Object;
+use tracing::debug;
+
+/// A connection checked out of the pool for one operation: closed when dropped before
+/// [`release`](Self::release), or after [`discard`](Self::discard).
+pub(super) struct Checkout {
+    client: Option<Object>,
+    /// Set by `release`: the operation ended with the connection outside any statement or
+    /// transaction.
+    released: bool,
+    /// Set when a transaction could not be ended: never give this connection back.
+    discarded: AtomicBool,
+}
+
+impl Checkout {
+    pub(super) fn new(client: Object) -> Self {
+        Self {
+            client: Some(client),
+            released: false,
+            discarded: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("a checkout holds its connection until dropped")
+    }
+
+    pub(super) fn client_mut(&mut self) -> &mut Object {
+        self.client
+            .as_mut()
+            .expect("a checkout holds its connection until dropped")
+    }
+
+    /// The connection is left in a state no one else may inherit (a transaction that could not
+    /// be rolled back): it is closed however the operation ends.
+    pub(super) fn discard(&self) {
+        self.discarded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`discard`](Self::discard) was called.
+    pub(super) fn is_discarded(&self) -> bool {
+        self.discarded.load(Ordering::Relaxed)
+    }
+
+    /// The operation ended: the connection goes back to the pool when dropped (unless discarded).
+    pub(super) fn release(mut self) {
+        self.released = true;
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if (!self.released || *self.discarded.get_mut())
+            && let Some(client) = self.client.take()
+        {
+            debug!("an append stopped mid-statement or mid-transaction: closing its connection");
+            drop(Object::take(client));
+        }
+    }
+}
