@@ -207,7 +207,50 @@ where
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn raw_inserts(url: Arc<String>, client_no: usize, seconds: u64) -> anyhow::Result<u64> {
+/// What one client's loop wrote, in how long (its connection's set-up not counted).
+struct Loop {
+    events: u64,
+    elapsed: Duration,
+}
+
+/// Runs `clients` loops and gives the sum of their rates (events per second).
+async fn measure_loops<F, Fut>(clients: usize, work: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<Loop>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..clients).map(|c| tokio::spawn(work(c))).collect();
+    let mut rate = 0.0;
+    for t in tasks {
+        let done = t.await??;
+        rate += done.events as f64 / done.elapsed.as_secs_f64();
+    }
+    Ok(rate)
+}
+
+/// How many times each append row alternates between its raw twin and eventrail: the server's
+/// commit latency drifts (a virtual machine's disk), and alternating spreads the drift over both.
+const ROUNDS: u64 = 3;
+
+/// `raw` and `eventrail` measured alternately, `ROUNDS` times `seconds / ROUNDS` (at least one
+/// second) each: their mean rates.
+async fn alternately<R, RF, E, EF>(seconds: u64, raw: R, eventrail: E) -> anyhow::Result<(f64, f64)>
+where
+    R: Fn(u64) -> RF,
+    RF: Future<Output = anyhow::Result<f64>>,
+    E: Fn(u64) -> EF,
+    EF: Future<Output = anyhow::Result<f64>>,
+{
+    let slice = seconds.div_ceil(ROUNDS).max(1);
+    let (mut raw_rate, mut eventrail_rate) = (0.0, 0.0);
+    for _ in 0..ROUNDS {
+        raw_rate += raw(slice).await?;
+        eventrail_rate += eventrail(slice).await?;
+    }
+    Ok((raw_rate / ROUNDS as f64, eventrail_rate / ROUNDS as f64))
+}
+
+async fn raw_inserts(url: Arc<String>, client_no: usize, seconds: u64) -> anyhow::Result<Loop> {
     let client = connect(&url).await?;
     let insert = client
         .prepare(&format!(
@@ -215,7 +258,8 @@ async fn raw_inserts(url: Arc<String>, client_no: usize, seconds: u64) -> anyhow
         ))
         .await?;
     let stream = format!("raw{client_no}-{}", uuid::Uuid::now_v7().simple());
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
     let mut n = 0u64;
     while Instant::now() < deadline {
         let version = i64::try_from(n)?;
@@ -235,7 +279,10 @@ async fn raw_inserts(url: Arc<String>, client_no: usize, seconds: u64) -> anyhow
             .await?;
         n += 1;
     }
-    Ok(n)
+    Ok(Loop {
+        events: n,
+        elapsed: started.elapsed(),
+    })
 }
 
 async fn eventrail_appends(
@@ -243,12 +290,13 @@ async fn eventrail_appends(
     client_no: usize,
     seconds: u64,
     batch: usize,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Loop> {
     let stream: StreamName = StreamName::new(
         &format!("er{client_no}"),
         &uuid::Uuid::now_v7().simple().to_string(),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
     let (mut n, mut expected) = (0u64, ExpectedVersion::NoStream);
     while Instant::now() < deadline {
         let events = (0..batch as u64)
@@ -260,7 +308,10 @@ async fn eventrail_appends(
         expected = ExpectedVersion::Exact(out.stream_version);
         n += batch as u64;
     }
-    Ok(n)
+    Ok(Loop {
+        events: n,
+        elapsed: started.elapsed(),
+    })
 }
 
 async fn raw_copies(
@@ -268,7 +319,7 @@ async fn raw_copies(
     client_no: usize,
     seconds: u64,
     batch: usize,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Loop> {
     let client = connect(&url).await?;
     let stream = format!("copy{client_no}-{}", uuid::Uuid::now_v7().simple());
     let types = [
@@ -280,7 +331,8 @@ async fn raw_copies(
         Type::JSONB,
         Type::JSONB,
     ];
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
     let mut n = 0u64;
     let empty = serde_json::json!({});
     while Instant::now() < deadline {
@@ -309,7 +361,10 @@ async fn raw_copies(
         }
         writer.finish().await?;
     }
-    Ok(n)
+    Ok(Loop {
+        events: n,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// One row of a table: eventrail beside its raw twin, and the target ratio.
@@ -378,12 +433,24 @@ async fn append_rows(seconds: u64, without_notify: bool) -> anyhow::Result<Vec<R
         .batch_execute("CREATE TABLE raw_events (LIKE eventrail.events INCLUDING ALL)")
         .await?;
     let settings = server_settings(&setup).await?;
-    println!("PostgreSQL: {settings}; {seconds} s per measurement\n");
+    println!(
+        "PostgreSQL: {settings}; {seconds} s per measurement, in {ROUNDS} rounds alternating with its raw twin\n"
+    );
 
     let mut rows = Vec::new();
     for (clients, target) in [(1, 0.9), (4, 0.8), (16, 0.8)] {
-        let raw = measure(clients, |c| raw_inserts(url.clone(), c, seconds)).await?;
-        let er = measure(clients, |c| eventrail_appends(store.clone(), c, seconds, 1)).await?;
+        let (raw, er) = alternately(
+            seconds,
+            |s| {
+                let url = url.clone();
+                measure_loops(clients, move |c| raw_inserts(url.clone(), c, s))
+            },
+            |s| {
+                let store = store.clone();
+                measure_loops(clients, move |c| eventrail_appends(store.clone(), c, s, 1))
+            },
+        )
+        .await?;
         rows.push(Row {
             scenario: format!("1 event / tx, {clients} client(s) vs INSERT"),
             raw,
@@ -392,10 +459,19 @@ async fn append_rows(seconds: u64, without_notify: bool) -> anyhow::Result<Vec<R
         });
     }
     for clients in [1, 4] {
-        let raw = measure(clients, |c| raw_copies(url.clone(), c, seconds, 100)).await?;
-        let er = measure(clients, |c| {
-            eventrail_appends(store.clone(), c, seconds, 100)
-        })
+        let (raw, er) = alternately(
+            seconds,
+            |s| {
+                let url = url.clone();
+                measure_loops(clients, move |c| raw_copies(url.clone(), c, s, 100))
+            },
+            |s| {
+                let store = store.clone();
+                measure_loops(clients, move |c| {
+                    eventrail_appends(store.clone(), c, s, 100)
+                })
+            },
+        )
         .await?;
         rows.push(Row {
             scenario: format!("100 events / tx, {clients} client(s) vs COPY"),
