@@ -64,6 +64,11 @@ struct Inner {
 /// The PostgreSQL event store, on a deadpool-postgres pool. Cheap to clone.
 ///
 /// Run [`Migrator`](crate::Migrator) on the schema first.
+///
+/// An append whose future is dropped before it ends (a timeout, an aborted task) closes its
+/// pooled connection rather than hand it to the next append mid-statement; the server rolls
+/// back its open transaction. An append whose statement was already sent in autocommit may
+/// still commit: read the stream to learn whether it did.
 #[derive(Clone)]
 pub struct PgEventStore {
     pool: Pool,
