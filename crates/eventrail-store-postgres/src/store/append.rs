@@ -471,7 +471,7 @@ impl PgEventStore {
                 }
                 Plain::Failed(e) => return Err(e),
                 // The function decides, on a connection that can still serve.
-                Plain::Undecided if conn.is_discarded() => {
+                Plain::Undecided if conn.in_transaction() => {
                     *conn = Checkout::new(self.client().await?);
                 }
                 Plain::Undecided => {}

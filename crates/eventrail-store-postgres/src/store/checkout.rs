@@ -13,14 +13,13 @@ use deadpool_postgres::Object;
 use tracing::debug;
 
 /// A connection checked out of the pool for one operation: closed when dropped before
-/// [`release`](Self::release), or after [`discard`](Self::discard).
+/// [`release`](Self::release), or while a transaction the operation started on it is open.
 pub(super) struct Checkout {
     client: Option<Object>,
-    /// Set by `release`: the operation ended with the connection outside any statement or
-    /// transaction.
+    /// Set by `release`: the operation ended with the connection outside any statement.
     released: bool,
-    /// Set when a transaction could not be ended: never give this connection back.
-    discarded: AtomicBool,
+    /// Between the start of a transaction the operation manages itself and its end.
+    in_transaction: AtomicBool,
 }
 
 impl Checkout {
@@ -28,7 +27,7 @@ impl Checkout {
         Self {
             client: Some(client),
             released: false,
-            discarded: AtomicBool::new(false),
+            in_transaction: AtomicBool::new(false),
         }
     }
 
@@ -44,18 +43,25 @@ impl Checkout {
             .expect("a checkout holds its connection until dropped")
     }
 
-    /// The connection is left in a state no one else may inherit (a transaction that could not
-    /// be rolled back): it is closed however the operation ends.
-    pub(super) fn discard(&self) {
-        self.discarded.store(true, Ordering::Relaxed);
+    /// A transaction's start is about to go out: until [`transaction_ended`](Self::transaction_ended),
+    /// no one else may inherit the connection.
+    pub(super) fn transaction_started(&self) {
+        self.in_transaction.store(true, Ordering::Relaxed);
     }
 
-    /// Whether [`discard`](Self::discard) was called.
-    pub(super) fn is_discarded(&self) -> bool {
-        self.discarded.load(Ordering::Relaxed)
+    /// The transaction committed or rolled back.
+    pub(super) fn transaction_ended(&self) {
+        self.in_transaction.store(false, Ordering::Relaxed);
     }
 
-    /// The operation ended: the connection goes back to the pool when dropped (unless discarded).
+    /// Whether a transaction started on the connection has not ended (it could not be rolled
+    /// back): the connection is closed however the operation ends.
+    pub(super) fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Relaxed)
+    }
+
+    /// The operation ended: the connection goes back to the pool when dropped (unless still in
+    /// a transaction).
     pub(super) fn release(mut self) {
         self.released = true;
     }
@@ -63,7 +69,7 @@ impl Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if (!self.released || *self.discarded.get_mut())
+        if (!self.released || *self.in_transaction.get_mut())
             && let Some(client) = self.client.take()
         {
             debug!("an append stopped mid-statement or mid-transaction: closing its connection");

@@ -14,7 +14,7 @@
 //! failed `COPY` rolls back). The version is checked between the two: when it does not hold,
 //! the `COPY` is abandoned (nothing written) and the transaction rolled back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use eventrail_core::{AppendOutcome, AppendRequest, EventData, StoreError};
 use futures::pin_mut;
@@ -46,16 +46,9 @@ const COPY_TYPES: [Type; 9] = [
 
 impl PgEventStore {
     /// The store's own plain append of `request` (no position precondition) by `COPY`, on
-    /// `conn`; a transaction it could not end discards the connection.
+    /// `conn`; a transaction it could not end stays marked on `conn`, which is then closed.
     pub(super) async fn append_copy(&self, conn: &Checkout, request: &AppendRequest) -> Plain {
-        let open = OpenTransaction {
-            conn,
-            in_transaction: AtomicBool::new(false),
-        };
-        let result = self.copy_in_transaction(&open, request).await;
-        if open.in_transaction.load(Ordering::Relaxed) {
-            conn.discard();
-        }
+        let result = self.copy_in_transaction(conn, request).await;
         let client = conn.client();
         match result {
             Ok(outcome) => Plain::Appended(outcome),
@@ -76,14 +69,14 @@ impl PgEventStore {
         }
     }
 
-    /// Runs the append in a transaction on `open`'s connection; when it returns, the
-    /// transaction has ended (committed or rolled back) and the connection is usable.
+    /// Runs the append in a transaction on `conn`; when it returns, the transaction has ended
+    /// (committed or rolled back), or `conn` is still marked in it.
     async fn copy_in_transaction(
         &self,
-        open: &OpenTransaction<'_>,
+        conn: &Checkout,
         request: &AppendRequest,
     ) -> Result<AppendOutcome, Copied> {
-        let client = open.client();
+        let client = conn.client();
         let sql = &self.inner.sql;
         let statements = self.statements();
         let stream = request.stream.as_str();
@@ -103,8 +96,8 @@ impl PgEventStore {
         let stream_param: [(&(dyn ToSql + Sync), Type); 1] = [(&stream, Type::TEXT)];
         let count_param: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT4)];
         // From here on the connection is in a transaction until it ends below; an interruption
-        // closes the connection (`OpenTransaction`).
-        open.begin();
+        // closes the connection (`Checkout`).
+        conn.transaction_started();
         let (begun, locked, version, reserved, copy) = futures::join!(
             client.batch_execute("START TRANSACTION ISOLATION LEVEL READ COMMITTED"),
             statements.query_one(&**client, &sql.append_locks, &stream_param),
@@ -123,7 +116,7 @@ impl PgEventStore {
             // The COPY did not start (it failed, or ran in the transaction an earlier failure
             // aborted). tokio-postgres then counts one answer fewer than the server sends (the
             // abandoned COPY's own end): the connection cannot serve anyone again. It is closed
-            // with its transaction still open (`append_copy`), which rolls it back.
+            // with its transaction still open (`Checkout`), which rolls it back.
             Err(e) => return Err(e.into()),
         };
         if !request
@@ -132,13 +125,12 @@ impl PgEventStore {
         {
             // Read after the stream lock: authoritative. The COPY, dropped, is abandoned.
             drop(copy);
-            return Err(open
-                .roll_back(Copied::Refused(StoreError::WrongExpectedVersion {
-                    stream: request.stream.to_string(),
-                    expected: request.expected_version,
-                    actual: current.map(to_u64),
-                }))
-                .await);
+            let refused = StoreError::WrongExpectedVersion {
+                stream: request.stream.to_string(),
+                expected: request.expected_version,
+                actual: current.map(to_u64),
+            };
+            return Err(roll_back(conn, Copied::Refused(refused)).await);
         }
         let first = current.map_or(0, |v| v + 1);
         let writer = BinaryCopyInWriter::new(copy, &COPY_TYPES);
@@ -147,7 +139,7 @@ impl PgEventStore {
         for ((event, position), version) in numbered {
             let Ok(schema_version) = i32::try_from(event.schema_version) else {
                 let refused = StoreError::InvalidRequest("schema version out of range".into());
-                return Err(open.roll_back(Copied::Refused(refused)).await);
+                return Err(roll_back(conn, Copied::Refused(refused)).await);
             };
             let (data, binary) = match &event.data {
                 EventData::Json(v) => (Some(JsonParam(v)), None),
@@ -165,14 +157,14 @@ impl PgEventStore {
                 &Json(&event.metadata),
             ];
             if let Err(e) = writer.as_mut().write(&row).await {
-                return Err(open.roll_back(e.into()).await);
+                return Err(roll_back(conn, e.into()).await);
             }
         }
         // The end of the COPY and the commit in one round trip: the commit of a transaction
         // whose COPY failed is a rollback.
         let (copied, committed) =
             futures::join!(writer.as_mut().finish(), client.batch_execute("COMMIT"));
-        open.ended();
+        conn.transaction_ended();
         copied?;
         committed?;
         let last = to_u64(first + i64::from(count) - 1);
@@ -183,34 +175,12 @@ impl PgEventStore {
     }
 }
 
-/// The append's connection, and whether the transaction the append opened on it is still open.
-struct OpenTransaction<'c> {
-    conn: &'c Checkout,
-    in_transaction: AtomicBool,
-}
-
-impl OpenTransaction<'_> {
-    fn client(&self) -> &deadpool_postgres::Object {
-        self.conn.client()
+/// Rolls back the transaction on `conn` and gives `failure` back to return.
+async fn roll_back(conn: &Checkout, failure: Copied) -> Copied {
+    if conn.client().batch_execute("ROLLBACK").await.is_ok() {
+        conn.transaction_ended();
     }
-
-    /// The transaction's start is about to go out.
-    fn begin(&self) {
-        self.in_transaction.store(true, Ordering::Relaxed);
-    }
-
-    /// The transaction has ended (committed or rolled back).
-    fn ended(&self) {
-        self.in_transaction.store(false, Ordering::Relaxed);
-    }
-
-    /// Rolls the transaction back and gives `failure` back to return.
-    async fn roll_back(&self, failure: Copied) -> Copied {
-        if self.client().batch_execute("ROLLBACK").await.is_ok() {
-            self.ended();
-        }
-        failure
-    }
+    failure
 }
 
 /// How a `COPY` append failed.
