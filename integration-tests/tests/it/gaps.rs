@@ -150,21 +150,11 @@ async fn append_waiting_after_taking_positions_is_never_passed(n: usize) -> anyh
     });
     // It has drawn its position and waits on the raw writer's transaction id.
     let watcher = db.client().await?;
-    integration_tests::servers::eventually(10, "the plain append waits on the raw writer", || {
-        let watcher = &watcher;
-        async move {
-            Ok(watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                     WHERE a.datname = current_database() AND l.locktype = 'transactionid' \
-                       AND NOT l.granted",
-                    &[],
-                )
-                .await?
-                .get::<_, i64>(0)
-                >= 1)
-        }
-    })
+    integration_tests::servers::eventually(
+        10,
+        "the plain append waits on the raw writer",
+        || async { Ok(TestDb::lock_waits(&watcher, "transactionid").await? >= 1) },
+    )
     .await?;
     let later = store.append(request("c-1", 1)?).await?.last_position();
 

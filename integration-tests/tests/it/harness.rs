@@ -239,6 +239,19 @@ impl TestDb {
         .await
     }
 
+    /// How many lock requests of `locktype` (`advisory`, `transactionid`, …) sessions of this
+    /// database are waiting for, read on `watcher`.
+    pub(crate) async fn lock_waits(watcher: &Client, locktype: &str) -> anyhow::Result<i64> {
+        Ok(watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.datname = current_database() AND l.locktype = $1 AND NOT l.granted",
+                &[&locktype],
+            )
+            .await?
+            .get(0))
+    }
+
     /// A connection of its own (outside the pool).
     pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         connect(&self.url).await

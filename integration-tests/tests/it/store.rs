@@ -525,21 +525,11 @@ async fn a_copy_append_dropped_in_its_transaction_leaves_its_connection_to_nobod
         }
     });
     let watcher = db.client().await?;
-    integration_tests::servers::eventually(10, "the COPY append waits for the stream lock", || {
-        let watcher = &watcher;
-        async move {
-            Ok(watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                     WHERE a.datname = current_database() AND l.locktype = 'advisory' \
-                       AND NOT l.granted",
-                    &[],
-                )
-                .await?
-                .get::<_, i64>(0)
-                == 1)
-        }
-    })
+    integration_tests::servers::eventually(
+        10,
+        "the COPY append waits for the stream lock",
+        || async { Ok(TestDb::lock_waits(&watcher, "advisory").await? == 1) },
+    )
     .await?;
     waiting.abort();
     assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
@@ -611,21 +601,11 @@ async fn an_append_dropped_mid_statement_leaves_its_connection_to_nobody() -> an
                 store.append(request).await.map_err(anyhow::Error::from)
             }
         });
-        integration_tests::servers::eventually(10, "the append waits for the stream lock", || {
-            let watcher = &watcher;
-            async move {
-                Ok(watcher
-                    .query_one(
-                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                         WHERE a.datname = current_database() AND l.locktype = 'advisory' \
-                           AND NOT l.granted",
-                        &[],
-                    )
-                    .await?
-                    .get::<_, i64>(0)
-                    == 1)
-            }
-        })
+        integration_tests::servers::eventually(
+            10,
+            "the append waits for the stream lock",
+            || async { Ok(TestDb::lock_waits(&watcher, "advisory").await? == 1) },
+        )
         .await?;
         waiting.abort();
         assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
