@@ -53,6 +53,9 @@ impl Codec for JsonCodec {
 pub struct BincodeCodec;
 
 #[cfg(feature = "bincode")]
+use crate::limits::MAX_EVENT_DATA_LEN;
+
+#[cfg(feature = "bincode")]
 impl Codec for BincodeCodec {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<EventData, CodecError> {
         bincode::serde::encode_to_vec(value, bincode::config::standard())
@@ -66,13 +69,17 @@ impl Codec for BincodeCodec {
     fn decode<T: DeserializeOwned>(&self, data: &EventData) -> Result<T, CodecError> {
         match data {
             EventData::Binary(bytes) => {
+                // No valid payload is longer than an event's data may be: a length prefix claiming
+                // more is garbage, refused before bincode allocates it (it would abort on one
+                // claiming more than the address space).
+                let config = bincode::config::standard().with_limit::<MAX_EVENT_DATA_LEN>();
                 let (value, read) =
-                    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(
-                        |e| CodecError::Serde {
+                    bincode::serde::decode_from_slice(bytes, config).map_err(|e| {
+                        CodecError::Serde {
                             codec: "bincode",
                             source: e.into(),
-                        },
-                    )?;
+                        }
+                    })?;
                 if read == bytes.len() {
                     Ok(value)
                 } else {
@@ -139,6 +146,19 @@ mod tests {
             let is_serde_error = matches!(JsonCodec.decode::<Sample>(&data), Err(CodecError::Serde { .. }));
             prop_assert!(is_serde_error);
         }
+    }
+
+    /// A string whose length prefix claims `u64::MAX` bytes (varint marker 253, then the u64).
+    #[cfg(feature = "bincode")]
+    #[test]
+    fn bincode_length_beyond_any_payload_is_an_error_not_an_abort() {
+        let mut bytes = vec![253];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let decoded = BincodeCodec.decode::<String>(&EventData::Binary(bytes));
+        assert!(
+            matches!(decoded, Err(CodecError::Serde { .. })),
+            "{decoded:?}"
+        );
     }
 
     #[test]
