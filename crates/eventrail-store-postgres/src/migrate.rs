@@ -36,7 +36,16 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
         name: "append_keys_and_privileges",
         template: include_str!("../../../migrations/0007_append_keys_and_privileges.sql"),
     },
+    STREAM_LAST_POSITION,
 ];
+
+/// Migration 13: on a partitioned log, `streams` keeps each stream's last position. A no-op on
+/// the one table; `partition_by_position` runs it again after migration 10.
+const STREAM_LAST_POSITION: Migration = Migration {
+    version: 13,
+    name: "stream_last_position",
+    template: include_str!("../../../migrations/0013_stream_last_position.sql"),
+};
 
 /// Every migration any eventrail component ships, by version (the numbering is shared). An applied
 /// migration missing here was written by a newer eventrail: this binary refuses to run on it.
@@ -53,6 +62,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (PARTITION_MIGRATION.version, PARTITION_MIGRATION.name),
     (11, "outbox_keys"),
     (12, "outbox_keys_progress"),
+    (STREAM_LAST_POSITION.version, STREAM_LAST_POSITION.name),
 ];
 
 /// The optional conversion of the log to a table partitioned by position range
@@ -601,13 +611,15 @@ impl Migrator {
         Ok(self.partition_script(partition_size_sql(partition_size)?))
     }
 
-    /// Migration 10, then `append_events` reading versions from `streams`, then its record.
+    /// Migration 10, then `append_events` reading versions from `streams` and migration 13's
+    /// last positions (applied before as a no-op), then its record.
     fn partition_script(&self, size: i64) -> String {
         let body = format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             self.render(PARTITION_MIGRATION.template)
                 .replace("{partition_size}", &size.to_string()),
-            self.render(&append_events_on_streams())
+            self.render(&append_events_on_streams()),
+            self.render(STREAM_LAST_POSITION.template)
         );
         self.recorded(&PARTITION_MIGRATION, &body)
     }

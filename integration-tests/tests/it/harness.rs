@@ -18,7 +18,7 @@ const HARNESS_LOCK: i64 = 0x6576_656e_7472_6c00;
 
 /// The template's migrations: the event store, the worker tables, the outbox and the sagas. The
 /// fingerprint below covers every migration this runner applies.
-fn migrator() -> anyhow::Result<Migrator> {
+pub(crate) fn migrator() -> anyhow::Result<Migrator> {
     let everything = worker_migrator("eventrail", &TableNames::default())?;
     let everything = with_outbox_migration(everything, "eventrail", &OutboxTables::default())?;
     Ok(with_saga_migration(

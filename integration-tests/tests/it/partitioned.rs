@@ -173,6 +173,31 @@ async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() 
         .await?;
     tx.commit().await?;
     assert_eq!(inside.stream_version, 47);
+    // Each stream's row knows its newest event: found for the converted streams (`blob-1` has
+    // had none since), kept by every append path since; reads see every event.
+    let bounds = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.last_position = (SELECT max(e.global_position)
+                                   FROM eventrail.events e WHERE e.stream_name = s.stream_name))
+               FROM eventrail.streams s",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (bounds.get::<_, i64>(0), bounds.get::<_, i64>(1)),
+        (3, 3),
+        "streams whose last position is their newest event's"
+    );
+    let whole = converted
+        .read_stream(&order, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(whole.len(), 48);
+    assert_eq!(
+        whole.last().map(|e| e.global_position),
+        Some(inside.last_position())
+    );
 
     // An event id from before the conversion is still refused, by name.
     let again = NewEvent::new("Blob", EventData::Binary(vec![1])).with_id(binary_id);
@@ -453,6 +478,140 @@ async fn a_stream_read_never_opens_the_partitions_before_the_stream_began() -> a
         .await?;
     assert_eq!(old_stream.len(), 30);
     assert_eq!(old_stream.last().map(|e| e.global_position), Some(old));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_read_never_opens_the_partitions_after_the_stream_s_last_event()
+-> anyhow::Result<()> {
+    let db = TestDb::partitioned(20).await?;
+    let store = db.store();
+    let old: StreamName = "old-1".parse()?;
+    let last = append(&store, "old-1", 5).await?; // positions 1..=5
+    let mut filler = 0;
+    for i in 0..8 {
+        filler = append(&store, &format!("filler-{i}"), 10).await?;
+    }
+    let later = [last + 30, filler];
+    let scans = |positions: [u64; 2]| {
+        let db = &db;
+        async move {
+            let mut counts = Vec::new();
+            for p in positions {
+                counts.push(stream_index_scans(db, p).await?);
+            }
+            anyhow::Ok(counts)
+        }
+    };
+    let (before_own, before_later) = (stream_index_scans(&db, last).await?, scans(later).await?);
+    for _ in 0..10 {
+        let forward = store
+            .read_stream(&old, ReadStreamOptions::default())
+            .await?;
+        assert_eq!(forward.len(), 5);
+        let backward = store
+            .read_stream(&old, ReadStreamOptions::default().backward())
+            .await?;
+        assert_eq!(backward.first().map(|e| e.global_position), Some(last));
+    }
+    eventually(10, "the reads' index scans in the statistics", || async {
+        Ok(stream_index_scans(&db, last).await? >= before_own + 20)
+    })
+    .await?;
+    assert_eq!(
+        scans(later).await?,
+        before_later,
+        "partitions after the stream's last event were opened"
+    );
+    // The stream goes on, far from where it stopped: its reads find the new events, by every
+    // append path (one statement, COPY, `append_events` with a precondition).
+    let one = append(&store, "old-1", 1).await?;
+    let copied = append(&store, "old-1", 40).await?;
+    let checked = store
+        .append(
+            AppendRequest::new(old.clone(), ExpectedVersion::Exact(45), events(1))
+                .with_expected_position(eventrail_core::ExpectedPosition::category(
+                    eventrail_core::Category::from(&old),
+                    Some(copied),
+                )),
+        )
+        .await?
+        .positions[0];
+    let whole = store
+        .read_stream(&old, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(whole.len(), 47);
+    assert!(whole.iter().any(|e| e.global_position == one));
+    assert!(whole.iter().any(|e| e.global_position == copied));
+    assert_eq!(whole.last().map(|e| e.global_position), Some(checked));
+    let newest = store
+        .read_stream(&old, ReadStreamOptions::default().backward().max_count(1))
+        .await?;
+    assert_eq!(newest.first().map(|e| e.global_position), Some(checked));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_log_partitioned_by_the_previous_release_gets_its_stream_bounds_when_migrated()
+-> anyhow::Result<()> {
+    let db = TestDb::partitioned(20).await?;
+    let store = db.store();
+    append(&store, "early-1", 5).await?;
+    // The log as the previous release partitioned it: migration 10's trigger, no last positions,
+    // migration 13 not applied.
+    let migration_10 = include_str!("../../../migrations/optional/0010_partition_by_position.sql");
+    let start = migration_10
+        .find("CREATE FUNCTION {schema}.record_event_heads()")
+        .expect("migration 10 creates the trigger function");
+    let end = migration_10[start..]
+        .find("CREATE TRIGGER")
+        .map(|n| start + n)
+        .expect("then the trigger");
+    let old_trigger = migration_10[start..end]
+        .replace("{schema}", "eventrail")
+        .replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION");
+    let client = db.client().await?;
+    client
+        .batch_execute(&format!(
+            "{old_trigger}
+             ALTER TABLE eventrail.streams DROP COLUMN last_position;
+             DELETE FROM eventrail.eventrail_migrations WHERE version = 13;"
+        ))
+        .await?;
+    for i in 0..4 {
+        append(&store, &format!("filler-{i}"), 10).await?;
+    }
+    let early_last = append(&store, "early-1", 3).await?;
+    let late_last = append(&store, "late-1", 40).await?;
+
+    let mut migrating = connect(&db.url).await?;
+    let applied = crate::harness::migrator()?.run(&mut migrating).await?;
+    assert_eq!(applied, [13]);
+    let bounds: Vec<(String, i64)> = client
+        .query(
+            "SELECT stream_name, last_position FROM eventrail.streams
+              WHERE stream_name IN ('early-1', 'late-1') ORDER BY stream_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [
+        ("early-1".to_owned(), i64::try_from(early_last)?),
+        ("late-1".to_owned(), i64::try_from(late_last)?),
+    ];
+    assert_eq!(bounds, expected, "each stream's newest event, found once");
+
+    // Reads see every event, and the new trigger keeps the bounds from here on.
+    let early: StreamName = "early-1".parse()?;
+    let store = db.store();
+    let next = append(&store, "early-1", 2).await?;
+    let whole = store
+        .read_stream(&early, ReadStreamOptions::default())
+        .await?;
+    assert_eq!(whole.len(), 10);
+    assert_eq!(whole.last().map(|e| e.global_position), Some(next));
     Ok(())
 }
 

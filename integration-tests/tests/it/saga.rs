@@ -1382,6 +1382,22 @@ async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelive
         }
     })
     .await?;
+    // The consumer's checkpoint says nothing of the saga task's progress: wait for the task to
+    // run the sagas to their end (it may not have by the time the first worker stopped).
+    let states = || async {
+        let states: Vec<String> = client
+            .query("SELECT state FROM eventrail.saga_instances", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        anyhow::Ok(states)
+    };
+    eventually(30, "the worker's saga task completed the sagas", || async {
+        let states = states().await?;
+        Ok(states.len() == 5 && states.iter().all(|s| s == "completed"))
+    })
+    .await?;
     stop.cancel();
     task.await??;
     assert_eq!(
@@ -1389,14 +1405,9 @@ async fn a_worker_consumer_starts_one_saga_per_matching_event_even_when_redelive
         5,
         "a redelivered event starts no second saga"
     );
-    let states: Vec<String> = client
-        .query("SELECT state FROM eventrail.saga_instances", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let states = states().await?;
     assert!(
-        states.iter().all(|s| s == "completed"),
+        states.len() == 5 && states.iter().all(|s| s == "completed"),
         "run by the worker's saga task: {states:?}"
     );
     let runners: i64 = client

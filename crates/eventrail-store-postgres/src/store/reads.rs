@@ -73,14 +73,15 @@ impl PgEventStore {
         options: ReadStreamOptions,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let name = stream.as_str();
+        let sql = self.inner.sql.of(self.learned_layout().await?);
         let read = Paged {
             key: Some(&name),
+            bounds: sql.stream_bounds.as_deref(),
             event_types: &options.event_types,
             max_count: options.max_count,
             page_size: options.page_size,
             what: "version",
         };
-        let sql = self.inner.sql.of(self.learned_layout().await?);
         match options.direction {
             Direction::Forward => {
                 read.run(
@@ -111,6 +112,7 @@ impl PgEventStore {
         let name = category.as_str();
         Paged {
             key: Some(&name),
+            bounds: None,
             event_types: &options.event_types,
             max_count: options.max_count,
             page_size: options.page_size,
@@ -131,6 +133,7 @@ impl PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         Paged {
             key: None,
+            bounds: None,
             event_types: &options.event_types,
             max_count: options.max_count,
             page_size: options.page_size,
@@ -148,8 +151,15 @@ impl PgEventStore {
 /// `(key?, cursor, event_types, limit)` ordered by the cursor column; the next page starts after
 /// the last row returned. Pages are separate statements: a later page may include events
 /// appended after the first was read, never fewer than a single statement would return.
+///
+/// With `bounds`, a statement that gives the key's first and last positions: it runs first (no
+/// row: nothing to read) and its two values are the pages' `$5` and `$6`. A stream's events come
+/// after its first and up to its last position as of that statement: every later append to the
+/// stream draws its positions after the one before it committed (the stream lock), so the
+/// pages then read the stream as it was then, whole.
 struct Paged<'a> {
     key: Option<&'a (dyn ToSql + Sync)>,
+    bounds: Option<&'a str>,
     event_types: &'a Option<Vec<String>>,
     max_count: Option<usize>,
     page_size: usize,
@@ -171,17 +181,40 @@ impl Paged<'_> {
             return Ok(events);
         }
         let client = store.client().await?;
+        let bounds: Option<(i64, i64)> = match (self.bounds, self.key) {
+            (Some(sql), Some(key)) => {
+                let row = store
+                    .statements()
+                    .query_opt(&*client, sql, &[(key, Type::TEXT)])
+                    .await
+                    .map_err(backend)?;
+                let Some(row) = row else {
+                    return Ok(events);
+                };
+                Some((
+                    row.try_get(0).map_err(backend)?,
+                    row.try_get(1).map_err(backend)?,
+                ))
+            }
+            _ => None,
+        };
         while remaining > 0 {
             let want = page.min(remaining);
             let from = to_i64(cursor, self.what)?;
             let want_sql = limit(want);
-            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(4);
+            let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(6);
             params.extend(self.key.map(|k| (k, Type::TEXT)));
             params.extend([
                 (&from as &(dyn ToSql + Sync), Type::INT8),
                 (self.event_types, Type::TEXT_ARRAY),
                 (&want_sql, Type::INT8),
             ]);
+            if let Some((first, last)) = &bounds {
+                params.extend([
+                    (first as &(dyn ToSql + Sync), Type::INT8),
+                    (last as &(dyn ToSql + Sync), Type::INT8),
+                ]);
+            }
             let rows = store
                 .statements()
                 .query(&*client, sql, &params)

@@ -33,6 +33,9 @@ pub(super) struct Sql {
 pub(super) struct LayoutSql {
     pub(super) append_plain: String,
     pub(super) stream_version: String,
+    /// The positions of a stream's first and last events, which bound its reads (partitioned
+    /// log only).
+    pub(super) stream_bounds: Option<String>,
     pub(super) read_stream_forward: String,
     pub(super) read_stream_backward: String,
     pub(super) existing_ids: String,
@@ -127,6 +130,7 @@ impl LayoutSql {
         Self {
             append_plain: append_plain(schema, namespace, &version),
             stream_version: format!("SELECT {version}"),
+            stream_bounds: None,
             read_stream_forward: read_stream(schema, ">=", "", ""),
             read_stream_backward: read_stream(schema, "<=", "", " DESC"),
             existing_ids: format!(
@@ -137,19 +141,22 @@ impl LayoutSql {
 
     /// On a partitioned log: a stream's version is its `streams` row, one index probe however
     /// many partitions there are (a `max()` would descend one index per partition); a stream
-    /// read skips the partitions before the stream's first event (pruned at run time:
-    /// PostgreSQL never opens them); event ids are looked up in `event_ids`.
+    /// read takes the positions of the stream's first and last events from that row first
+    /// (`stream_bounds`; migration 13) and passes them as `$5` and `$6`, so PostgreSQL opens
+    /// only the partitions between them (pruned when the plan starts: the others are neither
+    /// opened nor searched, where bounds read by a subquery of the same statement would still
+    /// open every partition); event ids are looked up in `event_ids`.
     fn partitioned(schema: &str, namespace: &str) -> Self {
         let version = format!("(SELECT version FROM {schema}.streams WHERE stream_name = $1)");
-        let pruned = format!(
-            " AND global_position >= coalesce((SELECT first_position FROM {schema}.streams \
-             WHERE stream_name = $1), 0)"
-        );
+        let bounded = " AND global_position >= $5 AND global_position <= $6";
         Self {
             append_plain: append_plain(schema, namespace, &version),
             stream_version: format!("SELECT {version}"),
-            read_stream_forward: read_stream(schema, ">=", &pruned, ""),
-            read_stream_backward: read_stream(schema, "<=", &pruned, " DESC"),
+            stream_bounds: Some(format!(
+                "SELECT first_position, last_position FROM {schema}.streams WHERE stream_name = $1"
+            )),
+            read_stream_forward: read_stream(schema, ">=", bounded, ""),
+            read_stream_backward: read_stream(schema, "<=", bounded, " DESC"),
             existing_ids: format!(
                 "SELECT event_id FROM {schema}.event_ids WHERE event_id = ANY($1) LIMIT 1"
             ),
