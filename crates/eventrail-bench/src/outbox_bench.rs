@@ -309,6 +309,37 @@ pub(crate) struct RelayFigures {
     pub(crate) cpu: Vec<(&'static str, CpuUse)>,
 }
 
+impl RelayFigures {
+    /// The mean of each rate over `runs` (Kafka's when every run measured it), with the last
+    /// run's CPU figures; `None` without runs.
+    pub(crate) fn mean(runs: &[Self]) -> Option<Self> {
+        let n = runs.len() as f64;
+        let mean = |rate: fn(&Self) -> f64| runs.iter().map(rate).sum::<f64>() / n;
+        let kafka = runs
+            .iter()
+            .map(|r| r.kafka)
+            .collect::<Option<Vec<_>>>()
+            .map(|k| {
+                let sum = k
+                    .iter()
+                    .fold((0.0, 0.0), |(b, r), (kb, kr)| (b + kb, r + kr));
+                (sum.0 / n, sum.1 / n)
+            });
+        Some(Self {
+            enqueue: mean(|r| r.enqueue),
+            memory: mean(|r| r.memory),
+            nats_bare: mean(|r| r.nats_bare),
+            nats_relay: mean(|r| r.nats_relay),
+            nats_relay_deleting: mean(|r| r.nats_relay_deleting),
+            amqp_bare: mean(|r| r.amqp_bare),
+            amqp_relay: mean(|r| r.amqp_relay),
+            amqp_relay_deleting: mean(|r| r.amqp_relay_deleting),
+            kafka,
+            cpu: runs.last()?.cpu.clone(),
+        })
+    }
+}
+
 /// Measures the relay to each broker beside its bare publish loop (Kafka when `with_kafka`).
 pub(crate) async fn measure(load: Load, with_kafka: bool) -> anyhow::Result<RelayFigures> {
     let (n, keys) = (load.messages, load.keys);

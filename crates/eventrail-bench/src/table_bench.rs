@@ -5,6 +5,10 @@ use anyhow::Context;
 
 use crate::{Row, append_rows, outbox_bench, peers_bench, print_rows, scale_bench, worker_bench};
 
+/// Runs of the catch-up and relay rows, averaged (the append and standby rows alternate as
+/// many rounds on their own).
+const ROUNDS: usize = 3;
+
 /// Runs every measurement and prints one table (and the peers' table under it).
 pub(crate) async fn run(
     seconds: u64,
@@ -15,13 +19,14 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let mut rows = append_rows(seconds, false).await.context("appends")?;
     let admin_url = eventrail_devdb::database_url().await?;
-    let (copy, rates) = worker_bench::catch_up(&admin_url, events, &[None], false)
+    // Three consumers with the default options, each right after its COPY TO.
+    let (copy, rates) = worker_bench::catch_up(&admin_url, events, &[None; ROUNDS], false)
         .await
         .context("catch-up")?;
     rows.push(Row {
         scenario: format!("catch-up, one consumer vs COPY TO ({events})"),
         raw: copy,
-        eventrail: rates.first().copied().unwrap_or_default(),
+        eventrail: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
         target: 0.6,
     });
     let (standby_copy, standby_rate) = worker_bench::catch_up_on_standby(events / 4)
@@ -40,7 +45,12 @@ pub(crate) async fn run(
         batch: 10_000,
         parked_keys: 0,
     };
-    let relay = outbox_bench::measure(load, false).await.context("relay")?;
+    // The relay benchmark run ROUNDS times (each bare loop right before its relays), averaged.
+    let mut runs = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        runs.push(outbox_bench::measure(load, false).await.context("relay")?);
+    }
+    let relay = outbox_bench::RelayFigures::mean(&runs).context("no relay run")?;
     rows.push(Row {
         scenario: "relay → NATS JetStream vs bare publish loop".into(),
         raw: relay.nats_bare,

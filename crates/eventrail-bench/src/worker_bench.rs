@@ -343,9 +343,12 @@ pub(crate) async fn catch_up_on_standby(events: usize) -> anyhow::Result<(f64, f
     Ok((raw / rounds, rate / rounds))
 }
 
-/// Appends `events` events, then times a raw COPY TO and one no-op consumer from 0 to the head
-/// per batch size (`None`: the default options); with `decoding`, last, one more consumer with
-/// the default options that decodes every payload into a struct.
+/// Appends `events` events, then times one no-op consumer from 0 to the head per batch size
+/// (`None`: the default options), each right after a raw COPY TO of the same rows; with
+/// `decoding`, last, one more consumer with the default options that decodes every payload into
+/// a struct. Returns the mean of the COPY TOs (one per consumer: the server's speed drifts
+/// between runs on a shared machine, so each consumer has its raw twin beside it) and each
+/// consumer's rate.
 pub(crate) async fn catch_up(
     admin_url: &str,
     events: usize,
@@ -359,7 +362,6 @@ pub(crate) async fn catch_up(
         .batch_execute("VACUUM ANALYZE eventrail.events")
         .await?;
     let (head, total) = head_and_total(&client).await?;
-    let raw = copy_rate(&client, total).await?;
 
     // The read path alone (no worker, no transaction): where the consumer's time goes.
     let started = Instant::now();
@@ -378,21 +380,24 @@ pub(crate) async fn catch_up(
         total as f64 / started.elapsed().as_secs_f64()
     );
 
-    let mut rates = Vec::new();
-    for (i, batch_size) in batch_sizes.iter().enumerate() {
-        let name: &'static str = ["catch-up-0", "catch-up-1", "catch-up-2"][i.min(2)];
+    const NAMES: [&str; 4] = ["catch-up-0", "catch-up-1", "catch-up-2", "catch-up-3"];
+    anyhow::ensure!(batch_sizes.len() <= NAMES.len(), "at most four consumers");
+    let (mut raw, mut rates) = (0.0, Vec::new());
+    for (name, batch_size) in NAMES.into_iter().zip(batch_sizes) {
         // A given size is fixed: batches of exactly that many positions, never grown.
         let options = batch_size.map_or_else(WorkerOptions::new, |n| {
             WorkerOptions::new().batch_size(n).catch_up_batch_size(n)
         });
+        raw += copy_rate(&client, total).await?;
         rates.push(time_consumer(&url, &store, name, false, options, None, (head, total)).await?);
     }
     if decoding {
         let options = WorkerOptions::new();
         let name = "catch-up-decoding";
+        raw += copy_rate(&client, total).await?;
         rates.push(time_consumer(&url, &store, name, true, options, None, (head, total)).await?);
     }
-    Ok((raw, rates))
+    Ok((raw / rates.len().max(1) as f64, rates))
 }
 
 /// A worker of the failover measurement: id, stop token, task.
