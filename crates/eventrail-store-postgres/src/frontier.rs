@@ -238,6 +238,12 @@ pub struct Frontier {
     pub stall: Option<FrontierStall>,
     /// Whether the probe's limit cut the positions short (more may be readable at once).
     pub more: bool,
+    /// The primary's WAL insert position (`pg_lsn` text), read by the probe's statement after
+    /// its snapshot was taken: every event up to `safe` committed before that snapshot, so a
+    /// standby that has replayed this far shows all of them
+    /// ([`PgEventStore::read_frontier_on`](crate::PgEventStore::read_frontier_on)). `None` when
+    /// the probe ran on a server in recovery.
+    pub wal_insert: Option<String>,
 }
 
 /// One pass over the positions after `after`: the pure decision.
@@ -306,6 +312,7 @@ pub(crate) fn advance(
             skipped,
             stall,
             more: limit_hit && !blocked,
+            wal_insert: None,
         },
         new_holes,
     }

@@ -110,7 +110,7 @@ impl ReadAhead {
             let events = match &standby {
                 Some(standby) => {
                     store
-                        .read_range_on(standby, after, frontier.safe, categories, event_types)
+                        .read_frontier_on(standby, &frontier, after, categories, event_types)
                         .await
                 }
                 None => {

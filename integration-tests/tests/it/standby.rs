@@ -114,6 +114,17 @@ async fn a_standby_read_waits_for_the_primarys_open_appends_and_for_replay() -> 
         .await?;
     let positions: Vec<u64> = read.events.iter().map(|e| e.global_position).collect();
     assert_eq!(positions, appended, "everything once replay resumed");
+    // The reads waited for the WAL position the probe itself read on the primary; a probe on a
+    // server in recovery has none (a read then asks the primary).
+    assert!(read.frontier.wal_insert.is_some(), "{:?}", read.frontier);
+    let on_standby = PgEventStore::new(eventrail_devdb::pool(
+        &standby.url("eventrail_standby_reads"),
+        2,
+    )?);
+    let probed_there = on_standby
+        .probe_frontier(&mut GapWatch::new(), 0, 100)
+        .await?;
+    assert_eq!(probed_there.wal_insert, None);
     Ok(())
 }
 

@@ -84,7 +84,8 @@ impl PgEventStore {
                     observed_new = true;
                 }
                 _ => {
-                    let frontier = step.frontier;
+                    let mut frontier = step.frontier;
+                    frontier.wal_insert = row.try_get(2).map_err(backend)?;
                     watch.prune(frontier.safe);
                     if !frontier.skipped.is_empty() {
                         metrics::counter!("eventrail_gap_skips_total")

@@ -90,9 +90,12 @@ impl Sql {
                 "SELECT partition_size, upper_bound FROM {schema}.event_partitioning"
             ),
             add_partitions: format!("SELECT {schema}.add_event_partitions($1)"),
+            // The WAL insert position is read after the statement's snapshot (see
+            // `Frontier::wal_insert`); a server in recovery has none to give.
             probe: format!(
                 "SELECT pg_current_snapshot()::text, ARRAY(SELECT global_position FROM {events} \
-                 WHERE global_position > $1 ORDER BY global_position LIMIT $2)"
+                 WHERE global_position > $1 ORDER BY global_position LIMIT $2), \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END"
             ),
             // One read of the lock table (MATERIALIZED: one consistent `pg_lock_status()`), joining
             // each holder of the appender lock to its own transaction id lock.

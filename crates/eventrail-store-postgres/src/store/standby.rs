@@ -4,9 +4,11 @@
 //! lock table holds none of the primary's advisory locks, so it cannot tell which in-flight
 //! transactions are appending. The horizon therefore comes from the primary
 //! ([`PgEventStore::probe_frontier`]), and only the events are read on the standby, once it has
-//! replayed the primary's WAL up to a point taken *after* that probe. Every event at or below
-//! the frontier committed before the probe, so its commit record lies below that point and the
-//! standby, once there, shows all of them: a lagging standby delays a read, it never shortens it.
+//! replayed the primary's WAL up to a point read *after* the probe's snapshot was taken (by the
+//! probe's own statement, [`Frontier::wal_insert`], or by a later one). Every event at or below
+//! the frontier was visible in that snapshot, so its transaction had written its commit record
+//! before: the record lies below that point and the standby, once there, shows all of them. A
+//! lagging standby delays a read, it never shortens it.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use eventrail_core::{RecordedEvent, StoreError};
 use tracing::instrument;
 
 use super::{PgEventStore, backend};
-use crate::frontier::{GapWatch, SafeRead};
+use crate::frontier::{Frontier, GapWatch, SafeRead};
 
 /// A hot standby (streaming replica) of the store's database, for subscribers' reads.
 ///
@@ -87,6 +89,49 @@ impl PgEventStore {
             .await
             .map_err(backend)?
             .get(0);
+        self.read_replayed(standby, &lsn, after, up_to, categories, event_types)
+            .await
+    }
+
+    /// Events with `after < position <= frontier.safe`, filtered, read on `standby` once it has
+    /// replayed up to the WAL position the probe of `frontier` read on the primary
+    /// ([`Frontier::wal_insert`]): [`read_range_on`](Self::read_range_on) without its own round
+    /// trip to the primary. `frontier` must come from [`probe_frontier`](Self::probe_frontier) on
+    /// this store; without a WAL position (a probe on a server in recovery) it asks the primary
+    /// as `read_range_on` does.
+    ///
+    /// # Errors
+    /// As [`read_range_on`](Self::read_range_on).
+    pub async fn read_frontier_on(
+        &self,
+        standby: &Standby,
+        frontier: &Frontier,
+        after: u64,
+        categories: Option<&[String]>,
+        event_types: Option<&[String]>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &frontier.wal_insert {
+            Some(lsn) if frontier.safe > after => {
+                self.read_replayed(standby, lsn, after, frontier.safe, categories, event_types)
+                    .await
+            }
+            _ => {
+                self.read_range_on(standby, after, frontier.safe, categories, event_types)
+                    .await
+            }
+        }
+    }
+
+    /// The range read on `standby` once it has replayed the primary's WAL up to `lsn`.
+    async fn read_replayed(
+        &self,
+        standby: &Standby,
+        lsn: &str,
+        after: u64,
+        up_to: u64,
+        categories: Option<&[String]>,
+        event_types: Option<&[String]>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = standby
             .pool
             .get()
@@ -145,7 +190,7 @@ impl PgEventStore {
     ) -> Result<SafeRead, StoreError> {
         let frontier = self.probe_frontier(watch, after, max_positions).await?;
         let events = self
-            .read_range_on(standby, after, frontier.safe, categories, event_types)
+            .read_frontier_on(standby, &frontier, after, categories, event_types)
             .await?;
         Ok(SafeRead { events, frontier })
     }
