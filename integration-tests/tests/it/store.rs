@@ -756,3 +756,103 @@ async fn large_batches_by_copy_keep_versions_positions_and_typed_errors() -> any
         == eventrail_core::EventData::Binary(vec![u8::try_from(i).unwrap_or_default(); 3])));
     Ok(())
 }
+
+/// Index scans and index entries read on the stream index (`events_stream_version_key`).
+async fn stream_index_reads(db: &TestDb) -> anyhow::Result<(i64, i64)> {
+    let row = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes
+              WHERE schemaname = 'eventrail' AND indexrelname = 'events_stream_version_key'",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Appends on a pool of its own (one session), which is closed after them: the session's
+/// statistics reach the views when it ends.
+async fn append_on_own_session(
+    db: &TestDb,
+    requests: Vec<AppendRequest>,
+) -> anyhow::Result<Vec<u64>> {
+    let store = PgEventStore::new(eventrail_devdb::pool(&db.url, 1)?);
+    let mut versions = Vec::with_capacity(requests.len());
+    for request in requests {
+        versions.push(store.append(request).await?.stream_version);
+    }
+    Ok(versions)
+}
+
+/// A stream that grew after the log was analyzed (the statistics estimate it at a row or two)
+/// keeps appends that read one entry of the stream index, whatever its length: the version
+/// probe descends to the stream's newest version. PostgreSQL plans a `max(stream_version)` of
+/// such a stream as an aggregate over all of its index entries, so that every append read the
+/// whole stream, by the one-statement append and by `COPY` alike.
+#[tokio::test]
+async fn appends_to_a_long_stream_read_one_entry_of_the_stream_index() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    // Many one-event streams, analyzed: a stream the statistics have not seen is estimated small.
+    let store = db.store();
+    for i in 0..300 {
+        store
+            .append(AppendRequest::new(
+                format!("short-{i}").parse()?,
+                ExpectedVersion::NoStream,
+                vec![event(i)],
+            ))
+            .await?;
+    }
+    db.client()
+        .await?
+        .batch_execute("ANALYZE eventrail.events")
+        .await?;
+    let long: StreamName = "long-1".parse()?;
+    let batches: Vec<AppendRequest> = (0..6)
+        .map(|b| {
+            AppendRequest::new(
+                long.clone(),
+                if b == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(b * 500 - 1)
+                },
+                (0..500).map(event).collect(),
+            )
+        })
+        .collect();
+    let setup_scans = 300 + 6;
+    append_on_own_session(&db, batches).await?;
+    integration_tests::servers::eventually(20, "the set-up's statistics", || async {
+        Ok(stream_index_reads(&db).await?.0 >= setup_scans)
+    })
+    .await?;
+    let (scans, read) = stream_index_reads(&db).await?;
+
+    // 40 one-event appends and 10 of 100 events (by COPY), each expecting the last version.
+    let mut version = 2999;
+    let mut requests = Vec::new();
+    for n in 0..50u64 {
+        let size = if n % 5 == 4 { 100 } else { 1 };
+        requests.push(AppendRequest::new(
+            long.clone(),
+            ExpectedVersion::Exact(version),
+            (0..size).map(event).collect(),
+        ));
+        version += u64::try_from(size)?;
+    }
+    let versions = append_on_own_session(&db, requests).await?;
+    assert_eq!(versions.last(), Some(&version));
+    integration_tests::servers::eventually(20, "the appends' statistics", || async {
+        Ok(stream_index_reads(&db).await?.0 >= scans + 50)
+    })
+    .await?;
+    let (scans_after, read_after) = stream_index_reads(&db).await?;
+    let per_append = (read_after - read) / (scans_after - scans);
+    assert!(
+        per_append <= 2,
+        "each version probe read {per_append} entries of the stream index (the stream holds 3,000 to 4,000 events)"
+    );
+    Ok(())
+}

@@ -126,10 +126,16 @@ impl Sql {
 }
 
 impl LayoutSql {
-    /// On the one table: a stream's version is the newest of its events.
+    /// On the one table: a stream's version is the newest of its events, found by one backward
+    /// descent of the stream index. Not `max(stream_version)`: for a stream the statistics
+    /// estimate at a row or two (any stream that grew after the last `ANALYZE`), PostgreSQL
+    /// plans that `max()` as an aggregate over every index entry of the stream, so each append
+    /// read the whole stream (11.5 ms instead of 0.09 ms at 18,900 events).
     fn table(schema: &str, namespace: &str) -> Self {
-        let version =
-            format!("(SELECT max(stream_version) FROM {schema}.events WHERE stream_name = $1)");
+        let version = format!(
+            "(SELECT stream_version FROM {schema}.events WHERE stream_name = $1 \
+             ORDER BY stream_version DESC LIMIT 1)"
+        );
         Self {
             append_plain: append_plain(schema, namespace, &version),
             stream_version: format!("SELECT {version}"),
