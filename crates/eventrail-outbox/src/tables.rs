@@ -541,7 +541,7 @@ mod tests {
             .collect();
         assert_eq!(
             versions,
-            [1, 3, 5, 6, 7, 11, 12, 13],
+            [1, 3, 5, 6, 7, 11, 12, 13, 14],
             "the event store and the outbox, no worker tables"
         );
         for bad in ["a.b.c", "x;drop", "Ops.outbox", ".outbox", "ops."] {

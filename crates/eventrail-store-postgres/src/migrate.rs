@@ -37,6 +37,11 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
         template: include_str!("../../../migrations/0007_append_keys_and_privileges.sql"),
     },
     STREAM_LAST_POSITION,
+    Migration {
+        version: 14,
+        name: "append_version_probe",
+        template: include_str!("../../../migrations/0014_append_version_probe.sql"),
+    },
 ];
 
 /// Migration 13: on a partitioned log, `streams` keeps each stream's last position. A no-op on
@@ -63,6 +68,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (11, "outbox_keys"),
     (12, "outbox_keys_progress"),
     (STREAM_LAST_POSITION.version, STREAM_LAST_POSITION.name),
+    (14, "append_version_probe"),
 ];
 
 /// The optional conversion of the log to a table partitioned by position range

@@ -30,7 +30,7 @@ async fn migrate_prints_applies_and_is_idempotent() -> anyhow::Result<()> {
     ])
     .await?;
     assert!(
-        out.contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13]"),
+        out.contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]"),
         "{out}"
     );
     let out = eventrail(&[

@@ -30,7 +30,7 @@ async fn concurrent_runners_apply_each_migration_once_and_a_changed_one_is_refus
     }
     assert_eq!(
         applied,
-        [1, 6, 7, 13],
+        [1, 6, 7, 13, 14],
         "one runner applied the store's migrations, the others found them applied"
     );
 
@@ -518,6 +518,7 @@ async fn print_sql_applied_with_psql_is_accepted_by_migrate_and_listed_by_info()
             (11, MigrationState::OtherComponent),
             (12, MigrationState::OtherComponent),
             (13, MigrationState::Applied),
+            (14, MigrationState::Applied),
         ],
         "the CLI printed every component's migrations: {info:?}"
     );
@@ -578,6 +579,7 @@ async fn a_database_holding_an_unknown_migration_is_refused_and_info_names_it() 
             (11, MigrationState::OtherComponent),
             (12, MigrationState::OtherComponent),
             (13, MigrationState::Applied),
+            (14, MigrationState::Applied),
             (99, MigrationState::Unknown),
         ]
     );
