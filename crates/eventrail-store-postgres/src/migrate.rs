@@ -37,11 +37,7 @@ const EVENT_STORE_MIGRATIONS: &[Migration] = &[
         template: include_str!("../../../migrations/0007_append_keys_and_privileges.sql"),
     },
     STREAM_LAST_POSITION,
-    Migration {
-        version: 14,
-        name: "append_version_probe",
-        template: include_str!("../../../migrations/0014_append_version_probe.sql"),
-    },
+    APPEND_PROBES,
 ];
 
 /// Migration 13: on a partitioned log, `streams` keeps each stream's last position. A no-op on
@@ -50,6 +46,14 @@ const STREAM_LAST_POSITION: Migration = Migration {
     version: 13,
     name: "stream_last_position",
     template: include_str!("../../../migrations/0013_stream_last_position.sql"),
+};
+
+/// Migration 14: `append_events` probes versions and category heads by index descent, not
+/// `max()`; `partition_by_position` runs it again after migration 10 (which rewrites the function).
+const APPEND_PROBES: Migration = Migration {
+    version: 14,
+    name: "append_version_probe",
+    template: include_str!("../../../migrations/0014_append_version_probe.sql"),
 };
 
 /// Every migration any eventrail component ships, by version (the numbering is shared). An applied
@@ -68,7 +72,7 @@ const KNOWN_MIGRATIONS: &[(i32, &str)] = &[
     (11, "outbox_keys"),
     (12, "outbox_keys_progress"),
     (STREAM_LAST_POSITION.version, STREAM_LAST_POSITION.name),
-    (14, "append_version_probe"),
+    (APPEND_PROBES.version, APPEND_PROBES.name),
 ];
 
 /// The optional conversion of the log to a table partitioned by position range
@@ -617,15 +621,17 @@ impl Migrator {
         Ok(self.partition_script(partition_size_sql(partition_size)?))
     }
 
-    /// Migration 10, then `append_events` reading versions from `streams` and migration 13's
-    /// last positions (applied before as a no-op), then its record.
+    /// Migration 10, then `append_events` reading versions from `streams`, migration 13's last
+    /// positions (applied before as a no-op) and migration 14's category probe (the function
+    /// was just rewritten from migration 7's text), then its record.
     fn partition_script(&self, size: i64) -> String {
         let body = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             self.render(PARTITION_MIGRATION.template)
                 .replace("{partition_size}", &size.to_string()),
             self.render(&append_events_on_streams()),
-            self.render(STREAM_LAST_POSITION.template)
+            self.render(STREAM_LAST_POSITION.template),
+            self.render(APPEND_PROBES.template)
         );
         self.recorded(&PARTITION_MIGRATION, &body)
     }

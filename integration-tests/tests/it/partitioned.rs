@@ -126,6 +126,24 @@ async fn a_plain_log_converted_to_partitions_keeps_every_event_and_every_rule() 
         before,
         "every event as it was"
     );
+    // The rewritten `append_events` reads the version from `streams` and the category's last
+    // position by index descent (migration 14, run again after the conversion).
+    let body: String = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT prosrc FROM pg_proc
+              WHERE proname = 'append_events' AND pronamespace = 'eventrail'::regnamespace",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        body.contains("FROM \"eventrail\".streams s WHERE s.stream_name = p_stream")
+            && body.contains("ORDER BY e.global_position DESC LIMIT 1")
+            && !body.contains("WHERE e.category = p_scope;"),
+        "append_events after the conversion: {body}"
+    );
 
     // Versions go on from the stream's last one, by every path.
     let order: StreamName = "order-1".parse()?;

@@ -757,28 +757,32 @@ async fn large_batches_by_copy_keep_versions_positions_and_typed_errors() -> any
     Ok(())
 }
 
-/// Index scans and index entries read on the stream index (`events_stream_version_key`).
-async fn stream_index_reads(db: &TestDb) -> anyhow::Result<(i64, i64)> {
+/// Index scans and index entries read on `index` of the events table.
+async fn index_reads(db: &TestDb, index: &str) -> anyhow::Result<(i64, i64)> {
     let row = db
         .client()
         .await?
         .query_one(
             "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes
-              WHERE schemaname = 'eventrail' AND indexrelname = 'events_stream_version_key'",
-            &[],
+              WHERE schemaname = 'eventrail' AND indexrelname = $1",
+            &[&index],
         )
         .await?;
     Ok((row.get(0), row.get(1)))
 }
 
-/// Index entries of the stream index read per version probe, on a stream that grew after the
+const STREAM_INDEX: &str = "events_stream_version_key";
+const CATEGORY_INDEX: &str = "events_category_position_idx";
+
+/// Index entries read per probe of the stream index (the version) and of the category index
+/// (with `with_position`, the category's last position), on a stream that grew after the
 /// log was analyzed (the statistics estimate it at a row or two): 300 one-event streams,
 /// analyzed; then 3,000 events of stream `long-1` by `COPY`; then, on a session of its own, 40
 /// one-event appends and 10 of 100 events, each expecting the last version, and with
 /// `with_position` each also expecting the category's last position (which goes through
 /// `append_events`). A session's statistics reach the views when it ends: each phase runs on a
 /// pool of its own, closed after it.
-async fn version_probe_reads(with_position: bool) -> anyhow::Result<i64> {
+async fn probe_reads(with_position: bool) -> anyhow::Result<(i64, i64)> {
     let db = TestDb::new().await?;
     let store = db.store();
     for i in 0..300 {
@@ -814,10 +818,13 @@ async fn version_probe_reads(with_position: bool) -> anyhow::Result<i64> {
     }
     drop(own);
     integration_tests::servers::eventually(20, "the set-up's statistics", || async {
-        Ok(stream_index_reads(&db).await?.0 >= 306)
+        Ok(index_reads(&db, STREAM_INDEX).await?.0 >= 306)
     })
     .await?;
-    let (scans, read) = stream_index_reads(&db).await?;
+    let before = (
+        index_reads(&db, STREAM_INDEX).await?,
+        index_reads(&db, CATEGORY_INDEX).await?,
+    );
 
     let own = PgEventStore::new(eventrail_devdb::pool(&db.url, 1)?);
     for n in 0..50 {
@@ -838,11 +845,16 @@ async fn version_probe_reads(with_position: bool) -> anyhow::Result<i64> {
     drop(own);
     assert_eq!(last.stream_version, 2999 + 40 + 10 * 100);
     integration_tests::servers::eventually(20, "the appends' statistics", || async {
-        Ok(stream_index_reads(&db).await?.0 >= scans + 50)
+        Ok(index_reads(&db, STREAM_INDEX).await?.0 >= before.0.0 + 50)
     })
     .await?;
-    let (scans_after, read_after) = stream_index_reads(&db).await?;
-    Ok((read_after - read) / (scans_after - scans))
+    let per_probe = |(scans, read): (i64, i64), (scans_after, read_after): (i64, i64)| {
+        (read_after - read) / (scans_after - scans).max(1)
+    };
+    Ok((
+        per_probe(before.0, index_reads(&db, STREAM_INDEX).await?),
+        per_probe(before.1, index_reads(&db, CATEGORY_INDEX).await?),
+    ))
 }
 
 /// A stream that grew after the log was analyzed keeps appends that read one entry of the stream
@@ -851,7 +863,7 @@ async fn version_probe_reads(with_position: bool) -> anyhow::Result<i64> {
 /// aggregate over all of the stream's index entries, so that appends read the whole stream.
 #[tokio::test]
 async fn appends_to_a_long_stream_read_one_entry_of_the_stream_index() -> anyhow::Result<()> {
-    let per_probe = version_probe_reads(false).await?;
+    let (per_probe, _) = probe_reads(false).await?;
     assert!(
         per_probe <= 2,
         "each version probe read {per_probe} entries of the stream index (the stream holds 3,000 to 4,000 events)"
@@ -859,14 +871,19 @@ async fn appends_to_a_long_stream_read_one_entry_of_the_stream_index() -> anyhow
     Ok(())
 }
 
-/// The same through `append_events` (appends with a position precondition).
+/// The same through `append_events` (appends with a position precondition), whose probe of the
+/// category's last position reads one entry of the category index too.
 #[tokio::test]
-async fn appends_with_a_position_precondition_to_a_long_stream_read_one_entry_of_the_stream_index()
+async fn appends_with_a_position_precondition_to_a_long_stream_read_one_entry_of_each_index()
 -> anyhow::Result<()> {
-    let per_probe = version_probe_reads(true).await?;
+    let (per_version_probe, per_category_probe) = probe_reads(true).await?;
     assert!(
-        per_probe <= 2,
-        "each version probe read {per_probe} entries of the stream index (the stream holds 3,000 to 4,000 events)"
+        per_version_probe <= 2,
+        "each version probe read {per_version_probe} entries of the stream index (the stream holds 3,000 to 4,000 events)"
+    );
+    assert!(
+        per_category_probe <= 2,
+        "each category probe read {per_category_probe} entries of the category index (the category holds 3,000 to 4,000 events)"
     );
     Ok(())
 }

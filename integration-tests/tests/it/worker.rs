@@ -768,7 +768,7 @@ async fn a_worker_runs_on_renamed_tables_in_another_schema() -> anyhow::Result<(
     let applied = eventrail_worker::worker_migrator("tenant", &tables)?
         .run(&mut client)
         .await?;
-    assert_eq!(applied, [1, 2, 4, 6, 7, 8, 13]);
+    assert_eq!(applied, [1, 2, 4, 6, 7, 8, 13, 14]);
     let store = db.store_with(eventrail_store_postgres::PgStoreOptions::new().schema("tenant"));
     let worker = Worker::builder(store.clone(), db.config())
         .options(fast().tables(tables.clone()))
