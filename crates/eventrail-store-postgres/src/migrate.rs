@@ -83,8 +83,9 @@ const PARTITION_MIGRATION: Migration = Migration {
     template: include_str!("../../../migrations/optional/0010_partition_by_position.sql"),
 };
 
-/// `append_events` (migration 7) reads a stream's version with this statement on the plain table;
-/// on a partitioned log it reads the `streams` row instead.
+/// The statement with which migration 7's text of `append_events` reads a stream's version. On the
+/// plain table migration 14 replaces it by an index descent (the same text is its search string);
+/// on a partitioned log the function reads the `streams` row instead.
 const VERSION_PROBE: &str = "SELECT max(e.stream_version) INTO v_current FROM {schema}.events e WHERE e.stream_name = p_stream;";
 const VERSION_FROM_STREAMS: &str =
     "SELECT s.version INTO v_current FROM {schema}.streams s WHERE s.stream_name = p_stream;";
