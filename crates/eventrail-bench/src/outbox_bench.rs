@@ -15,15 +15,16 @@ use eventrail_outbox::async_nats::{self, jetstream};
 use eventrail_outbox::lapin::options::{
     BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use eventrail_outbox::lapin::types::FieldTable;
+use eventrail_outbox::lapin::types::{AMQPValue, FieldTable, LongString};
 use eventrail_outbox::lapin::{BasicProperties, Confirmation};
 use eventrail_outbox::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use eventrail_outbox::rdkafka::client::DefaultClientContext;
 use eventrail_outbox::rdkafka::message::{Header, OwnedHeaders};
 use eventrail_outbox::rdkafka::producer::FutureRecord;
 use eventrail_outbox::{
-    AmqpSink, InMemorySink, KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig, NatsSink,
-    NewMessage, Outbox, OutboxMessage, OutboxOptions, OutboxTables, Relay, Sink, SinkError,
+    AMQP_PARTITION_KEY_HEADER, AmqpSink, InMemorySink, KAFKA_CONTENT_TYPE_HEADER,
+    KAFKA_MESSAGE_ID_HEADER, KafkaSink, KafkaSinkConfig, NatsSink, NewMessage, Outbox,
+    OutboxMessage, OutboxOptions, OutboxTables, PARTITION_KEY_HEADER, Relay, Sink, SinkError,
     outbox_migrator,
 };
 use futures::StreamExt;
@@ -193,11 +194,14 @@ async fn bare_nats(
     let all = messages(n, keys);
     let started = Instant::now();
     let mut acks = futures::stream::iter(all.iter().map(|m| async move {
+        // The headers `NatsSink` sends: the same message as the relay's.
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             m.id.to_string().as_str(),
         );
+        headers.insert(PARTITION_KEY_HEADER, m.partition_key.as_str());
+        headers.insert("Content-Type", m.content_type.as_str());
         let ack = js
             .publish_with_headers("bench.raw", headers, m.payload.clone().into())
             .await?;
@@ -209,6 +213,16 @@ async fn bare_nats(
         r?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The AMQP headers table of a message's partition key, as `AmqpSink` sends it.
+fn partition_key_header(key: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        AMQP_PARTITION_KEY_HEADER.into(),
+        AMQPValue::LongString(LongString::from(key)),
+    );
+    headers
 }
 
 async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> anyhow::Result<f64> {
@@ -225,9 +239,12 @@ async fn bare_amqp(sink: &AmqpSink, n: usize, keys: usize, window: usize) -> any
                     ..BasicPublishOptions::default()
                 },
                 &m.payload,
+                // The properties `AmqpSink` sends: the same message as the relay's.
                 BasicProperties::default()
                     .with_message_id(m.id.to_string().into())
-                    .with_delivery_mode(2),
+                    .with_content_type(m.content_type.as_str().into())
+                    .with_delivery_mode(2)
+                    .with_headers(partition_key_header(&m.partition_key)),
             )
             .await?
             .await?;
@@ -250,10 +267,16 @@ async fn bare_kafka(sink: &KafkaSink, n: usize, keys: usize, window: usize) -> a
     let started = Instant::now();
     let mut acks = futures::stream::iter(all.iter().map(|m| async move {
         let id = m.id.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: KAFKA_MESSAGE_ID_HEADER,
-            value: Some(id.as_str()),
-        });
+        // The headers `KafkaSink` sends: the same message as the relay's.
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: KAFKA_MESSAGE_ID_HEADER,
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: KAFKA_CONTENT_TYPE_HEADER,
+                value: Some(m.content_type.as_str()),
+            });
         let record = FutureRecord::to(topic)
             .key(m.partition_key.as_bytes())
             .payload(m.payload.as_slice())

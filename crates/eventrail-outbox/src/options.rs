@@ -221,7 +221,8 @@ impl OutboxOptions {
         self
     }
 
-    /// How often a relay runs the cleanup (default 60 s).
+    /// How often a relay runs the cleanup (default 60 s). A cleanup that took more than a
+    /// twentieth of this interval puts the next one twenty times its duration later.
     pub fn cleanup_interval(mut self, d: Duration) -> Self {
         self.cleanup_interval = d;
         self
@@ -233,8 +234,11 @@ impl OutboxOptions {
         self
     }
 
-    /// How often a relay samples the pending count and the oldest pending age for metrics
-    /// (default 5 s).
+    /// How often a relay samples the pending count and the oldest pending age for metrics, and
+    /// forgets keys left without unsent messages (default 5 s). The count reads every unsent
+    /// message: when it took more than a twentieth of this interval (a backlog of millions),
+    /// the next one comes twenty times its duration later, so that counting never takes more
+    /// than a twentieth of the relay's time.
     pub fn stats_interval(mut self, d: Duration) -> Self {
         self.stats_interval = d;
         self

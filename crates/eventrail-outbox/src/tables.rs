@@ -419,9 +419,18 @@ impl Tables {
                      SELECT 1 FROM {unsent} WHERE o.state = 'pending' AND o.destination = d.destination
                  )"
             ),
+            // Each key's unsent messages by its own range of the (partition_key, sequence)
+            // index: the count costs the keys and the backlog, not the sent messages kept for
+            // the retention. (`OFFSET 0` keeps the subquery a per-key scan: as a join, the
+            // planner hashes the keys and scans the whole outbox, history included.)
             stats: format!(
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(o.created_at))::float8, 0)
-                 FROM {unsent} WHERE o.state = 'pending'"
+                 FROM {keys} AS k CROSS JOIN LATERAL (
+                     SELECT created_at FROM {outbox}
+                     WHERE partition_key = k.partition_key AND sequence > k.sent_through
+                       AND state = 'pending'
+                     OFFSET 0
+                 ) AS o"
             ),
             all_messages: format!(
                 "{outbox} AS o LEFT JOIN {keys} AS k ON k.partition_key = o.partition_key"

@@ -196,10 +196,24 @@ impl TestDb {
         self.client()
             .await?
             .batch_execute(&format!(
-                "ALTER DATABASE {0} SET plan_cache_mode = force_generic_plan;
-                 ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain';
+                "ALTER DATABASE {0} SET plan_cache_mode = force_generic_plan",
+                self.name
+            ))
+            .await?;
+        self.log_plans().await
+    }
+
+    /// From the next session on, logs each plan with its row counts, the buffers it touched and
+    /// its JIT compilation, if any (`auto_explain`). For a database on a cluster of its own,
+    /// whose `server.log` the test then reads.
+    pub(crate) async fn log_plans(&self) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .batch_execute(&format!(
+                "ALTER DATABASE {0} SET session_preload_libraries = 'auto_explain';
                  ALTER DATABASE {0} SET auto_explain.log_min_duration = 0;
                  ALTER DATABASE {0} SET auto_explain.log_analyze = on;
+                 ALTER DATABASE {0} SET auto_explain.log_buffers = on;
                  ALTER DATABASE {0} SET auto_explain.log_timing = off;",
                 self.name
             ))
@@ -338,6 +352,28 @@ pub(crate) fn one_event(stream: &str) -> anyhow::Result<eventrail_core::AppendRe
         eventrail_core::ExpectedVersion::Any,
         vec![eventrail_core::NewEvent::json("E", serde_json::json!({}))],
     ))
+}
+
+/// The plans `auto_explain` logged in `log` of the statements whose text starts with `query`.
+pub(crate) fn logged_plans<'l>(log: &'l str, query: &str) -> Vec<&'l str> {
+    let marker = format!("Query Text: {query}");
+    log.split("plan:")
+        .filter(|plan| plan.trim_start().starts_with(&marker))
+        .collect()
+}
+
+/// The shared buffers (hit and read) a plan `auto_explain` logged touched in all: the first
+/// `Buffers:` line, its top node's.
+pub(crate) fn plan_buffers(plan: &str) -> anyhow::Result<u64> {
+    let line = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Buffers: shared "))
+        .context("a plan logged with its buffers")?;
+    line.split_whitespace()
+        .filter_map(|part| part.split_once('='))
+        .filter(|(what, _)| matches!(*what, "hit" | "read"))
+        .map(|(_, n)| Ok(n.trim_end_matches(',').parse::<u64>()?))
+        .sum()
 }
 
 /// The rows removed by join filters over every plan `auto_explain` logged in `log`: a join

@@ -20,6 +20,7 @@ mod outbox_aws;
 mod outbox_backends;
 mod outbox_kafka;
 mod outbox_outage;
+mod outbox_plans;
 mod outbox_progress;
 mod outbox_pubsub;
 mod partitioned;

@@ -13,7 +13,8 @@ use eventrail_store_postgres::Migrator;
 use crate::harness::{TestDb, connect};
 use crate::outbox::{count, enqueue, fast};
 
-fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
+/// `n` messages to "orders" over `keys` keys (`key-0`, …), message `i` on key `i % keys`.
+pub(crate) fn messages(n: usize, keys: usize) -> Vec<NewMessage> {
     (0..n)
         .map(|i| {
             NewMessage::new(

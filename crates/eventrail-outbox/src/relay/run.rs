@@ -51,19 +51,20 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
             while !shutdown.is_cancelled() {
                 let now = Instant::now();
                 if now >= next_stats {
-                    next_stats = now + self.options.stats_interval;
                     if let Err(e) = drive(self.record_stats(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox stats failed");
                     }
                     if let Err(e) = drive(self.forget_idle_keys(), &mut batches).await {
                         warn!(error = %chain(&e), "forgetting idle outbox keys failed");
                     }
+                    next_stats = next_upkeep(now, self.options.stats_interval);
                 }
+                let now = Instant::now();
                 if now >= next_cleanup {
-                    next_cleanup = now + self.options.cleanup_interval;
                     if let Err(e) = drive(self.cleanup(), &mut batches).await {
                         warn!(error = %chain(&e), "outbox cleanup failed");
                     }
+                    next_cleanup = next_upkeep(now, self.options.cleanup_interval);
                 }
                 let mut more = false;
                 let mut failed = false;
@@ -165,6 +166,21 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
     }
 }
 
+/// How often upkeep may take the relay's time: at most one part in this many.
+const UPKEEP_SHARE: u32 = 20;
+
+/// When the next upkeep may start, after one that started at `start` and just ended: its
+/// interval later, or later still when it took more than a twentieth of that. The pending count
+/// reads the whole backlog and the idle keys' search may pass every key: with millions of
+/// messages waiting (a broker down for hours), every interval would otherwise go to counting
+/// them. An interval too long for the clock (`Duration::MAX`) means never.
+fn next_upkeep(start: Instant, interval: Duration) -> Instant {
+    let pause = interval.max(start.elapsed().saturating_mul(UPKEEP_SHARE));
+    start
+        .checked_add(pause)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Runs `work` while the batches in flight keep publishing and settling.
 async fn drive<T, R, F: Future<Output = Result<R, OutboxError>>>(
     work: impl Future<Output = T>,
@@ -207,5 +223,30 @@ pub(super) async fn listen(
     tokio::select! {
         () = stop.cancelled() => {}
         _ = listener.wake_on_events(&wake) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upkeep_takes_at_most_a_twentieth_of_the_time() {
+        let interval = Duration::from_secs(5);
+        let now = Instant::now();
+        assert!(next_upkeep(now, interval) == now + interval);
+        // An upkeep that took 3 s waits a minute from its start.
+        let Some(start) = now.checked_sub(Duration::from_secs(3)) else {
+            return; // a clock this close to its origin cannot go back 3 s
+        };
+        let next = next_upkeep(start, interval);
+        assert!(next >= start + Duration::from_secs(60));
+        assert!(next < start + Duration::from_secs(70));
+    }
+
+    #[test]
+    fn an_endless_interval_never_comes_round() {
+        let now = Instant::now();
+        assert!(next_upkeep(now, Duration::MAX) > now + Duration::from_secs(50 * 365 * 24 * 3600));
     }
 }
