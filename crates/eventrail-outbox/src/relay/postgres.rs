@@ -25,7 +25,7 @@ pub(crate) struct PgRelayDb {
     pub(crate) statements: Statements,
 }
 
-/// Turns JIT compilation off until the claim's transaction ends.
+/// Turns JIT compilation off until the transaction ends.
 const NO_JIT: &str = "SET LOCAL jit = off";
 
 fn ms(d: Duration) -> f64 {
@@ -240,11 +240,16 @@ impl RelayDb for PgRelayDb {
     }
 
     async fn stats(&self) -> Result<(u64, f64), OutboxError> {
-        let client = self.client().await?;
-        let row = client
-            .query_typed_one(&self.tables.stats, &[])
-            .await
-            .map_err(db)?;
+        let mut client = self.client().await?;
+        // One index range per key: with a few thousand keys, dear enough for JIT (see `claim`).
+        let tx = client.transaction().await.map_err(db)?;
+        let (no_jit, row) = tokio::join!(
+            tx.batch_execute(NO_JIT),
+            tx.query_typed_one(&self.tables.stats, &[])
+        );
+        no_jit.map_err(db)?;
+        let row = row.map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok((
             eventrail_store_postgres::from_sql_int(row.get(0)),
             row.get(1),

@@ -28,8 +28,11 @@ impl<S: Sink, D: RelayDb> Core<S, D> {
     ) -> Result<(), OutboxError> {
         let span = info_span!("outbox_relay", relay = %self.id);
         async {
-            let mut next_cleanup = Instant::now();
-            let mut next_stats = Instant::now();
+            // Upkeep starts one interval after the relay: a relay started on a backlog (after
+            // an outage, a deploy) relays first; the count it would take reads that backlog.
+            let started = Instant::now();
+            let mut next_cleanup = next_upkeep(started, self.options.cleanup_interval);
+            let mut next_stats = next_upkeep(started, self.options.stats_interval);
             // Batches publishing or settling. The next claim runs while they do: their keys'
             // heads are leased, so a claim skips those keys. A claim waits until a whole batch
             // fits in the budget of `claims_in_flight` batches' worth of unsettled messages.
