@@ -916,40 +916,81 @@ async fn follow_assignments(
     Ok(())
 }
 
+/// Removes this worker's registration and hands its assignments back, in one transaction that
+/// waits out a rebalance in flight: a leader reads the live workers after it locks every
+/// assignment row, so one that counted this worker live (before the registration's removal
+/// committed) holds those rows until it commits, and the release, a statement after the lock,
+/// sees what it assigned here. Released first and removed second, as two statements, a
+/// rebalance in between handed the released consumers straight back to this leaving worker.
+/// Returns how many assignments were released.
+async fn deregister(
+    shared: &Shared,
+    client: &mut deadpool_postgres::Object,
+) -> Result<u64, WorkerError> {
+    let t = &shared.tables;
+    let tx = client.transaction().await.map_err(db)?;
+    // A deposed leader frozen while it holds the rows is waited for this long at most. The rows
+    // are locked in the rebalance's order (the table's), so the two cannot deadlock.
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        crate::fence::lock_wait(&shared.options).as_millis().max(1)
+    ))
+    .await
+    .map_err(db)?;
+    tx.execute_typed(
+        &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
+        &[(&shared.id, Type::UUID)],
+    )
+    .await
+    .map_err(db)?;
+    tx.batch_execute(&format!("SELECT FROM {} FOR UPDATE", t.assignments))
+        .await
+        .map_err(db)?;
+    let n = tx
+        .execute_typed(
+            &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
+            &[(&shared.id, Type::UUID)],
+        )
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(n)
+}
+
 /// Hands everything back at once on shutdown, logging what was and was not released.
 async fn release(shared: &Shared, session: Option<&Session>, leader: bool, external: bool) {
     let t = &shared.tables;
-    let released = async {
-        let client = shared.store.pool().get().await.map_err(db)?;
-        let n = client
-            .execute_typed(
-                &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
-                &[(&shared.id, Type::UUID)],
-            )
-            .await
-            .map_err(db)?;
-        Ok::<_, WorkerError>((client, n))
-    }
-    .await;
-    let client = match released {
-        Ok((client, n)) => {
-            debug!(assignments = n, "assignments released");
-            Some(client)
-        }
+    let client = match shared.store.pool().get().await {
+        Ok(client) => Some(client),
         Err(e) => {
-            warn!(error = %crate::error::chain(&e), "releasing assignments failed; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
+            warn!(error = %e, "no connection to release assignments; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
             None
         }
     };
-    if let Some(client) = &client {
-        if let Err(e) = client
-            .execute_typed(
-                &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
-                &[(&shared.id, Type::UUID)],
-            )
-            .await
-        {
-            warn!(error = %crate::error::chain(&e), "removing the registration failed; it stays listed until cleaned up as stale");
+    if let Some(mut client) = client {
+        match deregister(shared, &mut client).await {
+            Ok(n) => debug!(assignments = n, "deregistered and assignments released"),
+            Err(e) => {
+                // The rows stayed locked (a frozen deposed leader) or the transaction failed:
+                // release and deregister without waiting, which leaves only the narrow race
+                // described at `deregister` (the next rebalance undoes it).
+                debug!(error = %crate::error::chain(&e), "could not deregister in one transaction");
+                let released = client
+                    .execute_typed(
+                        &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
+                        &[(&shared.id, Type::UUID)],
+                    )
+                    .await;
+                let removed = client
+                    .execute_typed(
+                        &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
+                        &[(&shared.id, Type::UUID)],
+                    )
+                    .await;
+                if let Err(e) = released.and(removed) {
+                    warn!(error = %crate::error::chain(&e), "releasing assignments failed; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
+                }
+            }
         }
         if leader
             && (external || shared.options.leader_mode == crate::LeaderMode::Lease)

@@ -488,19 +488,38 @@ async fn a_failing_handler_is_retried_then_parked_while_others_run_and_resumes()
     Ok(())
 }
 
+/// Workers `a` and `b`, four consumers each, two of them running on each. A long heartbeat
+/// timeout: only an explicit release can explain a quick takeover.
+async fn two_workers(db: &TestDb, admin: &WorkerAdmin) -> anyhow::Result<(Running, Running)> {
+    let options = || fast().heartbeat_timeout(Duration::from_secs(60));
+    let a = start(db, options().name("a"), &recorders("a", 4))?;
+    let b = start(db, options().name("b"), &recorders("b", 4))?;
+    eventually(10, "both workers to run consumers", || async {
+        Ok(assignment_loads(admin).await?.values().all(|n| *n == 2)
+            && assignment_loads(admin).await?.len() == 2)
+    })
+    .await?;
+    Ok((a, b))
+}
+
+/// Waits until `worker` runs every consumer.
+async fn takes_everything(admin: &WorkerAdmin, worker: Uuid) -> anyhow::Result<()> {
+    eventually(5, "the other worker to take everything", || async {
+        Ok(admin
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .all(|c| c.worker_id == Some(worker)))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_hands_everything_back_at_once() -> anyhow::Result<()> {
     let db = setup().await?;
     let admin = admin(&db)?;
-    // A long heartbeat timeout: only an explicit release can explain a quick takeover.
-    let options = || fast().heartbeat_timeout(Duration::from_secs(60));
-    let a = start(&db, options().name("a"), &recorders("a", 4))?;
-    let b = start(&db, options().name("b"), &recorders("b", 4))?;
-    eventually(10, "both workers to run consumers", || async {
-        Ok(assignment_loads(&admin).await?.values().all(|n| *n == 2)
-            && assignment_loads(&admin).await?.len() == 2)
-    })
-    .await?;
+    let (a, b) = two_workers(&db, &admin).await?;
     let a_id = a.id;
     a.stop().await?;
     let status = admin.status().await?;
@@ -512,15 +531,62 @@ async fn graceful_shutdown_hands_everything_back_at_once() -> anyhow::Result<()>
         status.consumers.iter().all(|c| c.worker_id != Some(a_id)),
         "assignments released at once"
     );
-    eventually(5, "the other worker to take everything", || async {
-        Ok(admin
-            .status()
+    takes_everything(&admin, b.id).await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// A worker leaves while the leader's rebalance holds the assignment rows. That rebalance read
+/// the leaving worker as live and hands it one more consumer; the leaving worker's shutdown
+/// waits for the rebalance and hands that consumer back too: nothing stays assigned to a worker
+/// that is gone. (Released first and deregistered second, as two statements, the consumer the
+/// rebalance handed over stayed with the departed worker until the next rebalance.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_in_flight_at_shutdown_leaves_nothing_with_the_leaving_worker()
+-> anyhow::Result<()> {
+    let db = setup().await?;
+    let admin = admin(&db)?;
+    let (a, b) = two_workers(&db, &admin).await?;
+    let (a_id, b_id) = (a.id, b.id);
+    // A rebalance in flight, as the leader runs one: every assignment row locked first.
+    let mut client = db.client().await?;
+    let rebalance = client.transaction().await?;
+    rebalance
+        .batch_execute("SELECT FROM eventrail.consumer_assignments FOR UPDATE")
+        .await?;
+    let stopping = tokio::spawn(a.stop());
+    let watcher = db.client().await?;
+    eventually(10, "the leaving worker to wait for the rows", || async {
+        // Not the other worker's own rebalance, which waits for them too.
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND wait_event_type = 'Lock' AND query NOT LIKE 'SELECT consumer, worker_id%'",
+                &[],
+            )
             .await?
-            .consumers
-            .iter()
-            .all(|c| c.worker_id == Some(b.id)))
+            .get(0);
+        Ok(waiting > 0)
     })
     .await?;
+    // The rebalance counted the leaving worker live: it hands it one of the other's consumers.
+    let moved = rebalance
+        .execute(
+            "UPDATE eventrail.consumer_assignments SET worker_id = $1, epoch = epoch + 1
+             WHERE consumer = (SELECT min(consumer) FROM eventrail.consumer_assignments WHERE worker_id = $2)",
+            &[&a_id, &b_id],
+        )
+        .await?;
+    assert_eq!(moved, 1);
+    rebalance.commit().await?;
+    stopping.await??;
+    let status = admin.status().await?;
+    assert!(
+        status.consumers.iter().all(|c| c.worker_id != Some(a_id)),
+        "assignments of the departed worker: {:?}",
+        status.consumers
+    );
+    takes_everything(&admin, b_id).await?;
     b.stop().await?;
     Ok(())
 }
