@@ -922,30 +922,37 @@ async fn follow_assignments(
 /// committed) holds those rows until it commits, and the release, a statement after the lock,
 /// sees what it assigned here. Released first and removed second, as two statements, a
 /// rebalance in between handed the released consumers straight back to this leaving worker.
-/// Returns how many assignments were released.
+/// Without `wait_for_rebalance` (the fallback when the rows stay locked), it neither locks nor
+/// waits, and only that narrow race remains (the next rebalance undoes it). Returns how many
+/// assignments were released.
 async fn deregister(
     shared: &Shared,
     client: &mut deadpool_postgres::Object,
+    wait_for_rebalance: bool,
 ) -> Result<u64, WorkerError> {
     let t = &shared.tables;
     let tx = client.transaction().await.map_err(db)?;
-    // A deposed leader frozen while it holds the rows is waited for this long at most. The rows
-    // are locked in the rebalance's order (the table's), so the two cannot deadlock.
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = {}",
-        crate::fence::lock_wait(&shared.options).as_millis().max(1)
-    ))
-    .await
-    .map_err(db)?;
+    if wait_for_rebalance {
+        // A deposed leader frozen while it holds the rows is waited for this long at most. The
+        // rows are locked in the rebalance's order (the table's), so the two cannot deadlock.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            crate::fence::lock_wait(&shared.options).as_millis().max(1)
+        ))
+        .await
+        .map_err(db)?;
+    }
     tx.execute_typed(
         &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
         &[(&shared.id, Type::UUID)],
     )
     .await
     .map_err(db)?;
-    tx.batch_execute(&format!("SELECT FROM {} FOR UPDATE", t.assignments))
-        .await
-        .map_err(db)?;
+    if wait_for_rebalance {
+        tx.batch_execute(&format!("SELECT FROM {} FOR UPDATE", t.assignments))
+            .await
+            .map_err(db)?;
+    }
     let n = tx
         .execute_typed(
             &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
@@ -968,28 +975,18 @@ async fn release(shared: &Shared, session: Option<&Session>, leader: bool, exter
         }
     };
     if let Some(mut client) = client {
-        match deregister(shared, &mut client).await {
+        let released = match deregister(shared, &mut client, true).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // The rows stayed locked (a frozen deposed leader) or the transaction failed.
+                debug!(error = %crate::error::chain(&e), "could not deregister after the rebalance in flight");
+                deregister(shared, &mut client, false).await
+            }
+        };
+        match released {
             Ok(n) => debug!(assignments = n, "deregistered and assignments released"),
             Err(e) => {
-                // The rows stayed locked (a frozen deposed leader) or the transaction failed:
-                // release and deregister without waiting, which leaves only the narrow race
-                // described at `deregister` (the next rebalance undoes it).
-                debug!(error = %crate::error::chain(&e), "could not deregister in one transaction");
-                let released = client
-                    .execute_typed(
-                        &format!("UPDATE {} SET worker_id = NULL, epoch = epoch + 1, assigned_at = now() WHERE worker_id = $1", t.assignments),
-                        &[(&shared.id, Type::UUID)],
-                    )
-                    .await;
-                let removed = client
-                    .execute_typed(
-                        &format!("DELETE FROM {} WHERE worker_id = $1", t.nodes),
-                        &[(&shared.id, Type::UUID)],
-                    )
-                    .await;
-                if let Err(e) = released.and(removed) {
-                    warn!(error = %crate::error::chain(&e), "releasing assignments failed; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
-                }
+                warn!(error = %crate::error::chain(&e), "releasing assignments failed; the leader moves them once this worker's session is gone or its heartbeat is past the timeout");
             }
         }
         if leader

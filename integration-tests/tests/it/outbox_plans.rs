@@ -27,17 +27,20 @@ impl Sink for Stalled {
 /// The start of the statistics' statement, as logged.
 const STATS: &str = "SELECT count(*), coalesce(extract(epoch";
 
-/// Relays with `options` until `sent` messages are marked sent (and, with `log`, until the
-/// statistics' plan is in that server log: the upkeep ran at least once), then stops; returns
-/// what the sink received.
+/// Relays with `options` to an in-memory sink until `sent` messages are marked sent (and, with
+/// `log`, until the statistics' plan is in that server log: the upkeep ran at least once), then
+/// stops.
 async fn relay_until_sent(
     db: &TestDb,
     options: OutboxOptions,
     sent: i64,
     log: Option<&Path>,
-) -> anyhow::Result<InMemorySink> {
-    let sink = InMemorySink::new();
-    let relay = start(Relay::connect(&db.config().into(), sink.clone(), options)?);
+) -> anyhow::Result<()> {
+    let relay = start(Relay::connect(
+        &db.config().into(),
+        InMemorySink::new(),
+        options,
+    )?);
     eventually(120, "everything is sent", || async {
         Ok(count(db, "state = 'sent'").await? == sent)
     })
@@ -49,7 +52,7 @@ async fn relay_until_sent(
         .await?;
     }
     relay.stop().await?;
-    Ok(sink)
+    Ok(())
 }
 
 /// Statistics every 100 ms (a relay takes its first one an interval after it starts).
